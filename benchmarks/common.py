@@ -1,0 +1,35 @@
+"""Timing helpers shared by the benchmarks: medians, and one table format (figure, baseline, ratio, goal)."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+
+def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def run_cmd(argv: Sequence[str], **kwargs: object) -> Callable[[], None]:
+    def call() -> None:
+        subprocess.run(list(argv), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+
+    return call
+
+
+def report(title: str, figure: float, baseline: float | None, goal: str, unit: str = "s") -> None:
+    if baseline:
+        ratio = figure / baseline
+        print(f"{title:<58} {figure * 1000:8.1f} ms  vs {baseline * 1000:8.1f} ms  = {ratio:5.2f}x   goal {goal}")
+    else:
+        shown = f"{figure * 1000:8.1f} ms" if unit == "s" else f"{figure:10.3f} {unit}"
+        print(f"{title:<58} {shown}{'':26}goal {goal}")

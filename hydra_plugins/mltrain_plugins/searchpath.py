@@ -1,0 +1,29 @@
+"""Lets a project's own ``./conf`` (or ``$MLTRAIN_CONFIG_DIR``) override mltrain's packaged config.
+
+Hydra 1.3's ``--config-dir`` and ``hydra.searchpath`` can only add options, never
+replace a packaged file; a search-path plugin that prepends the project's
+directory ahead of ``pkg://mltrain.conf`` can. It acts only when mltrain is the
+application composing (other Hydra apps in the same environment are untouched).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+PACKAGED = "pkg://mltrain.conf"
+
+
+class MltrainSearchPathPlugin(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        if not any(element.path == PACKAGED for element in search_path.get_path()):
+            return
+        explicit = os.environ.get("MLTRAIN_CONFIG_DIR")
+        directory = os.path.abspath(explicit or "conf")
+        if not os.path.isdir(directory):
+            return
+        search_path.prepend(
+            provider="mltrain-project", path=f"file://{directory}", anchor=SearchPathQuery(path=PACKAGED)
+        )

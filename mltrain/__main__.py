@@ -1,0 +1,5 @@
+import sys
+
+from mltrain.cli import main
+
+sys.exit(main())

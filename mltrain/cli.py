@@ -1,0 +1,224 @@
+"""The ``mltrain`` command: a thin layer over the Python API, with the one error boundary.
+
+``mltrain <overrides>`` submits (Hydra's usual flags work: ``-cn``, ``--cfg job``,
+``--info``, ``-m``, shell completion); ``mltrain plan|runs|gc ...`` are subcommands.
+Hydra and OmegaConf are imported only on the paths that compose a config, so
+``mltrain runs list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mltrain.errors import MltrainError
+
+USAGE = """\
+usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   submit a run (or a sweep with -m)
+       mltrain plan [--json] [-cn NAME] key=value ...                          show what a submit would do
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
+       mltrain gc [--failed] [--older-than DAYS] [--dry-run]                   free workspace space
+
+examples:
+  mltrain script=train.py                                  run on this machine, stream output
+  mltrain script=train.py compute=docker environment=venv args='[--lr,0.01]'
+  mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep
+  mltrain runs list --status Failed
+
+config groups: environment (user_managed, venv), compute (local), framework (python);
+a project's ./conf (or $MLTRAIN_CONFIG_DIR) overrides and adds options.
+Set MLTRAIN_FULL_ERROR=1 to see tracebacks.
+"""
+
+SUBCOMMANDS = ("plan", "runs", "gc")
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"mltrain: error: {message}\n")
+
+
+def _info(message: str) -> None:
+    sys.stderr.write(f"mltrain: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help", "help"):
+            sys.stdout.write(USAGE)
+            return 0
+        if args[0] == "--version":
+            from importlib.metadata import version
+
+            sys.stdout.write(f"mltrain {version('mltrain')}\n")
+            return 0
+        if args[0] in SUBCOMMANDS:
+            return _subcommand(args)
+        return _submit_command(args)
+    except MltrainError as exc:
+        if os.environ.get("MLTRAIN_FULL_ERROR") == "1":
+            raise
+        _err(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _info("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        from mltrain.compose import translate_hydra_error
+
+        translated = translate_hydra_error(exc)
+        if os.environ.get("MLTRAIN_FULL_ERROR") == "1":
+            raise
+        if isinstance(translated, MltrainError):
+            _err(str(translated))
+            return translated.exit_code
+        _err(f"internal error: {type(exc).__name__}: {exc} (set MLTRAIN_FULL_ERROR=1 for the traceback)")
+        return 3
+
+
+# --------------------------------------------------------------- submitting
+def _submit_command(args: list[str]) -> int:
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    parsed = parser.parse_args(args)
+    if parsed.config_dir:
+        os.environ["MLTRAIN_CONFIG_DIR"] = os.path.abspath(parsed.config_dir)
+        parsed.config_dir = None
+    hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
+    if parsed.multirun or hydra_only:
+        return _through_hydra(parsed, parser)
+    from mltrain.run import submit
+
+    run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach)
+    if parsed.detach:
+        sys.stdout.write(run.id + "\n")
+        return 0
+    _info(f"run {run.id} started (mltrain runs show {run.id})")
+    record = run.wait(show_output=True)
+    return _report_end(record)
+
+
+def _report_end(record: Any) -> int:
+    took = f" in {record.duration:.1f}s" if record.duration is not None else ""
+    why = f": {record.reason}" if record.reason else ""
+    _info(f"run {record.id} {record.status}{took}{why}")
+    return {"Completed": 0, "Canceled": 130}.get(record.status, 1)
+
+
+def _through_hydra(parsed: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Hydra's own flags (--cfg, --info, -m, completion) go through Hydra's runner."""
+    from hydra._internal.utils import _run_hydra
+
+    from mltrain.compose import CONFIG_NAME, CONFIG_PATH, prepare_hydra
+
+    prepare_hydra()
+    outcome: dict[str, int] = {"failed": 0}
+
+    def task(cfg: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        from mltrain.compose import strip_hydra
+        from mltrain.config import validate
+        from mltrain.run import submit_spec
+        from mltrain.spec import RunSpec
+
+        job = strip_hydra(cfg)
+        overrides = list(HydraConfig.get().overrides.task)
+        spec = RunSpec.from_config(validate(job), OmegaConf.to_yaml(job), overrides)
+        run = submit_spec(spec, show_output=not parsed.detach)
+        if parsed.detach:
+            sys.stdout.write(run.id + "\n")
+            return
+        record = run.wait(show_output=True)
+        if _report_end(record) != 0:
+            outcome["failed"] += 1
+
+    task.__module__ = "mltrain.cli"
+    _run_hydra(args=parsed, args_parser=parser, task_function=task, config_path=CONFIG_PATH,
+               config_name=CONFIG_NAME)
+    return 1 if outcome["failed"] else 0
+
+
+# -------------------------------------------------------------- subcommands
+def _subcommand(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mltrain")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="show the execution plan; changes nothing")
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("-cn", "--config-name", dest="config_name")
+    plan.add_argument("overrides", nargs="*")
+
+    runs = sub.add_parser("runs", help="the run history")
+    runs.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
+    rsub = runs.add_subparsers(dest="action", required=True)
+    lst = rsub.add_parser("list")
+    lst.add_argument("--experiment")
+    lst.add_argument("--status", choices=["Queued", "Preparing", "Running", "Finalizing", "Completed",
+                                          "Failed", "Canceled"])
+    lst.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
+    lst.add_argument("--json", action="store_true")
+    show = rsub.add_parser("show")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    logs = rsub.add_parser("logs")
+    logs.add_argument("run_id")
+    logs.add_argument("-f", "--follow", action="store_true")
+    for name in ("attach", "cancel"):
+        rsub.add_parser(name).add_argument("run_id")
+    metrics = rsub.add_parser("metrics")
+    metrics.add_argument("run_id")
+    metrics.add_argument("--json", action="store_true")
+    outputs = rsub.add_parser("outputs")
+    outputs.add_argument("run_id")
+    outputs.add_argument("--download", metavar="DEST", help="copy the outputs into DEST")
+    rerun = rsub.add_parser("rerun", help="run again from the stored snapshot and config")
+    rerun.add_argument("run_id")
+    rerun.add_argument("--detach", action="store_true")
+    rerun.add_argument("overrides", nargs="*")
+    diff = rsub.add_parser("diff", help="config and file differences between two runs")
+    diff.add_argument("first")
+    diff.add_argument("second")
+
+    gc = sub.add_parser("gc", help="remove what no kept run needs")
+    gc.add_argument("--workspace")
+    gc.add_argument("--failed", action="store_true", help="also delete failed and canceled runs")
+    gc.add_argument("--older-than", type=float, metavar="DAYS", help="also delete runs older than DAYS")
+    gc.add_argument("--dry-run", action="store_true")
+
+    parsed = parser.parse_args(args)
+    if parsed.command == "plan":
+        return _plan(parsed)
+    if parsed.command == "gc":
+        from mltrain.commands import gc_command
+
+        return gc_command(parsed)
+    from mltrain import commands
+
+    handler = getattr(commands, f"runs_{parsed.action}")
+    result: int = handler(parsed)
+    return result
+
+
+def _plan(parsed: argparse.Namespace) -> int:
+    from mltrain.commands import plan_for
+
+    plan = plan_for(parsed.overrides, parsed.config_name)
+    sys.stdout.write((plan.to_json() if parsed.json else plan.render()) + "\n")
+    return 0
+
+
+def _now() -> float:
+    return time.time()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

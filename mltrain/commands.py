@@ -1,0 +1,340 @@
+"""What each ``mltrain runs ...`` / ``plan`` / ``gc`` subcommand does; printing happens here, not in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mltrain.errors import StoreError
+from mltrain.executors.base import cancel_run, follow, handle_for, reconcile
+from mltrain.store import TERMINAL, RunRecord, Store
+from mltrain.workspace import Workspace
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _workspace(parsed: argparse.Namespace) -> Workspace:
+    return Workspace.locate(getattr(parsed, "workspace", None))
+
+
+def _open(parsed: argparse.Namespace) -> tuple[Workspace, Store]:
+    workspace = _workspace(parsed)
+    if not workspace.db_path.exists():
+        raise StoreError(f"no run history at {workspace.root}; submit a run first, or set MLTRAIN_HOME")
+    return workspace, Store(workspace.db_path, create=False)
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def _duration(record: RunRecord) -> str:
+    seconds = record.duration
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+# --------------------------------------------------------------------- runs
+def runs_list(parsed: argparse.Namespace) -> int:
+    workspace, store = _open(parsed)
+    with store:
+        records = store.find(experiment=parsed.experiment, status=parsed.status, limit=parsed.limit or None)
+        records = [reconcile(store, workspace, r) if not r.is_terminal else r for r in records]
+        total = store.count()
+    if parsed.json:
+        _out(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    if not records:
+        _out("no runs")
+        return 0
+    rows = [("ID", "EXPERIMENT", "STATUS", "CREATED", "DURATION", "TARGET", "SCRIPT")]
+    rows += [(r.id, r.experiment, r.status, _when(r.created), _duration(r), r.compute, r.script) for r in records]
+    _out(_table(rows))
+    if parsed.limit and len(records) == parsed.limit and total > parsed.limit:
+        _out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
+    return 0
+
+
+def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[str, Any]:
+    data = record.to_dict()
+    data["metrics"] = store.last_metrics(record.id)
+    data["transitions"] = [{"status": s, "time": t} for s, t in store.transitions(record.id)]
+    data["folder"] = str(workspace.run_paths(record.id).dir)
+    return data
+
+
+def runs_show(parsed: argparse.Namespace) -> int:
+    workspace, store = _open(parsed)
+    with store:
+        record = reconcile(store, workspace, store.get(parsed.run_id))
+        data = _show_dict(store, workspace, record)
+    if parsed.json:
+        _out(json.dumps(data, indent=2))
+        return 0
+    lines = [
+        f"run         {record.id}",
+        f"experiment  {record.experiment}",
+        f"status      {record.status}" + (f" ({record.reason})" if record.reason else ""),
+        f"exit code   {record.exit_code if record.exit_code is not None else '-'}",
+        f"script      {record.script}  (source {record.source_dir})",
+        f"target      {record.compute}   environment {record.environment}"
+        + (f" [{record.env_fingerprint[:12]}]" if record.env_fingerprint else ""),
+        f"snapshot    {record.snapshot_id or '-'}",
+        f"created     {_when(record.created)}   duration {_duration(record)}",
+        f"overrides   {' '.join(record.overrides) or '-'}",
+    ]
+    if record.parent_id:
+        lines.append(f"rerun of    {record.parent_id}")
+    git = record.git or {}
+    if git.get("is_repo"):
+        flags = [" dirty" if git.get("dirty") else "", " (not on any remote)" if git.get("pushed") is False else ""]
+        lines.append(f"git         {git.get('commit') or '-'} on {git.get('branch') or '(detached)'}{''.join(flags)}")
+    elif git:
+        lines.append("git         not a git repository")
+    if data["metrics"]:
+        lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
+    lines.append("history     " + "  ".join(f"{t['status']} {_when(t['time'])[11:]}" for t in data["transitions"]))
+    lines.append(f"folder      {data['folder']}")
+    _out("\n".join(lines))
+    return 0
+
+
+def runs_logs(parsed: argparse.Namespace) -> int:
+    workspace, store = _open(parsed)
+    with store:
+        record = store.get(parsed.run_id)
+        handle = handle_for(record, workspace)
+        if parsed.follow and not record.is_terminal:
+            try:
+                follow(store, workspace, record, out=_write, handle=handle)
+            except KeyboardInterrupt:
+                return 0
+            return 0
+        paths = workspace.run_paths(record.id)
+        data = handle.read_log(0)[0] if handle is not None else (paths.log.read_bytes() if paths.log.exists() else b"")
+        _write(data)
+        reconcile(store, workspace, record)
+    return 0
+
+
+def _write(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def runs_attach(parsed: argparse.Namespace) -> int:
+    from mltrain.cli import _report_end
+
+    workspace, store = _open(parsed)
+    with store:
+        record = store.get(parsed.run_id)
+        record = follow(store, workspace, record, out=_write)
+    return _report_end(record)
+
+
+def runs_cancel(parsed: argparse.Namespace) -> int:
+    workspace, store = _open(parsed)
+    with store:
+        record = store.get(parsed.run_id)
+        if record.is_terminal:
+            _out(f"run {record.id} already {record.status}")
+            return 0
+        record = cancel_run(store, workspace, record)
+    _out(f"run {record.id} {record.status}" + (f" ({record.reason})" if record.reason else ""))
+    return 0
+
+
+def runs_metrics(parsed: argparse.Namespace) -> int:
+    workspace, store = _open(parsed)
+    with store:
+        record = reconcile(store, workspace, store.get(parsed.run_id))
+        rows = store.metrics(record.id)
+    if parsed.json:
+        _out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
+        return 0
+    if not rows:
+        _out(f"run {record.id} logged no metrics")
+        return 0
+    table = [("NAME", "STEP", "VALUE")] + [(n, "-" if s is None else str(s), f"{v:g}") for n, s, v, _ in rows]
+    _out(_table(table))
+    return 0
+
+
+def runs_outputs(parsed: argparse.Namespace) -> int:
+    import shutil
+
+    workspace, store = _open(parsed)
+    with store:
+        record = reconcile(store, workspace, store.get(parsed.run_id))
+    outputs = workspace.run_paths(record.id).outputs
+    files = sorted(p for p in outputs.rglob("*") if p.is_file()) if outputs.is_dir() else []
+    if parsed.download:
+        dest = Path(parsed.download)
+        shutil.copytree(outputs, dest, dirs_exist_ok=True, symlinks=True) if outputs.is_dir() else None
+        _out(f"{len(files)} files of run {record.id} copied to {dest}")
+        return 0
+    if not files:
+        _out(f"run {record.id} has no outputs")
+        return 0
+    _out(_table([("SIZE", "PATH")] + [(str(p.stat().st_size), str(p.relative_to(outputs))) for p in files]))
+    return 0
+
+
+def runs_rerun(parsed: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from mltrain.cli import _info, _report_end
+    from mltrain.compose import prepare_hydra
+    from mltrain.config import validate
+    from mltrain.rerun import apply_overrides
+    from mltrain.run import submit_spec
+    from mltrain.spec import RunSpec
+
+    workspace, store = _open(parsed)
+    with store:
+        parent = store.get(parsed.run_id)
+    if not parent.snapshot_id:
+        raise StoreError(f"run {parent.id} has no stored snapshot (it failed before one was taken); cannot rerun it")
+    prepare_hydra()
+    stored = OmegaConf.load(workspace.run_paths(parent.id).config)
+    cfg = apply_overrides(stored, parsed.overrides)  # type: ignore[arg-type]
+    OmegaConf.update(cfg, "workspace.dir", str(workspace.root), force_add=True)
+    spec = RunSpec.from_config(validate(cfg), OmegaConf.to_yaml(cfg), [*parent.overrides, *parsed.overrides],
+                               cwd=Path(parent.source_dir))
+    run = submit_spec(spec, show_output=not parsed.detach, parent_id=parent.id, snapshot_id=parent.snapshot_id,
+                      git=parent.git)
+    if parsed.detach:
+        _out(run.id)
+        return 0
+    _info(f"run {run.id} started, a rerun of {parent.id}")
+    return _report_end(run.wait(show_output=True))
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def runs_diff(parsed: argparse.Namespace) -> int:
+    import yaml
+
+    from mltrain.blobstore import BlobStore
+
+    workspace, store = _open(parsed)
+    with store:
+        first, second = store.get(parsed.first), store.get(parsed.second)
+    configs = []
+    for record in (first, second):
+        path = workspace.run_paths(record.id).config
+        configs.append(_flat(yaml.safe_load(path.read_text()) if path.exists() else {}))
+    lines = [f"--- {first.id}", f"+++ {second.id}", "config:"]
+    changed = sorted(k for k in set(configs[0]) | set(configs[1]) if configs[0].get(k) != configs[1].get(k))
+    lines += [f"  {k}: {configs[0].get(k, '<absent>')!r} -> {configs[1].get(k, '<absent>')!r}" for k in changed]
+    if not changed:
+        lines.append("  (same)")
+    lines.append("files:")
+    if first.snapshot_id and second.snapshot_id:
+        blobs = BlobStore(workspace.blobs)
+        a = {e.path: e.digest for e in blobs.load_manifest(first.snapshot_id).entries}
+        b = {e.path: e.digest for e in blobs.load_manifest(second.snapshot_id).entries}
+        diffs = [f"  - {p}" for p in sorted(set(a) - set(b))] + [f"  + {p}" for p in sorted(set(b) - set(a))]
+        diffs += [f"  M {p}" for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+        lines += sorted(diffs, key=lambda line: line[4:]) or ["  (same snapshot)" if a == b else "  (same)"]
+    else:
+        lines.append("  (a run without a snapshot)")
+    _out("\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------- plan
+def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
+    """Compose, snapshot in dry-run, compile: reads the tree, writes no record, builds nothing."""
+    from omegaconf import OmegaConf
+
+    from mltrain.blobstore import BlobStore
+    from mltrain.compose import compose_validated
+    from mltrain.environments import environment_for
+    from mltrain.executors import executor_for
+    from mltrain.plan import compile_plan
+    from mltrain.snapshot import SnapshotLimits, take_snapshot
+    from mltrain.spec import RunSpec, check_source
+
+    cfg, job = compose_validated(overrides, config_name)
+    spec = RunSpec.from_config(cfg, OmegaConf.to_yaml(job), list(overrides))
+    check_source(spec)
+    workspace = Workspace.locate(spec.workspace_dir)
+    limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+    snapshot = take_snapshot(spec.source_dir, BlobStore(workspace.blobs), limits=limits, cache_dir=None,
+                             dry_run=True)
+    environment = environment_for(spec.environment, source_dir=spec.source_dir)
+    executor = executor_for(spec.compute, workspace)
+    return compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor)
+
+
+# ----------------------------------------------------------------------- gc
+def gc_command(parsed: argparse.Namespace) -> int:
+    import shutil
+
+    from mltrain.blobstore import BlobStore
+
+    workspace, store = _open(parsed)
+    with store:
+        records = store.find()
+        cutoff = time.time() - parsed.older_than * 86400 if parsed.older_than is not None else None
+        doomed = [
+            r for r in records
+            if r.status in TERMINAL
+            and ((cutoff is not None and r.created < cutoff) or (parsed.failed and r.status in ("Failed", "Canceled")))
+        ]
+        doomed_ids = {r.id for r in doomed}
+        # Active runs keep their snapshot too, even one still being written (no snapshot_id yet:
+        # its blobs are young, and blob gc spares anything newer than the grace period).
+        keep = {r.snapshot_id for r in records if r.snapshot_id and r.id not in doomed_ids}
+        if not parsed.dry_run and doomed:
+            store.delete_runs(doomed_ids)
+            for record in doomed:
+                shutil.rmtree(workspace.run_paths(record.id).dir, ignore_errors=True)
+    blobs = BlobStore(workspace.blobs)
+    removed, freed = blobs.gc(keep, dry_run=parsed.dry_run)
+    checkouts = 0
+    if workspace.checkouts.is_dir():
+        for folder in workspace.checkouts.iterdir():
+            if folder.name not in keep and not parsed.dry_run:
+                _remove_tree(folder)
+                checkouts += 1
+    verb = "would free" if parsed.dry_run else "freed"
+    _out(f"{verb} {freed / 1e6:.1f} MB: {removed} blobs, {len(doomed)} runs, {checkouts} checkouts")
+    return 0
+
+
+def _remove_tree(folder: Any) -> None:
+    import os
+    import shutil
+    import stat
+
+    def make_writable(func: Any, path: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(path), stat.S_IRWXU)
+        func(path)
+
+    shutil.rmtree(folder, onerror=make_writable)

@@ -1,0 +1,209 @@
+"""Typed schemas for everything a user can configure, and their validation.
+
+The primary schema is registered in Hydra's ConfigStore, so a typo'd top-level
+key fails while Hydra composes. Group options (``environment``, ``compute``,
+``framework``) are discriminated by their ``type`` field and validated against
+the matching dataclass right after composition -- which also covers options a
+project adds under its own ``./conf`` without naming a schema. Either way the
+error names the key and lists what is valid, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from mltrain.errors import ConfigError
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ---------------------------------------------------------------- environment
+@dataclass
+class UserManagedEnvironment:
+    """Use an existing interpreter as is; nothing is installed, ``pip freeze`` is recorded."""
+
+    type: str = "user_managed"
+    interpreter: str | None = None  # default: the interpreter running mltrain
+
+
+@dataclass
+class VenvEnvironment:
+    """A virtualenv built once per content hash (packages + requirements) and reused."""
+
+    type: str = "venv"
+    python: str | None = None  # base interpreter; default: the one running mltrain
+    packages: list[str] = field(default_factory=list)
+    requirements: str | None = None  # path relative to source_dir
+    pip_args: list[str] = field(default_factory=list)
+    installer: str = "auto"  # auto (uv when installed, else pip) | uv | pip
+    system_site_packages: bool = False
+
+
+# -------------------------------------------------------------------- compute
+@dataclass
+class LocalCompute:
+    """This machine; the script runs in its own process group."""
+
+    type: str = "local"
+    cancel_grace: float = 10.0  # seconds between TERM and KILL on cancel
+
+
+# ------------------------------------------------------------------ framework
+@dataclass
+class PythonFramework:
+    """``<interpreter> script args --param value``."""
+
+    type: str = "python"
+    args_style: str = "argparse"  # argparse: --key value | hydra: key=value
+
+
+# ------------------------------------------------------------------- primary
+@dataclass
+class SnapshotConfig:
+    max_files: int = 200_000
+    max_bytes: int = 5 * 1024**3
+
+
+@dataclass
+class WorkspaceConfig:
+    dir: str | None = None  # default: $MLTRAIN_HOME, else ./.mltrain
+
+
+@dataclass
+class PrimarySchema:
+    """The top-level keys; group nodes are typed ``Any`` here and checked by ``validate``."""
+
+    experiment: str | None = None
+    source_dir: str = "."
+    script: str = MISSING
+    args: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    environment: Any = MISSING
+    compute: Any = MISSING
+    framework: Any = MISSING
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+
+
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "environment": {"user_managed": UserManagedEnvironment, "venv": VenvEnvironment},
+    "compute": {"local": LocalCompute},
+    "framework": {"python": PythonFramework},
+}
+
+ARGS_STYLES = ("argparse", "hydra")
+INSTALLERS = ("auto", "uv", "pip")
+
+
+@dataclass(frozen=True)
+class MltrainConfig:
+    """The validated configuration: plain values, interpolations resolved."""
+
+    experiment: str | None
+    source_dir: str
+    script: str
+    args: list[str]
+    params: dict[str, Any]
+    env_vars: dict[str, str]
+    environment: Any
+    compute: Any
+    framework: Any
+    snapshot: SnapshotConfig
+    workspace: WorkspaceConfig
+
+
+def register_configs() -> None:
+    """Register the primary schema (``mltrain_schema``) in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    node = OmegaConf.structured(PrimarySchema)
+    # params and env_vars are the user's own namespaces: `params.lr=0.1` adds a key without `+`.
+    OmegaConf.set_struct(node.params, False)
+    OmegaConf.set_struct(node.env_vars, False)
+    ConfigStore.instance().store(name="mltrain_schema", node=node)
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return msg.rstrip(".")
+
+
+def _validate_group(group: str, node: Any) -> Any:
+    choices = GROUP_SCHEMAS[group]
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group}: expected a config group, got {node!r}; choose one with {group}=<option>")
+    kind = node.get("type")
+    if kind is None:
+        raise ConfigError(f"{group}.type is missing; set it to one of: {', '.join(sorted(choices))}")
+    if kind not in choices:
+        raise ConfigError(f"{group}.type={kind!r} is not known; valid types: {', '.join(sorted(choices))}")
+    schema = OmegaConf.structured(choices[kind])
+    try:
+        merged = OmegaConf.merge(schema, node)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        key = getattr(exc, "key", None) or "?"
+        valid = ", ".join(f.name for f in dataclasses.fields(choices[kind]))
+        raise ConfigError(
+            f"{group}.{key}: unknown key for {group} type {kind!r} (valid keys: {valid})"
+        ) from exc
+    except ValidationError as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
+        raise ConfigError(f"{group}.{key}: {_describe(exc)}") from exc
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{group}.{exc.full_key}: missing required value") from exc
+
+
+def validate(cfg: Any) -> MltrainConfig:
+    """Turn a composed config (hydra node already removed) into typed, checked values."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        hint = "e.g. mltrain script=train.py" if missing[0] == "script" else f"e.g. {missing[0]}=VALUE"
+        raise ConfigError(f"missing required value: {', '.join(missing)} ({hint})")
+    try:
+        schema = OmegaConf.structured(PrimarySchema)
+        merged = OmegaConf.merge(schema, cfg)
+        assert isinstance(merged, DictConfig)
+        top = {k: merged[k] for k in ("experiment", "source_dir", "script")}
+        args = [str(a) for a in OmegaConf.to_container(merged.args, resolve=True)]  # type: ignore[union-attr]
+        params = OmegaConf.to_container(merged.params, resolve=True)
+        env_vars = {str(k): str(v) for k, v in OmegaConf.to_container(merged.env_vars, resolve=True).items()}  # type: ignore[union-attr]
+        snapshot = OmegaConf.to_object(merged.snapshot)
+        workspace = OmegaConf.to_object(merged.workspace)
+    except ConfigKeyError as exc:
+        valid = ", ".join(f.name for f in dataclasses.fields(PrimarySchema))
+        raise ConfigError(f"{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_describe(exc)}") from exc
+    for name in env_vars:
+        if not ENV_NAME.match(name):
+            raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")
+    groups = {g: _validate_group(g, merged.get(g)) for g in GROUP_SCHEMAS}
+    framework = groups["framework"]
+    if getattr(framework, "args_style", "argparse") not in ARGS_STYLES:
+        raise ConfigError(f"framework.args_style={framework.args_style!r}: choose one of {', '.join(ARGS_STYLES)}")
+    env = groups["environment"]
+    if isinstance(env, VenvEnvironment) and env.installer not in INSTALLERS:
+        raise ConfigError(f"environment.installer={env.installer!r}: choose one of {', '.join(INSTALLERS)}")
+    assert isinstance(params, dict)
+    return MltrainConfig(
+        experiment=top["experiment"],
+        source_dir=str(top["source_dir"]),
+        script=str(top["script"]),
+        args=args,
+        params={str(k): v for k, v in params.items()},
+        env_vars=env_vars,
+        environment=env,
+        compute=groups["compute"],
+        framework=framework,
+        snapshot=snapshot,  # type: ignore[arg-type]
+        workspace=workspace,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,75 @@
+"""The seam for "with what software": how an environment is fingerprinted and prepared.
+
+Environments and targets are separate rooms: an environment knows how to make
+an interpreter ready; a target knows where to run it. A target asks the
+environment, never the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+LogFn = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    """``$MLTRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/mltrain`` (``~/.cache/mltrain``): shared by all projects."""
+    explicit = os.environ.get("MLTRAIN_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mltrain"
+
+
+def digest(data: Any) -> str:
+    """A stable content hash of JSON-able data."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def current_interpreter() -> str:
+    return sys.executable
+
+
+@dataclass(frozen=True)
+class PreparedEnvironment:
+    """What a target needs to start the script."""
+
+    interpreter: str  # an absolute path, never a PATH lookup or a shim
+    fingerprint: str
+    description: str
+    freeze: str | None = None  # installed distributions, one ``name==version`` a line
+
+
+class Environment(ABC):
+    """One kind of environment; built from its typed config (``mltrain.config``)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: Any, *, source_dir: Path, cache_dir: Path | None = None) -> None:
+        self.config = config
+        self.source_dir = source_dir
+        self.cache_dir = cache_dir or default_cache_dir()
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Content hash of everything that decides what gets installed."""
+
+    @abstractmethod
+    def is_prepared(self) -> bool:
+        """Cheap check (no build): is the environment for this fingerprint ready?"""
+
+    @abstractmethod
+    def prepare(self, log: LogFn) -> PreparedEnvironment:
+        """Make it ready (build when needed, under a lock) and say how to use it."""
+
+    def describe(self) -> str:
+        return self.kind

@@ -1,0 +1,35 @@
+"""``environment=user_managed``: an interpreter the user already has; nothing is installed."""
+
+from __future__ import annotations
+
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, current_interpreter, digest
+from mltrain.environments.probe import InterpreterInfo, probe
+
+
+class UserManaged(Environment):
+    kind = "user_managed"
+    _info: InterpreterInfo | None = None
+
+    def _probe(self) -> InterpreterInfo:
+        if self._info is None:
+            self._info = probe(self.config.interpreter or current_interpreter(), self.cache_dir)
+        return self._info
+
+    def fingerprint(self) -> str:
+        info = self._probe()
+        return digest({"kind": self.kind, "executable": info.executable, "freeze": info.freeze})
+
+    def is_prepared(self) -> bool:
+        return True
+
+    def prepare(self, log: LogFn) -> PreparedEnvironment:
+        info = self._probe()
+        return PreparedEnvironment(
+            interpreter=info.executable,
+            fingerprint=self.fingerprint(),
+            description=f"user_managed: {info.executable} (Python {info.version})",
+            freeze=info.freeze,
+        )
+
+    def describe(self) -> str:
+        return f"user_managed ({self.config.interpreter or current_interpreter()})"

@@ -1,0 +1,232 @@
+"""The seam for "where": a target's hooks, and the run lifecycle every target shares.
+
+A target implements ``stage_code`` (put the snapshot where the job can read it)
+and ``launch`` (start it detached, return a ``Handle``). The ``Handle`` knows how
+to poll, read the log by offset, cancel and collect, and can be rebuilt from
+the dict stored on the run record -- so any later process can re-attach.
+The lifecycle functions below own everything else: status transitions, log
+streaming, Ctrl-C, finalisation, and reconciling a run nobody is watching.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mltrain.store import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
+from mltrain.workspace import RunPaths, Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a job ended, as the target saw it."""
+
+    exit_code: int | None
+    reason: str | None = None  # set when the target knows better than the exit code
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and self.reason is None
+
+    def failure_reason(self) -> str:
+        if self.reason:
+            return self.reason
+        code = self.exit_code
+        if code is not None and code > 128:
+            try:
+                name = signal.Signals(code - 128).name
+            except ValueError:
+                name = f"signal {code - 128}"
+            return f"killed by {name} (exit code {code})"
+        return f"script exited with code {code}"
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    run_id: str
+    argv: list[str]  # the complete command: interpreter, script, arguments
+    cwd: str  # where the code was staged, on the target
+    env: Mapping[str, str]  # variables added to the target's environment
+    paths: RunPaths  # the run's folder in the local workspace
+
+
+class Handle(ABC):
+    """A launched job. Picklable state lives in ``to_dict``; the rest is rebuilt."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this handle later (must include ``kind``)."""
+
+    @abstractmethod
+    def poll(self) -> ExitInfo | None:
+        """None while the job runs; how it ended once it has (also when it vanished)."""
+
+    def wait(self, timeout: float) -> ExitInfo | None:
+        """Block up to ``timeout`` seconds for the end; targets with a faster signal override."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.poll()
+            if info is not None or time.monotonic() >= deadline:
+                return info
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    @abstractmethod
+    def read_log(self, offset: int) -> tuple[bytes, int]:
+        """Log bytes from ``offset`` on, and the next offset."""
+
+    @abstractmethod
+    def cancel(self, grace: float) -> None:
+        """TERM, wait up to ``grace`` seconds, then KILL."""
+
+    def collect(self, paths: RunPaths) -> None:  # noqa: B027 (optional hook: local jobs write in place)
+        """Bring outputs and metrics back into ``paths`` (targets that write elsewhere)."""
+
+
+class Executor(ABC):
+    """One compute target, built from its typed ``compute`` config."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: Any, workspace: Workspace) -> None:
+        self.config = config
+        self.workspace = workspace
+
+    @abstractmethod
+    def code_is_staged(self, snapshot_id: str) -> bool:
+        """Cheap check: would ``stage_code`` have nothing to send?"""
+
+    @abstractmethod
+    def stage_code(self, snapshot_id: str) -> str:
+        """Make the snapshot readable by the job on the target; returns its directory there."""
+
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> Handle:
+        """Start the job detached from this process and return its handle."""
+
+    @classmethod
+    @abstractmethod
+    def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
+        """Rebuild the handle stored on a run record."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    @property
+    def cancel_grace(self) -> float:
+        return float(getattr(self.config, "cancel_grace", 10.0))
+
+
+# ------------------------------------------------------------------ lifecycle
+def handle_for(record: RunRecord, workspace: Workspace) -> Handle | None:
+    if not record.handle:
+        return None
+    from mltrain.executors import executor_class
+
+    return executor_class(record.handle["kind"]).handle_from_dict(record.handle, workspace.run_paths(record.id))
+
+
+def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Handle, info: ExitInfo,
+             *, canceled: str | None = None) -> RunRecord:
+    """Collect, ingest metrics, record the terminal status. Safe to call from several processes."""
+    from mltrain.metrics import read_metrics_file, scan_log
+
+    paths = workspace.run_paths(record.id)
+    store.transition(record.id, FINALIZING)
+    try:
+        handle.collect(paths)
+    except Exception as exc:  # a failed collection must not leave the run unfinished
+        log.warning("collecting outputs of %s failed: %s", record.id, exc)
+    metrics = []
+    if paths.metrics.exists():
+        metrics += read_metrics_file(paths.metrics, final=True)[0]
+    if paths.log.exists():
+        metrics += scan_log(paths.log, final=True)[0]
+    store.replace_metrics(record.id, [(m.name, m.value, m.step, m.time) for m in metrics])
+    if canceled is not None:
+        store.transition(record.id, CANCELED, reason=canceled, exit_code=info.exit_code)
+    elif info.succeeded:
+        store.transition(record.id, COMPLETED, exit_code=0)
+    else:
+        store.transition(record.id, FAILED, exit_code=info.exit_code, reason=info.failure_reason())
+    return store.get(record.id)
+
+
+def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
+    """Bring an active record up to date with its job (a run is never 'Running' forever)."""
+    if record.is_terminal:
+        return record
+    handle = handle_for(record, workspace)
+    if handle is None:
+        # Never launched: the submitting process is still preparing, or died while doing so.
+        return record
+    info = handle.poll()
+    if info is None:
+        return record
+    return finalize(store, workspace, record, handle, info)
+
+
+def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: float | None = None,
+               reason: str = "canceled by user") -> RunRecord:
+    record = reconcile(store, workspace, record)
+    if record.is_terminal:
+        return record
+    handle = handle_for(record, workspace)
+    if handle is None:
+        store.transition(record.id, CANCELED, reason=reason)
+        return store.get(record.id)
+    handle.cancel(grace if grace is not None else float((record.handle or {}).get("cancel_grace", 10.0)))
+    info = handle.wait(5.0) or ExitInfo(None)
+    return finalize(store, workspace, record, handle, info, canceled=reason)
+
+
+def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callable[[bytes], None] | None,
+           offset: int = 0, handle: Handle | None = None) -> RunRecord:
+    """Stream the log from ``offset`` until the run ends; one Ctrl-C cancels it."""
+    handle = handle or handle_for(record, workspace)
+    if handle is None:
+        return reconcile(store, workspace, record)
+    try:
+        while True:
+            chunk, offset = handle.read_log(offset)
+            if chunk:
+                if out is not None:
+                    out(chunk)
+                continue
+            info = handle.wait(0.05)
+            if info is None:
+                continue
+            while True:  # drain what was written between the last read and the exit
+                chunk, offset = handle.read_log(offset)
+                if not chunk:
+                    break
+                if out is not None:
+                    out(chunk)
+            current = store.get(record.id)
+            if current.is_terminal:
+                return current
+            return finalize(store, workspace, current, handle, info)
+    except KeyboardInterrupt:
+        log.info("cancelling run %s", record.id)
+        return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)")
+
+
+def read_whole_log(handle: Handle | None, paths: RunPaths) -> bytes:
+    if handle is not None:
+        data, _ = handle.read_log(0)
+        return data
+    return paths.log.read_bytes() if paths.log.exists() else b""
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,144 @@
+"""``compute=local``: this machine. The job runs from the shared checkout of its snapshot.
+
+The script is started under the sh wrapper in a new session (its own process
+group), so a Ctrl-C in the terminal reaches only mltrain, which then cancels
+the whole group on purpose; and the run goes on if mltrain exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.executors.wrapper import wrapper_argv
+from mltrain.workspace import RunPaths
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (guards against a recycled pid), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":  # a zombie has finished
+        return None
+    return fields[19].decode()
+
+
+class LocalHandle(Handle):
+    kind = "local"
+
+    def __init__(self, paths: RunPaths, pid: int, start_time: str | None, cancel_grace: float,
+                 process: subprocess.Popen[bytes] | None = None) -> None:
+        self.paths = paths
+        self.pid = pid
+        self.start_time = start_time
+        self.cancel_grace = cancel_grace
+        self._process = process
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": self.pid, "start_time": self.start_time, "cancel_grace": self.cancel_grace}
+
+    def _exit_from_file(self) -> ExitInfo | None:
+        try:
+            text = self.paths.exit_code.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return ExitInfo(int(text)) if text.lstrip("-").isdigit() else ExitInfo(None, "unreadable exit code file")
+
+    def _alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        current = _start_time(self.pid)
+        return current is not None and (self.start_time is None or current == self.start_time)
+
+    def poll(self) -> ExitInfo | None:
+        info = self._exit_from_file()
+        if info is not None:
+            return info
+        if self._alive():
+            return None
+        info = self._exit_from_file()  # it may have written the file just now
+        if info is not None:
+            return info
+        return ExitInfo(None, "process disappeared without recording an exit code")
+
+    def wait(self, timeout: float) -> ExitInfo | None:
+        if self._process is not None:
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return super().wait(0 if self._process is not None else timeout)
+
+    def read_log(self, offset: int) -> tuple[bytes, int]:
+        try:
+            with open(self.paths.log, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return b"", offset
+        return data, offset + len(data)
+
+    def _signal_group(self, sig: signal.Signals) -> bool:
+        if not self._alive():
+            return False
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def cancel(self, grace: float) -> None:
+        if not self._signal_group(signal.SIGTERM):
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.wait(0.05) is not None and not self._group_alive():
+                return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # the group, stragglers included
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+class LocalExecutor(Executor):
+    kind = "local"
+
+    def code_is_staged(self, snapshot_id: str) -> bool:
+        return (self.workspace.checkouts / snapshot_id).is_dir()
+
+    def stage_code(self, snapshot_id: str) -> str:
+        from mltrain.blobstore import BlobStore
+        from mltrain.snapshot import materialize
+
+        store = BlobStore(self.workspace.blobs)
+        return str(materialize(store.load_manifest(snapshot_id), store, self.workspace.checkouts))
+
+    def launch(self, request: LaunchRequest) -> Handle:
+        paths = request.paths
+        paths.outputs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **request.env}
+        process = subprocess.Popen(
+            wrapper_argv(str(paths.log), str(paths.exit_code), request.argv),
+            cwd=request.cwd, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        return LocalHandle(paths, process.pid, _start_time(process.pid), self.cancel_grace, process)
+
+    @classmethod
+    def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
+        return LocalHandle(paths, int(data["pid"]), data.get("start_time"), float(data.get("cancel_grace", 10.0)))

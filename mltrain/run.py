@@ -1,0 +1,212 @@
+"""Submitting a run and following it: the Python API the CLI is a thin layer over.
+
+    run = mltrain.submit(["script=train.py", "compute=local"])
+    run.wait(show_output=True)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mltrain.errors import MltrainError, RunFailed
+from mltrain.executors.base import Handle, cancel_run, follow, reconcile
+from mltrain.store import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, RunRecord, Store
+from mltrain.workspace import Workspace
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+class Run:
+    """A run in the history: look at it, wait for it, cancel it. Rebuildable from its id."""
+
+    def __init__(self, run_id: str, workspace: Workspace, *, _handle: Handle | None = None,
+                 _offset: int = 0) -> None:
+        self.id = run_id
+        self.workspace = workspace
+        self._handle = _handle
+        self._offset = _offset
+
+    @classmethod
+    def get(cls, run_id: str, workspace: Workspace | str | None = None) -> Run:
+        ws = workspace if isinstance(workspace, Workspace) else Workspace.locate(workspace)
+        with Store(ws.db_path, create=False) as store:
+            record = store.get(run_id)
+        return cls(record.id, ws)
+
+    def _store(self) -> Store:
+        return Store(self.workspace.db_path, create=False)
+
+    @property
+    def record(self) -> RunRecord:
+        with self._store() as store:
+            return reconcile(store, self.workspace, store.get(self.id))
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def paths(self) -> Any:
+        return self.workspace.run_paths(self.id)
+
+    def wait(self, show_output: bool = False, raise_on_failure: bool = False) -> RunRecord:
+        """Block until the run ends (streaming its output if asked); one Ctrl-C cancels it."""
+        with self._store() as store:
+            record = follow(store, self.workspace, store.get(self.id),
+                            out=_write_stdout if show_output else None, offset=self._offset,
+                            handle=self._handle)
+        if raise_on_failure and record.status != COMPLETED:
+            raise RunFailed(f"run {record.id} {record.status.lower()}: {record.reason}")
+        return record
+
+    def cancel(self) -> RunRecord:
+        with self._store() as store:
+            return cancel_run(store, self.workspace, store.get(self.id))
+
+    def logs(self) -> str:
+        paths = self.paths
+        return paths.log.read_bytes().decode(errors="replace") if paths.log.exists() else ""
+
+    def metrics(self) -> list[tuple[str, int | None, float, float | None]]:
+        with self._store() as store:
+            return store.metrics(self.id)
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+
+def submit(overrides: Sequence[str] = (), *, config_name: str | None = None, detach: bool = True,
+           show_output: bool = False, parent_id: str | None = None, sweep_id: str | None = None) -> Run:
+    """Compose exactly as ``mltrain <overrides>`` does, prepare, launch; returns without waiting."""
+    from mltrain.compose import compose_validated
+    from mltrain.spec import RunSpec
+
+    cfg, job = compose_validated(overrides, config_name)
+    from omegaconf import OmegaConf
+
+    spec = RunSpec.from_config(cfg, OmegaConf.to_yaml(job), list(overrides))
+    return submit_spec(spec, show_output=show_output, parent_id=parent_id, sweep_id=sweep_id)
+
+
+def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None = None,
+                sweep_id: str | None = None, snapshot_id: str | None = None,
+                git: dict[str, Any] | None = None) -> Run:
+    """Run ``spec``: snapshot (or reuse ``snapshot_id``), prepare, stage, launch. Records every step."""
+    from mltrain.blobstore import BlobStore
+    from mltrain.environments import environment_for
+    from mltrain.executors import executor_for
+    from mltrain.executors.base import LaunchRequest
+    from mltrain.plan import compile_plan
+    from mltrain.snapshot import SnapshotLimits, take_snapshot
+    from mltrain.spec import check_source
+
+    if snapshot_id is None:
+        check_source(spec)
+    workspace = Workspace.locate(spec.workspace_dir).ensure()
+    executor = executor_for(spec.compute, workspace)
+    environment = environment_for(spec.environment, source_dir=spec.source_dir)
+    with Store(workspace.db_path) as store:
+        record = store.create_run(
+            experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
+            compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
+            parent_id=parent_id, sweep_id=sweep_id,
+        )
+        paths = workspace.run_paths(record.id)
+        paths.dir.mkdir(parents=True)
+        paths.config.write_text(spec.config_yaml)
+        paths.overrides.write_text(json.dumps(list(spec.overrides)))
+        log_file = open(paths.log, "ab")  # noqa: SIM115 (closed in finally)
+
+        def note(line: str) -> None:
+            data = f"[mltrain] {line}\n".encode(errors="replace")
+            log_file.write(data)
+            log_file.flush()
+            if show_output:
+                sys.stderr.write(data.decode())
+
+        try:
+            store.transition(record.id, PREPARING)
+            blobs = BlobStore(workspace.blobs)
+            if snapshot_id is None:
+                limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+                snapshot = take_snapshot(spec.source_dir, blobs, limits=limits, cache_dir=workspace.cache)
+                for warning in snapshot.warnings:
+                    note(f"snapshot: {warning}")
+                _record_git(store, record.id, spec.source_dir, paths.git_patch)
+            else:
+                snapshot = _stored_snapshot(blobs, snapshot_id)
+                if git is not None:
+                    store.update(record.id, git=git)
+            store.update(record.id, snapshot_id=snapshot.manifest.id)
+            prepared = environment.prepare(note)
+            store.update(record.id, env_fingerprint=prepared.fingerprint)
+            if prepared.freeze is not None:
+                paths.environment_freeze.write_text(prepared.freeze + "\n")
+            plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
+                                interpreter=prepared.interpreter)
+            paths.plan.write_text(plan.to_json())
+            code_dir = executor.stage_code(snapshot.manifest.id)
+            request = LaunchRequest(
+                run_id=record.id,
+                argv=[prepared.interpreter, *spec.script_argv()],
+                cwd=code_dir,
+                env=_run_env(spec, record, paths),
+                paths=paths,
+            )
+            offset = log_file.tell()
+            handle = executor.launch(request)
+            store.transition(record.id, RUNNING, handle=handle.to_dict())
+        except MltrainError as exc:
+            store.transition(record.id, FAILED, reason=str(exc))
+            raise
+        except KeyboardInterrupt:
+            store.transition(record.id, CANCELED, reason="canceled by user during preparation")
+            raise
+        except BaseException as exc:
+            store.transition(record.id, FAILED, reason=f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            log_file.close()
+    return Run(record.id, workspace, _handle=handle, _offset=offset)
+
+
+def _run_env(spec: Any, record: RunRecord, paths: Any) -> dict[str, str]:
+    env = dict(spec.env_vars)
+    env.update({
+        "MLTRAIN_RUN_ID": record.id,
+        "MLTRAIN_EXPERIMENT": record.experiment,
+        "MLTRAIN_OUTPUT_DIR": str(paths.outputs),
+        "MLTRAIN_METRICS_FILE": str(paths.metrics),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _record_git(store: Store, run_id: str, source_dir: Path, patch_file: Path) -> None:
+    from mltrain.gitinfo import capture
+
+    info = capture(source_dir)
+    data = info.to_dict()
+    data.pop("patch", None)  # kept beside the record as bytes: it may hold non-UTF-8 files
+    if info.patch:
+        patch_file.write_bytes(info.patch_bytes())
+    data["has_patch"] = bool(info.patch)
+    store.update(run_id, git=data)
+
+
+def _stored_snapshot(blobs: Any, snapshot_id: str) -> Any:
+    from mltrain.snapshot import SnapshotResult
+
+    manifest = blobs.load_manifest(snapshot_id)
+    return SnapshotResult(manifest=manifest, files=len(manifest.entries), bytes=manifest.total_bytes,
+                          bytes_new=0, warnings=())
+
+
+__all__ = ["CANCELED", "COMPLETED", "FAILED", "Run", "submit", "submit_spec"]

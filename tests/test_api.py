@@ -1,0 +1,58 @@
+"""The Python API composes exactly as the CLI does (the seed's experiment.submit / wait_for_completion)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Project
+
+import mltrain
+from mltrain.errors import ConfigError, RunFailed
+
+
+@pytest.fixture
+def in_project(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.chdir(project.root)
+    for key in [k for k in os.environ if k.startswith("MLTRAIN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLTRAIN_CACHE_DIR", project.env["MLTRAIN_CACHE_DIR"])
+    return project
+
+
+def test_submit_wait_get(in_project: Project, capfd: pytest.CaptureFixture[str]) -> None:
+    run = mltrain.submit(["script=train.py", "params.epochs=1"])
+    record = run.wait(show_output=True)
+    assert record.status == "Completed"
+    assert "argv" in capfd.readouterr().out
+    again = mltrain.Run.get(run.id)
+    assert again.status == "Completed"
+    assert "argv" in again.logs()
+    assert again.metrics()[0][0] == "loss"
+
+
+def test_submit_compose_errors_are_mltrain_errors(in_project: Project) -> None:
+    with pytest.raises(ConfigError, match="unknown compute option"):
+        mltrain.submit(["script=train.py", "compute=nowhere"])
+
+
+def test_wait_raise_on_failure(in_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXIT_WITH", "2")
+    run = mltrain.submit(["script=train.py"])
+    with pytest.raises(RunFailed, match="exited with code 2"):
+        run.wait(raise_on_failure=True)
+
+
+def test_cancel_from_api(in_project: Project, tmp_path: Path) -> None:
+    in_project.write("sleepy.py", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+    run = mltrain.submit(["script=sleepy.py", "compute.cancel_grace=1"])
+    record = run.cancel()
+    assert record.status == "Canceled"
+    assert mltrain.Run.get(run.id).status == "Canceled"
+
+
+def test_log_metric_without_mltrain_file(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("MLTRAIN_METRICS_FILE", raising=False)
+    mltrain.log_metric("acc", 0.9, step=2)
+    assert capsys.readouterr().out.strip() == "::metric acc=0.9 step=2"

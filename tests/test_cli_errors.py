@@ -1,0 +1,96 @@
+"""Bad input through the CLI: one line saying what is wrong and how to fix it, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import Project, assert_one_line_error
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["script=train.py", "compute=nowhere"], ["unknown compute option 'nowhere'", "local"]),
+        (["script=train.py", "environment=condaa"], ["unknown environment option", "user_managed", "venv"]),
+        (["scirpt=train.py"], ["scirpt"]),
+        (["script=train.py", "compute.cancel_grce=3"], ["compute.cancel_grce"]),
+        (["script=train.py", "+compute.cancel_grce=3"], ["compute.cancel_grce", "valid keys", "cancel_grace"]),
+        (["script=train.py", "compute.cancel_grace=soon"], ["compute.cancel_grace", "soon"]),
+        (["script=train.py", "snapshot.max_files=many"], ["snapshot.max_files"]),
+        (["params.lr=0.1"], ["missing required value: script", "script=train.py"]),
+        (["script=nothere.py"], ["nothere.py not found"]),
+        (["script=../outside.py"], ["outside source_dir"]),
+        (["script=train.py", "source_dir=missing"], ["does not exist"]),
+        (["script=train.py", "source_dir=train.py"], ["is a file"]),
+        (["script=train.py", "params.lr=[1,"], ["malformed override"]),
+        (["script=train.py", "framework.args_style=weird"], ["args_style", "argparse", "hydra"]),
+        (["script=train.py", "compute.type=cloud"], ["compute.type='cloud'", "local"]),
+    ],
+)
+def test_config_and_source_errors(project: Project, args: list[str], fragments: list[str]) -> None:
+    (project.root.parent / "outside.py").write_text("print('x')\n")
+    result = project.run(*args)
+    assert_one_line_error(result, *fragments)
+    assert not (project.workspace / "runs").exists() or not any((project.workspace / "runs").iterdir())
+
+
+def test_plan_shares_the_errors(project: Project) -> None:
+    assert_one_line_error(project.run("plan", "script=train.py", "compute=nowhere"), "unknown compute option")
+
+
+def test_unwritable_workspace(project: Project, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = project.run("script=train.py", env={"MLTRAIN_HOME": str(blocker / "ws")})
+    assert_one_line_error(result, "not writable", "MLTRAIN_HOME")
+
+
+def test_unknown_run_id(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    for command in (["show"], ["logs"], ["cancel"], ["attach"], ["metrics"]):
+        assert_one_line_error(project.run("runs", *command, "zzzzzzzz"), "no run 'zzzzzzzz'", "runs list")
+
+
+def test_no_history_yet(project: Project) -> None:
+    assert_one_line_error(project.run("runs", "show", "abc"), "no run history")
+
+
+def test_corrupt_database_is_left_untouched(project: Project) -> None:
+    project.workspace.mkdir()
+    db = project.workspace / "runs.db"
+    garbage = b"this is not sqlite" * 100
+    db.write_bytes(garbage)
+    for args in (["runs", "list"], ["script=train.py"]):
+        assert_one_line_error(project.run(*args), "runs.db", "not a usable run history")
+    assert db.read_bytes() == garbage
+
+
+def test_newer_schema_is_refused_and_untouched(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    db = project.workspace / "runs.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = db.read_bytes()
+    assert_one_line_error(project.run("runs", "list"), "newer mltrain", "upgrade")
+    assert_one_line_error(project.run("script=train.py"), "newer mltrain")
+    assert db.read_bytes() == before
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    conn.close()
+
+
+def test_full_error_shows_traceback(project: Project) -> None:
+    result = project.run("script=train.py", "compute=nowhere", env={"MLTRAIN_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_failing_environment_keeps_a_failed_record(project: Project) -> None:
+    result = project.run("script=train.py", "environment.interpreter=/no/such/python")
+    assert_one_line_error(result, "/no/such/python")
+    (record,) = project.runs()
+    assert record["status"] == "Failed"
+    assert "/no/such/python" in str(record["reason"])

@@ -1,0 +1,195 @@
+"""Submitting through the real CLI on the local target: output, exit codes, args, env, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from conftest import Project
+
+
+def test_run_streams_output_and_records_completed(project: Project) -> None:
+    result = project.run("script=train.py", "params.lr=0.1", "params.epochs=2", check=True)
+    assert "argv" in result.stdout
+    argv = json.loads(result.stdout.split("argv ", 1)[1].splitlines()[0])
+    assert argv == ["--lr", "0.1", "--epochs", "2"]
+    (record,) = project.runs()
+    assert record["status"] == "Completed"
+    assert record["exit_code"] == 0
+    assert f"run {record['id']}" in result.stdout  # MLTRAIN_RUN_ID reached the script
+    assert record["experiment"] == "proj"
+    run_dir = project.workspace / "runs" / str(record["id"])
+    assert (run_dir / "outputs" / "result.txt").read_text() == "done"
+    assert "argv" in (run_dir / "output.log").read_text()
+    assert "script: train.py" in (run_dir / "config.yaml").read_text()
+    shown = json.loads(project.run("runs", "show", str(record["id"]), "--json", check=True).stdout)
+    assert [t["status"] for t in shown["transitions"]] == ["Queued", "Preparing", "Running", "Finalizing", "Completed"]
+    assert shown["metrics"] == {"loss": 0.5}
+    assert shown["env_fingerprint"]
+
+
+def test_failed_script_gives_nonzero_exit_and_reason(project: Project) -> None:
+    result = project.run("script=train.py", env={"EXIT_WITH": "3"})
+    assert result.returncode == 1
+    (record,) = project.runs()
+    assert record["status"] == "Failed"
+    assert record["exit_code"] == 3
+    assert record["reason"] == "script exited with code 3"
+    assert "Failed" in result.stderr
+
+
+HOSTILE = ["a b", "$(id)", ";", "x\ny", "-x", "--flag=1", "'single'", '"double"', "*", "", "\\"]
+
+
+def test_arguments_arrive_literally(project: Project) -> None:
+    project.write(
+        "conf/hostile.yaml", "defaults:\n  - config\n  - _self_\nscript: train.py\nargs: " + json.dumps(HOSTILE) + "\n"
+    )
+    result = project.run("-cn", "hostile", check=True)
+    argv = json.loads(result.stdout.split("argv ", 1)[1].splitlines()[0])
+    assert argv == HOSTILE
+
+
+def test_env_vars_reach_the_script(project: Project) -> None:
+    project.write(
+        "env.py",
+        "import os\nfor k in ('GREETING', 'MLTRAIN_METRICS_FILE', 'MLTRAIN_OUTPUT_DIR'):\n"
+        "    print(k, os.environ.get(k))\n",
+    )
+    result = project.run("script=env.py", "+env_vars.GREETING=hello world", check=True)
+    assert "GREETING hello world" in result.stdout
+    assert "MLTRAIN_METRICS_FILE /" in result.stdout
+    assert str(project.workspace) in result.stdout
+
+
+def test_invalid_env_var_name_is_refused(project: Project) -> None:
+    project.write("conf/badenv.yaml", "defaults:\n  - config\n  - _self_\nenv_vars:\n  'A-B': x\n")
+    result = project.run("-cn", "badenv", "script=train.py")
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(result, "env_vars.A-B")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+SLOW = """
+import os, sys, time
+open("{pidfile}", "w").write(str(os.getpid()))
+print("started", flush=True)
+for i in range(600):
+    time.sleep(0.1)
+print("finished", flush=True)
+"""
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_detach_then_attach(project: Project, tmp_path: Path) -> None:
+    project.write("quick.py", "import time\nprint('hello', flush=True)\ntime.sleep(1.5)\nprint('bye')\n")
+    started = time.monotonic()
+    result = project.run("--detach", "script=quick.py", check=True)
+    assert time.monotonic() - started < 1.4  # returned while the script still sleeps
+    run_id = result.stdout.strip()
+    assert len(run_id) == 8
+    attached = project.run("runs", "attach", run_id)
+    assert attached.returncode == 0
+    assert "hello" in attached.stdout and "bye" in attached.stdout
+    assert project.runs()[0]["status"] == "Completed"
+
+
+def test_ctrl_c_cancels_the_run(project: Project, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    project.write("slow.py", SLOW.format(pidfile=pidfile))
+    proc = project.popen("script=slow.py", "compute.cancel_grace=2")
+    _wait_for(pidfile.exists)
+    script_pid = int(pidfile.read_text())
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    (record,) = project.runs()
+    assert record["status"] == "Canceled"
+    assert "Ctrl-C" in str(record["reason"])
+    _wait_for(lambda: not _pid_alive(script_pid), timeout=5)
+
+
+def test_cancel_a_detached_run(project: Project, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    project.write("slow.py", SLOW.format(pidfile=pidfile))
+    run_id = project.run("--detach", "script=slow.py", check=True).stdout.strip()
+    _wait_for(pidfile.exists)
+    result = project.run("runs", "cancel", run_id, check=True)
+    assert "Canceled" in result.stdout
+    assert not _pid_alive(int(pidfile.read_text()))
+    assert project.runs()[0]["status"] == "Canceled"
+    again = project.run("runs", "cancel", run_id, check=True)
+    assert "already Canceled" in again.stdout
+
+
+def test_vanished_process_is_reconciled_to_failed(project: Project, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    project.write("slow.py", SLOW.format(pidfile=pidfile))
+    run_id = project.run("--detach", "script=slow.py", check=True).stdout.strip()
+    _wait_for(pidfile.exists)
+    shown = json.loads(project.run("runs", "show", run_id, "--json", check=True).stdout)
+    assert shown["status"] == "Running"
+    os.killpg(int(shown["handle"]["pid"]), signal.SIGKILL)  # wrapper and script die, no exit code written
+    _wait_for(lambda: not _pid_alive(int(shown["handle"]["pid"])), timeout=5)
+    (record,) = project.runs()
+    assert record["status"] == "Failed"
+    assert "disappeared" in str(record["reason"])
+
+
+def test_logs_and_metrics_commands(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    logs = project.run("runs", "logs", run_id[:5], check=True)
+    assert "argv" in logs.stdout
+    metrics = json.loads(project.run("runs", "metrics", run_id, "--json", check=True).stdout)
+    assert [(m["name"], m["step"], m["value"]) for m in metrics] == [("loss", 1, 0.5)]
+    listing = project.run("runs", "list", check=True).stdout
+    assert run_id in listing and "Completed" in listing
+
+
+def test_list_filters(project: Project) -> None:
+    project.run("script=train.py", "experiment=one", check=True)
+    project.run("script=train.py", "experiment=two", env={"EXIT_WITH": "1"})
+    assert [
+        r["experiment"] for r in json.loads(project.run("runs", "list", "--json", "--experiment", "one").stdout)
+    ] == ["one"]
+    failed = json.loads(project.run("runs", "list", "--json", "--status", "Failed").stdout)
+    assert [r["experiment"] for r in failed] == ["two"]
+
+
+def test_runs_from_snapshot_not_live_tree(project: Project, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    project.write("helper.py", "VALUE = 'original'\n")
+    project.write(
+        "edit.py",
+        f"""
+        import os, time
+        while not os.path.exists({str(gate)!r}):
+            time.sleep(0.05)
+        import helper
+        print("value", helper.VALUE)
+        """,
+    )
+    run_id = project.run("--detach", "script=edit.py", check=True).stdout.strip()
+    project.write("helper.py", "VALUE = 'edited'\n")
+    gate.touch()
+    attached = project.run("runs", "attach", run_id, check=True)
+    assert "value original" in attached.stdout

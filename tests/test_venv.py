@@ -1,0 +1,101 @@
+"""environment=venv: built once per content hash, reused; a failing build fails the run with its reason."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import Project, assert_one_line_error
+
+
+def make_wheel(folder: Path, name: str = "mltrain_probe_pkg", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel, built by hand so the test needs no index."""
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 42\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_venv_built_once_and_reused(project: Project, tmp_path: Path, installer: str) -> None:
+    wheel = make_wheel(tmp_path)
+    project.write("uses_pkg.py", "import sys, mltrain_probe_pkg\nprint('value', mltrain_probe_pkg.VALUE, sys.prefix)\n")
+    args = [
+        "script=uses_pkg.py",
+        "environment=venv",
+        f"environment.packages=[{wheel}]",
+        f"environment.installer={installer}",
+        "+environment.pip_args=[--no-index]",
+    ]
+    if installer == "uv":
+        args[-1] = "environment.pip_args=[--offline]"
+    else:
+        args[-1] = "environment.pip_args=[--no-index]"
+    first = project.run(*args, check=True)
+    assert "value 42" in first.stdout
+    assert "building venv" in first.stderr
+    second = project.run(*args, check=True)
+    assert "value 42" in second.stdout
+    assert "building venv" not in second.stderr
+    records = project.runs()
+    assert records[0]["env_fingerprint"] == records[1]["env_fingerprint"]
+    freeze = (project.workspace / "runs" / str(records[0]["id"]) / "environment.txt").read_text()
+    assert "mltrain_probe_pkg==1.0" in freeze.replace("-", "_")
+    plan = json.loads(project.run("plan", "--json", *args, check=True).stdout)
+    assert next(s for s in plan["stages"] if s["name"] == "ENVIRONMENT")["cached"] is True
+
+
+def test_failing_build_fails_the_run(project: Project) -> None:
+    result = project.run(
+        "script=train.py",
+        "environment=venv",
+        "environment.installer=pip",
+        "environment.packages=[surely-not-a-package-mltrain-xyz==9.9]",
+        "environment.pip_args=[--no-index]",
+    )
+    assert_one_line_error(result, "environment build failed")
+    (record,) = project.runs()
+    assert record["status"] == "Failed"
+    assert "environment build failed" in str(record["reason"])
+
+
+def test_requirements_file_counts_in_fingerprint(project: Project) -> None:
+    project.write("requirements.txt", "# nothing\n")
+    one = json.loads(
+        project.run(
+            "plan",
+            "--json",
+            "script=train.py",
+            "environment=venv",
+            "environment.requirements=requirements.txt",
+            check=True,
+        ).stdout
+    )
+    project.write("requirements.txt", "# still nothing, but different\n")
+    two = json.loads(
+        project.run(
+            "plan",
+            "--json",
+            "script=train.py",
+            "environment=venv",
+            "environment.requirements=requirements.txt",
+            check=True,
+        ).stdout
+    )
+    fp = [next(s for s in p["stages"] if s["name"] == "ENVIRONMENT")["fingerprint"] for p in (one, two)]
+    assert fp[0] != fp[1]
+    assert_one_line_error(
+        project.run("plan", "script=train.py", "environment=venv", "environment.requirements=nope.txt"),
+        "environment.requirements",
+        "nope.txt",
+    )
