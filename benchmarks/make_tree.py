@@ -1,0 +1,75 @@
+"""Generate the benchmark source tree for ``bench_snapshot.py``.
+
+The default shape mirrors a typical ML project that forgot to ignore its
+data: 10,000 small source-like files (4 KiB) spread over a few hundred
+directories, plus 20 large (20 MiB) files of random bytes. Content is
+random but seeded, so two trees made with the same seed are identical and
+deduplicate fully in one blob store.
+
+Usage: ``python benchmarks/make_tree.py DEST [--small N] [--big N] [--git]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+SMALL_SIZE = 4 * 1024
+BIG_SIZE = 20 * 1024 * 1024
+FILES_PER_DIR = 40
+DIRS_PER_TOP = 25
+
+
+def small_path(index: int) -> str:
+    """Relative path of the index-th small file (stable, so benchmarks can edit one)."""
+    d = index // FILES_PER_DIR
+    return f"src/pkg{d // DIRS_PER_TOP:02d}/mod{d % DIRS_PER_TOP:02d}/file{index % FILES_PER_DIR:02d}.py"
+
+
+def make_tree(dest: Path, *, small: int = 10_000, big: int = 20, seed: int = 0) -> None:
+    """Write the tree under ``dest`` (created; must not hold a previous tree)."""
+    rng = random.Random(seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    made: set[Path] = set()
+    for i in range(small):
+        path = dest / small_path(i)
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(rng.randbytes(SMALL_SIZE))
+    data = dest / "data"
+    data.mkdir(exist_ok=True)
+    for i in range(big):
+        (data / f"shard{i:02d}.bin").write_bytes(rng.randbytes(BIG_SIZE))
+
+
+def commit_all(dest: Path) -> None:
+    """Make ``dest`` a git repository with everything committed (the ``git status`` baseline)."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    for cmd in (["init", "-q"], ["add", "-A"], [*ident, "commit", "-q", "-m", "tree"]):
+        subprocess.run(["git", *cmd], cwd=dest, env=env, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--small", type=int, default=10_000, help="number of 4 KiB files")
+    parser.add_argument("--big", type=int, default=20, help="number of 20 MiB files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--git", action="store_true", help="also git init + commit everything")
+    args = parser.parse_args(argv)
+    if args.dest.exists() and any(args.dest.iterdir()):
+        parser.error(f"{args.dest} is not empty; pick a fresh directory")
+    make_tree(args.dest, small=args.small, big=args.big, seed=args.seed)
+    if args.git:
+        commit_all(args.dest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

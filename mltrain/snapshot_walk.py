@@ -1,0 +1,229 @@
+"""Walk a source directory once, applying the ignore rules, without reading file contents.
+
+The walk only lists and ``lstat``s, so the file count and byte total are
+known (and checked against the limits) before a single byte is read or
+copied. Excluded directories are pruned, never entered. Paths are ``str``
+with surrogate escapes for undecodable bytes (what :func:`os.scandir`
+returns for a ``str`` path), so any name a POSIX file system allows works.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+from mltrain.errors import SnapshotError
+from mltrain.ignore import (
+    ALWAYS_EXCLUDED_DIRS,
+    ALWAYS_EXCLUDED_NAMES,
+    AMLIGNORE,
+    GITIGNORE,
+    MLTRAINIGNORE,
+    VENV_MARKER,
+    IgnoreRules,
+    Verdict,
+    escape_glob,
+)
+from mltrain.snapshot_manifest import link_stays_inside
+
+logger = logging.getLogger(__name__)
+
+Found = tuple[str, str, os.stat_result, str | None]
+"""(relative path, absolute path, lstat result, symlink text or None) of one kept file."""
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+@dataclass
+class WalkResult:
+    files: list[Found] = field(default_factory=list)
+    """Sorted by relative path."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def show(rel: str) -> str:
+    """A path as printable one-line text (newlines and undecodable bytes escaped)."""
+    if rel.isprintable():
+        return rel
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in rel)
+
+
+def ignore_hint(rel: str, is_dir: bool) -> str:
+    """The ``.mltrainignore`` line that drops exactly this path."""
+    return f"add '{show(escape_glob(rel))}{'/' if is_dir else ''}' to {MLTRAINIGNORE}"
+
+
+def load_rules(root: str) -> IgnoreRules:
+    """The root-level rules: ``.mltrainignore``, ``.amlignore`` and the secret-file defaults."""
+    return IgnoreRules.create(
+        mltrainignore=_read_ignore_file(root, MLTRAINIGNORE, follow=True),
+        amlignore=_read_ignore_file(root, AMLIGNORE, follow=True),
+    )
+
+
+def _read_ignore_file(folder: str, rel: str, *, follow: bool) -> bytes:
+    path = os.path.join(folder, os.path.basename(rel))
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            return b""  # git does not follow a symlinked .gitignore either
+        raise SnapshotError(f"cannot read ignore file {show(rel)}: {exc.strerror} (fix its permissions)") from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read ignore file {show(rel)}: {exc.strerror} (fix its permissions)") from None
+
+
+def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -> WalkResult:
+    """List every kept regular file and symlink under ``root`` (an existing directory).
+
+    ``skip`` holds relative directory paths never to enter (a workspace that lives inside the tree).
+    """
+    result = WalkResult()
+    files = result.files
+    links: list[Found] = []
+    root_real = os.path.realpath(root)
+    stack: list[tuple[str, str, IgnoreRules]] = [(root, "", rules)]
+    while stack:
+        folder, rel_dir, rules = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            shown = show(rel_dir or ".")
+            hint = f"; or {ignore_hint(rel_dir[:-1], True)}" if rel_dir else ""
+            raise SnapshotError(f"cannot read directory {shown}: {exc.strerror} (fix its permissions{hint})") from None
+        names = {entry.name for entry in entries} if len(entries) < 64 else None
+        if rel_dir and _has(entries, names, VENV_MARKER):
+            logger.debug("skipping virtualenv %s", show(rel_dir))
+            continue
+        if _has(entries, names, GITIGNORE):
+            rules = rules.with_gitignore(rel_dir, _read_ignore_file(folder, rel_dir + GITIGNORE, follow=False))
+        _visit(entries, rel_dir, rules, skip, stack, files, links, result.warnings)
+    links.sort(key=itemgetter(0))
+    for found in links:
+        _check_link(found, root_real, result.warnings)
+    files.extend(links)
+    files.sort(key=itemgetter(0))
+    if links:
+        _warn_links_to_excluded(links, files, root_real, result.warnings)
+    result.warnings.sort()
+    return result
+
+
+def _has(entries: list[os.DirEntry[str]], names: set[str] | None, name: str) -> bool:
+    if names is not None:
+        return name in names
+    return any(entry.name == name for entry in entries)
+
+
+def _visit(
+    entries: list[os.DirEntry[str]],
+    rel_dir: str,
+    rules: IgnoreRules,
+    skip: frozenset[str],
+    stack: list[tuple[str, str, IgnoreRules]],
+    files: list[Found],
+    links: list[Found],
+    warnings: list[str],
+) -> None:
+    verdict = rules.verdict
+    memo_files, memo_dirs = rules.name_memo or ({}, {})
+    memoize = rules.name_memo is not None
+    for entry in entries:
+        name = entry.name
+        if name in ALWAYS_EXCLUDED_NAMES:
+            continue
+        rel = rel_dir + name
+        if entry.is_dir(follow_symlinks=False):
+            if name in ALWAYS_EXCLUDED_DIRS or (skip and rel in skip):
+                continue
+            decided = memo_dirs.get(name) if memoize else None
+            if decided is None:
+                decided = verdict(rel, True)
+                if memoize:
+                    memo_dirs[name] = decided
+            if decided is Verdict.INCLUDE:
+                stack.append((entry.path, rel + "/", rules))
+            elif decided is Verdict.SECRET:
+                warnings.append(f"excluded secret directory {show(rel)}/ ({_opt_in(rel, True)})")
+            continue
+        decided = memo_files.get(name) if memoize else None
+        if decided is None:
+            decided = verdict(rel, False)
+            if memoize:
+                memo_files[name] = decided
+        if decided is not Verdict.INCLUDE:
+            if decided is Verdict.SECRET:
+                warnings.append(f"excluded secret file {show(rel)} ({_opt_in(rel, False)})")
+            continue
+        if entry.is_file(follow_symlinks=False):
+            files.append((rel, entry.path, entry.stat(follow_symlinks=False), None))
+        elif entry.is_symlink():
+            links.append((rel, entry.path, entry.stat(follow_symlinks=False), os.readlink(entry.path)))
+        else:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            kind = next((label for test, label in _SPECIAL_KINDS if test(mode)), "special file")
+            warnings.append(f"skipped {kind} {show(rel)} (a snapshot holds only regular files and symlinks)")
+
+
+def _opt_in(rel: str, is_dir: bool) -> str:
+    return f"add '!{show(escape_glob(rel))}{'/' if is_dir else ''}' to {MLTRAINIGNORE} to include it"
+
+
+def _check_link(found: Found, root_real: str, warnings: list[str]) -> None:
+    """A symlink is kept as a link only if it resolves inside the tree (or dangles inside it)."""
+    rel, path, _, target = found
+    assert target is not None
+    drop = ignore_hint(rel, False)
+    if target.startswith("/"):
+        raise SnapshotError(
+            f"symlink {show(rel)} has an absolute target {show(target)}; make it relative (ln -sfr) or {drop}"
+        )
+    if not link_stays_inside(rel, target):
+        raise SnapshotError(f"symlink {show(rel)} points outside the source directory ({show(target)}); {drop}")
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SnapshotError(
+                f"symlink {show(rel)} is part of a symlink loop ({show(target)}); fix it or {drop}"
+            ) from None
+    real = os.path.realpath(path)
+    if real != root_real and not real.startswith(root_real + "/"):
+        raise SnapshotError(
+            f"symlink {show(rel)} resolves outside the source directory (to {show(real)}); {drop}"
+        )
+
+
+def _warn_links_to_excluded(links: list[Found], files: list[Found], root_real: str, warnings: list[str]) -> None:
+    """A link whose existing target is left out of the snapshot would dangle on the target."""
+    kept = {f[0] for f in files}
+    kept_dirs: set[str] = set()
+    for rel in kept:
+        slash = rel.rfind("/")
+        while slash > 0 and rel[:slash] not in kept_dirs:
+            kept_dirs.add(rel[:slash])
+            slash = rel.rfind("/", 0, slash)
+    prefix = root_real + "/"
+    for rel, path, _, _target in links:
+        real = os.path.realpath(path)
+        if real == root_real or not os.path.lexists(real):
+            continue
+        inside = real[len(prefix) :]
+        if inside not in kept and inside not in kept_dirs:
+            warnings.append(f"symlink {show(rel)} points to {show(inside)}, which is not in the snapshot")
