@@ -193,6 +193,8 @@ def _subcommand(args: list[str]) -> int:
     gc.add_argument("--failed", action="store_true", help="also delete failed and canceled runs")
     gc.add_argument("--older-than", type=float, metavar="DAYS", help="also delete runs older than DAYS")
     gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                    help="spare blobs younger than this (a snapshot may be in flight; default 3600)")
 
     parsed = parser.parse_args(args)
     if parsed.command == "plan":

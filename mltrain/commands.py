@@ -289,6 +289,7 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
                              dry_run=True)
     environment = environment_for(spec.environment, source_dir=spec.source_dir)
     executor = executor_for(spec.compute, workspace)
+    executor.check_environment(environment)
     return compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor)
 
 
@@ -316,7 +317,7 @@ def gc_command(parsed: argparse.Namespace) -> int:
             for record in doomed:
                 shutil.rmtree(workspace.run_paths(record.id).dir, ignore_errors=True)
     blobs = BlobStore(workspace.blobs)
-    removed, freed = blobs.gc(keep, dry_run=parsed.dry_run)
+    removed, freed = blobs.gc(keep, dry_run=parsed.dry_run, grace_seconds=parsed.grace)
     checkouts = 0
     if workspace.checkouts.is_dir():
         for folder in workspace.checkouts.iterdir():

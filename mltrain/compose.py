@@ -18,12 +18,18 @@ CONFIG_NAME = "config"
 
 def prepare_hydra() -> None:
     """Process-wide set-up done once before Hydra composes anything for mltrain."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mltrain_plugins.searchpath import MltrainSearchPathPlugin
     from mltrain.config import register_configs
 
     # Hydra's own reporter prints multi-line messages and calls sys.exit; with this set it
     # re-raises instead, and mltrain's single error boundary turns the error into one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     register_configs()
+    # Hydra finds plugins by walking the hydra_plugins namespace, which setuptools' editable
+    # installs hide behind a path hook; registering (idempotent) works for every install.
+    Plugins.instance().register(MltrainSearchPathPlugin)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, multirun: bool = False) -> DictConfig:

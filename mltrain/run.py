@@ -68,7 +68,7 @@ class Run:
 
     def cancel(self) -> RunRecord:
         with self._store() as store:
-            return cancel_run(store, self.workspace, store.get(self.id))
+            return cancel_run(store, self.workspace, store.get(self.id), handle=self._handle)
 
     def logs(self) -> str:
         paths = self.paths
@@ -112,6 +112,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     workspace = Workspace.locate(spec.workspace_dir).ensure()
     executor = executor_for(spec.compute, workspace)
     environment = environment_for(spec.environment, source_dir=spec.source_dir)
+    executor.check_environment(environment)
     with Store(workspace.db_path) as store:
         record = store.create_run(
             experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
@@ -145,7 +146,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
                 if git is not None:
                     store.update(record.id, git=git)
             store.update(record.id, snapshot_id=snapshot.manifest.id)
-            prepared = environment.prepare(note)
+            prepared = environment.prepare(note, executor)
             store.update(record.id, env_fingerprint=prepared.fingerprint)
             if prepared.freeze is not None:
                 paths.environment_freeze.write_text(prepared.freeze + "\n")
@@ -159,6 +160,8 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
                 cwd=code_dir,
                 env=_run_env(spec, record, paths),
                 paths=paths,
+                experiment=spec.experiment,
+                image=prepared.image,
             )
             offset = log_file.tell()
             handle = executor.launch(request)

@@ -55,7 +55,13 @@ def test_cfg_and_info_flags(project: Project) -> None:
     assert not project.workspace.exists()  # showing config runs nothing
     info = project.run("script=train.py", "--info", "searchpath", check=True)
     assert "pkg://mltrain.conf" in info.stdout
-    assert "mltrain-project" in info.stdout
+    assert "mltrain-project" not in info.stdout  # no ./conf, nothing prepended
+    project.write("conf/compute/mine.yaml", "type: local\n")
+    info = project.run("script=train.py", "--info", "searchpath", check=True)
+    lines = info.stdout.splitlines()
+    project_line = next(i for i, line in enumerate(lines) if "mltrain-project" in line)
+    packaged_line = next(i for i, line in enumerate(lines) if "pkg://mltrain.conf" in line)
+    assert project_line < packaged_line  # the project's conf wins
 
 
 def test_shell_completion(project: Project) -> None:

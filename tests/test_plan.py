@@ -42,7 +42,7 @@ def test_plan_does_not_build_a_venv(project: Project, cache_dir) -> None:  # typ
             "--json",
             "script=train.py",
             "environment=venv",
-            "environment.packages=[plan-only-pkg==1.0]",
+            'environment.packages=["plan-only-pkg==1.0"]',
             check=True,
         ).stdout
     )

@@ -60,10 +60,14 @@ def test_failing_build_fails_the_run(project: Project) -> None:
         "script=train.py",
         "environment=venv",
         "environment.installer=pip",
-        "environment.packages=[surely-not-a-package-mltrain-xyz==9.9]",
+        "environment.packages=['surely-not-a-package-mltrain-xyz==9.9']",
         "environment.pip_args=[--no-index]",
     )
-    assert_one_line_error(result, "environment build failed")
+    # the build's own output streams first; the error is the last line, and there is no traceback
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mltrain: error: environment build failed"), last
+    assert "No matching distribution" in last
     (record,) = project.runs()
     assert record["status"] == "Failed"
     assert "environment build failed" in str(record["reason"])

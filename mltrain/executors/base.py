@@ -56,6 +56,8 @@ class LaunchRequest:
     cwd: str  # where the code was staged, on the target
     env: Mapping[str, str]  # variables added to the target's environment
     paths: RunPaths  # the run's folder in the local workspace
+    experiment: str = ""
+    image: str | None = None  # the container image, when the environment made one
 
 
 class Handle(ABC):
@@ -118,6 +120,16 @@ class Executor(ABC):
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
         """Rebuild the handle stored on a run record."""
 
+    def check_environment(self, environment: Any) -> None:
+        """Refuse, before anything runs, an environment this target cannot use (a ConfigError)."""
+        if environment.provides_image:
+            from mltrain.errors import ConfigError
+
+            raise ConfigError(
+                f"environment={environment.kind} makes a container image, which compute={self.kind} cannot run; "
+                "use compute=docker"
+            )
+
     def describe(self) -> str:
         return self.kind
 
@@ -176,11 +188,11 @@ def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecor
 
 
 def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: float | None = None,
-               reason: str = "canceled by user") -> RunRecord:
+               reason: str = "canceled by user", handle: Handle | None = None) -> RunRecord:
     record = reconcile(store, workspace, record)
     if record.is_terminal:
         return record
-    handle = handle_for(record, workspace)
+    handle = handle or handle_for(record, workspace)
     if handle is None:
         store.transition(record.id, CANCELED, reason=reason)
         return store.get(record.id)
@@ -217,7 +229,8 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
             return finalize(store, workspace, current, handle, info)
     except KeyboardInterrupt:
         log.info("cancelling run %s", record.id)
-        return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)")
+        return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)",
+                          handle=handle)
 
 
 def read_whole_log(handle: Handle | None, paths: RunPaths) -> bytes:

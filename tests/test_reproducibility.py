@@ -1,0 +1,120 @@
+"""Reproducible runs through the CLI: git state, outputs, rerun from the stored snapshot, diff, gc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import Project, assert_one_line_error
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+
+
+def _git(project: Project, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=project.root, check=True, capture_output=True, text=True).stdout
+
+
+def _show(project: Project, run_id: str) -> dict[str, object]:
+    return json.loads(project.run("runs", "show", run_id, "--json", check=True).stdout)  # type: ignore[no-any-return]
+
+
+def test_git_state_is_recorded(project: Project) -> None:
+    _git(project, "init", "-q")
+    _git(project, "add", "train.py")
+    _git(project, "commit", "-qm", "first")
+    project.write("notes.txt", "uncommitted\n")
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    git = _show(project, run_id)["git"]
+    assert isinstance(git, dict)
+    assert git["is_repo"] is True and git["dirty"] is True and git["branch"] == "main"
+    assert git["commit"] == _git(project, "rev-parse", "HEAD").strip()
+    patch = (project.workspace / "runs" / run_id / "git.patch").read_text()
+    assert "notes.txt" in patch and "uncommitted" in patch
+    shown = project.run("runs", "show", run_id, check=True).stdout
+    assert "dirty" in shown
+
+
+def test_not_a_git_repo_is_recorded_not_an_error(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    git = _show(project, str(project.runs()[0]["id"]))["git"]
+    assert isinstance(git, dict)
+    assert (git["is_repo"], git["commit"], git["dirty"], git["has_patch"]) == (False, None, False, False)
+
+
+def test_outputs_listed_and_downloaded(project: Project, tmp_path: Path) -> None:
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    listing = project.run("runs", "outputs", run_id, check=True).stdout
+    assert "result.txt" in listing
+    dest = tmp_path / "dl"
+    project.run("runs", "outputs", run_id, "--download", str(dest), check=True)
+    assert (dest / "result.txt").read_text() == "done"
+
+
+def test_rerun_uses_the_stored_snapshot_and_config(project: Project) -> None:
+    project.write("say.py", "import sys\nprint('version', 'one', sys.argv[1:])\n")
+    project.run("script=say.py", "params.lr=0.1", check=True)
+    first = str(project.runs()[0]["id"])
+    project.write("say.py", "print('version two')\n")
+    rerun = project.run("runs", "rerun", first, check=True)
+    assert "version one ['--lr', '0.1']" in rerun.stdout
+    newest = project.runs()[0]
+    assert newest["parent_id"] == first
+    assert newest["status"] == "Completed"
+    changed = project.run("runs", "rerun", first, "params.lr=0.5", check=True)
+    assert "version one ['--lr', '0.5']" in changed.stdout
+    latest = str(project.runs()[0]["id"])
+    diff = project.run("runs", "diff", first, latest, check=True).stdout
+    assert "params.lr: 0.1 -> 0.5" in diff
+    fresh = project.run("script=say.py", check=True)
+    assert "version two" in fresh.stdout
+    newest_id = str(project.runs()[0]["id"])
+    files = project.run("runs", "diff", first, newest_id, check=True).stdout
+    assert "M say.py" in files
+
+
+def test_rerun_rejects_bad_overrides(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    assert_one_line_error(project.run("runs", "rerun", run_id, "compute.cancel_grace=soon"), "cancel_grace")
+    assert_one_line_error(project.run("runs", "rerun", run_id, "params.lr=1,2"), "single values")
+
+
+def test_secret_files_stay_out_with_a_warning(project: Project) -> None:
+    project.write(".env", "TOKEN=abc\n")
+    project.write("keys/server.pem", "-----BEGIN-----\n")
+    project.write("ls.py", "import os\nprint(sorted(os.listdir('.')))\n")
+    result = project.run("script=ls.py", check=True)
+    assert ".env" not in result.stdout.split("[", 1)[1]
+    assert ".env" in result.stderr and "server.pem" in result.stderr  # the warning names them
+    project.write(".mltrainignore", "!.env\n")
+    again = project.run("script=ls.py", check=True)
+    assert "'.env'" in again.stdout
+
+
+def test_snapshot_limits_refuse_with_the_culprit(project: Project) -> None:
+    for i in range(30):
+        project.write(f"data/part{i}.csv", "x" * 100)
+    result = project.run("script=train.py", "snapshot.max_files=10")
+    assert_one_line_error(result, "data/")
+
+
+def test_gc_keeps_what_kept_runs_use(project: Project) -> None:
+    project.write("big.bin", "A" * 200_000)
+    project.run("script=train.py", check=True)
+    keep_id = str(project.runs()[0]["id"])
+    project.write("big.bin", "B" * 300_000)
+    project.run("script=train.py", env={"EXIT_WITH": "1"})
+    failed_id = str(project.runs()[0]["id"])
+    assert failed_id != keep_id
+    assert "free 0.0 MB: 0 blobs" in project.run("gc", "--failed", "--dry-run").stdout  # young blobs are spared
+    dry = project.run("gc", "--failed", "--dry-run", "--grace", "0", check=True).stdout
+    assert "would free" in dry
+    assert len(project.runs()) == 2
+    result = project.run("gc", "--failed", "--grace", "0", check=True).stdout
+    assert "freed 0.3 MB" in result
+    assert [r["id"] for r in project.runs()] == [keep_id]
+    rerun = project.run("runs", "rerun", keep_id, check=True)  # its blobs survived
+    assert rerun.returncode == 0
