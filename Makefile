@@ -20,6 +20,7 @@ demo: install
 
 provision:
 	bash .ci/provision.sh
+	bash .ci/provision-docker.sh
 
 test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -70,9 +70,9 @@ def main() -> None:
         os.environ["MLTRAIN_CACHE_DIR"] = str(root / "cache")
         venv_env = Venv(env_cfg, source_dir=project)
         start = time.perf_counter()
-        venv_env.prepare(lambda line: None)
+        venv_env.prepare(lambda line: None, None)
         build = time.perf_counter() - start
-        hit = median_seconds(lambda: Venv(env_cfg, source_dir=project).prepare(lambda line: None), repeat=9)
+        hit = median_seconds(lambda: Venv(env_cfg, source_dir=project).prepare(lambda line: None, None), repeat=9)
         report("venv preparation, unchanged package list (cache hit)", hit, build, "<= 50 ms (vs first build)")
 
 

@@ -45,6 +45,31 @@ class VenvEnvironment:
     system_site_packages: bool = False
 
 
+@dataclass
+class DockerEnvironment:
+    """A container image: prebuilt (``image``), generated (``base_image`` + pip), or the user's ``dockerfile``.
+
+    Built images are tagged by content hash and reused; exactly one of
+    ``image``, ``base_image``, ``dockerfile`` must be set.
+    """
+
+    type: str = "docker"
+    image: str | None = None  # used as is (pulled if missing)
+    base_image: str | None = None  # mltrain writes the Dockerfile: FROM base_image + ENV + pip install
+    packages: list[str] = field(default_factory=list)
+    requirements: str | None = None  # relative to source_dir
+    env: dict[str, str] = field(default_factory=dict)  # ENV baked into the image
+    dockerfile: str | None = None  # the user's own, relative to source_dir
+    context: str | None = None  # build context for ``dockerfile`` (default: the Dockerfile's folder)
+    build_args: dict[str, str] = field(default_factory=dict)
+    python: str = "python3"  # interpreter inside the image
+    pip_args: list[str] = field(default_factory=list)
+    pip_index_url: str | None = None  # a private index / mirror
+    ca_bundle: str | None = None  # host CA bundle trusted during the build (TLS-intercepting proxies)
+    wheels: str | None = None  # folder of wheels (relative to source_dir) copied into the build, --find-links
+    labels: dict[str, str] = field(default_factory=dict)  # on the built image
+
+
 # -------------------------------------------------------------------- compute
 @dataclass
 class LocalCompute:
@@ -52,6 +77,30 @@ class LocalCompute:
 
     type: str = "local"
     cancel_grace: float = 10.0  # seconds between TERM and KILL on cancel
+
+
+@dataclass
+class DockerCompute:
+    """A Docker engine: the local one by default, or any engine at ``base_url``."""
+
+    type: str = "docker"
+    base_url: str | None = None  # unix://, tcp://host:2376, ssh://user@host; default: $DOCKER_HOST or local socket
+    tls_verify: bool = False
+    tls_ca_cert: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    user: str | None = None  # default: the caller's uid:gid
+    mem_limit: str | None = None  # e.g. 4g
+    cpus: float | None = None
+    shm_size: str | None = None  # e.g. 1g
+    gpus: str | None = None  # "all", a count ("2") or device ids ("0,1")
+    volumes: list[str] = field(default_factory=list)  # host:container[:ro|rw]
+    network: str | None = None  # default: the engine's default bridge
+    keep_container: bool = False  # keep a failed run's container for inspection
+    cancel_grace: float = 10.0
+    timeout: float = 60.0  # seconds for one engine API call
+    code_transfer: str = "auto"  # auto: bind mount on a local (unix://) engine, copy on a remote one | mount | copy
+    labels: dict[str, str] = field(default_factory=dict)  # extra container labels
 
 
 # ------------------------------------------------------------------ framework
@@ -93,8 +142,8 @@ class PrimarySchema:
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "environment": {"user_managed": UserManagedEnvironment, "venv": VenvEnvironment},
-    "compute": {"local": LocalCompute},
+    "environment": {"user_managed": UserManagedEnvironment, "venv": VenvEnvironment, "docker": DockerEnvironment},
+    "compute": {"local": LocalCompute, "docker": DockerCompute},
     "framework": {"python": PythonFramework},
 }
 
@@ -161,6 +210,25 @@ def _validate_group(group: str, node: Any) -> Any:
         raise ConfigError(f"{group}.{exc.full_key}: missing required value") from exc
 
 
+_GENERATED, _OWN = ("base_image",), ("dockerfile",)
+DOCKER_ONLY_WITH: dict[str, tuple[str, ...]] = {  # keys that act only with some ways of making the image
+    "packages": _GENERATED, "requirements": _GENERATED, "env": _GENERATED, "pip_args": _GENERATED,
+    "pip_index_url": _GENERATED, "ca_bundle": _GENERATED, "wheels": _GENERATED,
+    "context": _OWN, "build_args": _OWN, "labels": _GENERATED + _OWN,
+}
+
+
+def _check_docker_keys(env: DockerEnvironment, source: str) -> None:
+    """A key that would be silently ignored with this ``source`` is an error that says where it belongs."""
+    for key, allowed in DOCKER_ONLY_WITH.items():
+        if getattr(env, key) and source not in allowed:
+            hint = (
+                "do that in your Dockerfile" if source == "dockerfile"
+                else f"it needs environment.{' or environment.'.join(allowed)} instead of environment.{source}"
+            )
+            raise ConfigError(f"environment.{key} has no effect with environment.{source}; {hint}")
+
+
 def validate(cfg: Any) -> MltrainConfig:
     """Turn a composed config (hydra node already removed) into typed, checked values."""
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
@@ -193,6 +261,14 @@ def validate(cfg: Any) -> MltrainConfig:
     env = groups["environment"]
     if isinstance(env, VenvEnvironment) and env.installer not in INSTALLERS:
         raise ConfigError(f"environment.installer={env.installer!r}: choose one of {', '.join(INSTALLERS)}")
+    if isinstance(env, DockerEnvironment):
+        sources = [k for k in ("image", "base_image", "dockerfile") if getattr(env, k)]
+        if len(sources) != 1:
+            raise ConfigError(
+                "environment: set exactly one of environment.image (prebuilt), environment.base_image "
+                f"(mltrain writes the Dockerfile) or environment.dockerfile (your own); got {sources or 'none'}"
+            )
+        _check_docker_keys(env, sources[0])
     assert isinstance(params, dict)
     return MltrainConfig(
         experiment=top["experiment"],

@@ -72,7 +72,7 @@ def compile_plan(spec: RunSpec, *, snapshot: Any, environment: Environment, exec
               manifest_id, snapshot.bytes_new == 0,
               {"files": snapshot.files, "bytes": snapshot.bytes, "bytes_new": snapshot.bytes_new,
                "warnings": list(snapshot.warnings)}),
-        Stage("ENVIRONMENT", environment.describe(), env_fp, environment.is_prepared()),
+        Stage("ENVIRONMENT", environment.describe(), env_fp, environment.is_prepared(executor)),
         Stage("STAGE_CODE", f"snapshot to {executor.describe()}", manifest_id,
               executor.code_is_staged(manifest_id)),
         Stage("LAUNCH", " ".join(argv), None, False, {"argv": argv, "env": [k for k, _ in spec.env_vars]}),

@@ -11,6 +11,7 @@ from mltrain.environments.base import Environment, PreparedEnvironment
 _KINDS = {
     "user_managed": "mltrain.environments.user_managed:UserManaged",
     "venv": "mltrain.environments.venv:Venv",
+    "docker": "mltrain.environments.docker:DockerImage",
 }
 
 

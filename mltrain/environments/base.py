@@ -47,12 +47,14 @@ class PreparedEnvironment:
     fingerprint: str
     description: str
     freeze: str | None = None  # installed distributions, one ``name==version`` a line
+    image: str | None = None  # the container image to run in, for environments that make one
 
 
 class Environment(ABC):
     """One kind of environment; built from its typed config (``mltrain.config``)."""
 
     kind: ClassVar[str]
+    provides_image: ClassVar[bool] = False  # True: prepare() yields a container image, not a host interpreter
 
     def __init__(self, config: Any, *, source_dir: Path, cache_dir: Path | None = None) -> None:
         self.config = config
@@ -64,12 +66,16 @@ class Environment(ABC):
         """Content hash of everything that decides what gets installed."""
 
     @abstractmethod
-    def is_prepared(self) -> bool:
-        """Cheap check (no build): is the environment for this fingerprint ready?"""
+    def is_prepared(self, target: Any) -> bool:
+        """Cheap check (no build): is the environment for this fingerprint ready on ``target``?"""
 
     @abstractmethod
-    def prepare(self, log: LogFn) -> PreparedEnvironment:
-        """Make it ready (build when needed, under a lock) and say how to use it."""
+    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
+        """Make it ready on ``target`` (build when needed, under a lock) and say how to use it.
+
+        ``target`` is the executor; an environment asks it for what it needs
+        (e.g. ``target.docker_client()``) and never asks which kind it is.
+        """
 
     def describe(self) -> str:
         return self.kind

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, current_interpreter, digest
 from mltrain.environments.probe import InterpreterInfo, probe
 
@@ -19,10 +21,10 @@ class UserManaged(Environment):
         info = self._probe()
         return digest({"kind": self.kind, "executable": info.executable, "freeze": info.freeze})
 
-    def is_prepared(self) -> bool:
+    def is_prepared(self, target: Any) -> bool:
         return True
 
-    def prepare(self, log: LogFn) -> PreparedEnvironment:
+    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
         info = self._probe()
         return PreparedEnvironment(
             interpreter=info.executable,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, current_interpreter, digest
 from mltrain.environments.probe import probe, resolve_interpreter
@@ -64,7 +65,7 @@ class Venv(Environment):
     def directory(self) -> Path:
         return self.cache_dir / "envs" / f"venv-{self.fingerprint()[:24]}"
 
-    def is_prepared(self) -> bool:
+    def is_prepared(self, target: Any) -> bool:
         return (self.directory() / MARKER).exists()
 
     def _prepared(self, folder: Path, freeze: str) -> PreparedEnvironment:
@@ -75,7 +76,7 @@ class Venv(Environment):
             freeze=freeze,
         )
 
-    def prepare(self, log: LogFn) -> PreparedEnvironment:
+    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
         folder = self.directory()
         marker = folder / MARKER
         if marker.exists():

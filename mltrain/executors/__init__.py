@@ -15,6 +15,7 @@ from mltrain.workspace import Workspace
 
 _TARGETS = {
     "local": "mltrain.executors.local:LocalExecutor",
+    "docker": "mltrain.executors.docker:DockerExecutor",
 }
 
 

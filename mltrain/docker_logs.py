@@ -1,0 +1,236 @@
+"""A container's output, copied into the run's log file so it can be read by offset from any process.
+
+The engine keeps a container's log only while the container exists, and its
+API serves it by time, not by byte offset. So the run log file is the truth:
+whichever process watches the run copies new log frames into it, and every
+reader reads the file by offset -- no duplicates, no gaps, even when the
+client that started the run was killed and ``runs attach`` picks up later.
+
+* One copier at a time: it holds an ``flock`` on ``docker-log.lock`` for as
+  long as it copies (a thread following the stream, ``follow=True``); the
+  lock dies with its process. Other processes only read the file.
+* Resuming: ``docker-log.json`` records the file size and, for the frames of
+  the last second or so, how many were written per timestamp. A new copier
+  truncates the file to the recorded size (dropping anything written after
+  the last save), asks the engine for frames since that second, and skips
+  the ones already counted -- so the bytes it writes again are the same bytes.
+* Finished: once the container has stopped, ``finish`` copies the rest and
+  marks the log done; from then on reading it never asks the engine again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "docker-log.json"
+LOCK_FILE = "docker-log.lock"
+WINDOW_NS = 2 * 10**9  # frames can reach the log file out of timestamp order by far less than this
+MAX_COUNTED = 20_000
+SAVE_EVERY = 0.25  # seconds between state saves while streaming
+RETRY_AFTER = 0.5  # seconds before a reader tries again to become the copier
+_TS = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_timestamp(raw: bytes) -> int:
+    """Nanoseconds since the epoch of a docker log timestamp (RFC 3339, nanoseconds)."""
+    match = _TS.match(raw)
+    if match is None:
+        raise ValueError(f"not a docker log timestamp: {raw[:40]!r}")
+    whole, fraction, zone = match.groups()
+    offset = "+00:00" if zone == b"Z" else zone.decode()
+    seconds = int(datetime.fromisoformat(whole.decode() + offset).timestamp())
+    return seconds * 10**9 + int((fraction or b"0").decode().ljust(9, "0"))
+
+
+class _Progress:
+    """What the log file holds: its size, and per-timestamp counts of the newest frames written."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.size: int = int(data.get("size", 0))
+        self.since: int | None = data.get("since")
+        self.counts: dict[int, int] = {int(k): v for k, v in data.get("counts", {}).items()}
+        self.done: bool = bool(data.get("done", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.counts:
+            newest = max(self.counts)
+            kept = sorted(t for t in self.counts if t >= newest - WINDOW_NS)[-MAX_COUNTED:]
+            self.counts = {t: self.counts[t] for t in kept}
+            self.since = kept[0]
+        return {"size": self.size, "since": self.since, "done": self.done,
+                "counts": {str(k): v for k, v in self.counts.items()}}
+
+
+class ContainerLog:
+    """The log of one container, mirrored into ``log_path`` (see the module docstring)."""
+
+    def __init__(self, log_path: Path, state_dir: Path, container_id: str, api: Any,
+                 new_api: Any = None) -> None:
+        self.log_path = Path(log_path)
+        self.state_path = Path(state_dir) / STATE_FILE
+        self.lock_path = Path(state_dir) / LOCK_FILE
+        self.container_id = container_id
+        self._api = api  # the caller's low-level client
+        self._new_api = new_api  # () -> a separate low-level client for the copier thread
+        self._thread: threading.Thread | None = None
+        self._stream: Any = None
+        self._stop = threading.Event()
+        self._done = False
+        self._next_try = 0.0
+
+    @classmethod
+    def begin(cls, log_path: Path, state_dir: Path) -> None:
+        """Record where the container's output starts in the log file (call before the container starts)."""
+        size = log_path.stat().st_size if log_path.exists() else 0
+        _write_json(Path(state_dir) / STATE_FILE, _Progress({"size": size}).to_dict())
+
+    # ----------------------------------------------------------------- reading
+    def read(self, offset: int) -> tuple[bytes, int]:
+        if not self._done:
+            self._ensure_copier()
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return b"", offset
+        return data, offset + len(data)
+
+    def _ensure_copier(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        now = time.monotonic()
+        if now < self._next_try:
+            return
+        self._next_try = now + RETRY_AFTER
+        lock = self._try_lock(block=False)
+        if lock is None:
+            return
+        try:
+            progress = self._load()
+            if progress.done:
+                self._done = True
+                os.close(lock)
+                return
+            self._copy(self._api, progress, follow=False)  # what is there now, before returning to the reader
+        except Exception as exc:
+            os.close(lock)
+            log.debug("catching up the log of %s failed: %s", self.container_id[:12], exc)
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, args=(lock,), name="mltrain-docker-log", daemon=True)
+        self._thread.start()
+
+    def _follow(self, lock: int) -> None:
+        try:
+            api = self._new_api() if self._new_api is not None else self._api
+            self._copy(api, self._load(), follow=True)
+        except Exception as exc:
+            if not self._stop.is_set():
+                log.debug("following the log of %s stopped: %s", self.container_id[:12], exc)
+        finally:
+            os.close(lock)
+
+    # -------------------------------------------------------------- finishing
+    def finish(self, wait: float = 10.0) -> bool:
+        """The container has stopped: copy the rest, mark the log complete. False if another copier hung."""
+        if self._done:
+            return True
+        if self._thread is not None:
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                self._stop.set()
+                with contextlib.suppress(Exception):
+                    self._stream.close()
+                self._thread.join(1.0)
+        deadline = time.monotonic() + wait
+        lock = self._try_lock(block=False)
+        while lock is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lock = self._try_lock(block=False)
+        if lock is None:
+            log.warning("the log of container %s is being copied by a process that does not finish; "
+                        "it may be incomplete", self.container_id[:12])
+            return False
+        try:
+            progress = self._load()
+            if not progress.done:
+                self._copy(self._api, progress, follow=False)
+                progress.done = True
+                _write_json(self.state_path, progress.to_dict())
+        finally:
+            os.close(lock)
+        self._done = True
+        return True
+
+    # ---------------------------------------------------------------- copying
+    def _copy(self, api: Any, progress: _Progress, *, follow: bool) -> None:
+        """Append the frames the file lacks; with ``follow``, until the container stops."""
+        if self.log_path.exists() and self.log_path.stat().st_size > progress.size:
+            os.truncate(self.log_path, progress.size)
+        since = progress.since
+        kwargs: dict[str, Any] = {}
+        if since is not None:
+            kwargs["since"] = max(since // 1000 - 1, 1) / 1e6
+        to_skip = dict(progress.counts)
+        stream = api.logs(self.container_id, stdout=True, stderr=True, stream=True, follow=follow,
+                          timestamps=True, **kwargs)
+        self._stream = stream if follow else None
+        saved = time.monotonic()
+        with open(self.log_path, "ab") as out:
+            try:
+                for frame in stream:
+                    stamp, _, payload = frame.partition(b" ")
+                    ts = parse_timestamp(stamp)
+                    if since is not None and ts < since:
+                        continue
+                    if to_skip.get(ts, 0) > 0:
+                        to_skip[ts] -= 1
+                        continue
+                    out.write(payload)
+                    progress.counts[ts] = progress.counts.get(ts, 0) + 1
+                    if follow:
+                        out.flush()
+                        if time.monotonic() - saved > SAVE_EVERY:
+                            progress.size = out.tell()
+                            _write_json(self.state_path, progress.to_dict())
+                            saved = time.monotonic()
+            finally:
+                with contextlib.suppress(Exception):
+                    stream.close()
+                out.flush()
+                progress.size = out.tell()
+                _write_json(self.state_path, progress.to_dict())
+
+    def _load(self) -> _Progress:
+        try:
+            return _Progress(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return _Progress({"size": 0})
+
+    def _try_lock(self, *, block: bool) -> int | None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

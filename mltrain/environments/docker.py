@@ -1,0 +1,372 @@
+"""``environment=docker``: a container image, made one of three ways, and built once per content hash.
+
+* ``image``: a prebuilt image, used as is (pulled when the engine lacks it).
+* ``base_image``: mltrain writes the Dockerfile -- ``FROM`` the base, ``ENV``
+  the variables, and when there are packages a virtualenv at
+  ``/opt/mltrain/venv`` (with the base's own packages visible) that pip
+  installs into. A venv because Debian-based images refuse system-wide pip
+  installs (PEP 668), and ``--system-site-packages`` so an image that ships
+  torch or CUDA libraries keeps them.
+* ``dockerfile``: the user's own, with its build context.
+
+The tag is ``mltrain-env:<hash>`` where the hash covers the Dockerfile text
+and the content of every file the build reads, so a second run (and
+``mltrain plan``) finds the image with one inspect and builds nothing, and
+any change that matters builds a new image. The base image's tag is taken at
+its word: a moved ``python:3.11-slim`` does not rebuild (pin a digest for that).
+
+What the image holds is asked once per image id, by running its interpreter
+(``PreparedEnvironment.freeze``), and remembered in the cache folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mltrain.dockerutil import engine_error, is_not_found
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
+from mltrain.errors import ConfigError, EnvironmentBuildError, MltrainError
+
+REPOSITORY = "mltrain-env"
+VENV = "/opt/mltrain/venv"
+CA_FILE = "/etc/mltrain/ca-bundle.crt"
+REQUIREMENTS_FILE = "/etc/mltrain/requirements.txt"
+WHEELS_DIR = "/opt/mltrain/wheels"
+TAIL_LINES = 3
+
+
+class DockerImage(Environment):
+    kind = "docker"
+    provides_image = True
+    _fingerprint: str | None = None
+
+    # ------------------------------------------------------------ what it is
+    @property
+    def mode(self) -> str:
+        cfg = self.config
+        return "image" if cfg.image else ("dockerfile" if cfg.dockerfile else "base_image")
+
+    def _source_path(self, key: str, value: str) -> Path:
+        path = (self.source_dir / os.path.expanduser(value)).absolute()
+        if not path.exists():
+            raise ConfigError(f"environment.{key}: {path} does not exist; give a path relative to source_dir")
+        return path
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            if self.mode == "image":
+                self._fingerprint = digest({"kind": self.kind, "image": self.config.image})
+            else:
+                dockerfile, files = self._recipe()
+                self._fingerprint = digest({
+                    "kind": self.kind, "dockerfile": dockerfile, "files": files,
+                    "build_args": dict(self.config.build_args), "labels": dict(self.config.labels),
+                })
+        return self._fingerprint
+
+    def tag(self) -> str:
+        """The image the run uses: the prebuilt one, or ``mltrain-env:<hash>``."""
+        return str(self.config.image) if self.mode == "image" else f"{REPOSITORY}:{self.fingerprint()[:32]}"
+
+    def describe(self) -> str:
+        cfg = self.config
+        if self.mode == "image":
+            return f"docker image {cfg.image}"
+        if self.mode == "dockerfile":
+            return f"docker build of {cfg.dockerfile}"
+        extra = f" + {len(cfg.packages)} packages" if cfg.packages else ""
+        extra += " + requirements" if cfg.requirements else ""
+        return f"docker image FROM {cfg.base_image}{extra}"
+
+    @property
+    def _makes_venv(self) -> bool:
+        return self.mode == "base_image" and bool(self.config.packages or self.config.requirements)
+
+    # ---------------------------------------------------------- the recipe
+    def _recipe(self) -> tuple[str, dict[str, str]]:
+        """The Dockerfile text and {file in the build: content hash} -- everything the image depends on."""
+        if self.mode == "dockerfile":
+            return self._own_recipe()
+        return self._generated_dockerfile(), self._generated_files()
+
+    def _generated_dockerfile(self) -> str:
+        cfg = self.config
+        lines = [f"FROM {cfg.base_image}"]
+        for name, value in sorted(cfg.env.items()):
+            if not str(value).isprintable():
+                raise ConfigError(f"environment.env.{name}: a value cannot hold a newline or control character")
+            lines.append(f"ENV {name}={_quote(value)}")
+        if not self._makes_venv:
+            return "\n".join(lines) + "\n"
+        if cfg.ca_bundle:
+            lines.append(f"COPY ca-bundle.crt {CA_FILE}")
+        if cfg.requirements:
+            lines.append(f"COPY requirements.txt {REQUIREMENTS_FILE}")
+        if cfg.wheels:
+            lines.append(f"COPY wheels {WHEELS_DIR}")
+        python = shlex.quote(cfg.python)
+        venv_python = f"{VENV}/bin/python"
+        make_venv = (
+            f"{python} -m venv --system-site-packages --without-pip {VENV} && "
+            f"{{ {venv_python} -m pip --version >/dev/null 2>&1 || {venv_python} -m ensurepip --default-pip; }}"
+        )
+        env = []
+        if cfg.ca_bundle:
+            env += [f"{k}={CA_FILE}" for k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")]
+        if cfg.pip_index_url:
+            env.append(f"PIP_INDEX_URL={cfg.pip_index_url}")
+        install = ["env", *env, venv_python, "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+                   "--no-input"]
+        if cfg.wheels:
+            install += ["--find-links", WHEELS_DIR]
+        install += [*cfg.pip_args, *cfg.packages]
+        if cfg.requirements:
+            install += ["-r", REQUIREMENTS_FILE]
+        lines.append(f"RUN {json.dumps(['/bin/sh', '-c', make_venv])}")
+        lines.append(f"RUN {json.dumps(['/bin/sh', '-c', shlex.join(install)])}")
+        return "\n".join(lines) + "\n"
+
+    def _generated_files(self) -> dict[str, str]:
+        """Files copied into the generated build (the CA bundle is transport, not content: not hashed)."""
+        cfg = self.config
+        files: dict[str, str] = {}
+        if not self._makes_venv:
+            return files
+        if cfg.requirements:
+            files["requirements.txt"] = _hash_file(self._source_path("requirements", cfg.requirements))
+        if cfg.wheels:
+            folder = self._source_path("wheels", cfg.wheels)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                files[f"wheels/{path.relative_to(folder).as_posix()}"] = _hash_file(path)
+        return files
+
+    def _own_paths(self) -> tuple[Path, Path]:
+        dockerfile = self._source_path("dockerfile", self.config.dockerfile)
+        context = self._source_path("context", self.config.context) if self.config.context else dockerfile.parent
+        if not context.is_dir():
+            raise ConfigError(f"environment.context: {context} is not a folder")
+        return dockerfile, context
+
+    def _own_recipe(self) -> tuple[str, dict[str, str]]:
+        from docker.utils.build import exclude_paths
+
+        dockerfile, context = self._own_paths()
+        ignore = context / ".dockerignore"
+        patterns = [ln.strip() for ln in ignore.read_text().splitlines()] if ignore.exists() else []
+        patterns = [p for p in patterns if p and not p.startswith("#")]
+        rel_dockerfile = os.path.relpath(dockerfile, context)
+        files: dict[str, str] = {}
+        for rel in sorted(exclude_paths(str(context), patterns, dockerfile=rel_dockerfile)):
+            path = context / rel
+            if path.is_file() and not path.is_symlink():
+                files[rel] = _hash_file(path)
+            elif path.is_symlink():
+                files[rel] = "link:" + os.readlink(path)
+        return dockerfile.read_text(), files
+
+    # ------------------------------------------------------------ preparing
+    def is_prepared(self, target: Any) -> bool:
+        return self._image_id(target.docker_client()) is not None
+
+    def _image_id(self, client: Any) -> str | None:
+        try:
+            attrs = client.api.inspect_image(self.tag())
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise engine_error(f"look up image {self.tag()}", exc) from exc
+        return str(attrs["Id"])
+
+    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
+        client = target.docker_client()
+        tag = self.tag()
+        image_id = self._image_id(client)
+        if image_id is not None:
+            log(f"environment: image {tag} (cached)")
+        elif self.mode == "image":
+            image_id = self._pull(client, log)
+        else:
+            image_id = self._build_locked(client, log)
+        info = self._probe(client, image_id)
+        return PreparedEnvironment(
+            interpreter=info["executable"], fingerprint=self.fingerprint(),
+            description=f"{self.describe()}: {tag} ({image_id[:19]}, Python {info['version']})",
+            freeze=info["freeze"], image=tag,
+        )
+
+    def _pull(self, client: Any, log: LogFn) -> str:
+        image = str(self.config.image)
+        log(f"environment: pulling {image}")
+        from docker.utils import parse_repository_tag
+
+        repository, tag = parse_repository_tag(image)
+        try:
+            for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if "error" in event:
+                    raise EnvironmentBuildError(
+                        f"cannot pull image {image} ({_line(event['error'])}); build it on the engine first "
+                        "or set environment.image to an image the engine has"
+                    )
+                if event.get("status") and "progress" not in event:
+                    log(f"  {event.get('id', '')} {event['status']}".rstrip())
+        except MltrainError:
+            raise
+        except Exception as exc:
+            raise EnvironmentBuildError(
+                f"cannot pull image {image} ({_line(str(exc))}); build it on the engine first "
+                "or set environment.image to an image the engine has"
+            ) from exc
+        image_id = self._image_id(client)
+        if image_id is None:
+            raise EnvironmentBuildError(f"pulled image {image} but the engine does not list it; pull it by hand")
+        return image_id
+
+    def _build_locked(self, client: Any, log: LogFn) -> str:
+        """Build under a file lock: two runs wanting the same image build it once."""
+        locks = self.cache_dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"docker-{self.fingerprint()[:32]}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            image_id = self._image_id(client)
+            if image_id is not None:
+                log(f"environment: image {self.tag()} (built by another run)")
+                return image_id
+            return self._build(client, log)
+
+    def _build(self, client: Any, log: LogFn) -> str:
+        cfg = self.config
+        labels = {"mltrain.environment": self.fingerprint(), "mltrain.managed": "true", **cfg.labels}
+        label_line = "LABEL " + " ".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(labels.items()))
+        log(f"environment: building {self.tag()} ({self.describe()})")
+        with tempfile.TemporaryDirectory(prefix="mltrain-build-") as tmp:
+            if self.mode == "dockerfile":
+                # The labels go in as one LABEL line of a copy of the Dockerfile (the build API's
+                # `labels` adds one step per label); docker-py sends a Dockerfile outside the context along.
+                dockerfile, context = self._own_paths()
+                path, name = str(context), os.path.join(tmp, "Dockerfile")
+                Path(name).write_text(dockerfile.read_text().rstrip("\\\n") + "\n" + label_line + "\n")
+            else:
+                path, name = tmp, "Dockerfile"
+                self._write_context(Path(tmp), label_line)
+            try:
+                events = client.api.build(path=path, dockerfile=name, tag=self.tag(),
+                                          buildargs=dict(cfg.build_args) or None, rm=True, forcerm=True,
+                                          pull=False, decode=True)
+                image_id = _follow_build(events, log, self.tag())
+            except MltrainError:
+                raise
+            except Exception as exc:
+                raise engine_error(f"build image {self.tag()}", exc) from exc
+        found = self._image_id(client)
+        if found is None:
+            raise EnvironmentBuildError(f"docker build of {self.tag()} reported success but made no image "
+                                        f"({image_id or 'no id'}); build it by hand to see why")
+        return found
+
+    def _write_context(self, folder: Path, label_line: str) -> None:
+        import shutil
+
+        cfg = self.config
+        (folder / "Dockerfile").write_text(self._generated_dockerfile() + label_line + "\n")
+        if not self._makes_venv:
+            return
+        if cfg.ca_bundle:
+            bundle = Path(os.path.expanduser(cfg.ca_bundle))
+            if not bundle.is_file():
+                raise ConfigError(f"environment.ca_bundle: {bundle} is not a file; "
+                                  "give the host's CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt")
+            shutil.copyfile(bundle, folder / "ca-bundle.crt")
+        if cfg.requirements:
+            shutil.copyfile(self._source_path("requirements", cfg.requirements), folder / "requirements.txt")
+        if cfg.wheels:
+            shutil.copytree(self._source_path("wheels", cfg.wheels), folder / "wheels")
+
+    # --------------------------------------------------------------- probing
+    def _probe(self, client: Any, image_id: str) -> dict[str, str]:
+        """Interpreter path, version and installed distributions inside the image, once per image id."""
+        from mltrain.environments.probe import _PROBE
+
+        python = f"{VENV}/bin/python" if self._makes_venv else self.config.python
+        cache = self.cache_dir / "docker" / f"probe-{image_id.replace(':', '-')}-{digest(python)[:12]}.json"
+        try:
+            return dict(json.loads(cache.read_text()))
+        except (OSError, ValueError):
+            pass
+        try:
+            out = client.containers.run(
+                image_id, ["-c", _PROBE], entrypoint=[python], remove=True, network_mode="none",
+                security_opt=["no-new-privileges"], labels={"mltrain.probe": "true", **self.config.labels},
+                stdout=True, stderr=True,
+            )
+            data = json.loads(out.decode().strip().splitlines()[-1])
+        except Exception as exc:
+            detail = getattr(exc, "stderr", None) or getattr(exc, "explanation", None) or str(exc)
+            if isinstance(detail, bytes):
+                detail = detail.decode(errors="replace")
+            raise EnvironmentBuildError(
+                f"image {self.tag()} has no working {python} ({_line(str(detail))}); "
+                "set environment.python to the interpreter inside the image"
+            ) from exc
+        info = {"executable": str(data["executable"]), "version": str(data["version"]), "freeze": str(data["freeze"])}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, cache)
+        return info
+
+
+def _quote(value: Any) -> str:
+    """A Dockerfile double-quoted word: no variable expansion, backslashes and quotes kept."""
+    return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
+
+
+def _follow_build(events: Any, log: LogFn, tag: str) -> str | None:
+    """Stream the build output to ``log``; a failure names the failing step and the tail of the output."""
+    step = "the first step"
+    tail: deque[str] = deque(maxlen=20)
+    image_id = None
+    pending = ""
+    for event in events:
+        if "stream" in event:
+            pending += event["stream"]
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                line = line.rstrip("\r")
+                if not line.strip():
+                    continue
+                log(f"  {line}")
+                if line.startswith("Step "):
+                    step = line
+                    tail.clear()  # the tail that matters is the failing step's own output
+                elif not line.lstrip().startswith(("--->", "Removing intermediate container")):
+                    tail.append(line.strip())
+        elif "status" in event and "progress" not in event:
+            log(f"  {event.get('id', '')} {event['status']}".rstrip())
+        if "aux" in event and isinstance(event["aux"], dict):
+            image_id = event["aux"].get("ID", image_id)
+        if "error" in event:
+            error = _line(event.get("errorDetail", {}).get("message") or event["error"])
+            last = " | ".join(list(tail)[-TAIL_LINES:]) or "no output"
+            raise EnvironmentBuildError(
+                f"docker build of {tag} failed at {_line(step, 160)}: {error}; last output: {_line(last, 300)} "
+                "(whole build log above / in `mltrain runs logs`)"
+            )
+    return image_id
+
+
+def _line(text: str, limit: int = 240) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _hash_file(path: Path) -> str:
+    from mltrain.snapshot_manifest import hash_bytes
+
+    return hash_bytes(path.read_bytes())

@@ -1,0 +1,410 @@
+"""``compute=docker``: the job is one container on a Docker engine (the local one, or any at ``base_url``).
+
+A run's container, and why it looks the way it does:
+
+* **image**: what the environment prepared (``environment=docker``); a host
+  interpreter cannot run here, so other environments are refused up front.
+* **command**: the argv as the entrypoint, never a shell string, so arguments
+  arrive literally. The image's own ENTRYPOINT is not used.
+* **who**: the caller's ``uid:gid`` (files it writes are the caller's), never
+  privileged, ``no-new-privileges``, ``init`` on (signals reach the script,
+  zombies are reaped), and the engine's socket is never mounted.
+* **/mltrain/code** (the working directory): the snapshot, read-only -- a bind
+  mount of the shared checkout on a local engine, copied in (root-owned)
+  before start on a remote one, whose file system cannot see ours.
+* **/mltrain/run/outputs**, **/mltrain/run/metrics.jsonl**: what
+  ``$MLTRAIN_OUTPUT_DIR`` / ``$MLTRAIN_METRICS_FILE`` point at. On a local
+  engine they are bind mounts of the run folder's own ``outputs`` and
+  ``metrics.jsonl`` (the job writes in place, metrics are live, and no archive
+  goes either way: ~120 ms less per run). Otherwise they live in the
+  container, and ``collect`` pulls them back (extracted safely) once the job
+  has ended. Then the container is removed (kept on failure with ``keep_container``).
+* **/mltrain/home**: ``$HOME``, writable, for a uid the image may not know.
+* labels ``mltrain.run_id`` / ``mltrain.experiment``, name ``mltrain-<run id>``.
+
+The handle stores the container id and how to reach the engine, so any later
+process can poll, read the log (``mltrain.docker_logs``), cancel and collect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mltrain.docker_logs import ContainerLog
+from mltrain.dockerutil import (
+    SOCKET_PATHS,
+    EngineConfig,
+    add_snapshot,
+    connect,
+    dir_entry,
+    engine_error,
+    is_not_found,
+    safe_extract,
+)
+from mltrain.errors import ConfigError, TargetError
+from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.workspace import RunPaths
+
+log = logging.getLogger(__name__)
+
+ROOT = "/mltrain"
+CODE_DIR = f"{ROOT}/code"
+RUN_DIR = f"{ROOT}/run"
+OUTPUT_DIR = f"{RUN_DIR}/outputs"
+METRICS_FILE = f"{RUN_DIR}/metrics.jsonl"
+HOME_DIR = f"{ROOT}/home"
+TRANSFERS = ("auto", "mount", "copy")
+ACTIVE = ("created", "running", "paused", "restarting")
+NETWORK_MODES = ("bridge", "host", "none")
+
+
+def _parse_user(user: str) -> tuple[int, int] | None:
+    """``uid[:gid]`` as numbers, or None for a user name (resolved only inside the image)."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    return None
+
+
+def _check_volumes(volumes: list[str], engine: EngineConfig) -> list[str]:
+    """``host:container[:ro|rw]`` entries, checked: never the engine's socket, never over /mltrain."""
+    sockets = set(SOCKET_PATHS)
+    if engine.url.startswith("unix://"):
+        sockets.add(engine.url[len("unix://"):])
+    checked = []
+    for spec in volumes:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+            raise ConfigError(
+                f"compute.volumes: {spec!r} is not host_path_or_volume:/container/path[:ro|rw]"
+            )
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise ConfigError(f"compute.volumes: {spec!r} ends in {parts[2]!r}; use :ro or :rw")
+        source = parts[0]
+        if source.startswith("/") and (source in sockets or os.path.realpath(source) in sockets):
+            raise ConfigError(
+                f"compute.volumes: {spec!r} mounts the Docker engine's socket, which gives the job root on "
+                "the host; mltrain never does that"
+            )
+        if os.path.normpath(parts[1]) == ROOT or parts[1].startswith(ROOT + "/"):
+            raise ConfigError(f"compute.volumes: {spec!r} mounts over {ROOT}, which mltrain uses; pick another path")
+        checked.append(spec if len(parts) == 3 else f"{spec}:rw")
+    return checked
+
+
+def _device_requests(gpus: str | None) -> list[Any]:
+    """``all``, a count (``2``) or device ids (``device=0,1`` or ``0,1``), as ``docker run --gpus`` takes them."""
+    if not gpus:
+        return []
+    from docker.types import DeviceRequest
+
+    value = gpus.strip()
+    if value == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if value.isdigit():
+        return [DeviceRequest(count=int(value), capabilities=[["gpu"]])]
+    ids = value.removeprefix("device=").split(",")
+    if not all(i.strip() for i in ids):
+        raise ConfigError(f"compute.gpus={gpus!r}: use all, a count (2) or device ids (device=0,1)")
+    return [DeviceRequest(device_ids=[i.strip() for i in ids], capabilities=[["gpu"]])]
+
+
+def exit_info(attrs: Mapping[str, Any], mem_limit: str | None) -> ExitInfo:
+    """How a stopped container ended, with the engine's OOM flag turned into words."""
+    state = attrs.get("State", {})
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        limit = mem_limit or _bytes(attrs.get("HostConfig", {}).get("Memory") or 0) or "none set: the host's memory"
+        return ExitInfo(code, f"out of memory (limit {limit})")
+    if code == 137:
+        return ExitInfo(code, "killed (possibly out of memory)")
+    if state.get("Error"):
+        return ExitInfo(code, f"container error: {state['Error']}")
+    return ExitInfo(code)
+
+
+def _bytes(n: int) -> str:
+    if not n:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return ""
+
+
+class DockerHandle(Handle):
+    kind = "docker"
+
+    def __init__(self, paths: RunPaths, engine: EngineConfig, container_id: str, name: str, *,
+                 cancel_grace: float, keep_container: bool, mem_limit: str | None, mounted: bool = False,
+                 api_version: str | None = None, client: Any = None) -> None:
+        self.paths = paths
+        self.engine = engine
+        self.container_id = container_id
+        self.name = name
+        self.cancel_grace = cancel_grace
+        self.keep_container = keep_container
+        self.mem_limit = mem_limit
+        self.mounted = mounted  # outputs and metrics are bind mounts: nothing to pull back
+        self.api_version = api_version
+        self._client_obj = client
+        self._log_obj: ContainerLog | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "container_id": self.container_id, "name": self.name,
+                "engine": self.engine.to_dict(), "api_version": self.api_version,
+                "cancel_grace": self.cancel_grace, "keep_container": self.keep_container,
+                "mem_limit": self.mem_limit, "mounted": self.mounted}
+
+    def _api(self) -> Any:
+        if self._client_obj is None:
+            self._client_obj = connect(self.engine, version=self.api_version)
+        return self._client_obj.api
+
+    def _log(self) -> ContainerLog:
+        if self._log_obj is None:
+            self._log_obj = ContainerLog(
+                self.paths.log, self.paths.dir, self.container_id, self._api(),
+                new_api=lambda: connect(self.engine, version=self.api_version, low_level=True),
+            )
+        return self._log_obj
+
+    def _inspect(self) -> dict[str, Any] | None:
+        try:
+            attrs: dict[str, Any] = self._api().inspect_container(self.container_id)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise engine_error(f"inspect container {self.name}", exc, self.engine) from exc
+        return attrs
+
+    @property
+    def _exit_file(self) -> Path:
+        """How the container ended, written by ``collect`` before it removes the container."""
+        return self.paths.dir / "docker-exit.json"
+
+    def poll(self) -> ExitInfo | None:
+        attrs = self._inspect()
+        if attrs is None:
+            try:  # another process collected and removed it: it wrote down how it ended
+                data = json.loads(self._exit_file.read_text())
+                return ExitInfo(data.get("exit_code"), data.get("reason"))
+            except (OSError, ValueError):
+                return ExitInfo(None, f"container {self.name} disappeared before its results were collected "
+                                      "(removed outside mltrain?)")
+        if attrs["State"].get("Status") in ACTIVE:
+            return None
+        self._log().finish()  # the whole log is in the file before anyone hears the run ended
+        return exit_info(attrs, self.mem_limit)
+
+    def wait(self, timeout: float) -> ExitInfo | None:
+        if not self.engine.is_local:  # a blocking call per poll is cheap only on a local socket
+            return super().wait(timeout)
+        import requests
+
+        try:
+            self._api().wait(self.container_id, timeout=max(timeout, 0.001))
+        except requests.exceptions.RequestException:
+            pass  # timed out (or the engine went away: poll says which)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise engine_error(f"wait for container {self.name}", exc, self.engine) from exc
+        return self.poll()
+
+    def read_log(self, offset: int) -> tuple[bytes, int]:
+        return self._log().read(offset)
+
+    def cancel(self, grace: float) -> None:
+        """``docker stop``: SIGTERM (forwarded by init to the script), SIGKILL after ``grace`` seconds."""
+        try:
+            self._api().stop(self.container_id, timeout=max(0, math.ceil(grace)))
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise engine_error(f"stop container {self.name}", exc, self.engine) from exc
+
+    def collect(self, paths: RunPaths) -> None:
+        """Pull outputs and metrics back, then remove the container (kept on failure if asked)."""
+        attrs = self._inspect()
+        if attrs is None:
+            return  # collected (and removed) already, by this or another process
+        if attrs["State"].get("Status") in ACTIVE:
+            raise TargetError(f"container {self.name} is still running; not collecting it")
+        self._log().finish()
+        api = self._api()
+        if not self.mounted:
+            try:
+                chunks, _ = api.get_archive(self.container_id, RUN_DIR)
+                safe_extract(chunks, {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise engine_error(f"copy the outputs out of container {self.name}", exc, self.engine) from exc
+        info = exit_info(attrs, self.mem_limit)
+        self._exit_file.write_text(json.dumps({"exit_code": info.exit_code, "reason": info.reason}))
+        if not info.succeeded and self.keep_container:
+            log.info("keeping container %s of a failed run (compute.keep_container)", self.name)
+            return
+        try:
+            api.remove_container(self.container_id, force=True)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise engine_error(f"remove container {self.name}", exc, self.engine) from exc
+
+
+class DockerExecutor(Executor):
+    kind = "docker"
+
+    def __init__(self, config: Any, workspace: Any) -> None:
+        super().__init__(config, workspace)
+        self.engine = EngineConfig.from_config(config)
+        if config.code_transfer not in TRANSFERS:
+            raise ConfigError(f"compute.code_transfer={config.code_transfer!r}: choose one of {', '.join(TRANSFERS)}")
+        self.volumes = _check_volumes(list(config.volumes), self.engine)
+        self._client: Any = None
+        self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
+
+    # ---------------------------------------------------------- capabilities
+    def docker_client(self) -> Any:
+        """The engine's ``docker.DockerClient`` (connected once; unreachable is a one-line TargetError)."""
+        if self._client is None:
+            self._client = connect(self.engine)
+        return self._client
+
+    def describe(self) -> str:
+        return f"docker ({self.engine.describe()})"
+
+    def check_environment(self, environment: Any) -> None:
+        if not environment.provides_image:
+            raise ConfigError(
+                f"compute=docker runs a container image, and environment={environment.kind} makes none; "
+                "use environment=docker (or a preset such as environment=docker_python)"
+            )
+
+    @property
+    def copies_code(self) -> bool:
+        mode = self.config.code_transfer
+        return mode == "copy" or (mode == "auto" and not self.engine.is_local)
+
+    # ------------------------------------------------------------------ code
+    def code_is_staged(self, snapshot_id: str) -> bool:
+        return not self.copies_code and (self.workspace.checkouts / snapshot_id).is_dir()
+
+    def stage_code(self, snapshot_id: str) -> str:
+        from mltrain.blobstore import BlobStore
+        from mltrain.snapshot import materialize
+
+        checkout = self.workspace.checkouts / snapshot_id
+        store = BlobStore(self.workspace.blobs)
+        if self.copies_code:
+            store.load_manifest(snapshot_id)  # fail here, not half-way through launch
+            self._code = ("copy", snapshot_id)
+        elif checkout.is_dir():  # built once per snapshot: no need to read its manifest again
+            self._code = ("mount", str(checkout))
+        else:
+            self._code = ("mount", str(materialize(store.load_manifest(snapshot_id), store, self.workspace.checkouts)))
+        return CODE_DIR
+
+    # ---------------------------------------------------------------- launch
+    def launch(self, request: LaunchRequest) -> Handle:
+        if not request.image:
+            raise TargetError("compute=docker needs a container image; use environment=docker")
+        if self._code is None:
+            raise TargetError("internal: stage_code must run before launch")
+        client = self.docker_client()
+        user = self.config.user or f"{os.getuid()}:{os.getgid()}"
+        owner = _parse_user(user)
+        env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE}
+        env.setdefault("HOME", HOME_DIR)
+        binds = list(self.volumes)
+        mounted = self._code[0] == "mount" and owner == (os.getuid(), os.getgid())
+        if self._code[0] == "mount":
+            binds.insert(0, f"{self._code[1]}:{CODE_DIR}:ro")
+        if mounted:  # the job writes straight into the run folder, as the caller
+            request.paths.outputs.mkdir(parents=True, exist_ok=True)
+            request.paths.metrics.touch()
+            binds += [f"{request.paths.outputs}:{OUTPUT_DIR}:rw", f"{request.paths.metrics}:{METRICS_FILE}:rw"]
+        name = f"mltrain-{request.run_id}"
+        create: dict[str, Any] = {
+            "image": request.image, "entrypoint": request.argv[:1], "command": request.argv[1:],
+            "working_dir": CODE_DIR, "environment": env, "user": user, "init": True, "name": name,
+            "labels": {"mltrain.run_id": request.run_id, "mltrain.experiment": request.experiment,
+                       **self.config.labels},
+            "volumes": binds, "security_opt": ["no-new-privileges"], "privileged": False,
+            "detach": True, "stdin_open": False, "tty": False,
+            "device_requests": _device_requests(self.config.gpus) or None,
+            "tmpfs": {HOME_DIR: "mode=1777"} if mounted else None,
+        }
+        create.update(self._resources())
+        try:
+            container = client.containers.create(**create)
+        except Exception as exc:
+            raise engine_error(f"create the container for run {request.run_id} (image {request.image})", exc,
+                               self.engine) from exc
+        try:
+            if not mounted:
+                self._put_files(container, owner)
+            ContainerLog.begin(request.paths.log, request.paths.dir)
+            container.start()
+        except BaseException as exc:
+            try:
+                container.remove(force=True)
+            except Exception as cleanup:
+                log.warning("could not remove container %s: %s", name, cleanup)
+            if isinstance(exc, Exception):
+                raise engine_error(f"start the container for run {request.run_id}", exc, self.engine) from exc
+            raise
+        return DockerHandle(request.paths, self.engine, container.id, name, cancel_grace=self.cancel_grace,
+                            keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
+                            mounted=mounted, api_version=client.api.api_version, client=client)
+
+    def _resources(self) -> dict[str, Any]:
+        cfg = self.config
+        out: dict[str, Any] = {}
+        if cfg.mem_limit:
+            out["mem_limit"] = out["memswap_limit"] = cfg.mem_limit  # no swap: the limit is the limit
+        if cfg.cpus:
+            out["nano_cpus"] = int(cfg.cpus * 1e9)
+        if cfg.shm_size:
+            out["shm_size"] = cfg.shm_size
+        if cfg.network:
+            mode = cfg.network
+            key = "network_mode" if mode in NETWORK_MODES or mode.startswith("container:") else "network"
+            out[key] = mode
+        return out
+
+    def _put_files(self, container: Any, owner: tuple[int, int] | None) -> None:
+        """The run's folders (owned by the job's user) and, for a remote engine, the code -- one archive."""
+        uid, gid = owner or (0, 0)
+        mode = 0o755 if owner else 0o777  # a user name: its uid is only known inside the image
+        with tempfile.TemporaryFile() as buf:
+            import tarfile
+
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.addfile(dir_entry(ROOT.strip("/")))
+                for folder in (RUN_DIR, OUTPUT_DIR, HOME_DIR):
+                    tar.addfile(dir_entry(folder.strip("/"), uid=uid, gid=gid, mode=mode))
+                if self._code is not None and self._code[0] == "copy":
+                    from mltrain.blobstore import BlobStore
+
+                    blobs = BlobStore(self.workspace.blobs)
+                    tar.addfile(dir_entry(CODE_DIR.strip("/")))
+                    add_snapshot(tar, blobs.load_manifest(self._code[1]), blobs, CODE_DIR.strip("/"))
+            buf.seek(0)
+            container.put_archive("/", buf)
+
+    @classmethod
+    def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
+        return DockerHandle(
+            paths, EngineConfig.from_dict(data.get("engine", {})), str(data["container_id"]),
+            str(data.get("name") or data["container_id"][:12]), cancel_grace=float(data.get("cancel_grace", 10.0)),
+            keep_container=bool(data.get("keep_container", False)), mem_limit=data.get("mem_limit"),
+            mounted=bool(data.get("mounted", False)), api_version=data.get("api_version"),
+        )
+
