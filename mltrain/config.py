@@ -103,6 +103,46 @@ class DockerCompute:
     labels: dict[str, str] = field(default_factory=dict)  # extra container labels
 
 
+@dataclass
+class SshCompute:
+    """A remote machine reached over SSH; nothing to install there but Python (or Docker)."""
+
+    type: str = "ssh"
+    host: str = MISSING  # a hostname, an address, or a Host alias from ~/.ssh/config
+    port: int | None = None  # default: ~/.ssh/config, else 22
+    user: str | None = None  # default: ~/.ssh/config, else the local user
+    key_file: str | None = None  # default: ~/.ssh/config IdentityFile, else the SSH agent and default keys
+    known_hosts: str | None = None  # default: ~/.ssh/known_hosts
+    host_key_policy: str = "strict"  # strict: unknown or changed keys refused | accept_new
+    fingerprint: str | None = None  # pin the host key: SHA256:... (as `ssh-keygen -lf` prints it)
+    ssh_config: str | None = None  # default: ~/.ssh/config
+    connect_timeout: float = 10.0
+    keepalive: float = 10.0  # seconds between keepalives; a dead link is noticed within a few of these
+    remote_dir: str = "~/.mltrain"  # blob cache, environments and run folders on the remote
+    cancel_grace: float = 10.0
+
+
+@dataclass
+class SparkCompute:
+    """A Spark master: local[*] by default, or spark://, yarn, k8s://; optionally submitted from an edge node."""
+
+    type: str = "spark"
+    master: str = "local[*]"
+    deploy_mode: str = "client"  # client | cluster
+    conf: dict[str, str] = field(default_factory=dict)  # each becomes --conf key=value
+    driver_memory: str | None = None
+    driver_cores: int | None = None
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    num_executors: int | None = None
+    packages: list[str] = field(default_factory=list)
+    jars: list[str] = field(default_factory=list)
+    archives: list[str] = field(default_factory=list)
+    spark_home: str | None = None  # default: $SPARK_HOME, else the environment's pyspark
+    ssh: dict[str, Any] | None = None  # submit from an edge node: the keys of compute=ssh (host, user, ...)
+    cancel_grace: float = 10.0
+
+
 # ------------------------------------------------------------------ framework
 @dataclass
 class PythonFramework:
@@ -110,6 +150,14 @@ class PythonFramework:
 
     type: str = "python"
     args_style: str = "argparse"  # argparse: --key value | hydra: key=value
+
+
+@dataclass
+class PySparkFramework:
+    """``spark-submit [options] script args``: the script is a Spark driver."""
+
+    type: str = "pyspark"
+    args_style: str = "argparse"
 
 
 # ------------------------------------------------------------------- primary
@@ -143,8 +191,8 @@ class PrimarySchema:
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "environment": {"user_managed": UserManagedEnvironment, "venv": VenvEnvironment, "docker": DockerEnvironment},
-    "compute": {"local": LocalCompute, "docker": DockerCompute},
-    "framework": {"python": PythonFramework},
+    "compute": {"local": LocalCompute, "docker": DockerCompute, "ssh": SshCompute, "spark": SparkCompute},
+    "framework": {"python": PythonFramework, "pyspark": PySparkFramework},
 }
 
 ARGS_STYLES = ("argparse", "hydra")

@@ -11,8 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mltrain.environments.base import Environment
+from mltrain.environments.base import Environment, PreparedEnvironment
 from mltrain.executors.base import Executor
+from mltrain.frameworks import framework_for
 from mltrain.spec import RunSpec
 
 STAGES = ("SNAPSHOT", "ENVIRONMENT", "STAGE_CODE", "LAUNCH", "MONITOR", "COLLECT", "FINALIZE")
@@ -62,11 +63,13 @@ def _size(n: int) -> str:
 
 
 def compile_plan(spec: RunSpec, *, snapshot: Any, environment: Environment, executor: Executor,
-                 interpreter: str | None = None) -> Plan:
-    """``snapshot`` is a ``SnapshotResult`` (dry-run for ``mltrain plan``, real for a submit)."""
+                 prepared: PreparedEnvironment | None = None) -> Plan:
+    """``snapshot`` is a ``SnapshotResult`` (dry-run for ``mltrain plan``, real for a submit);
+    ``prepared`` is the ready environment when there is one (a plan shows ``<python>`` instead)."""
     manifest_id = snapshot.manifest.id
     env_fp = environment.fingerprint()
-    argv = [interpreter or "<python>", *spec.script_argv()]
+    placeholder = PreparedEnvironment(interpreter="<python>", fingerprint=env_fp, description="")
+    argv = framework_for(spec.framework).command(spec, prepared or placeholder, executor)
     stages = (
         Stage("SNAPSHOT", f"{snapshot.files} files, {_size(snapshot.bytes)}, {_size(snapshot.bytes_new)} new",
               manifest_id, snapshot.bytes_new == 0,

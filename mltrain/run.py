@@ -103,6 +103,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     from mltrain.environments import environment_for
     from mltrain.executors import executor_for
     from mltrain.executors.base import LaunchRequest
+    from mltrain.frameworks import framework_for
     from mltrain.plan import compile_plan
     from mltrain.snapshot import SnapshotLimits, take_snapshot
     from mltrain.spec import check_source
@@ -151,12 +152,12 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
             if prepared.freeze is not None:
                 paths.environment_freeze.write_text(prepared.freeze + "\n")
             plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
-                                interpreter=prepared.interpreter)
+                                prepared=prepared)
             paths.plan.write_text(plan.to_json())
             code_dir = executor.stage_code(snapshot.manifest.id)
             request = LaunchRequest(
                 run_id=record.id,
-                argv=[prepared.interpreter, *spec.script_argv()],
+                argv=framework_for(spec.framework).command(spec, prepared, executor),
                 cwd=code_dir,
                 env=_run_env(spec, record, paths),
                 paths=paths,

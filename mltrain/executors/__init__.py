@@ -16,6 +16,8 @@ from mltrain.workspace import Workspace
 _TARGETS = {
     "local": "mltrain.executors.local:LocalExecutor",
     "docker": "mltrain.executors.docker:DockerExecutor",
+    "ssh": "mltrain.executors.ssh:SshExecutor",
+    "spark": "mltrain.executors.spark:SparkExecutor",
 }
 
 
