@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_core.py", "bench_snapshot.py"]
+BENCHES = ["bench_core.py", "bench_snapshot.py", "bench_docker.py", "bench_ssh.py", "bench_spark.py", "bench_sweep.py"]
 
 
 def main() -> int:

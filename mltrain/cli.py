@@ -29,7 +29,8 @@ examples:
   mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep
   mltrain runs list --status Failed
 
-config groups: environment (user_managed, venv), compute (local), framework (python);
+config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
+compute (local, docker, ssh, spark), framework (python, pyspark);
 a project's ./conf (or $MLTRAIN_CONFIG_DIR) overrides and adds options.
 Set MLTRAIN_FULL_ERROR=1 to see tracebacks.
 """

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mltrain.errors import StoreError
+from mltrain.errors import MltrainError, StoreError
 from mltrain.executors.base import cancel_run, follow, handle_for, reconcile
 from mltrain.store import TERMINAL, RunRecord, Store
 from mltrain.workspace import Workspace
@@ -56,7 +56,7 @@ def runs_list(parsed: argparse.Namespace) -> int:
     workspace, store = _open(parsed)
     with store:
         records = store.find(experiment=parsed.experiment, status=parsed.status, limit=parsed.limit or None)
-        records = [reconcile(store, workspace, r) if not r.is_terminal else r for r in records]
+        records = [_reconciled_or_as_is(store, workspace, r) for r in records]
         total = store.count()
     if parsed.json:
         _out(json.dumps([r.to_dict() for r in records], indent=2))
@@ -70,6 +70,17 @@ def runs_list(parsed: argparse.Namespace) -> int:
     if parsed.limit and len(records) == parsed.limit and total > parsed.limit:
         _out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
     return 0
+
+
+def _reconciled_or_as_is(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
+    """One unreachable target must not hide the whole history: show that run as last recorded."""
+    if record.is_terminal:
+        return record
+    try:
+        return reconcile(store, workspace, record)
+    except MltrainError as exc:
+        sys.stderr.write(f"mltrain: warning: run {record.id}: status not refreshed: {exc}\n")
+        return record
 
 
 def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from mltrain.environments.base import Environment, PreparedEnvironment
 from mltrain.executors.base import Executor
 from mltrain.frameworks import framework_for
+from mltrain.snapshot_limits import human
 from mltrain.spec import RunSpec
 
 STAGES = ("SNAPSHOT", "ENVIRONMENT", "STAGE_CODE", "LAUNCH", "MONITOR", "COLLECT", "FINALIZE")
@@ -53,15 +54,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def compile_plan(spec: RunSpec, *, snapshot: Any, environment: Environment, executor: Executor,
                  prepared: PreparedEnvironment | None = None) -> Plan:
     """``snapshot`` is a ``SnapshotResult`` (dry-run for ``mltrain plan``, real for a submit);
@@ -71,7 +63,7 @@ def compile_plan(spec: RunSpec, *, snapshot: Any, environment: Environment, exec
     placeholder = PreparedEnvironment(interpreter="<python>", fingerprint=env_fp, description="")
     argv = framework_for(spec.framework).command(spec, prepared or placeholder, executor)
     stages = (
-        Stage("SNAPSHOT", f"{snapshot.files} files, {_size(snapshot.bytes)}, {_size(snapshot.bytes_new)} new",
+        Stage("SNAPSHOT", f"{snapshot.files} files, {human(snapshot.bytes)}, {human(snapshot.bytes_new)} new",
               manifest_id, snapshot.bytes_new == 0,
               {"files": snapshot.files, "bytes": snapshot.bytes, "bytes_new": snapshot.bytes_new,
                "warnings": list(snapshot.warnings)}),

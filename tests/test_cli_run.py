@@ -193,3 +193,19 @@ def test_runs_from_snapshot_not_live_tree(project: Project, tmp_path: Path) -> N
     gate.touch()
     attached = project.run("runs", "attach", run_id, check=True)
     assert "value original" in attached.stdout
+
+
+def test_list_survives_an_unreachable_target(project: Project) -> None:
+    """A run on an engine that has gone away is shown as last recorded, with a warning; the rest still list."""
+    from mltrain.store import RUNNING, Store
+
+    project.run("script=train.py", check=True)
+    with Store(project.workspace / "runs.db") as store:
+        run_id = store.create_run(experiment="proj", script="train.py", source_dir=str(project.root),
+                                  compute="docker", environment="docker").id
+        store.transition(run_id, RUNNING, handle={"kind": "docker", "container_id": "0" * 64,
+                                                   "engine": {"base_url": "unix:///nonexistent/docker.sock"}})
+    result = project.run("runs", "list", check=True)
+    assert run_id in result.stdout and "Running" in result.stdout and "Completed" in result.stdout
+    assert f"run {run_id}: status not refreshed" in result.stderr
+    assert "Traceback" not in result.stderr
