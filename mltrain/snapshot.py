@@ -8,7 +8,8 @@ directory. The pieces live in small modules:
 
 * :mod:`mltrain.ignore` - which paths belong (git's rules + ``.mltrainignore``)
 * :mod:`mltrain.snapshot_walk` - the walk; :mod:`mltrain.snapshot_limits` - preflight
-* :mod:`mltrain.snapshot_cache` - the stat cache; :mod:`mltrain.snapshot_hash` - reading + storing
+* :mod:`mltrain.snapshot_inventory` - per-file decisions; :mod:`mltrain.snapshot_cache` - the stat cache
+* :mod:`mltrain.snapshot_hash` - reading + storing
 * :mod:`mltrain.snapshot_manifest` - the manifest; :mod:`mltrain.blobstore` - the store
 * :mod:`mltrain.snapshot_materialize` - checkouts
 """
@@ -23,20 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot_cache import RACY_WINDOW_NS, Columns, StatCache
-from mltrain.snapshot_hash import Claims, hash_files
+from mltrain.snapshot_cache import StatCache
+from mltrain.snapshot_inventory import Inventory
 from mltrain.snapshot_limits import SnapshotLimits, check_limits, human
-from mltrain.snapshot_manifest import ALGORITHM, EXEC_MODE, FILE_MODE, LINK_MODE, FileEntry, Manifest, hash_bytes
+from mltrain.snapshot_manifest import FileEntry, Manifest
 from mltrain.snapshot_materialize import materialize
-from mltrain.snapshot_walk import Found, load_rules, show, walk
+from mltrain.snapshot_walk import load_rules, show, walk
 
 if TYPE_CHECKING:
     from mltrain.blobstore import BlobStore
 
 logger = logging.getLogger(__name__)
-
-_NEVER = -1
-"""An mtime no file has: the row never matches, so the file is hashed again."""
 
 __all__ = ["FileEntry", "Manifest", "SnapshotLimits", "SnapshotResult", "materialize", "take_snapshot"]
 
@@ -72,19 +70,14 @@ def take_snapshot(
     root = _source_root(source_dir)
     root_real = os.path.realpath(root)
     walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir))
-    snap = _Snapshot(walked.files, store, dry_run=dry_run)
+    snap = Inventory(walked.files, store, dry_run=dry_run)
     check_limits(walked.files, sum(snap.stat_sizes), limits, root)
     snap.compare(StatCache.load(cache_dir, root_real))
-    if snap.unchanged():
-        manifest = snap.manifest_as_cached()
-        if not dry_run:
-            store.put_manifest(manifest)
-        bytes_new = 0
-    elif dry_run:
-        manifest, bytes_new = snap.build()
+    if dry_run:
+        manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.unchanged() else snap.build()
     else:
-        with store.shared_lock():
-            manifest, bytes_new = snap.build()
+        with store.shared_lock():  # gc waits until the manifest (and so every blob) is marked kept
+            manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.still_unchanged() else snap.build()
             store.put_manifest(manifest)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
@@ -115,163 +108,3 @@ def _inside(root_real: str, *paths: Path | None) -> frozenset[str]:
             if real.startswith(root_real + os.sep):
                 skip.add(real[len(root_real) + 1 :])
     return frozenset(skip)
-
-
-class _Snapshot:
-    """The per-file decisions of one snapshot: cached digest, hash it, or store it.
-
-    Kept as parallel lists (one per field, in path order) so the common case,
-    an unchanged tree, is a handful of whole-list comparisons.
-    """
-
-    def __init__(self, files: list[Found], store: BlobStore, *, dry_run: bool) -> None:
-        self.files = files
-        self.store = store
-        self.dry_run = dry_run
-        stats = [f[2] for f in files]
-        self.rels = [f[0] for f in files]
-        self.links = [f[3] for f in files]
-        self.stat_sizes = [st.st_size for st in stats]
-        self.mtimes = [st.st_mtime_ns for st in stats]
-        self.inodes = [st.st_ino for st in stats]
-        self.modes = [
-            LINK_MODE if link is not None else EXEC_MODE if st.st_mode & 0o100 else FILE_MODE
-            for st, link in zip(stats, self.links, strict=True)
-        ]
-        self.sizes = list(self.stat_sizes)
-        """Manifest sizes: a link's is its target's byte length; a file's what was read."""
-        self.cache = StatCache("")
-        self.digests: list[str | None] = []
-        self.remembered: list[bool] = []
-        self._unchanged = False
-
-    def compare(self, cache: StatCache) -> None:
-        """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
-        self.cache = cache
-        old = cache.columns
-        if (
-            self.rels == old.rels
-            and self.stat_sizes == old.sizes
-            and self.mtimes == old.mtimes
-            and self.inodes == old.inodes
-            and self.modes == old.modes
-        ):
-            self.digests = list(old.digests)
-            self.remembered = list(old.remembered)
-        else:
-            self.digests, self.remembered = self._lookup()
-        for index, link in enumerate(self.links):
-            if link is not None:
-                # A link's text is re-read every time (cheap); its inode may change while the text does not.
-                data = os.fsencode(link)
-                digest = hash_bytes(data)
-                self.sizes[index] = len(data)
-                if self.digests[index] != digest:
-                    j = cache.index.get(self.rels[index])
-                    self.remembered[index] = j is not None and old.remembered[j] and old.digests[j] == digest
-                    self.digests[index] = digest
-        self._unchanged = (
-            cache.manifest_id is not None
-            and cache.manifest_count == len(self.files)
-            and all(self.remembered)
-            and self.store.has_manifest(cache.manifest_id)
-        )
-
-    def _lookup(self) -> tuple[list[str | None], list[bool]]:
-        """Cache hits file by file (the tree changed somewhere)."""
-        old = self.cache.columns
-        if self.rels == old.rels:
-            # Same paths: compare position by position, no lookups.
-            same = [
-                a == b and c == d and e == f
-                for a, b, c, d, e, f in zip(
-                    self.stat_sizes, old.sizes, self.mtimes, old.mtimes, self.inodes, old.inodes, strict=True
-                )
-            ]
-            digests: list[str | None] = [d if ok else None for ok, d in zip(same, old.digests, strict=True)]
-            remembered = [
-                ok and r and m == n
-                for ok, r, m, n in zip(same, old.remembered, self.modes, old.modes, strict=True)
-            ]
-            return digests, remembered
-        index = self.cache.index
-        digests, remembered = [], []
-        for i, rel in enumerate(self.rels):
-            j = index.get(rel)
-            if j is None:
-                digests.append(None)
-                remembered.append(False)
-            elif (old.sizes[j], old.mtimes[j], old.inodes[j]) == (self.stat_sizes[i], self.mtimes[i], self.inodes[i]):
-                digests.append(old.digests[j])
-                remembered.append(old.remembered[j] and old.modes[j] == self.modes[i])
-            else:
-                digests.append(None)
-                remembered.append(False)
-        return digests, remembered
-
-    def unchanged(self) -> bool:
-        """The tree is exactly the remembered manifest, which is still complete in the store."""
-        return self._unchanged
-
-    def manifest_as_cached(self) -> Manifest:
-        manifest = self._manifest()
-        manifest.__dict__["id"] = self.cache.manifest_id
-        return manifest
-
-    def build(self) -> tuple[Manifest, int]:
-        """Hash what is unknown, store what is missing; return the manifest and the new bytes."""
-        store, claims = self.store, Claims()
-        remembered_complete = self.cache.manifest_id is not None and store.has_manifest(self.cache.manifest_id)
-        bytes_new = 0
-        jobs: list[int] = []
-        for index, digest in enumerate(self.digests):
-            if digest is None:
-                jobs.append(index)
-                continue
-            if remembered_complete and self.remembered[index]:
-                continue
-            link = self.links[index]
-            if not claims.first(digest) or store.has(digest):
-                continue
-            if self.dry_run:
-                bytes_new += self.sizes[index]
-            elif link is not None:
-                store.put_bytes(digest, os.fsencode(link))
-                bytes_new += self.sizes[index]
-            else:
-                del claims.owners[digest]
-                jobs.append(index)
-        work = [(self.rels[i], self.files[i][1], self.stat_sizes[i]) for i in jobs]
-        for index, hashed in zip(jobs, hash_files(work, store, claims, dry_run=self.dry_run), strict=True):
-            self.digests[index] = hashed.digest
-            self.sizes[index] = hashed.size
-            bytes_new += hashed.new_bytes
-        return self._manifest(), bytes_new
-
-    def save_cache(self, manifest: Manifest, walk_started_ns: int) -> None:
-        """Remember this snapshot's digests and, unless a dry run, its manifest.
-
-        A racy file (changed too recently to trust its mtime) keeps its row, with an
-        mtime that never matches: it is hashed again next time, and the path lists
-        stay equal so the next comparison is still position by position.
-        """
-        cutoff = walk_started_ns - RACY_WINDOW_NS
-        mtimes = [m if m < cutoff else _NEVER for m in self.mtimes]
-        stored = not self.dry_run
-        remembered = [True] * len(mtimes) if stored else list(self.remembered)
-        digests = [d or "" for d in self.digests]
-        new = Columns(list(self.rels), list(self.stat_sizes), mtimes, list(self.inodes), list(self.modes), digests,
-                      remembered)
-        if stored:
-            self.cache.save(new, manifest.id, len(manifest.entries))
-        else:
-            self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count)
-
-    def _manifest(self) -> Manifest:
-        entries = tuple(
-            FileEntry(rel, mode, size, digest, link)  # type: ignore[arg-type]
-            for rel, mode, size, digest, link in zip(
-                self.rels, self.modes, self.sizes, self.digests, self.links, strict=True
-            )
-        )
-        return Manifest(ALGORITHM, entries)

@@ -8,16 +8,16 @@ the error names the biggest directories and files with the exact
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from mltrain.errors import SnapshotError
 from mltrain.snapshot_walk import Found, ignore_hint, show
 
 SHOWN: Final = 3
 DRILL_SHARE: Final = 0.5
-"""Also list the insides of a directory holding this share of the total (it may be the code itself)."""
+"""Follow a directory into a subdirectory holding at least this share of it."""
 
 
 @dataclass(frozen=True)
@@ -45,37 +45,48 @@ def check_limits(files: Sequence[Found], total: int, limits: SnapshotLimits, roo
         f"{show(rel)}{'/' if is_dir else ''} {human(size) if by_bytes else _files(n)} ({ignore_hint(rel, is_dir)})"
         for rel, is_dir, size, n in _largest(files, by_bytes)
     )
-    what = f"{human(total)} over snapshot.max_bytes={human(limits.max_bytes)}" if by_bytes else (
-        f"{count:,} files over snapshot.max_files={limits.max_files:,}"
-    )
-    raise SnapshotError(
-        f"snapshot of {show(root)} is too large ({what}); largest: {biggest}; or raise the limit"
-    )
+    if by_bytes:
+        what, knob = f"{human(total)} over snapshot.max_bytes={human(limits.max_bytes)}", "snapshot.max_bytes"
+    else:
+        what, knob = f"{count:,} files over snapshot.max_files={limits.max_files:,}", "snapshot.max_files"
+    raise SnapshotError(f"snapshot of {show(root)} is too large ({what}); largest: {biggest}; or raise {knob}")
 
 
 def _files(n: int) -> str:
     return "1 file" if n == 1 else f"{n:,} files"
 
 
-def _largest(files: Sequence[Found], by_bytes: bool) -> list[tuple[str, bool, int, int]]:
-    """The biggest entries (rel, is_dir, bytes, files) at the top, then inside a directory holding the bulk."""
-    picks: list[tuple[str, bool, int, int]] = []
-    prefix = ""
-    members = list(files)
-    for depth in range(3):
-        sizes: dict[tuple[str, bool], list[int]] = defaultdict(lambda: [0, 0])
-        for rel, _, st, _ in members:
-            rest = rel[len(prefix) :]
-            slash = rest.find("/")
-            key = (prefix + rest[:slash], True) if slash >= 0 else (rel, False)
-            sizes[key][0] += st.st_size
-            sizes[key][1] += 1
-        metric = 0 if by_bytes else 1
-        ranked = sorted(sizes.items(), key=lambda kv: kv[1][metric], reverse=True)
-        picks += [(rel, is_dir, b, n) for (rel, is_dir), (b, n) in ranked[: SHOWN if depth == 0 else 2]]
-        (top, is_dir), counts = ranked[0]
-        if not is_dir or counts[metric] < DRILL_SHARE * sum(v[metric] for v in sizes.values()):
+class _Entry(NamedTuple):
+    rel: str
+    is_dir: bool
+    bytes: int
+    files: int
+
+
+def _largest(files: Sequence[Found], by_bytes: bool) -> list[_Entry]:
+    """The biggest top-level entries, then the deepest directory that still holds most of the
+    biggest one (when ``src/`` holds everything, ``src/data/`` is the news)."""
+
+    def weight(entry: _Entry) -> int:
+        return entry.bytes if by_bytes else entry.files
+
+    ranked = _rank(files, "", weight)
+    entry, deepest = ranked[0], None
+    while entry.is_dir:
+        prefix = entry.rel + "/"
+        inner = _rank([f for f in files if f[0].startswith(prefix)], prefix, weight)[0]
+        if not inner.is_dir or weight(inner) < DRILL_SHARE * weight(entry):
             break
-        prefix = top + "/"
-        members = [f for f in members if f[0].startswith(prefix)]
-    return picks
+        entry = deepest = inner
+    return [*ranked[:SHOWN], deepest] if deepest is not None else ranked[:SHOWN]
+
+
+def _rank(files: Sequence[Found], prefix: str, weight: Callable[[_Entry], int]) -> list[_Entry]:
+    """Entries one level below ``prefix``, heaviest first."""
+    sizes: dict[tuple[str, bool], list[int]] = defaultdict(lambda: [0, 0])
+    for rel, _, st, _ in files:
+        slash = rel.find("/", len(prefix))
+        key = (rel[:slash], True) if slash >= 0 else (rel, False)
+        sizes[key][0] += st.st_size
+        sizes[key][1] += 1
+    return sorted((_Entry(rel, d, b, n) for (rel, d), (b, n) in sizes.items()), key=weight, reverse=True)

@@ -18,7 +18,9 @@ How each entry is made, and why:
 
 A checkout is built once per manifest id, in a temp directory renamed into
 place when complete: a reader never sees half a tree, and two concurrent
-builders both end up with the same finished directory.
+builders both end up with the same finished directory. It is built on one
+thread: links are short syscalls, and threads measured no faster (10k files:
+0.22-0.31 s on 1, 2 or 4 threads).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from typing import Final
 from mltrain.blobstore import BlobStore
 from mltrain.errors import SnapshotError
 from mltrain.snapshot_manifest import EXEC_MODE, FileEntry, Manifest, check_entries
-from mltrain.snapshot_pool import run_parallel
 from mltrain.snapshot_walk import show
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,8 @@ def _build(manifest: Manifest, store: BlobStore, tmp: str) -> None:
     for folder in sorted(folders):
         os.mkdir(os.path.join(tmp, folder))
 
-    def make(entry: FileEntry) -> None:
+    for entry in manifest.entries:
         _make(entry, store, os.path.join(tmp, entry.path), manifest.id)
-
-    run_parallel(manifest.entries, make)
 
 
 def _make(entry: FileEntry, store: BlobStore, dest: str, manifest_id: str) -> None:

@@ -99,21 +99,27 @@ def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -
     root_real = os.path.realpath(root)
     stack: list[tuple[str, str, IgnoreRules]] = [(root, "", rules)]
     while stack:
-        folder, rel_dir, rules = stack.pop()
+        folder, rel_dir, here = stack.pop()
+        # Listing through a directory fd makes each entry's lstat resolve one name, not the whole path.
         try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            shown = show(rel_dir or ".")
-            hint = f"; or {ignore_hint(rel_dir[:-1], True)}" if rel_dir else ""
-            raise SnapshotError(f"cannot read directory {shown}: {exc.strerror} (fix its permissions{hint})") from None
-        names = {entry.name for entry in entries} if len(entries) < 64 else None
-        if rel_dir and _has(entries, names, VENV_MARKER):
-            logger.debug("skipping virtualenv %s", show(rel_dir))
-            continue
-        if _has(entries, names, GITIGNORE):
-            rules = rules.with_gitignore(rel_dir, _read_ignore_file(folder, rel_dir + GITIGNORE, follow=False))
-        _visit(entries, rel_dir, rules, skip, stack, files, links, result.warnings)
+            raise _unreadable_dir(rel_dir, exc) from None
+        try:
+            try:
+                with os.scandir(fd) as listing:
+                    entries = list(listing)
+            except OSError as exc:
+                raise _unreadable_dir(rel_dir, exc) from None
+            names = [entry.name for entry in entries]
+            if rel_dir and VENV_MARKER in names:
+                logger.debug("skipping virtualenv %s", show(rel_dir))
+                continue
+            if GITIGNORE in names:
+                here = here.with_gitignore(rel_dir, _read_ignore_file(folder, rel_dir + GITIGNORE, follow=False))
+            _visit(fd, folder + "/", entries, rel_dir, here, skip, stack, files, links, result.warnings)
+        finally:
+            os.close(fd)
     links.sort(key=itemgetter(0))
     for found in links:
         _check_link(found, root_real, result.warnings)
@@ -125,13 +131,14 @@ def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -
     return result
 
 
-def _has(entries: list[os.DirEntry[str]], names: set[str] | None, name: str) -> bool:
-    if names is not None:
-        return name in names
-    return any(entry.name == name for entry in entries)
+def _unreadable_dir(rel_dir: str, exc: OSError) -> SnapshotError:
+    hint = f"; or {ignore_hint(rel_dir[:-1], True)}" if rel_dir else ""
+    return SnapshotError(f"cannot read directory {show(rel_dir or '.')}: {exc.strerror} (fix its permissions{hint})")
 
 
 def _visit(
+    fd: int,
+    folder: str,
     entries: list[os.DirEntry[str]],
     rel_dir: str,
     rules: IgnoreRules,
@@ -158,7 +165,7 @@ def _visit(
                 if memoize:
                     memo_dirs[name] = decided
             if decided is Verdict.INCLUDE:
-                stack.append((entry.path, rel + "/", rules))
+                stack.append((folder + name, rel + "/", rules))
             elif decided is Verdict.SECRET:
                 warnings.append(f"excluded secret directory {show(rel)}/ ({_opt_in(rel, True)})")
             continue
@@ -172,9 +179,9 @@ def _visit(
                 warnings.append(f"excluded secret file {show(rel)} ({_opt_in(rel, False)})")
             continue
         if entry.is_file(follow_symlinks=False):
-            files.append((rel, entry.path, entry.stat(follow_symlinks=False), None))
+            files.append((rel, folder + name, entry.stat(follow_symlinks=False), None))
         elif entry.is_symlink():
-            links.append((rel, entry.path, entry.stat(follow_symlinks=False), os.readlink(entry.path)))
+            links.append((rel, folder + name, entry.stat(follow_symlinks=False), os.readlink(name, dir_fd=fd)))
         else:
             mode = entry.stat(follow_symlinks=False).st_mode
             kind = next((label for test, label in _SPECIAL_KINDS if test(mode)), "special file")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import mltrain.blobstore as blobstore
-import mltrain.snapshot as snapshot_module
 import mltrain.snapshot_hash as snapshot_hash
+import mltrain.snapshot_inventory as inventory_module
 from mltrain.blobstore import BlobStore
 from mltrain.errors import SnapshotError, SourceError
 from mltrain.snapshot import FileEntry, Manifest, SnapshotLimits, SnapshotResult, take_snapshot
@@ -70,7 +70,7 @@ def no_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             raise AssertionError(f"read {jobs}")
         return []
 
-    monkeypatch.setattr(snapshot_module, "hash_files", refuse)
+    monkeypatch.setattr(inventory_module, "hash_files", refuse)
     yield attempted
 
 
@@ -310,6 +310,7 @@ def test_odd_file_names_survive_manifest_json(src: Path, store: BlobStore) -> No
     text = result.manifest.to_json()
     text.encode("utf-8")  # valid UTF-8 whatever the names
     assert json.loads(text)["version"] == 1
+    assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     again = Manifest.from_json(text)
     assert again == result.manifest
     assert again.id == result.manifest.id
@@ -345,14 +346,14 @@ def test_unreadable_file_is_an_error_naming_it(src: Path, store: BlobStore, monk
 def test_unreadable_directory_is_an_error_naming_it(
     src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_scandir = os.scandir
+    real_open = os.open
 
-    def deny(path: str) -> object:
-        if os.fspath(path).endswith("/pkg"):
+    def deny(path: str, flags: int, *args: int, **kwargs: object) -> int:
+        if os.fspath(path).endswith("/pkg") and flags & os.O_DIRECTORY:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-        return real_scandir(path)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("mltrain.snapshot_walk.os.scandir", deny)
+    monkeypatch.setattr("mltrain.snapshot_walk.os.open", deny)
     with pytest.raises(SnapshotError, match=r"cannot read directory pkg/: Permission denied .*'/pkg/'"):
         take_snapshot(src, store)
 
@@ -445,11 +446,29 @@ def test_dry_run_with_cache_then_real_snapshot_stores_everything(
         assert store.has(entry.digest)
 
 
+def test_dry_run_uses_and_fills_the_stat_cache(src: Path, store: BlobStore, cache: Path) -> None:
+    age(src)
+    first = take_snapshot(src, store, cache_dir=cache, dry_run=True)
+    with pytest.MonkeyPatch.context() as mp:
+        read: list[str] = []
+
+        def spy(jobs: list[snapshot_hash.Job], *args: object, **kwargs: object) -> list[snapshot_hash.Hashed]:
+            read.extend(rel for rel, _, _ in jobs)
+            return snapshot_hash.hash_files(jobs, *args, **kwargs)  # type: ignore[arg-type]
+
+        mp.setattr(inventory_module, "hash_files", spy)
+        second = take_snapshot(src, store, cache_dir=cache, dry_run=True)
+    assert read == []
+    assert second.manifest.id == first.manifest.id
+    assert second.bytes_new == first.bytes_new == first.bytes
+    assert not store.root.exists()
+
+
 # ------------------------------------------------------------------ stat cache
 def test_unchanged_tree_is_not_read_again(src: Path, store: BlobStore, cache: Path, no_reads: list[str]) -> None:
     age(src)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(snapshot_module, "hash_files", snapshot_hash.hash_files)
+        mp.setattr(inventory_module, "hash_files", snapshot_hash.hash_files)
         first = take_snapshot(src, store, cache_dir=cache)
     second = take_snapshot(src, store, cache_dir=cache)
     assert second.manifest == first.manifest
@@ -471,7 +490,7 @@ def test_only_the_changed_file_is_read(
         read.extend(rel for rel, _, _ in jobs)
         return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(snapshot_module, "hash_files", spy)
+    monkeypatch.setattr(inventory_module, "hash_files", spy)
     result = take_snapshot(src, store, cache_dir=cache)
     assert read == ["pkg/model.py"]
     assert result.bytes_new == len(b"W = 2\n")
@@ -573,3 +592,48 @@ def test_canonical_json_is_stable(src: Path, store: BlobStore) -> None:
     assert doc["fields"] == ["path", "mode", "size", "digest", "link"]
     assert manifest.to_json() == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert manifest.id == hash_bytes(manifest.to_json().encode())
+
+
+# ------------------------------------------------------------------ many files, large files, duplicates
+def test_many_small_and_large_files_with_duplicates(src: Path, store: BlobStore, tmp_path: Path) -> None:
+    contents = {f"many/f{i:03}.txt": os.urandom(100 + i) for i in range(60)}
+    contents["many/dup.txt"] = contents["many/f000.txt"]
+    contents["big/a.bin"] = os.urandom(snapshot_hash.SMALL + 5)
+    contents["big/b.bin"] = os.urandom(3 * snapshot_hash.SMALL)
+    contents["big/a-copy.bin"] = contents["big/a.bin"]
+    for rel, data in contents.items():
+        write(src, rel, data)
+    result = take_snapshot(src, store)
+    by_path = {e.path: e for e in result.manifest.entries}
+    for rel, data in contents.items():
+        assert by_path[rel].digest == hash_bytes(data)
+        assert by_path[rel].size == len(data)
+        assert store.path(hash_bytes(data)).read_bytes() == data
+    assert result.bytes_new == result.bytes - len(contents["many/f000.txt"]) - len(contents["big/a.bin"])
+    assert os.listdir(store.root / "tmp") == []
+    dry = take_snapshot(src, BlobStore(tmp_path / "other"), dry_run=True)
+    assert dry.manifest.id == result.manifest.id
+    assert dry.bytes_new == result.bytes_new
+
+
+def test_disk_full_midway_through_many_files(
+    src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(80):
+        write(src, f"many/f{i:03}.txt", os.urandom(64))
+    real = blobstore._write_all
+    calls = {"n": 0}
+
+    def fill_up(fd: int, data: bytes | bytearray | memoryview) -> None:
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(blobstore, "_write_all", fill_up)
+    with pytest.raises(SnapshotError, match="No space left on device"):
+        take_snapshot(src, store)
+    assert os.listdir(store.root / "tmp") == []
+    assert not (store.root / "manifests").exists()
+    for name in blob_files(store):
+        assert hash_bytes(store.path(name).read_bytes()) == name
