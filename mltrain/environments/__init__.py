@@ -15,10 +15,12 @@ _KINDS = {
 }
 
 
-def environment_for(config: Any, *, source_dir: Path, cache_dir: Path | None = None) -> Environment:
+def environment_for(config: Any, *, source_dir: Path, cache_dir: Path | None = None,
+                    target: Any = None) -> Environment:
+    """``target``: the executor it will run on (its machine is where a remote environment is probed and built)."""
     module_name, _, class_name = _KINDS[config.type].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    env: Environment = cls(config, source_dir=source_dir, cache_dir=cache_dir)
+    env: Environment = cls(config, source_dir=source_dir, cache_dir=cache_dir, target=target)
     return env
 
 

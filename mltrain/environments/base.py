@@ -15,7 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from mltrain.runner import Runner
 
 LogFn = Callable[[str], None]
 
@@ -56,10 +59,17 @@ class Environment(ABC):
     kind: ClassVar[str]
     provides_image: ClassVar[bool] = False  # True: prepare() yields a container image, not a host interpreter
 
-    def __init__(self, config: Any, *, source_dir: Path, cache_dir: Path | None = None) -> None:
+    def __init__(self, config: Any, *, source_dir: Path, cache_dir: Path | None = None, target: Any = None) -> None:
         self.config = config
         self.source_dir = source_dir
         self.cache_dir = cache_dir or default_cache_dir()
+        self.target = target  # the executor it is for (None: this machine); fingerprint() needs it
+
+    def runner(self, target: Any = None) -> Runner:
+        """Where this environment's commands run: ``target``'s machine, else the one it was made for."""
+        from mltrain.runner import runner_for
+
+        return runner_for(target if target is not None else self.target)
 
     @abstractmethod
     def fingerprint(self) -> str:

@@ -2,21 +2,22 @@
 
 Running ``pip freeze`` on every submit costs half a second; the answer only
 changes when something is installed, which touches a site-packages folder.
-So the probe result is cached keyed by the interpreter path and reused while
-the recorded site folders keep their mtimes (a few ``stat`` calls).
+So the probe result is cached (on this machine, keyed by the runner and the
+interpreter path) and reused while the interpreter and the recorded site
+folders keep their mtimes -- one ``stat`` call per folder, or one request to
+a remote host's helper for all of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from mltrain.environments.base import digest
 from mltrain.errors import EnvironmentBuildError
+from mltrain.runner import LOCAL, Runner, StartError
 
 _PROBE = r"""
 import json, site, sys, sysconfig
@@ -37,60 +38,46 @@ class InterpreterInfo:
     site_dirs: tuple[str, ...]
 
 
-def resolve_interpreter(path: str) -> str:
-    """An absolute path for ``path`` (a bare name is looked up on PATH once, here)."""
-    found = path if os.path.isabs(path) else shutil.which(path)
-    if not found or not os.path.exists(found):
+def resolve_interpreter(path: str, runner: Runner = LOCAL) -> str:
+    """An absolute path for ``path`` on the runner's machine (a bare name is looked up on PATH once, here)."""
+    found, executable = runner.which(path)
+    where = "" if runner is LOCAL else f" on {runner.name}"
+    if not found:
         raise EnvironmentBuildError(
-            f"interpreter {path!r} not found; set environment.interpreter to an existing python"
+            f"interpreter {path!r} not found{where}; set environment.interpreter to an existing python"
         )
-    if not os.access(found, os.X_OK):
-        raise EnvironmentBuildError(f"interpreter {found} is not executable")
-    return os.path.abspath(found)
+    if not executable:
+        raise EnvironmentBuildError(f"interpreter {found}{where} is not executable")
+    return found
 
 
-def _mtimes(dirs: tuple[str, ...]) -> list[int]:
-    stamps = []
-    for folder in dirs:
-        try:
-            stamps.append(os.stat(folder).st_mtime_ns)
-        except OSError:
-            stamps.append(-1)
-    return stamps
-
-
-def probe(interpreter: str, cache_dir: Path, *, refresh: bool = False) -> InterpreterInfo:
+def probe(interpreter: str, cache_dir: Path, *, refresh: bool = False, runner: Runner = LOCAL) -> InterpreterInfo:
     """What ``interpreter`` really runs and has installed (cached; see module docstring)."""
-    path = resolve_interpreter(interpreter)
-    cache_file = cache_dir / "interpreters" / f"{digest(path)[:24]}.json"
-    try:
-        own_mtime = os.stat(path).st_mtime_ns
-    except OSError:
-        own_mtime = -1
+    path = resolve_interpreter(interpreter, runner)
+    key = path if runner.shares_files else f"{runner.key}:{path}"
+    cache_file = cache_dir / "interpreters" / f"{digest(key)[:24]}.json"
     if not refresh:
         try:
             cached = json.loads(cache_file.read_text())
             dirs = tuple(cached["site_dirs"])
-            if cached["own_mtime"] == own_mtime and cached["mtimes"] == _mtimes(dirs):
+            if [cached["own_mtime"], *cached["mtimes"]] == runner.mtimes([path, *dirs]):
                 return InterpreterInfo(cached["executable"], cached["version"], cached["freeze"], dirs)
         except (OSError, ValueError, KeyError):
             pass
     try:
-        result = subprocess.run(
-            [path, "-c", _PROBE], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        result = runner.run([path, "-c", _PROBE], timeout=120)
+    except StartError as exc:
         raise EnvironmentBuildError(f"could not run interpreter {path}: {exc}") from exc
     if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EnvironmentBuildError(f"interpreter {path} is not a working Python 3: {last}")
+        raise EnvironmentBuildError(f"interpreter {path} is not a working Python 3: {result.last_line()}")
     data = json.loads(result.stdout.strip().splitlines()[-1])
     dirs = tuple(data["site_dirs"])
     info = InterpreterInfo(data["executable"], data["version"], data["freeze"], dirs)
+    own_mtime, *mtimes = runner.mtimes([path, *dirs])
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data | {"own_mtime": own_mtime, "mtimes": _mtimes(dirs)}))
+        tmp.write_text(json.dumps(data | {"own_mtime": own_mtime, "mtimes": mtimes}))
         os.replace(tmp, cache_file)
     except OSError:
         pass  # a cache we cannot write only costs time

@@ -1,10 +1,10 @@
-"""``environment=user_managed``: an interpreter the user already has; nothing is installed."""
+"""``environment=user_managed``: an interpreter the user already has (on the target's machine); nothing is installed."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, current_interpreter, digest
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import InterpreterInfo, probe
 
 
@@ -12,9 +12,10 @@ class UserManaged(Environment):
     kind = "user_managed"
     _info: InterpreterInfo | None = None
 
-    def _probe(self) -> InterpreterInfo:
+    def _probe(self, target: Any = None) -> InterpreterInfo:
         if self._info is None:
-            self._info = probe(self.config.interpreter or current_interpreter(), self.cache_dir)
+            runner = self.runner(target)
+            self._info = probe(self.config.interpreter or runner.default_python(), self.cache_dir, runner=runner)
         return self._info
 
     def fingerprint(self) -> str:
@@ -25,7 +26,7 @@ class UserManaged(Environment):
         return True
 
     def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
-        info = self._probe()
+        info = self._probe(target)
         return PreparedEnvironment(
             interpreter=info.executable,
             fingerprint=self.fingerprint(),
@@ -34,4 +35,4 @@ class UserManaged(Environment):
         )
 
     def describe(self) -> str:
-        return f"user_managed ({self.config.interpreter or current_interpreter()})"
+        return f"user_managed ({self.config.interpreter or self.runner().default_python()})"

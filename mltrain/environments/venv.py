@@ -1,43 +1,39 @@
 """``environment=venv``: a virtualenv built once per content hash and reused by every later run.
 
-The folder name is the fingerprint, so a cache hit is one ``stat`` of the
-completion marker. Builds take a file lock (two sweep trials asking for the
-same environment build it once) and happen in place: a virtualenv cannot be
+It is built on the target's machine (``target.runner()``): under the local
+cache folder for local runs, under ``<remote_dir>/cache`` on an SSH host.
+The folder name is the fingerprint, so a cache hit is one read of the
+completion marker. Builds take a lock (two sweep trials asking for the same
+environment build it once) and happen in place: a virtualenv cannot be
 renamed after it is built (its scripts hold absolute paths), so an unfinished
 build is recognised by the missing marker and started over.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import subprocess
-import sys
-from collections import deque
+import posixpath
 from pathlib import Path
 from typing import Any
 
-from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, current_interpreter, digest
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import probe, resolve_interpreter
 from mltrain.errors import ConfigError, EnvironmentBuildError
+from mltrain.runner import LOCAL, Runner, StartError
 
 MARKER = ".mltrain-complete"
 
 
 def find_uv() -> str | None:
-    beside = Path(sys.executable).parent / "uv"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("uv")
+    return LOCAL.find_tool("uv")
 
 
 class Venv(Environment):
     kind = "venv"
+    _fingerprints: dict[str, str]
 
-    def _base_python(self) -> str:
-        return resolve_interpreter(self.config.python or current_interpreter())
+    def _base_python(self, runner: Runner) -> str:
+        return resolve_interpreter(self.config.python or runner.default_python(), runner)
 
     def _requirements(self) -> tuple[Path | None, str]:
         if not self.config.requirements:
@@ -50,92 +46,100 @@ class Venv(Environment):
                 f"environment.requirements: cannot read {path} ({exc.strerror}); give a path relative to source_dir"
             ) from exc
 
-    def fingerprint(self) -> str:
-        _, requirements = self._requirements()
-        base = self._base_python()
-        return digest({
-            "kind": self.kind,
-            "python": os.path.realpath(base),
-            "packages": sorted(self.config.packages),
-            "requirements": requirements,
-            "pip_args": list(self.config.pip_args),
-            "system_site_packages": self.config.system_site_packages,
-        })
+    def fingerprint(self, target: Any = None) -> str:
+        runner = self.runner(target)
+        cache = self.__dict__.setdefault("_fingerprints", {})
+        if runner.key not in cache:
+            _, requirements = self._requirements()
+            cache[runner.key] = digest({
+                "kind": self.kind,
+                "python": runner.realpath(self._base_python(runner)),
+                "packages": sorted(self.config.packages),
+                "requirements": requirements,
+                "pip_args": list(self.config.pip_args),
+                "system_site_packages": self.config.system_site_packages,
+            })
+        return str(cache[runner.key])
 
-    def directory(self) -> Path:
-        return self.cache_dir / "envs" / f"venv-{self.fingerprint()[:24]}"
+    def directory(self, target: Any = None) -> str:
+        runner = self.runner(target)
+        return posixpath.join(runner.env_root(self.cache_dir), "envs", f"venv-{self.fingerprint(target)[:24]}")
 
     def is_prepared(self, target: Any) -> bool:
-        return (self.directory() / MARKER).exists()
+        return self.runner(target).read_text(posixpath.join(self.directory(target), MARKER)) is not None
 
-    def _prepared(self, folder: Path, freeze: str) -> PreparedEnvironment:
+    def _prepared(self, folder: str, marker_text: str, target: Any) -> PreparedEnvironment:
         return PreparedEnvironment(
-            interpreter=str(folder / "bin" / "python"),
-            fingerprint=self.fingerprint(),
+            interpreter=posixpath.join(folder, "bin", "python"),
+            fingerprint=self.fingerprint(target),
             description=f"venv: {folder}",
-            freeze=freeze,
+            freeze=json.loads(marker_text).get("freeze", ""),
         )
 
     def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
-        folder = self.directory()
-        marker = folder / MARKER
-        if marker.exists():
-            return self._prepared(folder, json.loads(marker.read_text()).get("freeze", ""))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if marker.exists():  # built by someone else while we waited
-                return self._prepared(folder, json.loads(marker.read_text()).get("freeze", ""))
-            shutil.rmtree(folder, ignore_errors=True)
+        runner = self.runner(target)
+        folder = self.directory(target)
+        marker = posixpath.join(folder, MARKER)
+        text = runner.read_text(marker)
+        if text is not None:
+            return self._prepared(folder, text, target)
+        runner.makedirs(posixpath.dirname(folder))
+        with runner.lock(folder + ".lock"):
+            text = runner.read_text(marker)
+            if text is not None:  # built by someone else while we waited
+                return self._prepared(folder, text, target)
+            runner.remove_tree(folder)
             try:
-                self._build(folder, log)
-                freeze = probe(str(folder / "bin" / "python"), self.cache_dir, refresh=True).freeze
+                self._build(folder, log, runner)
+                freeze = probe(posixpath.join(folder, "bin", "python"), self.cache_dir, refresh=True,
+                               runner=runner).freeze
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                runner.remove_tree(folder)
                 raise
-            marker.write_text(json.dumps({"fingerprint": self.fingerprint(), "freeze": freeze}))
-        return self._prepared(folder, freeze)
+            text = json.dumps({"fingerprint": self.fingerprint(target), "freeze": freeze})
+            runner.write_text(marker, text)
+        return self._prepared(folder, text, target)
 
-    def _build(self, folder: Path, log: LogFn) -> None:
-        base = self._base_python()
-        requirements, _ = self._requirements()
+    def _build(self, folder: str, log: LogFn, runner: Runner) -> None:
+        base = self._base_python(runner)
+        requirements, text = self._requirements()
         installer = self.config.installer
-        uv = find_uv() if installer in ("auto", "uv") else None
+        uv = runner.find_tool("uv") if installer in ("auto", "uv") else None
         if installer == "uv" and uv is None:
-            raise EnvironmentBuildError("environment.installer=uv but uv is not installed; pip install uv, or use pip")
+            raise EnvironmentBuildError(
+                f"environment.installer=uv but uv is not installed on {runner.name}; pip install uv, or use pip")
+        if requirements is not None and not runner.shares_files:  # the host cannot see our file: send its text
+            remote = f"{folder}.requirements.txt"
+            runner.write_text(remote, text)
+            requirements = Path(remote)
         packages = [*self.config.packages, *(["-r", str(requirements)] if requirements else [])]
-        python = str(folder / "bin" / "python")
+        python = posixpath.join(folder, "bin", "python")
         system = ["--system-site-packages"] if self.config.system_site_packages else []
         if uv:
-            steps = [[uv, "venv", "--quiet", *system, "--python", base, str(folder)]]
+            steps = [[uv, "venv", "--quiet", *system, "--python", base, folder]]
             if packages:
                 steps.append([uv, "pip", "install", "--python", python, *self.config.pip_args, *packages])
         else:
-            steps = [[base, "-m", "venv", *system, str(folder)]]
+            steps = [[base, "-m", "venv", *system, folder]]
             if packages:
                 steps.append([python, "-m", "pip", "install", "--disable-pip-version-check",
                               *self.config.pip_args, *packages])
-        log(f"building venv {folder.name} ({'uv' if uv else 'pip'}): {' '.join(self.config.packages) or '-'}")
+        where = "" if runner.shares_files else f" on {runner.name}"
+        log(f"building venv {posixpath.basename(folder)}{where} ({'uv' if uv else 'pip'}): "
+            f"{' '.join(self.config.packages) or '-'}")
         for step in steps:
-            _run_step(step, log)
+            _run_step(step, log, runner)
 
     def describe(self) -> str:
         return f"venv ({len(self.config.packages)} packages{', requirements' if self.config.requirements else ''})"
 
 
-def _run_step(argv: list[str], log: LogFn) -> None:
-    tail: deque[str] = deque(maxlen=20)
+def _run_step(argv: list[str], log: LogFn, runner: Runner) -> None:
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                stdin=subprocess.DEVNULL, errors="replace")
-    except OSError as exc:
-        raise EnvironmentBuildError(f"could not start {argv[0]}: {exc.strerror}") from exc
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail.append(line.rstrip())
-        log(line.rstrip())
-    if proc.wait() != 0:
-        last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
+        result = runner.run(argv, on_line=log, merge=True)
+    except StartError as exc:
+        raise EnvironmentBuildError(f"could not start {argv[0]}: {exc}") from exc
+    if result.returncode != 0:
         raise EnvironmentBuildError(
-            f"environment build failed at `{' '.join(argv[:4])} ...` (exit {proc.returncode}): {last.strip()}"
+            f"environment build failed at `{' '.join(argv[:4])} ...` (exit {result.returncode}): {result.last_line()}"
         )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
 from mltrain.executors.wrapper import wrapper_argv
 from mltrain.workspace import RunPaths
 
@@ -80,13 +80,7 @@ class LocalHandle(Handle):
         return super().wait(0 if self._process is not None else timeout)
 
     def read_log(self, offset: int) -> tuple[bytes, int]:
-        try:
-            with open(self.paths.log, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return b"", offset
-        return data, offset + len(data)
+        return read_from(self.paths.log, offset)
 
     def _signal_group(self, sig: signal.Signals) -> bool:
         if not self._alive():

@@ -1,0 +1,120 @@
+"""SSH target (issue 5): first upload and one-file resubmit vs `rsync -a` over OpenSSH; submit overhead vs local.
+
+All against one sshd container (the test image, `bash .ci/provision-ssh.sh`), in the same run. "Bytes sent" is
+what the host's network interface received while the step ran: SSH handshake and framing included.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests" / "executors"))
+from common import median_seconds, report, run_cmd  # noqa: E402
+from make_tree import make_tree, small_path  # noqa: E402
+
+BIN = Path(sys.executable).parent
+MLTRAIN = str(BIN / "mltrain")
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    from sshtest import SSHD_IMAGE, SshHost
+
+    if subprocess.run(["docker", "image", "inspect", SSHD_IMAGE], capture_output=True).returncode != 0:
+        print(f"skipped: no engine or no {SSHD_IMAGE} (run `bash .ci/provision-docker.sh; bash .ci/provision-ssh.sh`)")
+        return 1
+    from mltrain.blobstore import BlobStore
+    from mltrain.config import SshCompute
+    from mltrain.executors.ssh import SshExecutor
+    from mltrain.remote import Link
+    from mltrain.snapshot import take_snapshot
+    from mltrain.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        host = SshHost(root / "host")
+        try:
+            def rx_bytes() -> int:
+                return int(host.sh("cat /sys/class/net/eth0/statistics/rx_bytes"))
+
+            ssh = (f"ssh -p {host.port} -i {host.client_key} -F {host.ssh_config} -o BatchMode=yes "
+                   f"-o UserKnownHostsFile={host.known_hosts} -o StrictHostKeyChecking=yes")
+
+            def rsync(dest: str) -> None:
+                subprocess.run(["rsync", "-a", "-e", ssh, f"{tree}/", f"root@{host.host}:{dest}/"], check=True)
+
+            tree = root / "tree"
+            make_tree(tree)
+            workspace = Workspace(root / "ws").ensure()
+            store = BlobStore(workspace.blobs)
+            first = take_snapshot(tree, store).manifest.id
+
+            def stage(remote_dir: str, snapshot: str) -> SshExecutor:
+                executor = SshExecutor(SshCompute(**host.compute(remote_dir=remote_dir, keepalive=10.0)), workspace)
+                Link._pool.clear()  # a fresh connection, as a new `mltrain` process has
+                executor.stage_code(snapshot)
+                executor.link().close()
+                return executor
+
+            # -- first upload: alternate, each into a fresh folder
+            ours, theirs = [], []
+            for i in range(3):
+                theirs.append(_timed(lambda i=i: rsync(f"/root/rsync-{i}")))
+                ours.append(_timed(lambda i=i: stage(f"/root/ml-{i}", first)))
+            report("first upload, 10,000 x 4 KiB + 20 x 20 MiB, vs rsync -a", statistics.median(ours),
+                   statistics.median(theirs), "<= 0.8x")
+
+            # -- one 4 KiB file changed
+            changed = tree / small_path(1234)
+            resync, restage, wire, payload = [], [], [], []
+            for _ in range(5):
+                changed.write_bytes(os.urandom(4096))
+                snapshot = take_snapshot(tree, store).manifest.id
+                resync.append(_timed(lambda: rsync("/root/rsync-0")))
+                before = rx_bytes()
+                start = time.perf_counter()
+                executor = stage("/root/ml-0", snapshot)
+                restage.append(time.perf_counter() - start)
+                wire.append(rx_bytes() - before)
+                payload.append(executor.link().bytes_sent)
+            report("resubmit after one 4 KiB file changed (stage) vs rsync re-sync", statistics.median(restage),
+                   statistics.median(resync), "<= 0.5x")
+            wire_kib = statistics.median(wire) / 1024
+            print(f"{'  bytes received by the host (wire, handshake incl.)':<58} {wire_kib:8.1f} KiB"
+                  f"{'':23}goal <= {4 + 64} KiB")
+            print(f"{'  of which mltrain payload (requests + blob + edits)':<58} "
+                  f"{statistics.median(payload) / 1024:8.1f} KiB")
+
+            # -- submit overhead: unchanged tree, cached environment
+            project = root / "proj"
+            project.mkdir()
+            (project / "noop.py").write_text("pass\n")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MLTRAIN_")}
+            env.update({"MLTRAIN_CACHE_DIR": str(root / "cache"), "HOME": str(root / "home")})
+            overrides = host.overrides(remote_dir="/root/ml-submit", keepalive=10.0)
+            local = median_seconds(run_cmd([MLTRAIN, "script=noop.py"], cwd=project, env=env), repeat=7)
+            remote = median_seconds(run_cmd([MLTRAIN, "script=noop.py", *overrides], cwd=project, env=env),
+                                    repeat=7)
+            report("submit, unchanged tree + cached env: compute=ssh vs local", remote, local, "<= +0.5 s")
+            print(f"{'  difference':<58} {(remote - local) * 1000:8.1f} ms{'':26}goal <= 500 ms")
+        finally:
+            host.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

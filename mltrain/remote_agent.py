@@ -1,0 +1,742 @@
+"""The helper mltrain runs on a remote host, one process per SSH connection (stdlib only, Python >= 3.8).
+
+Why a helper instead of a shell command per step: each exec channel starts
+the user's login shell (~80 ms on a host whose ``.bashrc`` runs pyenv), and
+submitting a run takes a dozen small steps. One long-lived process answers
+each step in about a millisecond, gives every reply a deadline the client
+can enforce, and takes argv and environment as data -- nothing it is given
+ever passes through a shell.
+
+Wire format, both ways: frames of ``kind (1 byte) + length (4 bytes, big
+endian) + payload``. ``J`` frames hold one JSON object (a request, a reply,
+or ``{"hb": 1}``, a heartbeat sent while a long step is busy, so a silent
+link can be told from a slow step); ``D``/``E`` frames hold raw bytes
+(file content, a command's stdout/stderr). A reply with ``"error"`` ends
+the step; ``"fatal": true`` means the helper exits after sending it.
+
+The helper is sent once per version and kept at ``<remote_dir>/agent/``;
+``BOOT`` (run with ``python3 -c``) starts the kept copy or asks for one.
+
+Layout under ``remote_dir`` (``~/.mltrain``)::
+
+    blobs/ab/cdef...      file contents by blake3 digest, read-only (as in the local store)
+    blobs/manifests/<id>  marker: the manifest blob <id> and every blob it lists are here
+    blobs/tmp/<digest>.part  a blob being received (kept when the link drops: the next upload resumes it)
+    checkouts/<id>/       a snapshot's tree, built from hardlinks to the blobs
+    cache/envs/           environments built on this host (venvs)
+    runs/<run id>/        output.log, exit_code, launch.json, outputs/, metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from typing import IO, Any
+
+HEAD = struct.Struct(">cI")
+CHUNK = 1 << 20
+BLOB_MODE = 0o444
+EXEC_MODE = 0o755
+PROTOCOL = 1
+COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES)
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+HEX = frozenset("0123456789abcdef")
+
+BOOT = r"""
+import os, struct, sys
+d = os.path.expanduser(sys.argv[1]); f = os.path.join(d, "agent", "agent-" + sys.argv[2] + ".py")
+try:
+    src = open(f, "rb").read()
+except OSError:
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    out.write(b"J" + struct.pack(">I", 16) + b'{"need":"agent"}'); out.flush()
+    k, n = struct.unpack(">cI", inp.read(5)); src = inp.read(n)
+    os.makedirs(os.path.dirname(f), exist_ok=True)
+    tmp = f + ".%d.tmp" % os.getpid()
+    with open(tmp, "wb") as fh:
+        fh.write(src)
+    os.replace(tmp, f)
+sys.argv = [f] + sys.argv[1:]
+exec(compile(src, f, "exec"), {"__name__": "__main__", "__file__": f})
+"""
+
+
+class Fatal(Exception):
+    """Stop the helper after replying (the stream it was reading is no longer in step)."""
+
+
+class Wire:
+    def __init__(self, rfile: IO[bytes], wfile: IO[bytes]) -> None:
+        self.rfile = rfile
+        self.wfile = wfile
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        self.wfile.write(HEAD.pack(kind, len(payload)))
+        self.wfile.write(payload)
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        self.send(b"J", json.dumps(obj).encode())
+        self.wfile.flush()
+
+    def heartbeat(self) -> None:
+        self.reply({"hb": 1})
+
+    def recv(self) -> tuple[bytes, bytes]:
+        head = self.rfile.read(HEAD.size)
+        if len(head) < HEAD.size:
+            raise EOFError
+        kind, size = HEAD.unpack(head)
+        payload = self.rfile.read(size)
+        if len(payload) < size:
+            raise EOFError
+        return kind, payload
+
+    def recv_json(self) -> dict[str, Any]:
+        kind, payload = self.recv()
+        if kind != b"J":
+            raise Fatal("protocol: expected a JSON frame")
+        obj: dict[str, Any] = json.loads(payload)
+        return obj
+
+
+def boot_id() -> str:
+    try:
+        with open(os.environ.get("MLTRAIN_BOOT_ID_FILE") or BOOT_ID) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (a recycled pid has another), None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None
+    return fields[19].decode()
+
+
+def reap() -> None:
+    """Collect finished children (a run this helper started leaves a zombie until reaped)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    reap()
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def clean_name(raw: Any) -> bytes:
+    """A manifest row's name as bytes, refused unless it is a clean relative path."""
+    name = bytes.fromhex(raw["hex"]) if isinstance(raw, dict) else str(raw).encode("utf-8", "surrogateescape")
+    parts = name.split(b"/")
+    if not name or name.startswith(b"/") or b"\0" in name or any(p in (b"", b".", b"..") for p in parts):
+        raise Fatal(f"manifest holds an unsafe path {name!r}")
+    return name
+
+
+def entry(row: list[Any]) -> tuple[bytes, int, int, str, bytes | None]:
+    """A manifest row (path, mode, size, digest[, link]) with its names checked."""
+    return clean_name(row[0]), int(row[1]), int(row[2]), str(row[3]), clean_name(row[4]) if len(row) == 5 else None
+
+
+def link_inside(path: bytes, target: bytes) -> bool:
+    if not target or target.startswith(b"/") or b"\0" in target:
+        return False
+    resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return resolved != b".." and not resolved.startswith(b"../")
+
+
+class Agent:
+    def __init__(self, root: str, wire: Wire, heartbeat: float) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.blobs = os.path.join(self.root, "blobs")
+        self.wire = wire
+        self.heartbeat = heartbeat
+        self.locks: dict[str, int] = {}
+        self.upload_lock: int | None = None
+
+    # ------------------------------------------------------------ plumbing
+    def serve(self) -> None:
+        while True:
+            try:
+                msg = self.wire.recv_json()
+            except EOFError:
+                return
+            op = getattr(self, "op_" + str(msg.get("op")), None)
+            try:
+                if op is None:
+                    raise Fatal("unknown operation {!r}".format(msg.get("op")))
+                reply = op(msg)
+            except Fatal as exc:
+                self.wire.reply({"error": str(exc), "fatal": True})
+                return
+            except OSError as exc:
+                fatal = bool(msg.get("stream"))
+                self.wire.reply({"error": "{}: {}".format(exc.filename or msg.get("op"), exc.strerror or exc),
+                                 "errno": exc.errno, "fatal": fatal})
+                if fatal:
+                    return
+                continue
+            except EOFError:
+                return
+            if reply is not None:
+                self.wire.reply(reply)
+
+    def blob_path(self, digest: str) -> str:
+        if len(digest) != 64 or not HEX.issuperset(digest):
+            raise Fatal(f"bad digest {digest!r}")
+        return os.path.join(self.blobs, digest[:2], digest[2:])
+
+    def run_dir(self, run_id: str) -> str:
+        if not run_id or not all(c.isalnum() or c in "-_" for c in run_id):
+            raise Fatal(f"bad run id {run_id!r}")
+        return os.path.join(self.root, "runs", run_id)
+
+    # ------------------------------------------------------------ the host
+    def op_hello(self, msg: dict[str, Any]) -> dict[str, Any]:
+        os.makedirs(self.root, exist_ok=True)
+        return {"protocol": PROTOCOL, "root": self.root, "home": os.path.expanduser("~"), "uid": os.getuid(),
+                "gid": os.getgid(), "boot_id": boot_id(), "python": sys.executable}
+
+    def op_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    def op_which(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = os.path.expanduser(msg["name"])
+        found = name if os.path.isabs(name) else shutil.which(name)
+        if not found or not os.path.exists(found):
+            return {"path": None}
+        return {"path": os.path.abspath(found), "executable": os.access(found, os.X_OK)}
+
+    def op_realpath(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"path": os.path.realpath(os.path.expanduser(msg["path"]))}
+
+    def op_mtimes(self, msg: dict[str, Any]) -> dict[str, Any]:
+        out = []
+        for path in msg["paths"]:
+            try:
+                out.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                out.append(-1)
+        return {"mtimes": out}
+
+    def op_read_text(self, msg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with open(os.path.expanduser(msg["path"]), "rb") as fh:
+                return {"text": fh.read().decode("utf-8", "replace")}
+        except FileNotFoundError:
+            return {"text": None}
+
+    def op_write_text(self, msg: dict[str, Any]) -> dict[str, Any]:
+        write_atomic(os.path.expanduser(msg["path"]), msg["text"].encode())
+        return {"ok": True}
+
+    def op_makedirs(self, msg: dict[str, Any]) -> dict[str, Any]:
+        os.makedirs(os.path.expanduser(msg["path"]), exist_ok=True)
+        return {"ok": True}
+
+    def op_rmtree(self, msg: dict[str, Any]) -> dict[str, Any]:
+        path = os.path.expanduser(msg["path"])
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        return {"ok": True}
+
+    def op_lock(self, msg: dict[str, Any]) -> dict[str, Any]:
+        path = os.path.expanduser(msg["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.locks[path] = self._flock(path)
+        return {"ok": True}
+
+    def op_unlock(self, msg: dict[str, Any]) -> dict[str, Any]:
+        fd = self.locks.pop(os.path.expanduser(msg["path"]), None)
+        if fd is not None:
+            os.close(fd)
+        return {"ok": True}
+
+    def _flock(self, path: str) -> int:
+        """An exclusive lock, waited for with heartbeats (it dies with this process, i.e. with the link)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        beat = time.monotonic() + self.heartbeat
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                time.sleep(0.05)
+                if time.monotonic() > beat:
+                    self.wire.heartbeat()
+                    beat = time.monotonic() + self.heartbeat
+
+    def op_run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Run argv to its end, streaming stdout (D) and stderr (E); heartbeats while it is quiet."""
+        env = dict(os.environ)
+        env.update(msg.get("env") or {})
+        try:
+            proc = subprocess.Popen(msg["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if msg.get("merge") else subprocess.PIPE,
+                                    env=env, cwd=msg.get("cwd"), close_fds=True)
+        except OSError as exc:
+            return {"exit": None, "start_error": exc.strerror or str(exc)}
+        streams = {proc.stdout.fileno(): b"D"} if proc.stdout else {}
+        if proc.stderr is not None:
+            streams[proc.stderr.fileno()] = b"E"
+        deadline = time.monotonic() + msg["timeout"] if msg.get("timeout") else None
+        while streams:
+            ready, _, _ = select.select(list(streams), [], [], self.heartbeat)
+            if not ready:
+                self.wire.heartbeat()
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    self.wire.send(streams[fd], data)
+                    self.wire.wfile.flush()
+                else:
+                    del streams[fd]
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                return {"exit": None, "timed_out": True}
+        return {"exit": proc.wait()}
+
+    # --------------------------------------------------------------- code
+    def op_have(self, msg: dict[str, Any]) -> dict[str, Any]:
+        manifests = os.path.join(self.blobs, "manifests")
+        return {
+            "checkout": os.path.isdir(os.path.join(self.root, "checkouts", msg["manifest"])),
+            "manifest": os.path.exists(os.path.join(manifests, msg["manifest"])),
+            "bases": [b for b in msg.get("bases", []) if os.path.exists(os.path.join(manifests, b))],
+        }
+
+    def op_begin_upload(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Take the upload lock, then say which blobs are missing and how much of each has arrived."""
+        os.makedirs(os.path.join(self.blobs, "tmp"), exist_ok=True)
+        if self.upload_lock is None:
+            self.upload_lock = self._flock(os.path.join(self.blobs, "upload.lock"))
+        missing = []
+        for digest in msg["digests"]:
+            if not os.path.exists(self.blob_path(digest)):
+                try:
+                    have = os.stat(self._part(digest)).st_size
+                except FileNotFoundError:
+                    have = 0
+                missing.append([digest, have])
+        return {"missing": missing}
+
+    def _part(self, digest: str) -> str:
+        return os.path.join(self.blobs, "tmp", digest + ".part")
+
+    def op_put_blobs(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Receive blobs until ``{"end": true}``: each verified by sha256, then renamed into place.
+
+        A blob cut off by a dropped link stays as ``tmp/<digest>.part`` and is
+        resumed by the next upload; a blob that fails (disk full, bad hash) is
+        removed, never placed, and the helper stops (the stream is out of step).
+        """
+        placed = received = 0
+        made: set[str] = set()
+        while True:
+            head = self.wire.recv_json()
+            if head.get("end"):
+                break
+            digest, offset, size = head["blob"], int(head["offset"]), int(head["size"])
+            final = self.blob_path(digest)
+            part = self._part(digest)
+            try:
+                received += self._receive(part, digest, offset, size)
+                folder = os.path.dirname(final)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                os.replace(part, final)
+                placed += 1
+            except EOFError:
+                raise  # the link dropped: keep the part for the next upload
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+                raise
+        self._end_upload()
+        return {"placed": placed, "bytes": received}
+
+    def _receive(self, part: str, digest: str, offset: int, size: int) -> int:
+        """Write the blob's bytes from ``offset`` on into ``part``; check the sha256 of all of it."""
+        hasher = hashlib.sha256()
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
+        try:
+            if offset:
+                if os.fstat(fd).st_size < offset:
+                    raise Fatal(f"blob {digest}: resumed at {offset}, but only part of it is here")
+                left = offset
+                while left:
+                    chunk = os.read(fd, min(CHUNK, left))
+                    hasher.update(chunk)
+                    left -= len(chunk)
+                os.ftruncate(fd, offset)
+            left = size - offset
+            while left > 0:
+                kind, data = self.wire.recv()
+                if kind != b"D" or len(data) > left:
+                    raise Fatal(f"protocol: blob {digest} overruns its size")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                hasher.update(data)
+                left -= len(data)
+            trailer = self.wire.recv_json()
+            if trailer.get("sha256") != hasher.hexdigest():
+                raise Fatal(f"blob {digest} failed verification (sha256 mismatch); submit again")
+            os.fchmod(fd, BLOB_MODE)
+        finally:
+            os.close(fd)
+        return size - offset
+
+    def _end_upload(self) -> None:
+        if self.upload_lock is not None:
+            os.close(self.upload_lock)
+            self.upload_lock = None
+
+    def op_put_manifest(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Store a manifest (sent whole, or as edits of one this host has), then make its checkout."""
+        manifest_id = msg["id"]
+        base = msg.get("base")
+        removed: list[Any] = []
+        added: list[Any] = []
+        if base:
+            with open(self.blob_path(base), "rb") as fh:
+                doc = json.loads(fh.read())
+            rows: list[Any] = []
+            base_rows = doc["entries"]
+            at = 0
+            for kind, value in msg["edits"]:
+                if kind == "k":
+                    rows += base_rows[at:at + value]
+                    at += value
+                elif kind == "d":
+                    removed += base_rows[at:at + value]
+                    at += value
+                else:
+                    rows += value
+                    added += value
+            rows += base_rows[at:]
+            doc["entries"] = rows
+            canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        else:
+            kind, data = self.wire.recv()
+            canonical = zlib.decompress(data)
+        if hashlib.sha256(canonical).hexdigest() != msg["sha256"]:
+            return {"mismatch": True}  # the client sends it whole instead
+        doc = json.loads(canonical)
+        # A base's blobs are all here (its marker says so): only what the edits add needs looking for.
+        entries = [entry(r) for r in (added if base else doc["entries"])]
+        missing = sorted({e[3] for e in entries
+                          if e[4] is None and e[2] > 0 and not os.path.exists(self.blob_path(e[3]))})
+        if missing:
+            return {"missing": missing}
+        path = self.blob_path(manifest_id)
+        if not os.path.exists(path):
+            write_atomic(path, canonical)
+            os.chmod(path, BLOB_MODE)
+        write_atomic(os.path.join(self.blobs, "manifests", manifest_id), b"")
+        final = os.path.join(self.root, "checkouts", manifest_id)
+        if (base and not os.path.isdir(final)
+                and self._patch_checkout(base, manifest_id, [entry(r) for r in removed], entries)):
+            return {"path": final, "patched": True}
+        if base:
+            entries = [entry(r) for r in doc["entries"]]
+        return {"path": self._checkout(manifest_id, entries)}
+
+    # Checkouts are immutable while a run uses them. A new snapshot usually differs from the last one in a
+    # few files, and building 10,000 hardlinks costs far more than sending one file; so when no live run uses
+    # the base's checkout, it is renamed and patched into the new one (the base's is rebuilt if wanted again).
+    def _users_file(self, checkout_id: str) -> str:
+        return os.path.join(self.root, "checkouts", checkout_id + ".users")
+
+    def _in_use(self, checkout_id: str) -> bool:
+        try:
+            with open(self._users_file(checkout_id)) as fh:
+                run_ids = fh.read().split()
+        except FileNotFoundError:
+            return False
+        for run_id in run_ids:
+            folder = self.run_dir(run_id)
+            if self._exit_code(folder) is not None:
+                continue
+            try:
+                with open(os.path.join(folder, "launch.json")) as fh:
+                    info = json.load(fh)
+            except (OSError, ValueError):
+                return True  # being launched, or unreadable: assume it is
+            if info.get("boot_id") == boot_id() and start_time(info["pid"]) == info.get("start_time"):
+                return True
+        return False
+
+    def _patch_checkout(self, base: str, manifest_id: str, removed: list[Any], added: list[Any]) -> bool:
+        checkouts = os.path.join(self.root, "checkouts")
+        old = os.path.join(checkouts, base)
+        if not os.path.isdir(old):
+            return False
+        lock = self._flock(os.path.join(checkouts, ".lock"))
+        try:
+            if not os.path.isdir(old) or self._in_use(base):
+                return False
+            tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}")
+            os.rename(old, tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._users_file(base))
+            try:
+                top = os.fsencode(tmp)
+                for name, _mode, _size, _digest, _link in removed:
+                    path = os.path.join(top, name)
+                    os.unlink(path)
+                    parent = os.path.dirname(path)
+                    while parent != top and not os.listdir(parent):
+                        os.rmdir(parent)
+                        parent = os.path.dirname(parent)
+                folders: set[bytes] = set()
+                for item in added:
+                    self._make(top, item, folders)
+                os.rename(tmp, os.path.join(checkouts, manifest_id))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            os.close(lock)
+        return True
+
+    def _make(self, top: bytes, item: Any, folders: set[bytes]) -> None:
+        """One entry of a checkout: a hardlink to its blob (executables copied), an empty file or a symlink."""
+        name, mode, size, digest, link = item
+        parent = os.path.dirname(name)
+        if parent and parent not in folders:
+            os.makedirs(os.path.join(top, parent), exist_ok=True)
+            folders.add(parent)
+        dest = os.path.join(top, name)
+        if link is not None:
+            if not link_inside(name, link):
+                raise Fatal(f"manifest: link {name!r} leaves the tree")
+            os.symlink(link, dest)
+        elif size == 0:
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o755))
+        elif mode == EXEC_MODE:
+            shutil.copyfile(self.blob_path(digest), dest)
+            os.chmod(dest, EXEC_MODE)
+        else:
+            try:
+                os.link(self.blob_path(digest), dest)
+            except OSError as exc:
+                if exc.errno not in COPY_INSTEAD:
+                    raise
+                shutil.copyfile(self.blob_path(digest), dest)
+                os.chmod(dest, BLOB_MODE)
+
+    def _checkout(self, manifest_id: str, entries: list[Any]) -> str:
+        """Build ``checkouts/<id>`` in a temp folder renamed into place."""
+        checkouts = os.path.join(self.root, "checkouts")
+        final = os.path.join(checkouts, manifest_id)
+        if os.path.isdir(final):
+            return final
+        os.makedirs(checkouts, exist_ok=True)
+        tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o755)
+        top = os.fsencode(tmp)
+        folders: set[bytes] = set()
+        try:
+            for item in entries:
+                self._make(top, item, folders)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.isdir(final):
+                return final
+            raise
+        return final
+
+    # --------------------------------------------------------------- runs
+    def op_launch(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Start argv detached (own session and process group); idempotent per run id."""
+        folder = self.run_dir(msg["run_id"])
+        record = os.path.join(folder, "launch.json")
+        try:
+            with open(record) as fh:
+                return dict(json.load(fh), again=True)
+        except FileNotFoundError:
+            pass
+        os.makedirs(os.path.join(folder, "outputs"), exist_ok=True)
+        for name in msg.get("touch", []):
+            open(os.path.join(folder, name), "ab").close()
+        env = dict(os.environ)
+        env.update(msg["env"])
+        checkouts = os.path.join(self.root, "checkouts")
+        cwd = msg["cwd"]
+        os.makedirs(checkouts, exist_ok=True)
+        lock = self._flock(os.path.join(checkouts, ".lock"))  # no checkout is patched while a run starts in it
+        try:
+            if not os.path.isdir(cwd):
+                return {"missing_code": True}
+            if os.path.dirname(cwd) == checkouts:
+                with open(self._users_file(os.path.basename(cwd)), "a") as fh:
+                    fh.write(msg["run_id"] + "\n")
+            proc = subprocess.Popen(msg["argv"], cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            info = {"pid": proc.pid, "start_time": start_time(proc.pid), "boot_id": boot_id(), "run_dir": folder}
+            write_atomic(record, json.dumps(info).encode())
+        finally:
+            os.close(lock)
+        return info
+
+    def _exit_code(self, folder: str) -> int | str | None:
+        try:
+            with open(os.path.join(folder, "exit_code")) as fh:
+                text = fh.read().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.lstrip("-").isdigit() else "unreadable"
+
+    def op_poll(self, msg: dict[str, Any]) -> dict[str, Any]:
+        folder = self.run_dir(msg["run_id"])
+        code = self._exit_code(folder)
+        if code is not None:
+            return {"exit_code": code}
+        try:
+            with open(os.path.join(folder, "launch.json")) as fh:
+                info = json.load(fh)
+        except FileNotFoundError:
+            return {"state": "unknown"}
+        if info.get("boot_id") and info["boot_id"] != boot_id():
+            return {"state": "rebooted"}
+        reap()
+        current = start_time(info["pid"])
+        if current is not None and current == info.get("start_time"):
+            return {"state": "running"}
+        code = self._exit_code(folder)
+        return {"exit_code": code} if code is not None else {"state": "vanished"}
+
+    def op_read_log(self, msg: dict[str, Any]) -> dict[str, Any]:
+        path = os.path.join(self.run_dir(msg["run_id"]), "output.log")
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(int(msg["offset"]))
+                data = fh.read(int(msg.get("limit", 4 * CHUNK)))
+        except FileNotFoundError:
+            data = b""
+        self.wire.send(b"D", data)
+        return {"size": len(data)}
+
+    def op_cancel(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """TERM the run's process group, wait ``grace`` seconds, then KILL it (and its container)."""
+        folder = self.run_dir(msg["run_id"])
+        try:
+            with open(os.path.join(folder, "launch.json")) as fh:
+                info = json.load(fh)
+        except FileNotFoundError:
+            return {"signalled": False}
+        pid = int(info["pid"])
+        if info.get("boot_id") != boot_id() or start_time(pid) != info.get("start_time"):
+            return {"signalled": False}
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return {"signalled": False}
+        deadline = time.monotonic() + float(msg.get("grace", 10.0))
+        beat = time.monotonic() + self.heartbeat
+        while time.monotonic() < deadline and group_alive(pid):
+            time.sleep(0.05)
+            if time.monotonic() > beat:
+                self.wire.heartbeat()
+                beat = time.monotonic() + self.heartbeat
+        killed = False
+        if group_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                pass
+        if msg.get("container"):
+            subprocess.call(["docker", "rm", "-f", msg["container"]], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reap()
+        return {"signalled": True, "killed": killed}
+
+    def op_pack(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The run's outputs and metrics file as one tar stream (D frames), untrusted by the receiver."""
+        folder = self.run_dir(msg["run_id"])
+        writer = FrameWriter(self.wire)
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for name in ("outputs", "metrics.jsonl"):
+                path = os.path.join(folder, name)
+                if os.path.lexists(path) and (name == "outputs" or stat.S_ISREG(os.lstat(path).st_mode)):
+                    tar.add(path, arcname="run/" + name, recursive=True)
+        writer.flush()
+        return {"ok": True}
+
+
+class FrameWriter:
+    """A write-only file object that sends what it is given as D frames of about a MiB."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.wire.send(b"D", bytes(self.buffer))
+            self.wire.wfile.flush()
+            self.buffer.clear()
+
+
+def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    root = sys.argv[1] if len(sys.argv) > 1 else "~/.mltrain"
+    heartbeat = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
+    wire = Wire(sys.stdin.buffer, sys.stdout.buffer)
+    agent = Agent(root, wire, heartbeat)
+    wire.reply(agent.op_hello({}))
+    agent.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""compute=ssh against real OpenSSH servers (containers on the local engine): code upload, environments on the
+host, runs that outlive the client and the link, cancel, reboots, host keys, a full disk, hostile archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project, assert_one_line_error
+from sshtest import SshHost, keygen, require_sshd_image
+
+pytestmark = [pytest.mark.integration]
+
+LINES = textwrap.dedent(
+    """
+    import os, sys, time
+    n = int(sys.argv[1]); pause = float(sys.argv[2])
+    for i in range(n):
+        print(f"line {i}", flush=True)
+        time.sleep(pause)
+    open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "done.txt"), "w").write("yes")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    require_sshd_image()
+    server = SshHost(tmp_path_factory.mktemp("sshhost"))
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+class SshProject(Project):
+    """A project whose runs go to ``host``; HOME is a tmp folder, so nothing touches the real ~/.ssh."""
+
+    def __init__(self, project: Project, host: SshHost, remote_dir: str) -> None:
+        env = {**project.env, "HOME": str(project.root.parent / "home")}
+        super().__init__(project.root, env)
+        self.host = host
+        self.remote_dir = remote_dir
+
+    def submit(self, *extra: str, flags: tuple[str, ...] = (), compute: dict[str, Any] | None = None,
+               **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        overrides = self.host.overrides(remote_dir=self.remote_dir, **(compute or {}))
+        return self.run(*flags, *overrides, *extra, **kwargs)
+
+    def show(self, run_id: str) -> dict[str, Any]:
+        return json.loads(self.run("runs", "show", run_id, "--json", check=True).stdout)  # type: ignore[no-any-return]
+
+    def log(self, run_id: str) -> str:
+        return (self.workspace / "runs" / run_id / "output.log").read_text()
+
+
+@pytest.fixture
+def sproject(project: Project, host: SshHost, tmp_path: Path) -> SshProject:
+    return SshProject(project, host, f"/root/mltrain-{tmp_path.name}")
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {predicate}")
+
+
+# ------------------------------------------------------------------ the basics
+def test_run_on_host_args_env_outputs_metrics(sproject: SshProject) -> None:
+    hostile = ["a b", "c$HOME", "; touch /tmp/pwned", "'quoted'", "*"]
+    args = "args=[" + ",".join(json.dumps(a) for a in hostile) + "]"
+    result = sproject.submit("script=train.py", args, "+env_vars.MY_VAR='$(id) `x`'", check=True)
+    (record,) = sproject.runs()
+    assert record["status"] == "Completed" and record["compute"] == "ssh"
+    assert f"argv {json.dumps(hostile)}" in result.stdout
+    assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "result.txt").read_text() == "done"
+    assert sproject.host.sh("ls /tmp/pwned 2>/dev/null || echo absent").strip() == "absent"
+    metrics = json.loads(sproject.run("runs", "metrics", str(record["id"]), "--json", check=True).stdout)
+    assert metrics[0]["value"] == 0.5
+    # the job ran on the host, from a checkout under remote_dir
+    assert sproject.host.sh(f"ls -d {sproject.remote_dir}/checkouts/*/").split() == [
+        f"{sproject.remote_dir}/checkouts/{record['snapshot_id']}/"]
+
+    sproject.write("env.py", "import os\nprint('MY_VAR=' + os.environ['MY_VAR'])\n")
+    out = sproject.submit("script=env.py", "+env_vars.MY_VAR='$(id) `x`'", check=True).stdout
+    assert "MY_VAR=$(id) `x`" in out
+    plan = json.loads(sproject.submit("script=env.py", flags=("plan", "--json"), check=True).stdout)
+    stages = {s["name"]: s for s in plan["stages"]}
+    assert stages["STAGE_CODE"]["cached"] and stages["ENVIRONMENT"]["cached"]
+    assert "ssh (root@" in plan["target"]
+
+
+def test_failing_script_and_missing_interpreter(sproject: SshProject) -> None:
+    sproject.submit("script=train.py", "+env_vars.EXIT_WITH=3")
+    (record,) = sproject.runs()
+    assert record["status"] == "Failed" and record["exit_code"] == 3
+    assert_one_line_error(sproject.submit("script=train.py", "environment.interpreter=/opt/nope/python"),
+                          "/opt/nope/python", "not found on host")
+    assert_one_line_error(sproject.submit("script=train.py", compute={"python": "/opt/nope/python3"}),
+                          "helper did not start", "compute.python")
+
+
+def test_user_managed_interpreter_on_host(sproject: SshProject) -> None:
+    sproject.write("which.py", "import sys\nprint('exe', sys.executable)\n")
+    out = sproject.submit("script=which.py", "environment.interpreter=python3", check=True).stdout
+    assert "exe /usr/bin/python3" in out
+    (record,) = sproject.runs()
+    freeze = (sproject.workspace / "runs" / str(record["id"]) / "environment.txt").read_text()
+    assert "pip==" in freeze  # the host's packages, recorded
+
+
+# ----------------------------------------------------------------- host keys
+def test_unknown_host_key_strict_refused_with_fingerprint(sproject: SshProject) -> None:
+    host = sproject.host
+    host.known_hosts.write_text("")
+    try:
+        result = sproject.submit("script=train.py")
+        assert_one_line_error(result, "unknown host key", host.fingerprint(), "ssh-keyscan",
+                              f"compute.fingerprint={host.fingerprint()}")
+        (record,) = sproject.runs()
+        assert record["status"] == "Failed"
+        # a pinned fingerprint is enough, known_hosts untouched
+        sproject.submit("script=train.py", compute={"fingerprint": host.fingerprint()}, check=True)
+        assert host.known_hosts.read_text() == ""
+        # a wrong pin is refused
+        other = keygen(sproject.root.parent / "other_key")
+        wrong = subprocess.run(["ssh-keygen", "-lf", f"{other}.pub"], capture_output=True, text=True).stdout.split()[1]
+        assert_one_line_error(sproject.submit("script=train.py", compute={"fingerprint": wrong}), "not the pinned")
+        # accept_new records it on first use, then strict accepts it
+        sproject.submit("script=train.py", compute={"host_key_policy": "accept_new"}, check=True)
+        assert host.public_host_key() in host.known_hosts.read_text()
+        sproject.submit("script=train.py", check=True)
+    finally:
+        host.trust()
+
+
+def test_changed_host_key_refused(sproject: SshProject) -> None:
+    host = sproject.host
+    other = keygen(sproject.root.parent / "old_host_key")
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    host.known_hosts.write_text(f"{host.known_name} {kind} {blob}\n")
+    try:
+        for policy in ("strict", "accept_new"):
+            result = sproject.submit("script=train.py", compute={"host_key_policy": policy})
+            assert_one_line_error(result, "CHANGED", host.fingerprint(), "ssh-keygen -R")
+    finally:
+        host.trust()
+
+
+def test_ssh_config_alias_and_proxyjump(host: SshHost, tmp_path: Path) -> None:
+    from mltrain.remote import Link
+    from mltrain.sshconn import SshSettings
+
+    config = tmp_path / "ssh_config"
+    config.write_text(textwrap.dedent(f"""
+        Host box
+          HostName {host.host}
+          Port {host.port}
+          User root
+          IdentityFile {host.client_key}
+        Host inner
+          HostName 127.0.0.1
+          Port 22
+          User root
+          IdentityFile {host.client_key}
+          ProxyJump box
+    """))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{host.known_name} {host.public_host_key()}\n127.0.0.1 {host.public_host_key()}\n")
+    for alias in ("box", "inner"):
+        settings = SshSettings(host=alias, ssh_config=str(config), known_hosts=str(known), connect_timeout=5,
+                               remote_dir=f"/root/alias-{alias}")
+        link = Link(settings)
+        try:
+            assert link.hello()["root"] == f"/root/alias-{alias}"
+        finally:
+            link.close()
+
+
+# ------------------------------------------------------------------- upload
+def _tree(root: Path, files: int, size: int = 4096, big: int = 0, big_size: int = 0) -> None:
+    for i in range(files):
+        path = root / f"src/d{i % 10}/f{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+    for i in range(big):
+        (root / f"data/big{i}.bin").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"data/big{i}.bin").write_bytes(os.urandom(big_size))
+
+
+def _executor(host: SshHost, workspace: Path, **compute: Any) -> Any:
+    from mltrain.config import SshCompute
+    from mltrain.executors.ssh import SshExecutor
+    from mltrain.workspace import Workspace
+
+    return SshExecutor(SshCompute(**host.compute(**compute)), Workspace(workspace).ensure())
+
+
+def _snapshot(source: Path, executor: Any) -> str:
+    from mltrain.blobstore import BlobStore
+    from mltrain.snapshot import take_snapshot
+
+    return take_snapshot(source, BlobStore(executor.workspace.blobs)).manifest.id  # type: ignore[no-any-return]
+
+
+def test_upload_only_what_changed_and_resume_after_cut(host: SshHost, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mltrain.remote_upload as upload
+
+    source = tmp_path / "src"
+    _tree(source, 300, big=2, big_size=3 << 20)
+    remote_dir = f"/root/up-{tmp_path.name}"
+    executor = _executor(host, tmp_path / "ws", remote_dir=remote_dir)
+    first = _snapshot(source, executor)
+
+    # cut the link half-way through the stream
+    real = upload._blob_frames
+
+    def cut(*args: Any) -> Iterator[tuple[bytes, bytes]]:
+        sent = 0
+        for kind, payload in real(*args):
+            yield kind, payload
+            sent += len(payload)
+            if sent > 4 << 20:
+                executor.link().transport.close()
+                return
+
+    monkeypatch.setattr(upload, "_blob_frames", cut)
+    with pytest.raises(Exception, match="connection"):
+        executor.stage_code(first)
+    monkeypatch.setattr(upload, "_blob_frames", real)
+    sizes = host.sh(f"find {remote_dir}/blobs -type f ! -name '*.lock' -printf '%s\\n'").split()
+    arrived = sum(int(n) for n in sizes)  # whole blobs and the part of the one cut off
+    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert 0 < arrived < total
+    code_dir = executor.stage_code(first)
+    assert executor.upload.bytes == total - arrived  # what arrived is not sent again
+    listing = host.sh(f"cd {code_dir} && find . -type f | wc -l && cat src/d3/f3.py | sha256sum")
+    count, digest = listing.split()[:2]
+    assert int(count) == 302
+    import hashlib
+
+    assert digest == hashlib.sha256((source / "src/d3/f3.py").read_bytes()).hexdigest()
+    assert host.sh(f"ls {remote_dir}/blobs/tmp").strip() in ("", "upload.lock")
+
+    # one file changed: that file and a few hundred bytes of manifest edits
+    (source / "src/d5/f5.py").write_bytes(os.urandom(4096))
+    second = _snapshot(source, executor)
+    link = executor.link()
+    before = link.bytes_sent
+    executor.stage_code(second)
+    assert executor.upload.blobs == 1 and executor.upload.bytes == 4096
+    assert link.bytes_sent - before < 4096 + 8192
+    assert executor.code_is_staged(second)
+
+
+def test_disk_full_during_upload_fails_cleanly(tmp_path: Path, project: Project) -> None:
+    require_sshd_image()
+    small = SshHost(tmp_path / "small", tmpfs="/mnt/small:size=3m")
+    try:
+        _tree(project.root, 2, big=3, big_size=1 << 20)
+        sproject = SshProject(project, small, "/mnt/small/mltrain")
+        result = sproject.submit("script=train.py")
+        assert_one_line_error(result, "is full", "nothing was half-placed", "compute.remote_dir")
+        (record,) = sproject.runs()
+        assert record["status"] == "Failed" and "full" in str(record["reason"])
+        # no partial blob, no checkout; every placed blob is complete
+        listing = small.sh("cd /mnt/small/mltrain/blobs && find . -type f ! -name upload.lock -printf '%p %s\\n'")
+        placed = [line.split() for line in listing.splitlines()]
+        assert not [p for p, _ in placed if "/tmp/" in p]
+        assert {int(size) for _, size in placed} <= {4096, 1 << 20}
+        assert small.sh("ls /mnt/small/mltrain/checkouts 2>/dev/null | wc -l").strip() == "0"
+    finally:
+        small.remove()
+
+
+# ------------------------------------------------------- runs that outlive us
+def test_client_killed_then_attach_sees_the_end(sproject: SshProject) -> None:
+    sproject.write("lines.py", LINES)
+    proc = sproject.popen("script=lines.py", "args=[30,0.1]",
+                          *sproject.host.overrides(remote_dir=sproject.remote_dir))
+    assert proc.stdout is not None
+    seen = ""
+    while "line 3" not in seen:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        seen += line
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    (record,) = sproject.runs()
+    assert record["status"] == "Running"
+    attach = sproject.run("runs", "attach", str(record["id"]), check=True)
+    assert "Completed" in attach.stderr
+    log = sproject.log(str(record["id"]))
+    assert [ln for ln in log.splitlines() if ln.startswith("line ")] == [f"line {i}" for i in range(30)]
+    assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "done.txt").read_text() == "yes"
+
+
+def test_link_dropped_mid_run_then_recovers(sproject: SshProject) -> None:
+    sproject.write("lines.py", LINES)
+    run_id = sproject.submit("script=lines.py", "args=[40,0.1]", flags=("--detach",), check=True).stdout.strip()
+    attach = sproject.popen("runs", "attach", run_id)
+    time.sleep(1.0)
+    sproject.host.pause()
+    paused = time.monotonic()
+    try:
+        time.sleep(4.0)  # keepalive=1: the link counts as dead after 2 s
+    finally:
+        sproject.host.unpause()
+    out, err = attach.communicate(timeout=60)
+    assert attach.returncode == 0, err
+    assert "reconnecting" in err and "is back" in err
+    assert time.monotonic() - paused < 40
+    assert [ln for ln in out.splitlines() if ln.startswith("line ")] == [f"line {i}" for i in range(40)]
+    assert sproject.show(run_id)["status"] == "Completed"
+
+
+def test_dead_link_detected_within_deadline(host: SshHost, tmp_path: Path) -> None:
+    from mltrain.remote import Link
+    from mltrain.sshconn import LinkDown
+
+    link = Link(host.settings(keepalive=2.0, remote_dir=f"/root/dead-{tmp_path.name}"))
+    link.hello()
+    host.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(LinkDown):
+            link.call("ping")
+        assert time.monotonic() - started < 30
+        started = time.monotonic()
+        with pytest.raises(LinkDown):  # the reconnect attempt has its own deadline (connect_timeout)
+            link.call("ping")
+        assert time.monotonic() - started < 10
+    finally:
+        host.unpause()
+    deadline = time.monotonic() + 30
+    while True:  # back once the host answers (after the backoff)
+        try:
+            assert link.call("ping")["ok"]
+            break
+        except LinkDown:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    link.close()
+
+
+def test_cancel_terms_then_kills_the_process_group(sproject: SshProject) -> None:
+    marker = f"stubborn-{sproject.root.parent.name}"
+    sproject.write("stubborn.py", textwrap.dedent("""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen(["sleep", "300", sys.argv[1]])
+        print("ready", flush=True)
+        time.sleep(300)
+    """))
+    run_id = sproject.submit("script=stubborn.py", f"args=[{marker}]", flags=("--detach",),
+                             compute={"cancel_grace": 1.0}, check=True).stdout.strip()
+    wait_for(lambda: "ready" in sproject.run("runs", "logs", run_id).stdout)
+    assert marker in sproject.host.sh("ps -eo args")
+    started = time.monotonic()
+    result = sproject.run("runs", "cancel", run_id, check=True)
+    assert "Canceled" in result.stdout
+    assert time.monotonic() - started < 15
+    assert marker not in sproject.host.sh("ps -eo args")
+    assert sproject.show(run_id)["status"] == "Canceled"
+
+
+def test_host_reboot_detected_by_boot_id(sproject: SshProject) -> None:
+    host = sproject.host
+    marker = f"victim-{sproject.root.parent.name}"
+    sproject.write("long.py", "import sys, time\nprint('up', flush=True)\ntime.sleep(300)\n")
+    run_id = sproject.submit("script=long.py", f"args=[{marker}]", flags=("--detach",), check=True).stdout.strip()
+    wait_for(lambda: "up" in sproject.run("runs", "logs", run_id).stdout)
+    original = host.sh("cat /etc/mltrain-boot-id").strip()
+    try:
+        host.sh(f"pkill -9 -f '[{marker[0]}]{marker[1:]}'; true")  # what a reboot does to the run ...
+        host.reboot_id()  # ... and to the boot id
+        shown = sproject.show(run_id)
+        assert shown["status"] == "Failed"
+        assert "host rebooted" in shown["reason"]
+    finally:
+        host.sh(f"echo {original} > /etc/mltrain-boot-id")
+
+
+# ------------------------------------------------------------- coming back
+def test_outputs_with_links_out_are_not_brought_back(sproject: SshProject) -> None:
+    sproject.write("evil.py", textwrap.dedent("""
+        import os
+        out = os.environ["MLTRAIN_OUTPUT_DIR"]
+        os.symlink("/etc/passwd", os.path.join(out, "passwd"))
+        os.symlink("..", os.path.join(out, "up"))
+        os.makedirs(os.path.join(out, "sub"))
+        open(os.path.join(out, "sub", "fine.txt"), "w").write("ok")
+    """))
+    sproject.submit("script=evil.py", check=True)
+    (record,) = sproject.runs()
+    outputs = sproject.workspace / "runs" / str(record["id"]) / "outputs"
+    assert (outputs / "sub" / "fine.txt").read_text() == "ok"
+    assert not (outputs / "passwd").exists() and not (outputs / "passwd").is_symlink()
+    assert not (outputs / "up").is_symlink()
+
+
+class _HostileLink:
+    """Answers ``pack`` with a crafted archive, as a compromised host could."""
+
+    def __init__(self, archive: bytes) -> None:
+        self.archive = archive
+
+    def request(self, msg: dict[str, Any], *, on_data: Any = None, **_: Any) -> dict[str, Any]:
+        if msg["op"] == "pack":
+            on_data(b"D", self.archive)
+        elif msg["op"] == "read_log":
+            on_data(b"D", b"")
+        return {"ok": True}
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        return self.request({"op": op, **args})
+
+
+def test_hostile_archive_from_host_is_refused(tmp_path: Path) -> None:
+    from mltrain.executors.ssh import SshHandle
+    from mltrain.sshconn import SshSettings
+    from mltrain.workspace import RunPaths
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name: str, data: bytes = b"x", **attrs: Any) -> None:
+            info = tarfile.TarInfo(name)
+            for key, value in attrs.items():
+                setattr(info, key, value)
+            if info.isreg():
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+
+        add("run/outputs/good.txt", b"good")
+        add("/etc/evil-absolute", b"bad")
+        add("run/outputs/../../../escaped.txt", b"bad")
+        add("run/outputs/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add("run/outputs/rel", type=tarfile.SYMTYPE, linkname="../../outside")
+        add("run/outputs/hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")
+        add("run/outputs/dirlink", type=tarfile.SYMTYPE, linkname="..")
+        add("run/outputs/dirlink/through.txt", b"bad")
+        add("run/metrics.jsonl", b'{"name": "loss", "value": 1}\n')
+    paths = RunPaths(tmp_path / "run")
+    paths.dir.mkdir()
+    handle = SshHandle(paths, SshSettings(host="x"), "r1", run_dir="/r", pid=1, start_time=None, boot_id="",
+                       log_base=0, cancel_grace=1, link=_HostileLink(buf.getvalue()))  # type: ignore[arg-type]
+    handle.collect(paths)
+    assert (paths.outputs / "good.txt").read_text() == "good"
+    assert paths.metrics.exists()
+    found = list(tmp_path.rglob("*"))
+    assert not [p for p in found if p.is_symlink()]
+    assert all(p.resolve().is_relative_to(paths.dir) for p in found)
+    assert not [p for p in found if p.name == "escaped.txt"] and not (tmp_path.parent / "escaped.txt").exists()
+    assert not Path("/etc/evil-absolute").exists()
+
+
+# ---------------------------------------------------------- environments
+def test_venv_built_on_host_once_and_reused(sproject: SshProject, tmp_path: Path) -> None:
+    from test_venv import make_wheel
+
+    wheel = make_wheel(tmp_path)
+    host = sproject.host
+    subprocess.run(["docker", "cp", str(wheel), f"{host.container}:/tmp/{wheel.name}"], check=True)
+    sproject.write("uses_pkg.py", "import sys, mltrain_probe_pkg\nprint('value', mltrain_probe_pkg.VALUE, sys.prefix)")
+    args = ["script=uses_pkg.py", "environment=venv", f"environment.packages=[/tmp/{wheel.name}]",
+            "environment.installer=pip", "environment.pip_args=[--no-index]"]
+    first = sproject.submit(*args, check=True)
+    assert "value 42" in first.stdout and f"{sproject.remote_dir}/cache/envs/venv-" in first.stdout
+    assert "building venv" in first.stderr and "on host" in first.stderr
+    second = sproject.submit(*args, check=True)
+    assert "value 42" in second.stdout and "building venv" not in second.stderr
+    records = sproject.runs()
+    assert records[0]["env_fingerprint"] == records[1]["env_fingerprint"]
+    freeze = (sproject.workspace / "runs" / str(records[0]["id"]) / "environment.txt").read_text()
+    assert "mltrain_probe_pkg==1.0" in freeze.replace("-", "_")
+    assert not (Path(sproject.env["MLTRAIN_CACHE_DIR"]) / "envs").exists() or not any(
+        (Path(sproject.env["MLTRAIN_CACHE_DIR"]) / "envs").glob("venv-*/bin"))  # nothing built here
+
+
+def test_concurrent_requests_share_one_link(host: SshHost, tmp_path: Path) -> None:
+    from mltrain.remote import Link
+
+    link = Link(host.settings(remote_dir=f"/root/conc-{tmp_path.name}"))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: [link.call("ping")["ok"] for _ in range(20)], range(4)))
+    link.close()
+    assert answers == [[True] * 20] * 4
+
+
+# -------------------------------------------- docker on the host's own engine
+@pytest.fixture
+def local_sshd(tmp_path: Path) -> Iterator[SshHost]:
+    """sshd on this machine (whose engine is the local one): a host that has Docker, as root, on loopback."""
+    require_sshd_image()
+    if not Path("/usr/sbin/sshd").exists() or os.geteuid() != 0:
+        pytest.skip("needs root and /usr/sbin/sshd; run `bash .ci/provision-ssh.sh` (make provision)")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = SshHost.__new__(SshHost)
+    server.folder = tmp_path / "local-sshd"
+    server.cfg = server.folder / "cfg"
+    server.cfg.mkdir(parents=True)
+    server.host_key = keygen(server.cfg / "host_key")
+    server.client_key = keygen(server.folder / "id_ed25519")
+    (server.cfg / "authorized_keys").write_text(Path(f"{server.client_key}.pub").read_text())
+    (server.cfg / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {server.host_key}\nAuthorizedKeysFile {server.cfg}/"
+        f"authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n"
+        f"StrictModes no\nPidFile {server.cfg}/sshd.pid\nLogLevel ERROR\n")
+    server.known_hosts = server.folder / "known_hosts"
+    server.ssh_config = server.folder / "ssh_config"
+    server.ssh_config.write_text("")
+    server.host, server.port, server.container = "127.0.0.1", port, ""
+    Path("/run/sshd").mkdir(exist_ok=True)
+    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(server.cfg / "sshd_config")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        server._wait_ready()
+        server.trust()
+        yield server
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def test_docker_environment_on_the_hosts_engine(local_sshd: SshHost, project: Project, tmp_path: Path) -> None:
+    from sshtest import SSHD_IMAGE
+
+    sproject = SshProject(project, local_sshd, str(tmp_path / "remote"))
+    sproject.write("d.py", textwrap.dedent("""
+        import os, sys
+        print("in container", os.path.exists("/.dockerenv"), os.getcwd(), sys.argv[1:])
+        open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "o.txt"), "w").write(os.environ["MY_VAR"])
+    """))
+    result = sproject.submit("script=d.py", "args=[a b]", "+env_vars.MY_VAR='x y'", "environment=docker",
+                             f"environment.image={SSHD_IMAGE}", check=True)
+    assert "in container True /mltrain/code ['a b']" in result.stdout
+    (record,) = sproject.runs()
+    assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "o.txt").read_text() == "x y"
+    leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=mltrain-{record['id']}"],
+                              capture_output=True, text=True).stdout.split()
+    assert leftover == []  # --rm: the container went with the run
