@@ -120,6 +120,7 @@ class SshCompute:
     keepalive: float = 10.0  # seconds between keepalives; a dead link is noticed within a few of these
     remote_dir: str = "~/.mltrain"  # blob cache, environments and run folders on the remote
     cancel_grace: float = 10.0
+    python: str = "python3"  # the host's Python 3 that runs mltrain's helper there (stdlib only, >= 3.8)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class SparkCompute:
     type: str = "spark"
     master: str = "local[*]"
     deploy_mode: str = "client"  # client | cluster
-    conf: dict[str, str] = field(default_factory=dict)  # each becomes --conf key=value
+    conf: dict[str, Any] = field(default_factory=dict)  # each becomes --conf key=value (nested keys are joined by dots)
     driver_memory: str | None = None
     driver_cores: int | None = None
     executor_memory: str | None = None
@@ -139,6 +140,8 @@ class SparkCompute:
     jars: list[str] = field(default_factory=list)
     archives: list[str] = field(default_factory=list)
     spark_home: str | None = None  # default: $SPARK_HOME, else the environment's pyspark
+    master_ui: str | None = None  # standalone master's web UI (status, app links); default: http://<master host>:8080
+    connect_timeout: float = 10.0  # seconds to reach the master's port before giving up
     ssh: dict[str, Any] | None = None  # submit from an edge node: the keys of compute=ssh (host, user, ...)
     cancel_grace: float = 10.0
 
@@ -158,6 +161,96 @@ class PySparkFramework:
 
     type: str = "pyspark"
     args_style: str = "argparse"
+
+
+# ---------------------------------------------------------------------- sweep
+@dataclass
+class EarlyTerminationConfig:
+    """Stop poor trials while they run, judged on the primary metric as they stream it (HyperDrive's policies).
+
+    An *interval* is one report of the primary metric: the policy acts at the
+    N-th report of a trial when N >= ``delay_evaluation`` and N is a multiple of
+    ``evaluation_interval``, comparing with the other trials' N-th reports once
+    ``min_trials`` trials (this one included) have made N of them.
+    """
+
+    policy: str | None = None  # bandit | median | truncation; null: trials always run to the end
+    evaluation_interval: int = 1
+    delay_evaluation: int = 0
+    min_trials: int = 3
+    slack_factor: float | None = None  # bandit: stop when worse than the best by this ratio
+    slack_amount: float | None = None  # bandit: stop when worse than the best by this much
+    truncation_percentage: int | None = None  # truncation: stop the worst N% at each interval
+
+
+@dataclass
+class SweepConfig:
+    """How ``mltrain -m`` runs the trials of a sweep (HyperDrive's run config)."""
+
+    sampler: str = "grid"  # grid | random | tpe
+    n_trials: int | None = None  # random/tpe: how many; grid: at most this many combinations
+    max_concurrent: int | None = None  # default: the CPU count on compute=local, 4 on other targets
+    primary_metric: str | None = None  # ranks trials: the last value each logged
+    goal: str = "min"  # min | max
+    max_failures: int | None = None  # start no more trials after this many failed; null: never stop
+    seed: int | None = None  # random/tpe; null: drawn once and kept with the sweep
+    space: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep syntax, e.g. tag(log, interval(1e-4, 1))
+    early_termination: EarlyTerminationConfig = field(default_factory=EarlyTerminationConfig)
+
+
+SAMPLERS = ("grid", "random", "tpe")
+GOALS = ("min", "max")
+POLICIES = ("bandit", "median", "truncation")
+
+
+def _at_least(value: float | None, low: float, key: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"sweep.{key}={value}: must be at least {low}")
+
+
+def validate_sweep(node: Any) -> SweepConfig:
+    """The ``sweep`` block as a checked SweepConfig (defaults when the config has none)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), node if node is not None else {})
+        sweep: SweepConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigKeyError as exc:
+        valid = ", ".join(f.name for f in dataclasses.fields(SweepConfig))
+        raise ConfigError(f"sweep.{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"sweep.{getattr(exc, 'full_key', None) or '?'}: {_describe(exc)}") from exc
+    for key, value, choices in (("sampler", sweep.sampler, SAMPLERS), ("goal", sweep.goal, GOALS),
+                                ("early_termination.policy", sweep.early_termination.policy, (None, *POLICIES))):
+        if value not in choices:
+            raise ConfigError(f"sweep.{key}={value!r}: choose one of {', '.join(c for c in choices if c)}")
+    et = sweep.early_termination
+    bounds: list[tuple[str, float | None, float]] = [
+        ("max_concurrent", sweep.max_concurrent, 1), ("n_trials", sweep.n_trials, 1),
+        ("max_failures", sweep.max_failures, 1), ("early_termination.evaluation_interval", et.evaluation_interval, 1),
+        ("early_termination.delay_evaluation", et.delay_evaluation, 0),
+        ("early_termination.min_trials", et.min_trials, 1), ("early_termination.slack_factor", et.slack_factor, 0),
+        ("early_termination.slack_amount", et.slack_amount, 0),
+    ]
+    for bound_key, bound_value, low in bounds:
+        _at_least(bound_value, low, bound_key)
+    if sweep.sampler != "grid" and sweep.n_trials is None:
+        raise ConfigError(f"sweep.sampler={sweep.sampler} needs sweep.n_trials=N (how many trials to run)")
+    if sweep.primary_metric is None:
+        needs = "sweep.sampler=tpe" if sweep.sampler == "tpe" else (
+            f"sweep.early_termination.policy={et.policy}" if et.policy else None)
+        if needs:
+            raise ConfigError(f"{needs} needs sweep.primary_metric=NAME (the metric the trials log)")
+    slacks = [k for k in ("slack_factor", "slack_amount") if getattr(et, k) is not None]
+    if et.policy == "bandit" and len(slacks) != 1:
+        raise ConfigError("sweep.early_termination.policy=bandit needs exactly one of "
+                          "sweep.early_termination.slack_factor or .slack_amount")
+    if et.policy == "truncation" and not (et.truncation_percentage and 0 < et.truncation_percentage < 100):
+        raise ConfigError("sweep.early_termination.policy=truncation needs "
+                          "sweep.early_termination.truncation_percentage between 1 and 99")
+    for key, owner in [(k, "bandit") for k in slacks] + [("truncation_percentage", "truncation")]:
+        if getattr(et, key) is not None and et.policy != owner:
+            raise ConfigError(f"sweep.early_termination.{key} has no effect with policy={et.policy}; "
+                              f"it belongs to policy={owner}")
+    return sweep
 
 
 # ------------------------------------------------------------------- primary
@@ -187,6 +280,7 @@ class PrimarySchema:
     framework: Any = MISSING
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -224,6 +318,7 @@ def register_configs() -> None:
     # params and env_vars are the user's own namespaces: `params.lr=0.1` adds a key without `+`.
     OmegaConf.set_struct(node.params, False)
     OmegaConf.set_struct(node.env_vars, False)
+    OmegaConf.set_struct(node.sweep.space, False)
     ConfigStore.instance().store(name="mltrain_schema", node=node)
 
 
@@ -277,6 +372,19 @@ def _check_docker_keys(env: DockerEnvironment, source: str) -> None:
             raise ConfigError(f"environment.{key} has no effect with environment.{source}; {hint}")
 
 
+PYSPARK_TARGETS = ("local", "spark")
+
+
+def _check_framework_target(framework: str, compute: str) -> None:
+    """compute=spark starts only Spark applications; spark-submit runs only where mltrain can start it."""
+    if compute == "spark" and framework != "pyspark":
+        raise ConfigError(f"compute=spark submits Spark applications with spark-submit: add framework=pyspark "
+                          f"(framework={framework} is not one)")
+    if framework == "pyspark" and compute not in PYSPARK_TARGETS:
+        raise ConfigError(f"framework=pyspark cannot run on compute={compute}: use compute=spark (with compute.ssh "
+                          "for a cluster's edge node) or compute=local")
+
+
 def validate(cfg: Any) -> MltrainConfig:
     """Turn a composed config (hydra node already removed) into typed, checked values."""
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
@@ -306,6 +414,7 @@ def validate(cfg: Any) -> MltrainConfig:
     framework = groups["framework"]
     if getattr(framework, "args_style", "argparse") not in ARGS_STYLES:
         raise ConfigError(f"framework.args_style={framework.args_style!r}: choose one of {', '.join(ARGS_STYLES)}")
+    _check_framework_target(framework.type, groups["compute"].type)
     env = groups["environment"]
     if isinstance(env, VenvEnvironment) and env.installer not in INSTALLERS:
         raise ConfigError(f"environment.installer={env.installer!r}: choose one of {', '.join(INSTALLERS)}")

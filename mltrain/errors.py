@@ -39,6 +39,10 @@ class RunNotFound(StoreError):
     """No run (or more than one run) matches the id the user gave."""
 
 
+class SweepNotFound(StoreError):
+    """No sweep (or more than one sweep) matches the id the user gave."""
+
+
 class TargetError(MltrainError):
     """The compute target cannot be reached or refused the job."""
 

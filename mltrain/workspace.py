@@ -7,6 +7,7 @@ joins path strings by hand.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,8 @@ class Workspace:
         try:
             for folder in (self.root, self.runs, self.cache):
                 folder.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
+            # pid and thread: a sweep submits trials from several threads of one process at once
+            probe = self.root / f".write-test-{os.getpid()}-{threading.get_ident()}"
             probe.touch()
             probe.unlink()
         except OSError as exc:

@@ -1,0 +1,34 @@
+"""mltrain's Hydra launcher (``hydra/launcher=mltrain``): concurrent trials on any compute target.
+
+Thin by design: Hydra only accepts plugin classes defined under ``hydra_plugins``;
+the logic lives in :mod:`mltrain.sweep_launcher`, imported when a sweep starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.launcher import Launcher
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="mltrain", provider="mltrain",
+    node={"_target_": "hydra_plugins.mltrain_plugins.launcher.MltrainLauncher"},
+)
+
+
+class MltrainLauncher(Launcher):
+    core: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from mltrain.sweep_launcher import LauncherCore
+
+        self.core = LauncherCore(hydra_context, task_function, config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
+        return self.core.launch(job_overrides, initial_job_idx)  # type: ignore[no-any-return]
+
+    def run_sweep(self, sampler: Any, supervisor: Any) -> Sequence[Any]:
+        """mltrain's sweeper hands trials over one free slot at a time (see mltrain.sweep_launcher)."""
+        return self.core.run_sweep(sampler, supervisor)  # type: ignore[no-any-return]

@@ -1,0 +1,34 @@
+"""mltrain's Hydra sweeper (``hydra/sweeper=mltrain``): grid, random and TPE over Hydra's sweep syntax.
+
+Thin by design (see launcher.py beside it); the logic lives in :mod:`mltrain.sweep_driver`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="mltrain", provider="mltrain",
+    node={"_target_": "hydra_plugins.mltrain_plugins.sweeper.MltrainSweeper"},
+)
+
+
+class MltrainSweeper(Sweeper):
+    context: tuple[Any, Any, Any] | None = None  # Hydra's context, the task function, the sweep's config
+    launcher: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        self.context = (hydra_context, task_function, config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from mltrain.sweep_driver import sweep
+
+        assert self.context is not None
+        return sweep(*self.context, self.launcher, arguments)

@@ -1,0 +1,115 @@
+"""Hydra's per-job bookkeeping, in the main thread; only a prepared job's body may run elsewhere.
+
+Hydra's ``run_job`` sets process-wide state (the ``HydraConfig`` singleton,
+the working directory, the root logger), so it must never run in a worker
+thread. mltrain's launcher calls it here, in the main thread, for every job:
+it makes the output directory, writes ``.hydra/`` when asked, applies
+``hydra.job.env_set``, fires the callbacks, and calls the task. A task that
+offers ``prepare_trial(cfg, overrides)`` (mltrain's own) has validated each
+trial before any started and returned a :class:`PreparedJob` whose ``run()``
+-- submit and monitor an external process, touching nothing of Hydra -- is
+what the launcher runs in its thread pool. Any other task runs right here, in
+the main thread, as it would under Hydra's basic launcher.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+
+@runtime_checkable
+class PreparedJob(Protocol):
+    """A validated job whose body has not run yet."""
+
+    def run(self) -> Any:
+        """The body: safe in a worker thread (no Hydra, no cwd, no logging set-up)."""
+
+
+def takes_prepared(task_function: Any) -> bool:
+    return callable(getattr(task_function, "prepare_trial", None))
+
+
+def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: int, prepared: Any = None,
+              job_cfg: DictConfig | None = None) -> Any:
+    """Do Hydra's bookkeeping for job ``idx``; returns Hydra's ``JobReturn``.
+
+    A plain task runs here, inside Hydra's own ``run_job``. A trial the task has already
+    prepared (``prepared``, validated from ``job_cfg``: ``config`` without ``hydra``) gets
+    ``run_job``'s bookkeeping without its two deep copies of the whole config -- per trial
+    the biggest cost in a sweep's main thread -- and a ``JobReturn`` holding the prepared
+    job; :func:`end_job` fills in its result once the body has run.
+    """
+    from hydra.core.utils import run_job
+
+    with read_write(config.hydra), open_dict(config):  # read-only once HydraConfig has seen it
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    if prepared is None:
+        return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    assert job_cfg is not None
+    return _bookkeeping(hydra_context, config, prepared, job_cfg)
+
+
+def _bookkeeping(hydra_context: Any, config: DictConfig, prepared: Any, job_cfg: DictConfig) -> Any:
+    """``hydra.core.utils.run_job`` for a prepared trial (Hydra 1.3), step for step, minus the task call."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import (
+        JobReturn,
+        JobRuntime,
+        JobStatus,
+        _flush_loggers,
+        _save_config,
+        configure_log,
+        env_override,
+    )
+
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                  str(OmegaConf.select(config, "hydra.sweep.subdir")))
+        hydra_cfg: Any = HydraConfig.instance().cfg
+        for node in (config.hydra.runtime, hydra_cfg.hydra.runtime):
+            with read_write(node), open_dict(node):
+                node.output_dir = os.path.abspath(output_dir)
+        ret = JobReturn()
+        ret.cfg = job_cfg
+        ret.hydra_cfg = hydra_cfg
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        ret.working_dir = os.getcwd()
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if config.hydra.output_subdir is not None:
+            hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+            _save_config(job_cfg, "config.yaml", hydra_output)
+            _save_config(hydra_cfg, "hydra.yaml", hydra_output)
+            _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+        with env_override(hydra_cfg.hydra.job.env_set):
+            hydra_context.callbacks.on_job_start(config=config, task_function=prepared.run)
+            ret.return_value = prepared
+            ret.status = JobStatus.COMPLETED
+        ret.task_name = JobRuntime.instance().get("name")
+        _flush_loggers()
+        return ret
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
+def end_job(hydra_context: Any, config: DictConfig, job_return: Any, result: Any = None,
+            error: BaseException | None = None) -> Any:
+    """Record a prepared job's outcome in its ``JobReturn`` and fire the held-back ``on_job_end``."""
+    from hydra.core.utils import JobStatus
+
+    if error is not None:
+        job_return.status = JobStatus.FAILED
+        job_return.return_value = error
+    else:
+        job_return.status = JobStatus.COMPLETED
+        job_return.return_value = result
+    hydra_context.callbacks.on_job_end(config=config, job_return=job_return)
+    return job_return
