@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,6 +21,7 @@ demo: install
 provision:
 	bash .ci/provision.sh
 	bash .ci/provision-docker.sh
+	bash .ci/provision-ssh.sh
 
 test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)

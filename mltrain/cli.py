@@ -21,12 +21,15 @@ USAGE = """\
 usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   submit a run (or a sweep with -m)
        mltrain plan [--json] [-cn NAME] key=value ...                          show what a submit would do
        mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
+       mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
        mltrain gc [--failed] [--older-than DAYS] [--dry-run]                   free workspace space
 
 examples:
   mltrain script=train.py                                  run on this machine, stream output
   mltrain script=train.py compute=docker environment=venv args='[--lr,0.01]'
-  mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep
+  mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep (--detach: in the background)
+  mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \
+      sweep.primary_metric=loss                            Bayesian search
   mltrain runs list --status Failed
 
 config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
@@ -35,7 +38,7 @@ a project's ./conf (or $MLTRAIN_CONFIG_DIR) overrides and adds options.
 Set MLTRAIN_FULL_ERROR=1 to see tracebacks.
 """
 
-SUBCOMMANDS = ("plan", "runs", "gc")
+SUBCOMMANDS = ("plan", "runs", "sweeps", "gc")
 
 
 def _err(message: str) -> None:
@@ -88,13 +91,17 @@ def _submit_command(args: list[str]) -> int:
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
-    parser.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
     parsed = parser.parse_args(args)
     if parsed.config_dir:
         os.environ["MLTRAIN_CONFIG_DIR"] = os.path.abspath(parsed.config_dir)
         parsed.config_dir = None
     hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
-    if parsed.multirun or hydra_only:
+    if parsed.multirun and not hydra_only:
+        from mltrain.sweep_cli import run_multirun
+
+        return run_multirun(parsed, parser, args)
+    if hydra_only:
         return _through_hydra(parsed, parser)
     from mltrain.run import submit
 
@@ -102,8 +109,11 @@ def _submit_command(args: list[str]) -> int:
     if parsed.detach:
         sys.stdout.write(run.id + "\n")
         return 0
-    _info(f"run {run.id} started (mltrain runs show {run.id})")
-    record = run.wait(show_output=True)
+    try:
+        _info(f"run {run.id} started (mltrain runs show {run.id})")
+        record = run.wait(show_output=True)
+    except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
+        record = run.cancel()
     return _report_end(record)
 
 
@@ -115,38 +125,16 @@ def _report_end(record: Any) -> int:
 
 
 def _through_hydra(parsed: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Hydra's own flags (--cfg, --info, -m, completion) go through Hydra's runner."""
+    """Hydra's own flags (--cfg, --info, completion, help) go through Hydra's runner, which prints and returns."""
     from hydra._internal.utils import _run_hydra
 
     from mltrain.compose import CONFIG_NAME, CONFIG_PATH, prepare_hydra
+    from mltrain.sweep_trial import TrialTask
 
     prepare_hydra()
-    outcome: dict[str, int] = {"failed": 0}
-
-    def task(cfg: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
-
-        from mltrain.compose import strip_hydra
-        from mltrain.config import validate
-        from mltrain.run import submit_spec
-        from mltrain.spec import RunSpec
-
-        job = strip_hydra(cfg)
-        overrides = list(HydraConfig.get().overrides.task)
-        spec = RunSpec.from_config(validate(job), OmegaConf.to_yaml(job), overrides)
-        run = submit_spec(spec, show_output=not parsed.detach)
-        if parsed.detach:
-            sys.stdout.write(run.id + "\n")
-            return
-        record = run.wait(show_output=True)
-        if _report_end(record) != 0:
-            outcome["failed"] += 1
-
-    task.__module__ = "mltrain.cli"
-    _run_hydra(args=parsed, args_parser=parser, task_function=task, config_path=CONFIG_PATH,
+    _run_hydra(args=parsed, args_parser=parser, task_function=TrialTask(), config_path=CONFIG_PATH,
                config_name=CONFIG_NAME)
-    return 1 if outcome["failed"] else 0
+    return 0
 
 
 # -------------------------------------------------------------- subcommands
@@ -189,6 +177,10 @@ def _subcommand(args: list[str]) -> int:
     diff.add_argument("first")
     diff.add_argument("second")
 
+    from mltrain.sweep_cli import add_parser as add_sweeps_parser
+
+    add_sweeps_parser(sub)
+
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
     gc.add_argument("--failed", action="store_true", help="also delete failed and canceled runs")
@@ -204,6 +196,10 @@ def _subcommand(args: list[str]) -> int:
         from mltrain.commands import gc_command
 
         return gc_command(parsed)
+    if parsed.command == "sweeps":
+        from mltrain.sweep_cli import command
+
+        return command(parsed)
     from mltrain import commands
 
     handler = getattr(commands, f"runs_{parsed.action}")

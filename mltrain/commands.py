@@ -122,6 +122,8 @@ def runs_show(parsed: argparse.Namespace) -> int:
     if data["metrics"]:
         lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
     lines.append("history     " + "  ".join(f"{t['status']} {_when(t['time'])[11:]}" for t in data["transitions"]))
+    for label, value in (record.handle or {}).get("display", {}).items():  # target-specific (e.g. Spark app id)
+        lines.append(f"{label:<12}{value}")
     lines.append(f"folder      {data['folder']}")
     _out("\n".join(lines))
     return 0
@@ -296,10 +298,13 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
     check_source(spec)
     workspace = Workspace.locate(spec.workspace_dir)
     limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
-    snapshot = take_snapshot(spec.source_dir, BlobStore(workspace.blobs), limits=limits, cache_dir=None,
+    # The stat cache makes an unchanged tree cheap to plan; use it only where a workspace already
+    # exists, so planning in a fresh project still creates nothing.
+    cache_dir = workspace.cache if workspace.exists() else None
+    snapshot = take_snapshot(spec.source_dir, BlobStore(workspace.blobs), limits=limits, cache_dir=cache_dir,
                              dry_run=True)
-    environment = environment_for(spec.environment, source_dir=spec.source_dir)
     executor = executor_for(spec.compute, workspace)
+    environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
     executor.check_environment(environment)
     return compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor)
 
@@ -332,7 +337,8 @@ def gc_command(parsed: argparse.Namespace) -> int:
     checkouts = 0
     if workspace.checkouts.is_dir():
         for folder in workspace.checkouts.iterdir():
-            if folder.name not in keep and not parsed.dry_run:
+            in_progress = folder.name.startswith(".tmp-")  # a checkout being built right now
+            if folder.name not in keep and not in_progress and not parsed.dry_run:
                 _remove_tree(folder)
                 checkouts += 1
     verb = "would free" if parsed.dry_run else "freed"

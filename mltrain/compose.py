@@ -22,6 +22,7 @@ def prepare_hydra() -> None:
 
     from hydra_plugins.mltrain_plugins.searchpath import MltrainSearchPathPlugin
     from mltrain.config import register_configs
+    from mltrain.sweep_session import register_plugins
 
     # Hydra's own reporter prints multi-line messages and calls sys.exit; with this set it
     # re-raises instead, and mltrain's single error boundary turns the error into one line.
@@ -30,6 +31,7 @@ def prepare_hydra() -> None:
     # Hydra finds plugins by walking the hydra_plugins namespace, which setuptools' editable
     # installs hide behind a path hook; registering (idempotent) works for every install.
     Plugins.instance().register(MltrainSearchPathPlugin)
+    register_plugins()  # mltrain's launcher and sweeper, and the ${mltrain_sweep_dir:} resolver
 
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, multirun: bool = False) -> DictConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,16 @@ class Run:
     def paths(self) -> Any:
         return self.workspace.run_paths(self.id)
 
-    def wait(self, show_output: bool = False, raise_on_failure: bool = False) -> RunRecord:
-        """Block until the run ends (streaming its output if asked); one Ctrl-C cancels it."""
+    def wait(self, show_output: bool = False, raise_on_failure: bool = False, *,
+             out: Callable[[bytes], None] | None = None, stop: Callable[[], str | None] | None = None) -> RunRecord:
+        """Block until the run ends (streaming its output if asked); one Ctrl-C cancels it.
+
+        ``out`` receives the output instead of stdout; a reason ``stop`` returns cancels the run.
+        """
         with self._store() as store:
             record = follow(store, self.workspace, store.get(self.id),
-                            out=_write_stdout if show_output else None, offset=self._offset,
-                            handle=self._handle)
+                            out=out or (_write_stdout if show_output else None), offset=self._offset,
+                            handle=self._handle, stop=stop)
         if raise_on_failure and record.status != COMPLETED:
             raise RunFailed(f"run {record.id} {record.status.lower()}: {record.reason}")
         return record
@@ -97,8 +101,11 @@ def submit(overrides: Sequence[str] = (), *, config_name: str | None = None, det
 
 def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None = None,
                 sweep_id: str | None = None, snapshot_id: str | None = None,
-                git: dict[str, Any] | None = None) -> Run:
-    """Run ``spec``: snapshot (or reuse ``snapshot_id``), prepare, stage, launch. Records every step."""
+                git: dict[str, Any] | None = None, run_id: str | None = None) -> Run:
+    """Run ``spec``: snapshot (or reuse ``snapshot_id``), prepare, stage, launch. Records every step.
+
+    ``run_id``: the id to record the run under (a sweep names the run before it exists).
+    """
     from mltrain.blobstore import BlobStore
     from mltrain.environments import environment_for
     from mltrain.executors import executor_for
@@ -112,13 +119,13 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
         check_source(spec)
     workspace = Workspace.locate(spec.workspace_dir).ensure()
     executor = executor_for(spec.compute, workspace)
-    environment = environment_for(spec.environment, source_dir=spec.source_dir)
+    environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
     executor.check_environment(environment)
     with Store(workspace.db_path) as store:
         record = store.create_run(
             experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
             compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
-            parent_id=parent_id, sweep_id=sweep_id,
+            parent_id=parent_id, sweep_id=sweep_id, run_id=run_id,
         )
         paths = workspace.run_paths(record.id)
         paths.dir.mkdir(parents=True)
@@ -133,6 +140,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
             if show_output:
                 sys.stderr.write(data.decode())
 
+        handle: Handle | None = None
         try:
             store.transition(record.id, PREPARING)
             blobs = BlobStore(workspace.blobs)
@@ -171,6 +179,8 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
             store.transition(record.id, FAILED, reason=str(exc))
             raise
         except KeyboardInterrupt:
+            if handle is not None:  # launched already: the job must not outlive the Ctrl-C
+                handle.cancel(executor.cancel_grace)
             store.transition(record.id, CANCELED, reason="canceled by user during preparation")
             raise
         except BaseException as exc:

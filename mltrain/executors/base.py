@@ -133,6 +133,12 @@ class Executor(ABC):
     def describe(self) -> str:
         return self.kind
 
+    def runner(self) -> Any:
+        """Where environments run their commands for this target (``mltrain.runner``): this machine by default."""
+        from mltrain.runner import LOCAL
+
+        return LOCAL
+
     @property
     def cancel_grace(self) -> float:
         return float(getattr(self.config, "cancel_grace", 10.0))
@@ -202,13 +208,21 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
 
 
 def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callable[[bytes], None] | None,
-           offset: int = 0, handle: Handle | None = None) -> RunRecord:
-    """Stream the log from ``offset`` until the run ends; one Ctrl-C cancels it."""
+           offset: int = 0, handle: Handle | None = None,
+           stop: Callable[[], str | None] | None = None) -> RunRecord:
+    """Stream the log from ``offset`` until the run ends; one Ctrl-C cancels it.
+
+    ``stop`` is asked between reads; a reason it returns cancels the run with that reason. The
+    cancel happens here, in the thread that follows the run, so it never races the run's own end.
+    """
     handle = handle or handle_for(record, workspace)
     if handle is None:
         return reconcile(store, workspace, record)
     try:
         while True:
+            reason = stop() if stop is not None else None
+            if reason:
+                return cancel_run(store, workspace, store.get(record.id), reason=reason, handle=handle)
             chunk, offset = handle.read_log(offset)
             if chunk:
                 if out is not None:
@@ -231,6 +245,17 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
         log.info("cancelling run %s", record.id)
         return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)",
                           handle=handle)
+
+
+def read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """A log file's bytes from ``offset`` on, and the next offset (nothing yet if it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return b"", offset
+    return data, offset + len(data)
 
 
 def read_whole_log(handle: Handle | None, paths: RunPaths) -> bytes:
