@@ -177,9 +177,10 @@ def _subcommand(args: list[str]) -> int:
     diff.add_argument("first")
     diff.add_argument("second")
 
-    from mltrain.sweep_cli import add_parser as add_sweeps_parser
+    if args[0] == "sweeps":  # its module pulls in the store; `plan` and `runs` should not pay for it
+        from mltrain.sweep_cli import add_parser as add_sweeps_parser
 
-    add_sweeps_parser(sub)
+        add_sweeps_parser(sub)
 
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
