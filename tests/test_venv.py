@@ -35,12 +35,9 @@ def test_venv_built_once_and_reused(project: Project, tmp_path: Path, installer:
         "environment=venv",
         f"environment.packages=[{wheel}]",
         f"environment.installer={installer}",
-        "+environment.pip_args=[--no-index]",
+        # offline either way: uv and pip spell it differently
+        "environment.pip_args=[--offline]" if installer == "uv" else "environment.pip_args=[--no-index]",
     ]
-    if installer == "uv":
-        args[-1] = "environment.pip_args=[--offline]"
-    else:
-        args[-1] = "environment.pip_args=[--no-index]"
     first = project.run(*args, check=True)
     assert "value 42" in first.stdout
     assert "building venv" in first.stderr
@@ -73,31 +70,22 @@ def test_failing_build_fails_the_run(project: Project) -> None:
     assert "environment build failed" in str(record["reason"])
 
 
+def _environment_fingerprint(project: Project) -> str:
+    plan = json.loads(
+        project.run(
+            "plan", "--json", "script=train.py", "environment=venv", "environment.requirements=requirements.txt",
+            check=True,
+        ).stdout
+    )
+    return str(next(s for s in plan["stages"] if s["name"] == "ENVIRONMENT")["fingerprint"])
+
+
 def test_requirements_file_counts_in_fingerprint(project: Project) -> None:
     project.write("requirements.txt", "# nothing\n")
-    one = json.loads(
-        project.run(
-            "plan",
-            "--json",
-            "script=train.py",
-            "environment=venv",
-            "environment.requirements=requirements.txt",
-            check=True,
-        ).stdout
-    )
+    one = _environment_fingerprint(project)
     project.write("requirements.txt", "# still nothing, but different\n")
-    two = json.loads(
-        project.run(
-            "plan",
-            "--json",
-            "script=train.py",
-            "environment=venv",
-            "environment.requirements=requirements.txt",
-            check=True,
-        ).stdout
-    )
-    fp = [next(s for s in p["stages"] if s["name"] == "ENVIRONMENT")["fingerprint"] for p in (one, two)]
-    assert fp[0] != fp[1]
+    two = _environment_fingerprint(project)
+    assert one != two
     assert_one_line_error(
         project.run("plan", "script=train.py", "environment=venv", "environment.requirements=nope.txt"),
         "environment.requirements",
