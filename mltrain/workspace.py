@@ -114,6 +114,7 @@ class Workspace:
         try:
             for folder in (self.root, self.runs, self.cache):
                 folder.mkdir(parents=True, exist_ok=True)
+            self._hide_from_git()
             # pid and thread: a sweep submits trials from several threads of one process at once
             probe = self.root / f".write-test-{os.getpid()}-{threading.get_ident()}"
             probe.touch()
@@ -124,3 +125,13 @@ class Workspace:
                 "set MLTRAIN_HOME or workspace.dir to a writable folder"
             ) from exc
         return self
+
+    def _hide_from_git(self) -> None:
+        """A ``.gitignore`` of ``*`` inside, as pytest and mypy do for their caches.
+
+        Without it a workspace inside a repository is untracked content: ``git status``
+        lists it and every run's git patch would carry the blob store.
+        """
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# written by mltrain: the run history is not source\n*\n")

@@ -378,3 +378,30 @@ def test_dict_round_trip() -> None:
 def test_from_dict_rejects_bad_records(record: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="GitInfo"):
         GitInfo.from_dict(record)
+
+
+def test_workspace_inside_the_repository_stays_out_of_git(tmp_path: Path, base_env: dict[str, str]) -> None:
+    """The run history is not source: a clean repo stays clean after runs, and no run's patch carries it."""
+    import json
+
+    from conftest import MLTRAIN
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text("print('hi')\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "train.py")
+    git(repo, "commit", "-q", "-m", "first")
+    env = {**base_env, **{k: v for k, v in os.environ.items() if k.startswith("GIT_")}}
+    for _ in range(2):
+        done = subprocess.run([MLTRAIN, "script=train.py"], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert (repo / ".mltrain" / "runs.db").exists()
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    def cli(*args: str) -> str:
+        return subprocess.run([MLTRAIN, *args], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+
+    newest = json.loads(cli("runs", "list", "--json"))[0]["id"]
+    record = json.loads(cli("runs", "show", "--json", newest))
+    assert record["git"]["is_repo"] is True and record["git"]["dirty"] is False, record["git"]
