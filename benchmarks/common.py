@@ -19,6 +19,20 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -
     return statistics.median(samples)
 
 
+def interleaved_medians(actions: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each action, taken in rounds (a, b, c, a, b, c, ...): load hits all alike."""
+    for _ in range(warmup):
+        for fn in actions.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(repeat):
+        for name, fn in actions.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def run_cmd(argv: Sequence[str], **kwargs: object) -> Callable[[], None]:
     def call() -> None:
         subprocess.run(list(argv), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]

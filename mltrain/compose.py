@@ -19,6 +19,7 @@ CONFIG_NAME = "config"
 def prepare_hydra() -> None:
     """Process-wide set-up done once before Hydra composes anything for mltrain."""
     from hydra.core.plugins import Plugins
+    from hydra.core.utils import setup_globals
 
     from hydra_plugins.mltrain_plugins.searchpath import MltrainSearchPathPlugin
     from mltrain.config import register_configs
@@ -28,6 +29,7 @@ def prepare_hydra() -> None:
     # re-raises instead, and mltrain's single error boundary turns the error into one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     register_configs()
+    setup_globals()  # Hydra's resolvers (${now:...}, ${python_version:}), as in any @hydra.main app
     # Hydra finds plugins by walking the hydra_plugins namespace, which setuptools' editable
     # installs hide behind a path hook; registering (idempotent) works for every install.
     Plugins.instance().register(MltrainSearchPathPlugin)
@@ -115,8 +117,29 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
 
 
 def compose_validated(overrides: Sequence[str] = (), config_name: str | None = None) -> tuple[Any, DictConfig]:
-    """Compose and validate; returns (MltrainConfig, the job config without ``hydra``)."""
+    """Compose and validate; returns (MltrainConfig, the job config without ``hydra``).
+
+    A config composed before from the same files and overrides comes from the
+    composition cache (``mltrain.compose_cache``) without loading Hydra.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from mltrain import compose_cache
     from mltrain.config import validate
 
-    job = strip_hydra(compose(overrides, config_name))
-    return validate(job), job
+    use_cache = compose_cache.enabled() and not any(o.lstrip("+~").startswith("hydra") for o in overrides)
+    cache_key = compose_cache.key(overrides, config_name) if use_cache else None
+    cached = compose_cache.load(cache_key) if cache_key else None
+    if cached is not None:
+        job = OmegaConf.create(cached)
+        assert isinstance(job, DictConfig)
+        return validate(job), job
+    full = compose(overrides, config_name)
+    job = strip_hydra(full)
+    cfg = validate(job)
+    if cache_key and not full.hydra.searchpath:  # extra search paths hold files the key does not cover
+        container = OmegaConf.to_container(job, resolve=False)
+        assert isinstance(container, dict)
+        if compose_cache.cacheable(container):
+            compose_cache.store(cache_key, container)
+    return cfg, job

@@ -8,10 +8,10 @@ application composing (other Hydra apps in the same environment are untouched).
 
 from __future__ import annotations
 
-import os
-
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+from mltrain.compose_cache import project_conf_dir
 
 PACKAGED = "pkg://mltrain.conf"
 
@@ -20,9 +20,8 @@ class MltrainSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         if not any(element.path == PACKAGED for element in search_path.get_path()):
             return
-        explicit = os.environ.get("MLTRAIN_CONFIG_DIR")
-        directory = os.path.abspath(explicit or "conf")
-        if not os.path.isdir(directory):
+        directory = project_conf_dir()  # the composition cache keys on the same directory
+        if directory is None:
             return
         search_path.prepend(
             provider="mltrain-project", path=f"file://{directory}", anchor=SearchPathQuery(path=PACKAGED)

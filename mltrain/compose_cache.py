@@ -1,0 +1,156 @@
+"""Remember composed configs, so a repeated ``mltrain ...`` skips importing and running Hydra.
+
+Composition is a pure function of the config files, the overrides and the code
+that composes (Hydra, mltrain's schema). The key hashes exactly those: every
+file under the project's conf dir and mltrain's packaged conf (path, size,
+mtime_ns), the resolved project conf dir, the config name, the overrides, and
+the stat of mltrain's schema module and Hydra's package. Any edit, added or
+removed file, or upgrade changes the key; an entry is never updated in place.
+A file changed in the last two seconds could change again without moving its
+mtime, so such a composition is used but not stored (git's "racily clean" rule).
+
+What is stored is the composed job config *unresolved* (``${oc.env:...}`` stays
+an interpolation and is resolved afresh on every run). A config that uses a
+resolver only Hydra registers (``${now:...}``, ``${hydra:...}``) is not cached:
+resolving it needs Hydra loaded. Only configs that composed and validated are
+stored, so every error still comes from Hydra and the schema.
+``MLTRAIN_COMPOSE_CACHE=0`` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mltrain.environments.base import default_cache_dir
+
+FORMAT = 1
+MAX_ENTRIES = 512  # each is a few KiB; past this the oldest half goes
+_RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def enabled() -> bool:
+    return os.environ.get("MLTRAIN_COMPOSE_CACHE", "1") not in ("0", "false", "no", "off")
+
+
+def project_conf_dir() -> str | None:
+    """The directory the search-path plugin puts ahead of the packaged conf (same rule)."""
+    directory = os.path.abspath(os.environ.get("MLTRAIN_CONFIG_DIR") or "conf")
+    return directory if os.path.isdir(directory) else None
+
+
+RACY_NS = 2_000_000_000  # a file this young may change again within one mtime tick: don't cache yet
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    digest: str
+    newest_mtime_ns: int  # of the files the key covers
+
+    def settled(self) -> bool:
+        """False while a covered file is young enough that a same-size rewrite could keep its mtime
+        (git's "racily clean" problem): such a composition is used but not stored."""
+        return time.time_ns() - self.newest_mtime_ns > RACY_NS
+
+
+def _files(root: str) -> list[tuple[str, int, int, int]]:
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                found.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns, st.st_ino))
+    return found
+
+
+def _stat(path: str | None) -> tuple[str, int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def key(overrides: Sequence[str], config_name: str | None) -> CacheKey:
+    project = project_conf_dir()
+    hydra_spec = importlib.util.find_spec("hydra")
+    project_files = _files(project) if project else []
+    packaged_files = _files(str(_PACKAGE_DIR / "conf"))
+    code = [_stat(str(_PACKAGE_DIR / "config.py")), _stat(hydra_spec.origin if hydra_spec else None)]
+    material = {
+        "format": FORMAT,
+        "config_name": config_name,
+        "overrides": list(overrides),
+        "project": project,
+        "files": [project_files, packaged_files],
+        "code": code,
+    }
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    stamps = [f[2] for f in project_files + packaged_files] + [c[2] for c in code if c]
+    return CacheKey(digest, max(stamps, default=0))
+
+
+def _entry(cache_key: CacheKey) -> Path:
+    return default_cache_dir() / "compose" / f"{cache_key.digest[:40]}.json"
+
+
+def load(cache_key: CacheKey) -> dict[str, Any] | None:
+    """The stored job config for ``cache_key``, or None (missing, unreadable, or another format)."""
+    try:
+        data = json.loads(_entry(cache_key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != cache_key.digest or not isinstance(data.get("job"), dict):
+        return None
+    job: dict[str, Any] = data["job"]
+    return job
+
+
+def cacheable(job: dict[Any, Any]) -> bool:
+    """False when resolving the config needs a resolver only Hydra registers."""
+    text = json.dumps(job)
+    return all(name.startswith("oc.") for name in _RESOLVER.findall(text))
+
+
+def store(cache_key: CacheKey, job: dict[Any, Any]) -> None:
+    """Write atomically; a cache that cannot be written is skipped, never an error."""
+    if not cache_key.settled():
+        return
+    path = _entry(cache_key)
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"key": cache_key.digest, "job": job}, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _prune(path.parent)
+
+
+def _prune(folder: Path) -> None:
+    entries = [e for e in os.scandir(folder) if e.name.endswith(".json")]
+    if len(entries) <= MAX_ENTRIES:
+        return
+    entries.sort(key=lambda e: e.stat().st_mtime)
+    for entry in entries[: len(entries) // 2]:
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)

@@ -1,0 +1,102 @@
+"""The composition cache: a repeat skips Hydra, and never serves a config that is out of date."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import Project, assert_one_line_error
+
+PRIMARY = "defaults:\n  - config\n  - _self_\nexperiment: {name}\n"
+
+
+def _settle(path: Path) -> None:
+    """Age a file past the racy window, as if it had been written a minute ago."""
+    old = time.time() - 60
+    os.utime(path, (old, old))
+
+
+def _experiment(project: Project, *overrides: str, env: dict[str, str] | None = None) -> str:
+    plan = json.loads(project.run("plan", "--json", *overrides, env=env, check=True).stdout)
+    return str(plan["experiment"])
+
+
+def _entries(cache: Path) -> set[str]:
+    folder = cache / "compose"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_a_repeat_is_served_without_importing_hydra(project: Project, tmp_path: Path) -> None:
+    cache = tmp_path / "own-cache"
+    env = {"MLTRAIN_CACHE_DIR": str(cache)}
+    project.run("plan", "script=train.py", "params.lr=0.5", env=env, check=True)
+    assert len(_entries(cache)) == 1
+    probe = (
+        "import sys\n"
+        "from mltrain.compose import compose_validated\n"
+        "cfg, job = compose_validated(['script=train.py', 'params.lr=0.5'])\n"
+        "print(cfg.params['lr'], 'hydra' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env={**project.env, **env},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0.5", "False"]
+
+
+def test_an_edited_conf_file_is_never_served_stale(project: Project, tmp_path: Path) -> None:
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
+    primary = project.write("conf/mine.yaml", PRIMARY.format(name="alpha"))
+    _settle(primary)
+    assert _experiment(project, "-cn", "mine", "script=train.py", env=env) == "alpha"
+    assert _experiment(project, "-cn", "mine", "script=train.py", env=env) == "alpha"  # a hit
+    project.write("conf/mine.yaml", PRIMARY.format(name="bravo"))  # same size, new mtime
+    assert _experiment(project, "-cn", "mine", "script=train.py", env=env) == "bravo"
+    # Two same-size writes inside one mtime tick: the young file is never cached, so no stale hit.
+    project.write("conf/mine.yaml", PRIMARY.format(name="gamma"))
+    assert _experiment(project, "-cn", "mine", "script=train.py", env=env) == "gamma"
+    project.write("conf/mine.yaml", PRIMARY.format(name="delta"))
+    assert _experiment(project, "-cn", "mine", "script=train.py", env=env) == "delta"
+
+
+def test_a_new_option_file_is_seen(project: Project, tmp_path: Path) -> None:
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
+    _settle(project.write("conf/compute/box.yaml", "type: local\ncancel_grace: 1.0\n"))
+    project.run("plan", "script=train.py", "compute=box", env=env, check=True)
+    missing = project.run("plan", "script=train.py", "compute=crate", env=env)
+    assert_one_line_error(missing, "unknown compute option 'crate'")
+    _settle(project.write("conf/compute/crate.yaml", "type: local\n"))
+    assert project.run("plan", "script=train.py", "compute=crate", env=env).returncode == 0
+
+
+def test_interpolations_resolve_afresh_on_every_run(project: Project, tmp_path: Path) -> None:
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
+    project.write("show.py", "import os\nprint('token=' + os.environ['TOKEN'])\n")
+    for value in ("first", "second"):
+        done = project.run("script=show.py", "+env_vars.TOKEN=${oc.env:MY_TOKEN}",
+                           env={**env, "MY_TOKEN": value}, check=True)
+        assert f"token={value}" in done.stdout
+    assert len(_entries(tmp_path / "own-cache")) == 1  # the second run was a hit
+
+
+def test_hydra_only_resolvers_are_not_cached(project: Project, tmp_path: Path) -> None:
+    cache = tmp_path / "own-cache"
+    env = {"MLTRAIN_CACHE_DIR": str(cache)}
+    assert _experiment(project, "script=train.py", "experiment=run-${now:%Y}", env=env) == time.strftime("run-%Y")
+    assert _entries(cache) == set()
+
+
+def test_errors_still_come_from_the_schema_after_a_hit(project: Project, tmp_path: Path) -> None:
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
+    project.run("plan", "script=train.py", env=env, check=True)
+    bad = project.run("plan", "script=train.py", "compute.cancel_grace=soon", env=env)
+    assert_one_line_error(bad, "cancel_grace")
+
+
+def test_switched_off_by_environment(project: Project, tmp_path: Path) -> None:
+    cache = tmp_path / "own-cache"
+    project.run("plan", "script=train.py", env={"MLTRAIN_CACHE_DIR": str(cache), "MLTRAIN_COMPOSE_CACHE": "0"},
+                check=True)
+    assert _entries(cache) == set()
