@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median_seconds, report, run_cmd
+from common import interleaved_medians, median_seconds, report, run_cmd
 from make_tree import make_tree
 
 BIN = Path(sys.executable).parent
@@ -52,8 +52,9 @@ def main() -> int:
             (image,) = [t for t in subprocess.run(
                 ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"label={label}"],
                 check=True, capture_output=True, text=True).stdout.split()]
-            bare = median_seconds(run_cmd(["docker", "run", "--rm", image, "python3", "-c", "pass"]), repeat=7)
-            second = median_seconds(submit, repeat=7)
+            times = interleaved_medians({"bare": run_cmd(["docker", "run", "--rm", image, "python3", "-c", "pass"]),
+                                         "second": submit}, repeat=7)
+            bare, second = times["bare"], times["second"]
             built = len(_images(label) - built_before)
             report("second run, no-op script (submit -> exit) vs `docker run --rm`", second, bare, "<= 1.5x")
             print(f"{'  images built during those runs':<58} {built:8d}{'':29}goal 0")
