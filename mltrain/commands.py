@@ -283,8 +283,6 @@ def runs_diff(parsed: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- plan
 def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
     """Compose, snapshot in dry-run, compile: reads the tree, writes no record, builds nothing."""
-    from omegaconf import OmegaConf
-
     from mltrain.blobstore import BlobStore
     from mltrain.compose import compose_validated
     from mltrain.environments import environment_for
@@ -293,8 +291,8 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
     from mltrain.snapshot import SnapshotLimits, take_snapshot
     from mltrain.spec import RunSpec, check_source
 
-    cfg, job = compose_validated(overrides, config_name)
-    spec = RunSpec.from_config(cfg, OmegaConf.to_yaml(job), list(overrides))
+    cfg, job_yaml = compose_validated(overrides, config_name)
+    spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
     check_source(spec)
     workspace = Workspace.locate(spec.workspace_dir)
     limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)

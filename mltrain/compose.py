@@ -116,30 +116,35 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def compose_validated(overrides: Sequence[str] = (), config_name: str | None = None) -> tuple[Any, DictConfig]:
-    """Compose and validate; returns (MltrainConfig, the job config without ``hydra``).
+def compose_validated(overrides: Sequence[str] = (), config_name: str | None = None) -> tuple[Any, str]:
+    """Compose and validate; returns (MltrainConfig, the job config as YAML, without ``hydra``).
 
     A config composed before from the same files and overrides comes from the
-    composition cache (``mltrain.compose_cache``) without loading Hydra.
+    composition cache (``mltrain.compose_cache``) without loading Hydra; one
+    with no interpolation at all comes back validated, without loading OmegaConf.
     """
-    from omegaconf import DictConfig, OmegaConf
-
     from mltrain import compose_cache
-    from mltrain.config import validate
+    from mltrain.config import config_from_plain, config_to_plain, validate
 
     use_cache = compose_cache.enabled() and not any(o.lstrip("+~").startswith("hydra") for o in overrides)
     cache_key = compose_cache.key(overrides, config_name) if use_cache else None
     cached = compose_cache.load(cache_key) if cache_key else None
     if cached is not None:
-        job = OmegaConf.create(cached)
+        if cached.validated is not None:
+            return config_from_plain(cached.validated), cached.yaml
+        from omegaconf import DictConfig, OmegaConf
+
+        job = OmegaConf.create(cached.job)
         assert isinstance(job, DictConfig)
-        return validate(job), job
+        return validate(job), cached.yaml
+    from omegaconf import OmegaConf
+
     full = compose(overrides, config_name)
     job = strip_hydra(full)
     cfg = validate(job)
+    text = OmegaConf.to_yaml(job)
     if cache_key and not full.hydra.searchpath:  # extra search paths hold files the key does not cover
         container = OmegaConf.to_container(job, resolve=False)
         assert isinstance(container, dict)
-        if compose_cache.cacheable(container):
-            compose_cache.store(cache_key, container)
-    return cfg, job
+        compose_cache.store(cache_key, container, text, config_to_plain(cfg))
+    return cfg, text

@@ -10,10 +10,13 @@ A file changed in the last two seconds could change again without moving its
 mtime, so such a composition is used but not stored (git's "racily clean" rule).
 
 What is stored is the composed job config *unresolved* (``${oc.env:...}`` stays
-an interpolation and is resolved afresh on every run). A config that uses a
-resolver only Hydra registers (``${now:...}``, ``${hydra:...}``) is not cached:
-resolving it needs Hydra loaded. Only configs that composed and validated are
-stored, so every error still comes from Hydra and the schema.
+an interpolation and is resolved and validated afresh on every run), its YAML
+as stored with a run, and -- for a config with no interpolation at all, whose
+values cannot change between runs -- the validated values, so such a hit needs
+neither Hydra nor OmegaConf. A config that uses a resolver only Hydra
+registers (``${now:...}``) is not cached: resolving it needs Hydra loaded.
+Only configs that composed and validated are stored, so every error still
+comes from Hydra and the schema.
 ``MLTRAIN_COMPOSE_CACHE=0`` turns the cache off.
 """
 
@@ -34,7 +37,7 @@ from typing import Any
 
 from mltrain.environments.base import default_cache_dir
 
-FORMAT = 1
+FORMAT = 2
 MAX_ENTRIES = 512  # each is a few KiB; past this the oldest half goes
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -109,35 +112,48 @@ def _entry(cache_key: CacheKey) -> Path:
     return default_cache_dir() / "compose" / f"{cache_key.digest[:40]}.json"
 
 
-def load(cache_key: CacheKey) -> dict[str, Any] | None:
-    """The stored job config for ``cache_key``, or None (missing, unreadable, or another format)."""
+@dataclass(frozen=True)
+class Entry:
+    job: dict[str, Any]  # the composed job config, interpolations unresolved
+    yaml: str  # the same as stored with a run
+    validated: dict[str, Any] | None  # the checked values, when resolving could not change them
+
+
+def load(cache_key: CacheKey) -> Entry | None:
+    """The entry stored for ``cache_key``, or None (missing, unreadable, or another format)."""
     try:
         data = json.loads(_entry(cache_key).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if data.get("key") != cache_key.digest:
+            return None
+        return Entry(job=dict(data["job"]), yaml=str(data["yaml"]), validated=data.get("validated"))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not isinstance(data, dict) or data.get("key") != cache_key.digest or not isinstance(data.get("job"), dict):
-        return None
-    job: dict[str, Any] = data["job"]
-    return job
 
 
-def cacheable(job: dict[Any, Any]) -> bool:
-    """False when resolving the config needs a resolver only Hydra registers."""
+def _resolvers(job: dict[Any, Any]) -> list[str] | None:
+    """Resolver names used by interpolations; None when there is no interpolation at all."""
     text = json.dumps(job)
-    return all(name.startswith("oc.") for name in _RESOLVER.findall(text))
+    return _RESOLVER.findall(text) if "${" in text else None
 
 
-def store(cache_key: CacheKey, job: dict[Any, Any]) -> None:
-    """Write atomically; a cache that cannot be written is skipped, never an error."""
-    if not cache_key.settled():
+def store(cache_key: CacheKey, job: dict[Any, Any], yaml: str, validated: dict[str, Any]) -> None:
+    """Write atomically; a cache that cannot be written is skipped, never an error.
+
+    Not stored: a config using a resolver only Hydra registers. The validated
+    values are kept only for a config with no interpolation, whose values
+    cannot change between runs.
+    """
+    resolvers = _resolvers(job)
+    if not cache_key.settled() or not all(name.startswith("oc.") for name in resolvers or ()):
         return
+    entry = {"key": cache_key.digest, "job": job, "yaml": yaml, "validated": validated if resolvers is None else None}
     path = _entry(cache_key)
     with contextlib.suppress(OSError, TypeError, ValueError):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"key": cache_key.digest, "job": job}, handle)
+                json.dump(entry, handle)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -13,12 +13,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf.errors import OmegaConfBaseException
+
+# omegaconf.MISSING (a required value), spelled out so that importing the schemas does not
+# import OmegaConf: a submit whose config comes whole from the composition cache never needs it.
+MISSING: Any = "???"
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -210,6 +214,9 @@ def _at_least(value: float | None, low: float, key: str) -> None:
 
 def validate_sweep(node: Any) -> SweepConfig:
     """The ``sweep`` block as a checked SweepConfig (defaults when the config has none)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), node if node is not None else {})
         sweep: SweepConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -313,6 +320,7 @@ class MltrainConfig:
 def register_configs() -> None:
     """Register the primary schema (``mltrain_schema``) in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     node = OmegaConf.structured(PrimarySchema)
     # params and env_vars are the user's own namespaces: `params.lr=0.1` adds a key without `+`.
@@ -328,6 +336,9 @@ def _describe(exc: OmegaConfBaseException) -> str:
 
 
 def _validate_group(group: str, node: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
     choices = GROUP_SCHEMAS[group]
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{group}: expected a config group, got {node!r}; choose one with {group}=<option>")
@@ -387,6 +398,9 @@ def _check_framework_target(framework: str, compute: str) -> None:
 
 def validate(cfg: Any) -> MltrainConfig:
     """Turn a composed config (hydra node already removed) into typed, checked values."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:
         hint = "e.g. mltrain script=train.py" if missing[0] == "script" else f"e.g. {missing[0]}=VALUE"
@@ -440,3 +454,15 @@ def validate(cfg: Any) -> MltrainConfig:
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
     )
+
+
+def config_to_plain(cfg: MltrainConfig) -> dict[str, Any]:
+    """JSON-able values of a validated config (the composition cache stores them)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
+    """The inverse of :func:`config_to_plain`; groups are rebuilt by their ``type``."""
+    groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}
+    return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
+                            "workspace": WorkspaceConfig(**data["workspace"])})

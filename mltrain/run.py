@@ -92,10 +92,8 @@ def submit(overrides: Sequence[str] = (), *, config_name: str | None = None, det
     from mltrain.compose import compose_validated
     from mltrain.spec import RunSpec
 
-    cfg, job = compose_validated(overrides, config_name)
-    from omegaconf import OmegaConf
-
-    spec = RunSpec.from_config(cfg, OmegaConf.to_yaml(job), list(overrides))
+    cfg, job_yaml = compose_validated(overrides, config_name)
+    spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
     return submit_spec(spec, show_output=show_output, parent_id=parent_id, sweep_id=sweep_id)
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Project, assert_one_line_error
 
 PRIMARY = "defaults:\n  - config\n  - _self_\nexperiment: {name}\n"
@@ -39,11 +40,12 @@ def test_a_repeat_is_served_without_importing_hydra(project: Project, tmp_path: 
         "import sys\n"
         "from mltrain.compose import compose_validated\n"
         "cfg, job = compose_validated(['script=train.py', 'params.lr=0.5'])\n"
-        "print(cfg.params['lr'], 'hydra' in sys.modules)\n"
+        "print(cfg.params['lr'], 'hydra' in sys.modules, 'omegaconf' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env={**project.env, **env},
                           capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["0.5", "False"]
+    # A config without interpolations comes back validated: neither Hydra nor OmegaConf is loaded.
+    assert done.stdout.split() == ["0.5", "False", "False"]
 
 
 def test_an_edited_conf_file_is_never_served_stale(project: Project, tmp_path: Path) -> None:
@@ -100,3 +102,21 @@ def test_switched_off_by_environment(project: Project, tmp_path: Path) -> None:
     project.run("plan", "script=train.py", env={"MLTRAIN_CACHE_DIR": str(cache), "MLTRAIN_COMPOSE_CACHE": "0"},
                 check=True)
     assert _entries(cache) == set()
+
+
+def test_validated_values_survive_the_round_trip(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a literal hit rebuilds equals what validation made, for every group type."""
+    from mltrain.compose import compose_validated
+    from mltrain.config import config_from_plain, config_to_plain
+
+    monkeypatch.chdir(project.root)
+    monkeypatch.setenv("MLTRAIN_COMPOSE_CACHE", "0")
+    for overrides in (
+        ["script=train.py", "params.lr=0.5", "params.layers=[1,2]", "args=[--x,'a b']", "+env_vars.A=1"],
+        ["script=train.py", "compute=docker", "environment=docker_sklearn", "compute.gpus=all"],
+        ["script=train.py", "compute=ssh", "compute.host=box", "environment=venv", "environment.packages=[rich]"],
+        ["script=train.py", "compute=spark", "framework=pyspark", "+compute.conf.spark.executor.cores=2"],
+    ):
+        cfg, _ = compose_validated(overrides)
+        plain = json.loads(json.dumps(config_to_plain(cfg)))  # as the cache file stores it
+        assert config_from_plain(plain) == cfg, overrides
