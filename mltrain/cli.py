@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mltrain.errors import MltrainError
+from mltrain.errors import MltrainError, UsageError
 
 USAGE = """\
 usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   submit a run (or a sweep with -m)
@@ -39,6 +39,18 @@ Set MLTRAIN_FULL_ERROR=1 to see tracebacks.
 """
 
 SUBCOMMANDS = ("plan", "runs", "sweeps", "gc")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is mltrain's one error line (usage stays behind --help)."""
+
+    def error(self, message: str) -> Any:  # argparse's own prints usage and exits
+        _raise_usage(self.prog, message)
+
+
+def _raise_usage(prog: str, message: str) -> Any:
+    where = prog.removeprefix("mltrain").strip()
+    raise UsageError(f"{where + ': ' if where else ''}{message} (see {prog} --help)")
 
 
 def _err(message: str) -> None:
@@ -121,6 +133,7 @@ def _submit_command(args: list[str]) -> int:
         from hydra._internal.utils import get_args_parser
 
         parser = get_args_parser()
+        parser.error = lambda message: _raise_usage("mltrain", message)  # type: ignore[method-assign]
         parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
         parsed = parser.parse_args(args)
         _use_config_dir(parsed)
@@ -175,7 +188,7 @@ def _through_hydra(parsed: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 # -------------------------------------------------------------- subcommands
 def _subcommand(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mltrain")
+    parser = _Parser(prog="mltrain")
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="show the execution plan; changes nothing")
     plan.add_argument("--json", action="store_true")

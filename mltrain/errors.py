@@ -15,6 +15,10 @@ class MltrainError(Exception):
     exit_code = 2
 
 
+class UsageError(MltrainError):
+    """The command line itself is malformed (unknown flag, missing argument)."""
+
+
 class ConfigError(MltrainError):
     """The composed configuration is invalid (unknown key, wrong type, missing value, ...)."""
 

@@ -27,6 +27,12 @@ from conftest import Project, assert_one_line_error
         (["script=train.py", "params.lr=[1,"], ["malformed override"]),
         (["script=train.py", "framework.args_style=weird"], ["args_style", "argparse", "hydra"]),
         (["script=train.py", "compute.type=cloud"], ["compute.type='cloud'", "local"]),
+        (["--detatch", "script=train.py"], ["unrecognized arguments: --detatch", "mltrain --help"]),
+        (["-cn"], ["--config-name", "expected one argument"]),
+        (["runs", "shw"], ["runs:", "invalid choice: 'shw'", "mltrain runs --help"]),
+        (["runs", "show"], ["runs show:", "run_id", "mltrain runs show --help"]),
+        (["gc", "--older-than", "soon"], ["gc:", "--older-than", "'soon'"]),
+        (["sweeps", "lst"], ["sweeps:", "invalid choice: 'lst'"]),
     ],
 )
 def test_config_and_source_errors(project: Project, args: list[str], fragments: list[str]) -> None:
