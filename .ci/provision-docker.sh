@@ -7,11 +7,7 @@ IMAGE="${MLTRAIN_TEST_BASE_IMAGE:-mltrain-test/python:bookworm}"
 LOG="${MLTRAIN_DOCKERD_LOG:-/tmp/mltrain-dockerd.log}"
 ROOTFS="${MLTRAIN_ROOTFS_DIR:-/var/tmp/mltrain-rootfs}"
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then echo "provision: need root to install $*" >&2; exit 1; fi
-  [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 
 if ! command -v dockerd >/dev/null; then apt_install docker.io; fi
 # Debian's 20.10 client talks to Debian's 20.10 engine; the preinstalled 28.x client works too.

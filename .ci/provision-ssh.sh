@@ -6,11 +6,7 @@ set -euo pipefail
 BASE="${MLTRAIN_TEST_BASE_IMAGE:-mltrain-test/python:bookworm}"
 IMAGE="${MLTRAIN_TEST_SSHD_IMAGE:-mltrain-test/sshd:bookworm}"
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then echo "provision: need root to install $*" >&2; exit 1; fi
-  [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
