@@ -14,8 +14,13 @@ client that started the run was killed and ``runs attach`` picks up later.
   truncates the file to the recorded size (dropping anything written after
   the last save), asks the engine for frames since that second, and skips
   the ones already counted -- so the bytes it writes again are the same bytes.
-* Finished: once the container has stopped, ``finish`` copies the rest and
-  marks the log done; from then on reading it never asks the engine again.
+* Finished: once the container has stopped, ``finish`` copies the rest (no
+  call at all when this process's follower already read the stream to its
+  end, which the engine sends only once the container has stopped) and marks
+  the log done; from then on reading it never asks the engine again.
+
+The frames come from ``mltrain.docker_api.Engine.logs`` (``timestamps`` on,
+``since`` the last saved second), demultiplexed by ``docker_api.demux``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from mltrain.docker_api import demux
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +83,17 @@ class _Progress:
 class ContainerLog:
     """The log of one container, mirrored into ``log_path`` (see the module docstring)."""
 
-    def __init__(self, log_path: Path, state_dir: Path, container_id: str, api: Any,
-                 new_api: Any = None) -> None:
+    def __init__(self, log_path: Path, state_dir: Path, container_id: str, engine: Any) -> None:
         self.log_path = Path(log_path)
         self.state_path = Path(state_dir) / STATE_FILE
         self.lock_path = Path(state_dir) / LOCK_FILE
         self.container_id = container_id
-        self._api = api  # the caller's low-level client
-        self._new_api = new_api  # () -> a separate low-level client for the copier thread
+        self._engine = engine  # a docker_api.Engine: each thread gets its own connection
         self._thread: threading.Thread | None = None
         self._stream: Any = None
         self._stop = threading.Event()
         self._done = False
+        self._followed_to_end = False  # the follower read the stream until the engine ended it
         self._next_try = 0.0
 
     @classmethod
@@ -124,7 +130,7 @@ class ContainerLog:
                 self._done = True
                 os.close(lock)
                 return
-            self._copy(self._api, progress, follow=False)  # what is there now, before returning to the reader
+            self._copy(progress, follow=False)  # what is there now, before returning to the reader
         except Exception as exc:
             os.close(lock)
             log.debug("catching up the log of %s failed: %s", self.container_id[:12], exc)
@@ -135,8 +141,8 @@ class ContainerLog:
 
     def _follow(self, lock: int) -> None:
         try:
-            api = self._new_api() if self._new_api is not None else self._api
-            self._copy(api, self._load(), follow=True)
+            self._copy(self._load(), follow=True)
+            self._followed_to_end = not self._stop.is_set()
         except Exception as exc:
             if not self._stop.is_set():
                 log.debug("following the log of %s stopped: %s", self.container_id[:12], exc)
@@ -167,7 +173,8 @@ class ContainerLog:
         try:
             progress = self._load()
             if not progress.done:
-                self._copy(self._api, progress, follow=False)
+                if not self._followed_to_end:
+                    self._copy(progress, follow=False)
                 progress.done = True
                 _write_json(self.state_path, progress.to_dict())
         finally:
@@ -176,22 +183,19 @@ class ContainerLog:
         return True
 
     # ---------------------------------------------------------------- copying
-    def _copy(self, api: Any, progress: _Progress, *, follow: bool) -> None:
+    def _copy(self, progress: _Progress, *, follow: bool) -> None:
         """Append the frames the file lacks; with ``follow``, until the container stops."""
         if self.log_path.exists() and self.log_path.stat().st_size > progress.size:
             os.truncate(self.log_path, progress.size)
         since = progress.since
-        kwargs: dict[str, Any] = {}
-        if since is not None:
-            kwargs["since"] = max(since // 1000 - 1, 1) / 1e6
         to_skip = dict(progress.counts)
-        stream = api.logs(self.container_id, stdout=True, stderr=True, stream=True, follow=follow,
-                          timestamps=True, **kwargs)
+        stream = self._engine.logs(self.container_id, follow=follow, timestamps=True,
+                                   since_ns=None if since is None else max(since - 1000, 1))
         self._stream = stream if follow else None
         saved = time.monotonic()
         with open(self.log_path, "ab") as out:
             try:
-                for frame in stream:
+                for _, frame in demux(stream):
                     stamp, _, payload = frame.partition(b" ")
                     ts = parse_timestamp(stamp)
                     if since is not None and ts < since:

@@ -1,13 +1,15 @@
 """Engine mechanics shared by everything that talks to a Docker engine.
 
 The Docker target (``mltrain.executors.docker``), the Docker environment
-(``mltrain.environments.docker``) and, later, the SSH target's remote
-``docker`` all need the same few things: a client from config, engine errors
-turned into one-line ``TargetError``s, tar streams, and a *safe* extraction of
-archives pulled back from a container (whatever a job leaves in its output
-folder is untrusted: no absolute paths, no ``..``, no links leaving the target).
+(``mltrain.environments.docker``) and the SSH target (which hands the host's
+engine to the environment) need the same few things: how to reach an engine
+(``EngineConfig``, ``connect`` -> a ``mltrain.docker_api.Engine``), engine
+errors turned into one-line ``TargetError``s, tar streams, and a *safe*
+extraction of archives pulled back from a container (whatever a job leaves in
+its output folder is untrusted: no absolute paths, no ``..``, no links leaving
+the target).
 
-``docker`` is imported here, lazily, and never at module import time.
+Nothing here imports docker-py; ``import_docker`` is for building images only.
 """
 
 from __future__ import annotations
@@ -37,35 +39,21 @@ START_HINT = (
 )
 
 
-def import_docker(*, ssh: bool = False) -> Any:
-    """``import docker`` without paramiko unless an ``ssh://`` engine needs it.
+def import_docker() -> Any:
+    """``import docker`` (only to build an image) without paramiko, which docker-py loads for ssh:// alone.
 
-    docker-py imports paramiko eagerly for its optional ssh:// transport,
-    which is 115 of its 210 ms. The transport import is guarded by
-    ``ImportError`` in docker-py, so hiding paramiko while docker loads makes
-    that part optional; a later ssh:// client in the same process loads the
-    transport then (``_enable_ssh``).
+    docker-py imports paramiko eagerly for its optional ssh:// transport, which
+    is 115 of its 210 ms; the import is guarded by ``ImportError`` in docker-py,
+    so hiding paramiko while docker loads skips it. mltrain reaches ssh://
+    engines through its own tunnel (``mltrain.docker_api``), never docker-py's.
     """
-    if "docker" in sys.modules:
-        if ssh:
-            _enable_ssh()
-        return sys.modules["docker"]
-    if ssh or "paramiko" in sys.modules:
+    if "docker" in sys.modules or "paramiko" in sys.modules:
         return importlib.import_module("docker")
     sys.modules["paramiko"] = None  # type: ignore[assignment]
     try:
         return importlib.import_module("docker")
     finally:
         del sys.modules["paramiko"]
-
-
-def _enable_ssh() -> None:
-    import docker.api.client as api_client
-
-    if not hasattr(api_client, "SSHHTTPAdapter"):
-        from docker.transport.sshconn import SSHHTTPAdapter
-
-        api_client.SSHHTTPAdapter = SSHHTTPAdapter
 
 
 # ------------------------------------------------------------------ the engine
@@ -108,27 +96,14 @@ class EngineConfig:
         return "local engine" if self.url == LOCAL_SOCKET else self.url
 
 
-def connect(engine: EngineConfig, *, version: str | None = None, low_level: bool = False) -> Any:
-    """A ``DockerClient`` (or ``APIClient``) for ``engine``; an unreachable engine is a one-line TargetError.
+def connect(engine: EngineConfig, *, version: str | None = None) -> Any:
+    """The ``mltrain.docker_api.Engine`` for ``engine`` (no call made yet: the first one finds out if it answers).
 
-    Without ``version`` the client asks the engine for it, which doubles as
-    the reachability check.
+    ``version``: the API version a stored run handle recorded; default: the pinned one.
     """
-    url = engine.url
-    docker = import_docker(ssh=url.startswith("ssh://"))
-    kwargs: dict[str, Any] = {"base_url": url, "timeout": int(max(1, engine.timeout)), "version": version or "auto"}
-    if engine.uses_tls():
-        client_cert = (engine.tls_client_cert, engine.tls_client_key) if engine.tls_client_cert else None
-        if engine.tls_client_cert and not engine.tls_client_key:
-            raise TargetError("compute.tls_client_cert is set without compute.tls_client_key; set both")
-        kwargs["tls"] = docker.tls.TLSConfig(client_cert=client_cert, ca_cert=engine.tls_ca_cert,
-                                             verify=engine.tls_ca_cert or engine.tls_verify)
-    try:
-        if low_level:
-            return docker.APIClient(**kwargs)
-        return docker.DockerClient(**kwargs)
-    except Exception as exc:
-        raise unreachable(engine, exc) from exc
+    from mltrain.docker_api import Engine
+
+    return Engine(engine, version=version)
 
 
 def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:
@@ -157,21 +132,16 @@ def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:
 
 
 def engine_error(what: str, exc: BaseException, engine: EngineConfig | None = None) -> TargetError:
-    """Turn any docker-py/requests error raised while doing ``what`` into one line."""
-    docker = sys.modules.get("docker")
-    if docker is not None and isinstance(exc, docker.errors.APIError):
-        detail = exc.explanation or str(exc)
-        if isinstance(detail, bytes):
-            detail = detail.decode(errors="replace")
-        return TargetError(f"Docker engine refused to {what}: {_first_line(str(detail))}")
-    if engine is not None and _is_connection_error(exc):
+    """Turn an error raised while doing ``what`` into one line naming it."""
+    from mltrain.docker_api import EngineError
+
+    if isinstance(exc, EngineError):
+        return TargetError(f"Docker engine refused to {what}: {_first_line(exc.explanation)}")
+    if isinstance(exc, TargetError):
+        return exc  # already one line (an unreachable engine says how to start one)
+    if engine is not None and isinstance(exc, OSError):
         return unreachable(engine, exc)
     return TargetError(f"could not {what}: {_first_line(str(exc)) or type(exc).__name__}")
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    requests = sys.modules.get("requests")
-    return requests is not None and isinstance(exc, requests.exceptions.ConnectionError)
 
 
 def _first_line(text: str) -> str:
@@ -179,8 +149,9 @@ def _first_line(text: str) -> str:
 
 
 def is_not_found(exc: BaseException) -> bool:
-    docker = sys.modules.get("docker")
-    return docker is not None and isinstance(exc, docker.errors.NotFound)
+    from mltrain.docker_api import NotFound
+
+    return isinstance(exc, NotFound)
 
 
 # ------------------------------------------------------------------- tar making

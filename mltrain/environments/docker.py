@@ -17,6 +17,11 @@ its word: a moved ``python:3.11-slim`` does not rebuild (pin a digest for that).
 
 What the image holds is asked once per image id, by running its interpreter
 (``PreparedEnvironment.freeze``), and remembered in the cache folder.
+
+The engine is the target's ``docker_api.Engine`` (``target.docker_client()``,
+the local or a remote engine, or an SSH host's through its tunnel). A cached
+run costs one image inspect, remembered for the plan. Only a build imports
+docker-py, for its ``.dockerignore`` rules and context tar.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mltrain.dockerutil import engine_error, is_not_found
+from mltrain.docker_api import EngineError
+from mltrain.dockerutil import engine_error
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.errors import ConfigError, EnvironmentBuildError, MltrainError
 
@@ -40,12 +46,14 @@ CA_FILE = "/etc/mltrain/ca-bundle.crt"
 REQUIREMENTS_FILE = "/etc/mltrain/requirements.txt"
 WHEELS_DIR = "/opt/mltrain/wheels"
 TAIL_LINES = 3
+PROBE_TIMEOUT = 120.0  # seconds for the interpreter inside a new image to describe itself
 
 
 class DockerImage(Environment):
     kind = "docker"
     provides_image = True
     _fingerprint: str | None = None
+    _found: tuple[Any, str] | None = None  # (engine, image id) of the last lookup that found the image
 
     # ------------------------------------------------------------ what it is
     @property
@@ -154,16 +162,21 @@ class DockerImage(Environment):
             raise ConfigError(f"environment.context: {context} is not a folder")
         return dockerfile, context
 
+    def _ignore_patterns(self, context: Path) -> list[str]:
+        ignore = context / ".dockerignore"
+        patterns = [ln.strip() for ln in ignore.read_text().splitlines()] if ignore.exists() else []
+        return [p for p in patterns if p and not p.startswith("#")]
+
     def _own_recipe(self) -> tuple[str, dict[str, str]]:
+        from mltrain.dockerutil import import_docker
+
+        import_docker()
         from docker.utils.build import exclude_paths
 
         dockerfile, context = self._own_paths()
-        ignore = context / ".dockerignore"
-        patterns = [ln.strip() for ln in ignore.read_text().splitlines()] if ignore.exists() else []
-        patterns = [p for p in patterns if p and not p.startswith("#")]
         rel_dockerfile = os.path.relpath(dockerfile, context)
         files: dict[str, str] = {}
-        for rel in sorted(exclude_paths(str(context), patterns, dockerfile=rel_dockerfile)):
+        for rel in sorted(exclude_paths(str(context), self._ignore_patterns(context), dockerfile=rel_dockerfile)):
             path = context / rel
             if path.is_file() and not path.is_symlink():
                 files[rel] = _hash_file(path)
@@ -173,42 +186,45 @@ class DockerImage(Environment):
 
     # ------------------------------------------------------------ preparing
     def is_prepared(self, target: Any) -> bool:
-        return self._image_id(target.docker_client()) is not None
+        engine = target.docker_client()
+        if self._found is not None and self._found[0] is engine:
+            return True  # prepare() just found or made it: no second inspect
+        return self._image_id(engine) is not None
 
-    def _image_id(self, client: Any) -> str | None:
+    def _image_id(self, engine: Any) -> str | None:
         try:
-            attrs = client.api.inspect_image(self.tag())
+            attrs = engine.inspect_image(self.tag())
         except Exception as exc:
-            if is_not_found(exc):
-                return None
             raise engine_error(f"look up image {self.tag()}", exc) from exc
+        if attrs is None:
+            return None
+        self._found = (engine, str(attrs["Id"]))
         return str(attrs["Id"])
 
     def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
-        client = target.docker_client()
+        engine = target.docker_client()
         tag = self.tag()
-        image_id = self._image_id(client)
+        image_id = self._image_id(engine)
         if image_id is not None:
             log(f"environment: image {tag} (cached)")
         elif self.mode == "image":
-            image_id = self._pull(client, log)
+            image_id = self._pull(engine, log)
         else:
-            image_id = self._build_locked(client, log)
-        info = self._probe(client, image_id)
+            image_id = self._build_locked(engine, log)
+        self._found = (engine, image_id)
+        info = self._probe(engine, image_id)
         return PreparedEnvironment(
             interpreter=info["executable"], fingerprint=self.fingerprint(),
             description=f"{self.describe()}: {tag} ({image_id[:19]}, Python {info['version']})",
             freeze=info["freeze"], image=tag,
         )
 
-    def _pull(self, client: Any, log: LogFn) -> str:
+    def _pull(self, engine: Any, log: LogFn) -> str:
         image = str(self.config.image)
         log(f"environment: pulling {image}")
-        from docker.utils import parse_repository_tag
-
         repository, tag = parse_repository_tag(image)
         try:
-            for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            for event in engine.pull(repository, tag or "latest"):
                 if "error" in event:
                     raise EnvironmentBuildError(
                         f"cannot pull image {image} ({_line(event['error'])}); build it on the engine first "
@@ -216,31 +232,33 @@ class DockerImage(Environment):
                     )
                 if event.get("status") and "progress" not in event:
                     log(f"  {event.get('id', '')} {event['status']}".rstrip())
-        except MltrainError:
+        except EnvironmentBuildError:
             raise
         except Exception as exc:
+            if isinstance(exc, MltrainError) and not isinstance(exc, EngineError):
+                raise  # unreachable: that one line says how to start an engine
             raise EnvironmentBuildError(
                 f"cannot pull image {image} ({_line(str(exc))}); build it on the engine first "
                 "or set environment.image to an image the engine has"
             ) from exc
-        image_id = self._image_id(client)
+        image_id = self._image_id(engine)
         if image_id is None:
             raise EnvironmentBuildError(f"pulled image {image} but the engine does not list it; pull it by hand")
         return image_id
 
-    def _build_locked(self, client: Any, log: LogFn) -> str:
+    def _build_locked(self, engine: Any, log: LogFn) -> str:
         """Build under a file lock: two runs wanting the same image build it once."""
         locks = self.cache_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / f"docker-{self.fingerprint()[:32]}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            image_id = self._image_id(client)
+            image_id = self._image_id(engine)
             if image_id is not None:
                 log(f"environment: image {self.tag()} (built by another run)")
                 return image_id
-            return self._build(client, log)
+            return self._build(engine, log)
 
-    def _build(self, client: Any, log: LogFn) -> str:
+    def _build(self, engine: Any, log: LogFn) -> str:
         cfg = self.config
         labels = {"mltrain.environment": self.fingerprint(), "mltrain.managed": "true", **cfg.labels}
         label_line = "LABEL " + " ".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(labels.items()))
@@ -256,19 +274,40 @@ class DockerImage(Environment):
                 path, name = tmp, "Dockerfile"
                 self._write_context(Path(tmp), label_line)
             try:
-                events = client.api.build(path=path, dockerfile=name, tag=self.tag(),
-                                          buildargs=dict(cfg.build_args) or None, rm=True, forcerm=True,
-                                          pull=False, decode=True)
-                image_id = _follow_build(events, log, self.tag())
-            except MltrainError:
+                with tempfile.TemporaryFile() as archive:
+                    dockerfile_name = self._context_tar(path, name, archive)
+                    size = archive.tell()
+                    archive.seek(0)
+                    events = engine.build(archive, size, tag=self.tag(), dockerfile=dockerfile_name,
+                                          buildargs=dict(cfg.build_args) or None)
+                    image_id = _follow_build(events, log, self.tag())
+            except EnvironmentBuildError:
                 raise
             except Exception as exc:
                 raise engine_error(f"build image {self.tag()}", exc) from exc
-        found = self._image_id(client)
+        found = self._image_id(engine)
         if found is None:
             raise EnvironmentBuildError(f"docker build of {self.tag()} reported success but made no image "
                                         f"({image_id or 'no id'}); build it by hand to see why")
         return found
+
+    def _context_tar(self, path: str, dockerfile: str, out: Any) -> str:
+        """Write the build context of ``path`` as a tar to ``out`` (``.dockerignore`` applied, as docker-py and
+        the docker CLI do); a Dockerfile outside it goes in under a unique name, which is returned."""
+        from mltrain.dockerutil import import_docker
+
+        import_docker()
+        from docker.utils.build import tar
+
+        context = Path(path)
+        extra: tuple[str | None, str | None] = (None, None)
+        if os.path.isabs(dockerfile) and not Path(dockerfile).is_relative_to(context):
+            extra = (f".mltrain.Dockerfile.{self.fingerprint()[:16]}", Path(dockerfile).read_text())
+            dockerfile = extra[0]
+        patterns = self._ignore_patterns(context) if self.mode == "dockerfile" else []
+        tar(str(context), exclude=patterns, dockerfile=extra, fileobj=out)
+        out.seek(0, os.SEEK_END)
+        return dockerfile
 
     def _write_context(self, folder: Path, label_line: str) -> None:
         import shutil
@@ -289,7 +328,7 @@ class DockerImage(Environment):
             shutil.copytree(self._source_path("wheels", cfg.wheels), folder / "wheels")
 
     # --------------------------------------------------------------- probing
-    def _probe(self, client: Any, image_id: str) -> dict[str, str]:
+    def _probe(self, engine: Any, image_id: str) -> dict[str, str]:
         """Interpreter path, version and installed distributions inside the image, once per image id."""
         from mltrain.environments.probe import _PROBE
 
@@ -299,17 +338,16 @@ class DockerImage(Environment):
             return dict(json.loads(cache.read_text()))
         except (OSError, ValueError):
             pass
+        spec = {"Image": image_id, "Entrypoint": [python], "Cmd": ["-c", _PROBE],
+                "Labels": {"mltrain.probe": "true", **self.config.labels},
+                "HostConfig": {"NetworkMode": "none", "SecurityOpt": ["no-new-privileges"]}}
         try:
-            out = client.containers.run(
-                image_id, ["-c", _PROBE], entrypoint=[python], remove=True, network_mode="none",
-                security_opt=["no-new-privileges"], labels={"mltrain.probe": "true", **self.config.labels},
-                stdout=True, stderr=True,
-            )
+            code, out, err = engine.run_to_end(spec, timeout=PROBE_TIMEOUT)
+            if code != 0:
+                raise EnvironmentBuildError(err.decode(errors="replace").strip() or f"exit code {code}")
             data = json.loads(out.decode().strip().splitlines()[-1])
         except Exception as exc:
-            detail = getattr(exc, "stderr", None) or getattr(exc, "explanation", None) or str(exc)
-            if isinstance(detail, bytes):
-                detail = detail.decode(errors="replace")
+            detail = getattr(exc, "explanation", None) or str(exc)
             raise EnvironmentBuildError(
                 f"image {self.tag()} has no working {python} ({_line(str(detail))}); "
                 "set environment.python to the interpreter inside the image"
@@ -359,6 +397,17 @@ def _follow_build(events: Any, log: LogFn, tag: str) -> str | None:
                 "(whole build log above / in `mltrain runs logs`)"
             )
     return image_id
+
+
+def parse_repository_tag(image: str) -> tuple[str, str | None]:
+    """``repo[:tag][@digest]`` -> (repository, tag or digest); a port in the registry host is not a tag."""
+    if "@" in image:
+        repository, digest_ref = image.split("@", 1)
+        return repository, digest_ref
+    repository, _, tag = image.rpartition(":")
+    if not repository or "/" in tag:
+        return image, None
+    return repository, tag
 
 
 def _line(text: str, limit: int = 240) -> str:

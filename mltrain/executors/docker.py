@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +63,6 @@ METRICS_FILE = f"{RUN_DIR}/metrics.jsonl"
 HOME_DIR = f"{ROOT}/home"
 TRANSFERS = ("auto", "mount", "copy")
 ACTIVE = ("created", "running", "paused", "restarting")
-NETWORK_MODES = ("bridge", "host", "none")
 
 
 def _parse_user(user: str) -> tuple[int, int] | None:
@@ -99,21 +99,61 @@ def _check_volumes(volumes: list[str], engine: EngineConfig) -> list[str]:
     return checked
 
 
-def _device_requests(gpus: str | None) -> list[Any]:
+def _device_requests(gpus: str | None) -> list[dict[str, Any]]:
     """``all``, a count (``2``) or device ids (``device=0,1`` or ``0,1``), as ``docker run --gpus`` takes them."""
     if not gpus:
         return []
-    from docker.types import DeviceRequest
-
     value = gpus.strip()
+
+    def request(count: int = 0, ids: list[str] | None = None) -> dict[str, Any]:
+        return {"Driver": "", "Count": count, "DeviceIDs": ids or [], "Capabilities": [["gpu"]], "Options": {}}
+
     if value == "all":
-        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        return [request(count=-1)]
     if value.isdigit():
-        return [DeviceRequest(count=int(value), capabilities=[["gpu"]])]
+        return [request(count=int(value))]
     ids = value.removeprefix("device=").split(",")
     if not all(i.strip() for i in ids):
         raise ConfigError(f"compute.gpus={gpus!r}: use all, a count (2) or device ids (device=0,1)")
-    return [DeviceRequest(device_ids=[i.strip() for i in ids], capabilities=[["gpu"]])]
+    return [request(ids=[i.strip() for i in ids])]
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(key: str, value: str) -> int:
+    """``4g``, ``512m``, ``1.5g``, ``1024`` (bytes) -> bytes, as ``docker run`` reads them."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
+    if match is None:
+        raise ConfigError(f"compute.{key}={value!r}: give a size such as 512m or 4g (units b, k, m, g, t)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def container_body(cfg: Any, *, image: str, argv: list[str], env: Mapping[str, str], user: str,
+                   labels: Mapping[str, str], binds: list[str],
+                   tmpfs: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The create-container request (Engine API ``POST /containers/create``) for a run, from ``compute`` config."""
+    host: dict[str, Any] = {
+        "Binds": binds, "Init": True, "SecurityOpt": ["no-new-privileges"], "Privileged": False,
+    }
+    if tmpfs:
+        host["Tmpfs"] = dict(tmpfs)
+    if cfg.mem_limit:
+        host["Memory"] = host["MemorySwap"] = parse_size("mem_limit", cfg.mem_limit)  # no swap beyond the limit
+    if cfg.cpus:
+        host["NanoCpus"] = int(cfg.cpus * 1e9)
+    if cfg.shm_size:
+        host["ShmSize"] = parse_size("shm_size", cfg.shm_size)
+    if cfg.network:
+        host["NetworkMode"] = cfg.network  # bridge, host, none, container:<id> or a network's name
+    requests = _device_requests(cfg.gpus)
+    if requests:
+        host["DeviceRequests"] = requests
+    return {
+        "Image": image, "Entrypoint": argv[:1], "Cmd": argv[1:], "WorkingDir": CODE_DIR,
+        "Env": [f"{k}={v}" for k, v in env.items()], "User": user, "Labels": dict(labels),
+        "Tty": False, "OpenStdin": False, "AttachStdin": False, "HostConfig": host,
+    }
 
 
 def exit_info(attrs: Mapping[str, Any], mem_limit: str | None) -> ExitInfo:
@@ -157,6 +197,7 @@ class DockerHandle(Handle):
         self.api_version = api_version
         self._client_obj = client
         self._log_obj: ContainerLog | None = None
+        self._ended: dict[str, Any] | None = None  # the stopped container's inspect: it no longer changes
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "container_id": self.container_id, "name": self.name,
@@ -165,25 +206,25 @@ class DockerHandle(Handle):
                 "mem_limit": self.mem_limit, "mounted": self.mounted}
 
     def _api(self) -> Any:
+        """The ``docker_api.Engine`` (made once; no call until one is needed)."""
         if self._client_obj is None:
             self._client_obj = connect(self.engine, version=self.api_version)
-        return self._client_obj.api
+        return self._client_obj
 
     def _log(self) -> ContainerLog:
         if self._log_obj is None:
-            self._log_obj = ContainerLog(
-                self.paths.log, self.paths.dir, self.container_id, self._api(),
-                new_api=lambda: connect(self.engine, version=self.api_version, low_level=True),
-            )
+            self._log_obj = ContainerLog(self.paths.log, self.paths.dir, self.container_id, self._api())
         return self._log_obj
 
     def _inspect(self) -> dict[str, Any] | None:
+        if self._ended is not None:
+            return self._ended
         try:
-            attrs: dict[str, Any] = self._api().inspect_container(self.container_id)
+            attrs: dict[str, Any] | None = self._api().inspect_container(self.container_id)
         except Exception as exc:
-            if is_not_found(exc):
-                return None
             raise engine_error(f"inspect container {self.name}", exc, self.engine) from exc
+        if attrs is not None and attrs["State"].get("Status") not in ACTIVE:
+            self._ended = attrs
         return attrs
 
     @property
@@ -206,14 +247,12 @@ class DockerHandle(Handle):
         return exit_info(attrs, self.mem_limit)
 
     def wait(self, timeout: float) -> ExitInfo | None:
+        """On a local engine, one blocking ``wait`` call (its end is the signal); elsewhere polling."""
         if not self.engine.is_local:  # a blocking call per poll is cheap only on a local socket
             return super().wait(timeout)
-        import requests
-
         try:
-            self._api().wait(self.container_id, timeout=max(timeout, 0.001))
-        except requests.exceptions.RequestException:
-            pass  # timed out (or the engine went away: poll says which)
+            if self._api().wait(self.container_id, timeout=max(timeout, 0.001)) is None:
+                return None  # still running
         except Exception as exc:
             if not is_not_found(exc):
                 raise engine_error(f"wait for container {self.name}", exc, self.engine) from exc
@@ -225,7 +264,7 @@ class DockerHandle(Handle):
     def cancel(self, grace: float) -> None:
         """``docker stop``: SIGTERM (forwarded by init to the script), SIGKILL after ``grace`` seconds."""
         try:
-            self._api().stop(self.container_id, timeout=max(0, math.ceil(grace)))
+            self._api().stop(self.container_id, max(0, math.ceil(grace)))
         except Exception as exc:
             if not is_not_found(exc):
                 raise engine_error(f"stop container {self.name}", exc, self.engine) from exc
@@ -241,8 +280,8 @@ class DockerHandle(Handle):
         api = self._api()
         if not self.mounted:
             try:
-                chunks, _ = api.get_archive(self.container_id, RUN_DIR)
-                safe_extract(chunks, {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
+                safe_extract(api.get_archive(self.container_id, RUN_DIR),
+                             {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
             except Exception as exc:
                 if not is_not_found(exc):
                     raise engine_error(f"copy the outputs out of container {self.name}", exc, self.engine) from exc
@@ -252,10 +291,9 @@ class DockerHandle(Handle):
             log.info("keeping container %s of a failed run (compute.keep_container)", self.name)
             return
         try:
-            api.remove_container(self.container_id, force=True)
+            api.remove(self.container_id)
         except Exception as exc:
-            if not is_not_found(exc):
-                raise engine_error(f"remove container {self.name}", exc, self.engine) from exc
+            raise engine_error(f"remove container {self.name}", exc, self.engine) from exc
 
 
 class DockerExecutor(Executor):
@@ -267,12 +305,13 @@ class DockerExecutor(Executor):
         if config.code_transfer not in TRANSFERS:
             raise ConfigError(f"compute.code_transfer={config.code_transfer!r}: choose one of {', '.join(TRANSFERS)}")
         self.volumes = _check_volumes(list(config.volumes), self.engine)
+        container_body(config, image="", argv=[], env={}, user="", labels={}, binds=[])  # bad sizes fail now
         self._client: Any = None
         self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
 
     # ---------------------------------------------------------- capabilities
     def docker_client(self) -> Any:
-        """The engine's ``docker.DockerClient`` (connected once; unreachable is a one-line TargetError)."""
+        """The engine's ``docker_api.Engine`` (made once; unreachable is a one-line TargetError on the first call)."""
         if self._client is None:
             self._client = connect(self.engine)
         return self._client
@@ -317,7 +356,7 @@ class DockerExecutor(Executor):
             raise TargetError("compute=docker needs a container image; use environment=docker")
         if self._code is None:
             raise TargetError("internal: stage_code must run before launch")
-        client = self.docker_client()
+        engine = self.docker_client()
         user = self.config.user or f"{os.getuid()}:{os.getgid()}"
         owner = _parse_user(user)
         env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE}
@@ -331,55 +370,32 @@ class DockerExecutor(Executor):
             request.paths.metrics.touch()
             binds += [f"{request.paths.outputs}:{OUTPUT_DIR}:rw", f"{request.paths.metrics}:{METRICS_FILE}:rw"]
         name = f"mltrain-{request.run_id}"
-        create: dict[str, Any] = {
-            "image": request.image, "entrypoint": request.argv[:1], "command": request.argv[1:],
-            "working_dir": CODE_DIR, "environment": env, "user": user, "init": True, "name": name,
-            "labels": {"mltrain.run_id": request.run_id, "mltrain.experiment": request.experiment,
-                       **self.config.labels},
-            "volumes": binds, "security_opt": ["no-new-privileges"], "privileged": False,
-            "detach": True, "stdin_open": False, "tty": False,
-            "device_requests": _device_requests(self.config.gpus) or None,
-            "tmpfs": {HOME_DIR: "mode=1777"} if mounted else None,
-        }
-        create.update(self._resources())
+        labels = {"mltrain.run_id": request.run_id, "mltrain.experiment": request.experiment, **self.config.labels}
+        body = container_body(self.config, image=request.image, argv=list(request.argv), env=env, user=user,
+                              labels=labels, binds=binds, tmpfs={HOME_DIR: "mode=1777"} if mounted else None)
         try:
-            container = client.containers.create(**create)
+            container = engine.create_container(body, name)
         except Exception as exc:
             raise engine_error(f"create the container for run {request.run_id} (image {request.image})", exc,
                                self.engine) from exc
         try:
             if not mounted:
-                self._put_files(container, owner)
+                self._put_files(engine, container, owner)
             ContainerLog.begin(request.paths.log, request.paths.dir)
-            container.start()
+            engine.start(container)
         except BaseException as exc:
             try:
-                container.remove(force=True)
+                engine.remove(container)
             except Exception as cleanup:
                 log.warning("could not remove container %s: %s", name, cleanup)
             if isinstance(exc, Exception):
                 raise engine_error(f"start the container for run {request.run_id}", exc, self.engine) from exc
             raise
-        return DockerHandle(request.paths, self.engine, container.id, name, cancel_grace=self.cancel_grace,
+        return DockerHandle(request.paths, self.engine, container, name, cancel_grace=self.cancel_grace,
                             keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
-                            mounted=mounted, api_version=client.api.api_version, client=client)
+                            mounted=mounted, api_version=engine.api_version, client=engine)
 
-    def _resources(self) -> dict[str, Any]:
-        cfg = self.config
-        out: dict[str, Any] = {}
-        if cfg.mem_limit:
-            out["mem_limit"] = out["memswap_limit"] = cfg.mem_limit  # no swap: the limit is the limit
-        if cfg.cpus:
-            out["nano_cpus"] = int(cfg.cpus * 1e9)
-        if cfg.shm_size:
-            out["shm_size"] = cfg.shm_size
-        if cfg.network:
-            mode = cfg.network
-            key = "network_mode" if mode in NETWORK_MODES or mode.startswith("container:") else "network"
-            out[key] = mode
-        return out
-
-    def _put_files(self, container: Any, owner: tuple[int, int] | None) -> None:
+    def _put_files(self, engine: Any, container: str, owner: tuple[int, int] | None) -> None:
         """The run's folders (owned by the job's user) and, for a remote engine, the code -- one archive."""
         uid, gid = owner or (0, 0)
         mode = 0o755 if owner else 0o777  # a user name: its uid is only known inside the image
@@ -396,8 +412,9 @@ class DockerExecutor(Executor):
                     blobs = BlobStore(self.workspace.blobs)
                     tar.addfile(dir_entry(CODE_DIR.strip("/")))
                     add_snapshot(tar, blobs.load_manifest(self._code[1]), blobs, CODE_DIR.strip("/"))
+            size = buf.tell()
             buf.seek(0)
-            container.put_archive("/", buf)
+            engine.put_archive(container, "/", buf, size)
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
