@@ -16,9 +16,13 @@ directory. The pieces live in small modules:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +69,13 @@ def take_snapshot(
     writes nothing to the store (it may update the stat cache, which only
     records digests of file contents).
     """
+    with _collector_paused():
+        return _take(source_dir, store, limits, cache_dir, dry_run=dry_run)
+
+
+def _take(
+    source_dir: Path, store: BlobStore, limits: SnapshotLimits, cache_dir: Path | None, *, dry_run: bool
+) -> SnapshotResult:
     started = time.monotonic()
     walk_started_ns = time.time_ns()
     root = _source_root(source_dir)
@@ -81,13 +92,44 @@ def take_snapshot(
             store.put_manifest(manifest)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
-    result = SnapshotResult(manifest, len(manifest.entries), manifest.total_bytes, bytes_new, tuple(walked.warnings))
+    result = SnapshotResult(manifest, manifest.count, manifest.total_bytes, bytes_new, tuple(walked.warnings))
     logger.info(
         "snapshot %s: %d files, %s (%s new)%s in %.3f s",
         manifest.id[:12], result.files, human(result.bytes), human(bytes_new), " [dry run]" if dry_run else "",
         time.monotonic() - started,
     )
     return result
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_was_enabled = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector out of a snapshot.
+
+    A snapshot allocates a few objects per file (stat results, tuples) and
+    frees them all at the end, none in cycles; for a large tree the collector
+    would otherwise run dozens of times over that growing heap and cost ~15%
+    of an unchanged re-snapshot (measured: 10k files, 110-137 ms -> 91-95 ms).
+    Counted, so overlapping snapshots on several threads restore the collector
+    exactly once, as the first one found it.
+    """
+    global _pauses, _was_enabled
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
 
 
 def _source_root(source_dir: Path) -> str:

@@ -107,7 +107,9 @@ class StatCache:
         self.columns, self.manifest_id, self.manifest_count, self._index = columns, manifest_id, manifest_count, None
         if self.path is None:
             return
-        payload = marshal.dumps((self.root, manifest_id, manifest_count, columns.as_tuple()))
+        # Version 2: no back-references. Version 4 tracks every object the walk also holds
+        # (all of them), which made dumps 2.5x slower (10k files: 6-7 ms against 2.5-3 ms).
+        payload = marshal.dumps((self.root, manifest_id, manifest_count, columns.as_tuple()), 2)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)

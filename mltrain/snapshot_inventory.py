@@ -7,11 +7,11 @@ contents the store lacks, and what to remember for next time.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mltrain.snapshot_cache import RACY_WINDOW_NS, Columns, StatCache
 from mltrain.snapshot_hash import Claims, hash_files
-from mltrain.snapshot_manifest import ALGORITHM, EXEC_MODE, FILE_MODE, LINK_MODE, FileEntry, Manifest, hash_bytes
+from mltrain.snapshot_manifest import ALGORITHM, EXEC_MODE, FILE_MODE, LINK_MODE, Manifest, hash_bytes
 from mltrain.snapshot_walk import Found
 
 if TYPE_CHECKING:
@@ -32,16 +32,16 @@ class Inventory:
         self.files = files
         self.store = store
         self.dry_run = dry_run
-        stats = [f[2] for f in files]
-        self.rels = [f[0] for f in files]
-        self.links = [f[3] for f in files]
+        rels, _, stats, links = zip(*files, strict=True) if files else ((), (), (), ())
+        self.rels: list[str] = list(rels)
+        self.links: list[str | None] = list(links)
         self.stat_sizes = [st.st_size for st in stats]
         self.mtimes = [st.st_mtime_ns for st in stats]
         self.inodes = [st.st_ino for st in stats]
-        self.modes = [
-            LINK_MODE if link is not None else EXEC_MODE if st.st_mode & 0o100 else FILE_MODE
-            for st, link in zip(stats, self.links, strict=True)
-        ]
+        self.modes = [EXEC_MODE if st.st_mode & 0o100 else FILE_MODE for st in stats]
+        for index, link in enumerate(self.links):
+            if link is not None:
+                self.modes[index] = LINK_MODE
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
@@ -124,9 +124,7 @@ class Inventory:
         return self._unchanged
 
     def manifest_as_cached(self) -> Manifest:
-        manifest = self._manifest()
-        manifest.__dict__["id"] = self.cache.manifest_id
-        return manifest
+        return self._manifest(self.cache.manifest_id)
 
     def build(self) -> tuple[Manifest, int]:
         """Hash what is unknown, store what is missing; return the manifest and the new bytes."""
@@ -170,18 +168,14 @@ class Inventory:
         stored = not self.dry_run
         remembered = [True] * len(mtimes) if stored else list(self.remembered)
         digests = [d or "" for d in self.digests]
-        new = Columns(list(self.rels), list(self.stat_sizes), mtimes, list(self.inodes), list(self.modes), digests,
-                      remembered)
+        new = Columns(self.rels, self.stat_sizes, mtimes, self.inodes, self.modes, digests, remembered)
         if stored:
-            self.cache.save(new, manifest.id, len(manifest.entries))
+            self.cache.save(new, manifest.id, manifest.count)
         else:
             self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count)
 
-    def _manifest(self) -> Manifest:
-        entries = tuple(
-            FileEntry(rel, mode, size, digest, link)  # type: ignore[arg-type]
-            for rel, mode, size, digest, link in zip(
-                self.rels, self.modes, self.sizes, self.digests, self.links, strict=True
-            )
-        )
-        return Manifest(ALGORITHM, entries)
+    def _manifest(self, manifest_id: str | None = None) -> Manifest:
+        """The manifest over this inventory's columns (shared, not copied: the inventory is done with them)."""
+        digests = cast("list[str]", self.digests)  # every digest is known by now
+        return Manifest.of_columns(ALGORITHM, self.rels, self.modes, self.sizes, digests, self.links,
+                                   manifest_id=manifest_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from json.encoder import encode_basestring as _quote
@@ -36,6 +37,10 @@ LINK_MODE: Final = 0o777
 """Symlinks carry 0o777, the only permission Linux gives a link."""
 
 _HEX: Final = frozenset("0123456789abcdef")
+_ROW: Final = "[%s,%d,%d,%s]"
+
+Columns = tuple[Sequence[str], Sequence[int], Sequence[int], Sequence[str], Sequence[str | None]]
+"""(paths, modes, sizes, digests, links), parallel, in path order."""
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> str:
@@ -63,12 +68,54 @@ class FileEntry:
     """Symlink target text (relative, stays inside the tree) when the entry is a symlink."""
 
 
-@dataclass(frozen=True)
 class Manifest:
-    """The snapshot's file list, sorted by path."""
+    """The snapshot's file list, sorted by path; immutable once made.
 
-    algorithm: str
-    entries: tuple[FileEntry, ...]
+    ``Manifest(algorithm, entries)`` makes one from :class:`FileEntry` rows. A
+    snapshot instead hands over the columns it already holds
+    (:meth:`of_columns`): the canonical JSON is written straight from them, and
+    the 10k ``FileEntry`` objects of a large tree are only built if someone
+    asks for :attr:`entries` (a run needs just the id).
+    """
+
+    def __init__(self, algorithm: str, entries: Iterable[FileEntry] = ()) -> None:
+        self.algorithm = algorithm
+        self.__dict__["entries"] = tuple(entries)
+        self._columns: Columns | None = None
+
+    @classmethod
+    def of_columns(
+        cls,
+        algorithm: str,
+        paths: Sequence[str],
+        modes: Sequence[int],
+        sizes: Sequence[int],
+        digests: Sequence[str],
+        links: Sequence[str | None],
+        *,
+        manifest_id: str | None = None,
+    ) -> Manifest:
+        """A manifest over parallel columns (path order); the caller must not change them afterwards.
+
+        ``manifest_id``, when given, is taken as the id without hashing (the
+        stat cache vouches that these columns are that stored manifest).
+        """
+        manifest = cls.__new__(cls)
+        manifest.algorithm = algorithm
+        manifest._columns = (paths, modes, sizes, digests, links)
+        if manifest_id is not None:
+            manifest.__dict__["id"] = manifest_id
+        return manifest
+
+    @cached_property
+    def entries(self) -> tuple[FileEntry, ...]:
+        assert self._columns is not None
+        return tuple(map(FileEntry, *self._columns))
+
+    @property
+    def count(self) -> int:
+        """Number of entries (without building them)."""
+        return len(self._columns[0]) if self._columns is not None else len(self.entries)
 
     @cached_property
     def canonical(self) -> bytes:
@@ -77,12 +124,20 @@ class Manifest:
         Byte for byte what ``json.dumps(doc, sort_keys=True, separators=(",", ":"),
         ensure_ascii=False)`` gives, written out directly (2.5x faster for 10k entries).
         """
-        rows = [
-            f"[{_name_json(e.path)},{e.mode},{e.size},{_quote(e.digest)}]"
-            if e.link is None
-            else f"[{_name_json(e.path)},{e.mode},{e.size},{_quote(e.digest)},{_name_json(e.link)}]"
-            for e in self.entries
-        ]
+        if self._columns is not None:
+            paths, modes, sizes, digests, links = self._columns
+        else:
+            paths = [e.path for e in self.entries]
+            modes = [e.mode for e in self.entries]
+            sizes = [e.size for e in self.entries]
+            digests = [e.digest for e in self.entries]
+            links = [e.link for e in self.entries]
+        names = map(_quote, paths) if "".join(paths).isascii() else map(_name_json, paths)
+        # One C-level %-format per row (2x faster than an f-string comprehension for 10k rows).
+        rows = list(map(_ROW.__mod__, zip(names, modes, sizes, map(_quote, digests), strict=True)))
+        for index, link in enumerate(links):
+            if link is not None:
+                rows[index] = f"{rows[index][:-1]},{_name_json(link)}]"
         head = f'{{"algorithm":{_quote(self.algorithm)},"entries":['
         tail = f'],"fields":{json.dumps(list(FIELDS), separators=(",", ":"))},"version":{FORMAT_VERSION}}}'
         return (head + ",".join(rows) + tail).encode("utf-8")
@@ -94,10 +149,21 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries)
+        return sum(self._columns[2]) if self._columns is not None else sum(e.size for e in self.entries)
 
     def to_json(self) -> str:
         return self.canonical.decode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.algorithm == other.algorithm and self.entries == other.entries
+
+    def __hash__(self) -> int:
+        return hash((self.algorithm, self.entries))
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.algorithm!r}, <{self.count} entries>)"
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
