@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from mltrain.errors import TargetError
 from mltrain.runner import Runner, StartError
-from mltrain.sshconn import LinkDown, SshSettings, open_transport
+from mltrain.sshconn import LinkDown, SshSettings, open_session, open_transport
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +159,14 @@ class Link:
         source = AGENT_SOURCE()
         digest = hashlib.sha256(source).hexdigest()[:16]
         beat = self.settings.keepalive / 2
-        command = " ".join(shlex.quote(w) for w in (self.settings.python, "-c", BOOT, self.settings.remote_dir,
+        command = " ".join(shlex.quote(w) for w in (self.settings.python, "-S", "-c", BOOT, self.settings.remote_dir,
                                                      digest, f"{beat:g}"))
         # paramiko waits for the exec reply without a deadline: a watchdog closes the transport instead.
         watchdog = threading.Timer(self.settings.connect_timeout + self.settings.link_timeout, self.transport.close)
         watchdog.daemon = True
         watchdog.start()
         try:
-            channel = self.transport.open_session(timeout=self.settings.connect_timeout)
+            channel = open_session(self.transport, self.settings.connect_timeout)
             channel.settimeout(self.settings.link_timeout)
             channel.exec_command(command)
             agent = _Agent(channel, self.settings.link_timeout)

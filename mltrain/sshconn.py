@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -39,6 +40,7 @@ POLICIES = ("strict", "accept_new")
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 WINDOW = 8 << 20
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+NUDGES = 25
 
 
 class LinkDown(TargetError):
@@ -212,6 +214,33 @@ def _connect(settings: SshSettings, endpoint: Endpoint, via: Any, *, pin: str | 
         raise
     transport.set_keepalive(max(1, int(settings.keepalive)))
     return transport
+
+
+def open_session(transport: Any, timeout: float) -> Any:
+    """``transport.open_session``, without waiting out a delayed ACK on a fresh connection (~40 ms).
+
+    Right after authentication OpenSSH sends small messages of its own
+    (host keys, a debug line); with Nagle on (sshd sets TCP_NODELAY only for
+    interactive sessions) the channel confirmation then waits until our kernel
+    ACKs them, which it delays by 40 ms. An SSH ignore message every few ms
+    while we wait carries that ACK at once.
+    """
+    opened = threading.Event()
+
+    def nudge() -> None:
+        for _ in range(NUDGES):
+            if opened.wait(0.002):
+                return
+            try:
+                transport.send_ignore(1)
+            except Exception:  # the transport died: open_session reports it
+                return
+
+    threading.Thread(target=nudge, name="mltrain-ssh-nudge", daemon=True).start()
+    try:
+        return transport.open_session(timeout=timeout)
+    finally:
+        opened.set()
 
 
 def _why(exc: BaseException) -> str:
