@@ -8,17 +8,26 @@ The remote keeps the same content-addressed store as the workspace
    there (a manifest's marker is written only once all its blobs are), so
    only digests *not* in such a base need asking about.
 2. ``begin_upload`` with those digests: which are missing, and how many bytes
-   of each already arrived (a part kept from an upload the link cut).
-3. ``put_blobs``: every missing blob, back to back, in one stream over the
-   helper's channel -- a header, the bytes from where the host's part ends,
-   and a sha256 of the whole blob that the host checks before renaming the
-   blob into place. sha256 rather than the store's blake3: the host's
-   ``python3`` has hashlib and no blake3, and a check only needs both ends to
-   agree on the bytes (the link itself is authenticated by SSH).
+   of each already arrived (a part kept from an upload the link cut). When
+   the candidates are a few KiB in all (a file or two changed), they are
+   sent without asking: a round trip costs more than the bytes.
+3. ``put_blobs``: every missing blob in one stream over the helper's
+   channel. Small blobs go in batches of about a MiB (a header of digest,
+   size and sha256 for each, then their bytes in one frame), which keeps
+   the per-file cost on both ends to a few microseconds; large ones go one
+   at a time, in chunks from where the host's part ends, then their sha256.
+   The host checks each blob's sha256 before placing it. sha256 rather than
+   the store's blake3: the host's ``python3`` has hashlib and no blake3, and
+   a check only needs both ends to agree on the bytes (the link itself is
+   authenticated by SSH).
 4. ``put_manifest``: as edits of the base (a few hundred bytes for a one-file
    change, instead of ~110 bytes per file), or whole and compressed when
    there is no base; the host rebuilds the canonical JSON and checks its
    sha256, then builds the checkout from hardlinks to its blobs.
+
+Manifests are handled as their canonical rows (JSON arrays) here, never as
+``Manifest`` objects: a resubmit reads two of them, and validating 10,000
+entries twice would cost more than everything else it does.
 """
 
 from __future__ import annotations
@@ -27,8 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,13 +44,15 @@ from typing import Any
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
 from mltrain.remote import Link, RemoteError
-from mltrain.snapshot_manifest import Manifest
+from mltrain.snapshot_manifest import hash_bytes
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+SMALL = 256 << 10  # blobs below this travel in batches (a cut resends at most one batch)
+BATCH = 1 << 20
+SPECULATE = 256 << 10  # new blobs up to this much in all are sent without asking which the host lacks
 RECENT_BASES = 8
-PREFETCH = 16  # frames (at most a MiB each) read ahead of the sender
 ENOSPC = (28, 122)  # ENOSPC, EDQUOT
 
 
@@ -62,12 +71,12 @@ def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: Upload
     root = link.hello()["root"]
     if state["checkout"]:
         return f"{root}/checkouts/{manifest_id}"
-    manifest = store.load_manifest(manifest_id)
+    manifest = _load(store, manifest_id)
     base_id = next((b for b in state["bases"] if b != manifest_id), None)
-    base = store.load_manifest(base_id) if base_id else None
-    wanted = {e.digest: e.size for e in manifest.entries if e.link is None and e.size > 0}
+    base = _load(store, base_id) if base_id else None
+    wanted = {row[3]: row[2] for row in manifest.rows if len(row) == 4 and row[2] > 0}
     if base is not None and not state["manifest"]:
-        known = {e.digest for e in base.entries}
+        known = {row[3] for row in base.rows}
         candidates = [d for d in wanted if d not in known]
     else:
         candidates = [] if state["manifest"] else list(wanted)
@@ -83,6 +92,28 @@ def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: Upload
                       f"there; remove {root}/blobs and submit again")
 
 
+@dataclass
+class _Manifest:
+    """A stored manifest as its canonical bytes and rows: all an upload needs (no per-entry objects)."""
+
+    id: str
+    canonical: bytes
+    rows: list[Any]
+
+
+def _load(store: BlobStore, manifest_id: str) -> _Manifest:
+    try:
+        with open(store.path(manifest_id), "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise TargetError(f"snapshot {manifest_id[:12]} is not in the local blob store; take the snapshot "
+                          "again") from None
+    if hash_bytes(data) != manifest_id:
+        raise TargetError(f"snapshot {manifest_id[:12]} is damaged in the local blob store; take the snapshot "
+                          "again")
+    return _Manifest(manifest_id, data, json.loads(data)["entries"])
+
+
 def _recent_manifests(store: BlobStore, exclude: str, limit: int = RECENT_BASES) -> list[str]:
     folder = store.root / "manifests"
     try:
@@ -94,7 +125,10 @@ def _recent_manifests(store: BlobStore, exclude: str, limit: int = RECENT_BASES)
 
 
 def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[str, int], stats: UploadStats) -> None:
-    missing = link.request({"op": "begin_upload", "digests": digests})["missing"]
+    if sum(sizes[d] for d in digests) <= SPECULATE:
+        missing = [[d, 0] for d in digests]  # a few KiB: cheaper to send than to ask about (a round trip)
+    else:
+        missing = link.request({"op": "begin_upload", "digests": digests})["missing"]
     if not missing:
         link.request({"op": "put_blobs", "stream": True}, body=iter([(b"J", b'{"end":true}')]))
         return
@@ -111,46 +145,25 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
 
 
 def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, int],
-                 stats: UploadStats) -> Iterator[tuple[bytes, bytes]]:
-    """The frames of every missing blob, read and hashed by a thread a few MiB ahead of the sender."""
-    frames: queue.Queue[tuple[bytes, bytes] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for frame in _read_blobs(store, missing, sizes, stats):
-                while not stop.is_set():
-                    try:
-                        frames.put(frame, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            frames.put(None)
-        except BaseException as exc:
-            frames.put(exc)
-
-    worker = threading.Thread(target=produce, name="mltrain-upload-reader", daemon=True)
-    worker.start()
-    try:
-        while (item := frames.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item[0] == b"D":
-                stats.bytes += len(item[1])
-            elif item[1].startswith(b'{"sha256"'):
-                stats.blobs += 1
-    finally:
-        stop.set()
-        worker.join()
-
-
-def _read_blobs(store: BlobStore, missing: list[list[Any]], sizes: dict[str, int],
                 stats: UploadStats) -> Iterator[tuple[bytes, bytes]]:
+    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends."""
+    rows: list[list[Any]] = []
+    body: list[bytes] = []
+    batched = 0
     for digest, have in missing:
         size = sizes[digest]
+        if size < SMALL:
+            data = _read_small(store.path(digest), size)
+            rows.append([digest, size, hashlib.sha256(data).hexdigest()])
+            body.append(data)
+            batched += size
+            if batched >= BATCH:
+                yield b"J", json.dumps({"batch": rows}).encode()
+                yield b"D", b"".join(body)
+                stats.blobs += len(rows)
+                stats.bytes += batched
+                rows, body, batched = [], [], 0
+            continue
         offset = int(have) if 0 <= int(have) <= size else 0
         yield b"J", json.dumps({"blob": digest, "offset": offset, "size": size}).encode()
         hasher = hashlib.sha256()
@@ -161,20 +174,38 @@ def _read_blobs(store: BlobStore, missing: list[list[Any]], sizes: dict[str, int
             while chunk := fh.read(CHUNK):
                 hasher.update(chunk)
                 yield b"D", chunk
+                stats.bytes += len(chunk)
         yield b"J", json.dumps({"sha256": hasher.hexdigest()}).encode()
+        stats.blobs += 1
+    if rows:
+        yield b"J", json.dumps({"batch": rows}).encode()
+        yield b"D", b"".join(body)
+        stats.blobs += len(rows)
+        stats.bytes += batched
     yield b"J", b'{"end":true}'
 
 
-def _rows(manifest: Manifest) -> list[Any]:
-    rows: list[Any] = json.loads(manifest.canonical)["entries"]
-    return rows
+def _read_small(path: os.PathLike[str], size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise TargetError(f"blob {os.fspath(path)} is {len(data)} bytes, not the {size} its snapshot says: the "
+                          "local blob store is damaged: delete that file and take the snapshot again")
+    return data
 
 
-def manifest_edits(base: Manifest, new: Manifest) -> list[list[Any]]:
-    """``new``'s rows as keep/delete/insert runs over ``base``'s (both sorted by path)."""
-    old_rows, new_rows = _rows(base), _rows(new)
-    old_paths = [e.path for e in base.entries]
-    new_paths = [e.path for e in new.entries]
+def _path(name: Any) -> str:
+    """A row's path as the manifest sorts it (a ``{"hex": ...}`` name is its bytes, surrogate-escaped)."""
+    return name if isinstance(name, str) else bytes.fromhex(name["hex"]).decode("utf-8", "surrogateescape")
+
+
+def manifest_edits(old_rows: list[Any], new_rows: list[Any]) -> list[list[Any]]:
+    """``new_rows`` as keep/delete/insert runs over ``old_rows`` (both manifests' rows, sorted by path)."""
+    old_paths = [_path(r[0]) for r in old_rows]
+    new_paths = [_path(r[0]) for r in new_rows]
     edits: list[list[Any]] = []
 
     def add(kind: str, value: Any) -> None:
@@ -202,11 +233,11 @@ def manifest_edits(base: Manifest, new: Manifest) -> list[list[Any]]:
     return edits
 
 
-def _put_manifest(link: Link, manifest: Manifest, base: Manifest | None) -> dict[str, Any]:
+def _put_manifest(link: Link, manifest: _Manifest, base: _Manifest | None) -> dict[str, Any]:
     sha = hashlib.sha256(manifest.canonical).hexdigest()
     msg: dict[str, Any] = {"op": "put_manifest", "id": manifest.id, "sha256": sha}
     if base is not None:
-        reply = link.request({**msg, "base": base.id, "edits": manifest_edits(base, manifest)})
+        reply = link.request({**msg, "base": base.id, "edits": manifest_edits(base.rows, manifest.rows)})
         if not reply.get("mismatch"):
             return reply
         log.info("%s rebuilt a different manifest from the edits; sending it whole", link.where)

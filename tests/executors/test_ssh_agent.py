@@ -1,0 +1,135 @@
+"""The SSH helper's upload steps, run in-process on a local folder (no sshd needed): batches of small blobs are
+verified one by one and placed atomically, with or without O_TMPFILE; what is asked about is answered right."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mltrain import remote_agent
+from mltrain.remote_agent import HEAD, Agent, Wire
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return HEAD.pack(kind, len(payload)) + payload
+
+
+def request(obj: dict[str, Any]) -> bytes:
+    return frame(b"J", json.dumps(obj).encode())
+
+
+def serve(root: Path, data: bytes, *, tmpfile: bool = True) -> list[dict[str, Any]]:
+    """Feed ``data`` to a helper rooted at ``root``; its JSON replies, heartbeats left out."""
+    out = io.BytesIO()
+    agent = Agent(str(root), Wire(io.BytesIO(data), out), heartbeat=5.0)
+    agent.tmpfile = agent.tmpfile and tmpfile
+    agent.serve()
+    replies, view = [], out.getvalue()
+    while view:
+        kind, size = HEAD.unpack(view[:HEAD.size])
+        payload, view = view[HEAD.size:HEAD.size + size], view[HEAD.size + size:]
+        if kind == b"J" and b'"hb"' not in payload:
+            replies.append(json.loads(payload))
+    return replies
+
+
+def blob(seed: int, size: int = 4096) -> tuple[str, bytes]:
+    data = hashlib.sha256(str(seed).encode()).digest() * (size // 32)
+    return hashlib.sha256(b"digest" + data).hexdigest(), data  # any 64-hex name: the helper only checks sha256
+
+
+def stored(root: Path) -> dict[str, bytes]:
+    """Every file under blobs/ but the upload lock, by path relative to blobs/."""
+    out = {}
+    for path in (root / "blobs").rglob("*"):
+        if path.is_file() and path.name != "upload.lock":
+            out[str(path.relative_to(root / "blobs"))] = path.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
+def test_batch_places_each_blob_read_only(tmp_path: Path, tmpfile: bool) -> None:
+    blobs = [blob(i) for i in range(5)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+              + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
+    assert reply == {"placed": 5, "bytes": 5 * 4096}
+    assert stored(tmp_path) == {f"{d[:2]}/{d[2:]}": b for d, b in blobs}
+    for d, _ in blobs:
+        assert (tmp_path / "blobs" / d[:2] / d[2:]).stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
+def test_a_blob_failing_verification_is_never_placed(tmp_path: Path, tmpfile: bool) -> None:
+    blobs = [blob(i) for i in range(3)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    rows[1][2] = "0" * 64
+    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+              + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
+    assert reply["fatal"] and "failed verification" in reply["error"]
+    first = blobs[0][0]
+    assert stored(tmp_path) == {f"{first[:2]}/{first[2:]}": blobs[0][1]}  # no temp file left either
+
+
+def test_a_batch_that_does_not_match_its_header_is_refused(tmp_path: Path) -> None:
+    digest, data = blob(0)
+    stream = (request({"op": "put_blobs", "stream": True})
+              + request({"batch": [[digest, len(data) + 1, hashlib.sha256(data).hexdigest()]]})
+              + frame(b"D", data) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream)
+    assert reply["fatal"] and "does not match" in reply["error"]
+    assert stored(tmp_path) == {}
+
+
+def test_a_cut_batch_leaves_nothing(tmp_path: Path) -> None:
+    blobs = [blob(i) for i in range(3)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    body = frame(b"D", b"".join(b for _, b in blobs))
+    assert serve(tmp_path, request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+                 + body[:len(body) // 2]) == []
+    assert stored(tmp_path) == {}
+
+
+def test_begin_upload_lists_what_is_missing_and_how_much_arrived(tmp_path: Path) -> None:
+    # many digests in one folder (answered from one listing) and a few in others (one stat each)
+    same = [f"00{i:062x}" for i in range(6)]
+    other = [f"{i + 1:02x}{i:062x}" for i in range(3)]
+    for digest in (same[0], same[3], other[1]):
+        path = tmp_path / "blobs" / digest[:2] / digest[2:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (tmp_path / "blobs" / "tmp").mkdir()
+    (tmp_path / "blobs" / "tmp" / f"{same[1]}.part").write_bytes(b"abc")
+    (reply,) = serve(tmp_path, request({"op": "begin_upload", "digests": same + other}))
+    assert reply["missing"] == [[same[1], 3], [same[2], 0], [same[4], 0], [same[5], 0], [other[0], 0],
+                                [other[2], 0]]
+
+
+def test_helper_starts_from_its_cached_bytecode(tmp_path: Path) -> None:
+    """BOOT imports the kept copy (so __pycache__ holds its bytecode) and runs its main()."""
+    import subprocess
+    import sys
+
+    source = Path(remote_agent.__file__).read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    root = tmp_path / "remote"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, "-S", "-c", remote_agent.BOOT, str(root), digest, "5"],
+                              input=(frame(b"D", source) if attempt == 0 else b""), capture_output=True,
+                              timeout=60, check=True, env=env)
+        _kind, size = HEAD.unpack(proc.stdout[:HEAD.size])
+        first = json.loads(proc.stdout[HEAD.size:HEAD.size + size])
+        if attempt == 0:
+            assert first == {"need": "agent"}
+        else:
+            assert first["root"] == str(root)
+    assert os.listdir(root / "agent" / "__pycache__")
