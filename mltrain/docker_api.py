@@ -27,6 +27,7 @@ rules as ``compute=ssh``). docker-py is imported only to build an image (its
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import http.client
 import json
@@ -84,9 +85,10 @@ def demux(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
 def json_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     """The JSON objects of a build or pull progress stream, however the chunks cut them."""
     decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may be cut between chunks
     text = ""
     for chunk in chunks:
-        text += chunk.decode("utf-8", errors="replace")
+        text += utf8.decode(chunk)
         pos = 0
         while True:
             while pos < len(text) and text[pos].isspace():

@@ -148,6 +148,7 @@ class ContainerLog:
                 log.debug("following the log of %s stopped: %s", self.container_id[:12], exc)
         finally:
             os.close(lock)
+            self._engine.close()  # this thread's connection
 
     # -------------------------------------------------------------- finishing
     def finish(self, wait: float = 10.0) -> bool:

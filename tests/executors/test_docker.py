@@ -74,8 +74,12 @@ def test_second_run_builds_nothing_and_plan_says_cached(dproject: DockerProject)
     stages = {s["name"]: s for s in plan["stages"]}
     assert stages["ENVIRONMENT"]["cached"] is True
     assert stages["STAGE_CODE"]["cached"] is True
-    second = dproject.submit("script=train.py", check=True)
+    second = dproject.submit("script=train.py", check=True, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert "(cached)" in second.stderr and "Step " not in second.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "mltrain.docker_api" in imported  # the probe saw the run path
+    assert not imported & {"docker", "requests", "urllib3", "paramiko"}  # docker-py is for builds only
     assert {i.id for i in dproject.images()} == images
     first, last = dproject.runs()[1], dproject.runs()[0]
     assert first["env_fingerprint"] == last["env_fingerprint"]
