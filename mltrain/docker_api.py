@@ -220,7 +220,13 @@ class Engine:
                 settings = SshSettings(host=self._url.hostname or "", port=self._url.port,
                                        user=self._url.username)
                 settings.check()
-                self._tunnel = DockerTunnel(Link.shared(settings))
+                link = Link.shared(settings)
+                try:
+                    link.hello()  # connected, host key checked: its own error, not a reset socket later
+                except Exception as exc:
+                    raise TargetError(f"cannot reach the Docker engine at {self.config.url}: "
+                                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from exc
+                self._tunnel = DockerTunnel(link)
             return str(self._tunnel.path)
 
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
@@ -250,13 +256,16 @@ class Engine:
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 body: bytes | IO[bytes] | None = None, headers: Mapping[str, str] | None = None,
-                wait: float | None = 0.0, versioned: bool = True, stream: bool = False) -> Any:
+                wait: float | None = 0.0, limit: float | None = None, versioned: bool = True,
+                stream: bool = False) -> Any:
         """Call the engine; returns the decoded JSON (or None), or a ``Stream`` with ``stream=True``.
 
         ``wait``: seconds the engine may legitimately take on top of the
         ``compute.timeout`` deadline (None: no deadline, for followed streams).
+        ``limit``: instead, a deadline whose passing is an answer, not an
+        error: the call returns None.
         """
-        timeout = None if wait is None else self.config.timeout + wait
+        timeout = limit if limit is not None else None if wait is None else self.config.timeout + wait
         for attempt in (0, 1):
             conn, reused = self._take()
             conn.timeout = timeout
@@ -268,6 +277,14 @@ class Engine:
                 conn.request(method, self._path(path, params, versioned), body=body,
                              headers=dict(headers or {}))
                 response = conn.getresponse()
+                if response.status < 400 and stream:
+                    return Stream(self, conn, response)
+                data = response.read()
+            except TimeoutError as exc:
+                conn.close()
+                if limit is not None:
+                    return None
+                raise self.unreachable(exc) from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 if reused and not attempt:  # the engine closed the idle connection: once more, on a new one
@@ -276,27 +293,14 @@ class Engine:
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise self.unreachable(exc) from exc
-            if response.status >= 400:
-                try:
-                    data = response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    raise self.unreachable(exc) from exc
-                self._give_back(conn)
-                message = _message(data) or f"HTTP {response.status}"
-                refused_version = response.status == 400 and versioned and "client version" in message
-                if refused_version and not attempt and self._negotiate():
-                    continue
-                raise (NotFound if response.status == 404 else EngineError)(response.status, message)
-            if stream:
-                return Stream(self, conn, response)
-            try:
-                data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise self.unreachable(exc) from exc
             self._give_back(conn)
-            return json.loads(data) if data and "json" in response.getheader("Content-Type", "") else None
+            if response.status < 400:
+                return json.loads(data) if data and "json" in response.getheader("Content-Type", "") else None
+            message = _message(data) or f"HTTP {response.status}"
+            refused_version = response.status == 400 and versioned and "client version" in message
+            if refused_version and not attempt and self._negotiate():
+                continue
+            raise (NotFound if response.status == 404 else EngineError)(response.status, message)
         raise TargetError("internal: no attempt left")  # pragma: no cover
 
     def _negotiate(self) -> bool:
@@ -339,26 +343,9 @@ class Engine:
 
     def wait(self, container: str, timeout: float | None = None) -> dict[str, Any] | None:
         """Block until the container stops (``{"StatusCode": ..}``); None if ``timeout`` seconds pass first."""
-        conn_timeout = self.config.timeout if timeout is None else timeout
-        conn, _ = self._take()
-        conn.timeout = conn_timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(conn_timeout)
-        try:
-            conn.request("POST", self._path(f"/containers/{container}/wait", None, True))
-            response = conn.getresponse()
-            data = response.read()
-        except TimeoutError:
-            conn.close()
-            return None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self.unreachable(exc) from exc
-        self._give_back(conn)
-        if response.status >= 400:
-            message = _message(data) or f"HTTP {response.status}"
-            raise (NotFound if response.status == 404 else EngineError)(response.status, message)
-        return dict(json.loads(data))
+        answer = self.request("POST", f"/containers/{container}/wait",
+                              limit=self.config.timeout if timeout is None else timeout)
+        return None if answer is None else dict(answer)
 
     def logs(self, container: str, *, follow: bool = False, timestamps: bool = False, since_ns: int | None = None,
              stdout: bool = True, stderr: bool = True) -> Stream:

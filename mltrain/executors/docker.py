@@ -24,6 +24,13 @@ A run's container, and why it looks the way it does:
 
 The handle stores the container id and how to reach the engine, so any later
 process can poll, read the log (``mltrain.docker_logs``), cancel and collect.
+
+Every engine call goes through ``mltrain.docker_api.Engine`` (the standard
+library's HTTP client: no docker-py on a run's path). The create request is
+written here (``container_body``), sizes checked when the executor is made.
+A run's calls after the image inspect: create, start, a blocking ``wait`` on
+a local engine (polling elsewhere), the log stream, one inspect once it has
+stopped (kept: a stopped container's state no longer changes), remove.
 """
 
 from __future__ import annotations
