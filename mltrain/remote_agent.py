@@ -57,6 +57,7 @@ PROTOCOL = 1
 COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 HEX = frozenset("0123456789abcdef")
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on, Linux only
 
 # Imported rather than exec'd, so Python keeps its bytecode in __pycache__ and later starts skip compiling it.
 BOOT = r"""
@@ -105,6 +106,47 @@ class Wire:
         payload = self.rfile.read(size)
         if len(payload) < size:
             raise EOFError
+        return kind, payload
+
+    def recv_json(self) -> dict[str, Any]:
+        kind, payload = self.recv()
+        if kind != b"J":
+            raise Fatal("protocol: expected a JSON frame")
+        obj: dict[str, Any] = json.loads(payload)
+        return obj
+
+
+class Prefetch:
+    """The frames of one upload stream, read by a thread a few MiB ahead of the one hashing and writing them.
+
+    Reading stdin while the blobs are written keeps sshd (and so the client)
+    sending; the thread stops after the stream's ``{"end": true}``, so the
+    next request is read as usual.
+    """
+
+    def __init__(self, wire: Wire, depth: int = 16) -> None:
+        import queue
+        import threading
+
+        self.wire = wire
+        self.frames: queue.Queue[Any] = queue.Queue(depth)
+        threading.Thread(target=self._read, name="mltrain-upload-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                kind, payload = self.wire.recv()
+                self.frames.put((kind, payload))
+                if kind == b"J" and json.loads(payload).get("end"):
+                    return
+        except BaseException as exc:  # EOFError (the link dropped) included: the reader raises it
+            self.frames.put(exc)
+
+    def recv(self) -> tuple[bytes, bytes]:
+        item = self.frames.get()
+        if isinstance(item, BaseException):
+            raise item
+        kind, payload = item
         return kind, payload
 
     def recv_json(self) -> dict[str, Any]:
@@ -424,21 +466,22 @@ class Agent:
         (the stream is out of step).
         """
         self._begin_upload()  # the client may send a few small blobs without asking first
+        frames = Prefetch(self.wire)
         placed = received = 0
         made: set[str] = set()
         while True:
-            head = self.wire.recv_json()
+            head = frames.recv_json()
             if head.get("end"):
                 break
             if "batch" in head:
-                received += self._receive_batch(head["batch"], made)
+                received += self._receive_batch(frames, head["batch"], made)
                 placed += len(head["batch"])
                 continue
             digest, offset, size = head["blob"], int(head["offset"]), int(head["size"])
             final = self.blob_path(digest)
             part = self._part(digest)
             try:
-                received += self._receive(part, digest, offset, size)
+                received += self._receive(frames, part, digest, offset, size)
                 self._folder(final, made)
                 os.replace(part, final)
                 self.known.add(digest)
@@ -460,8 +503,8 @@ class Agent:
             made.add(folder)
         return folder
 
-    def _receive_batch(self, rows: list[Any], made: set[str]) -> int:
-        kind, data = self.wire.recv()
+    def _receive_batch(self, frames: Prefetch, rows: list[Any], made: set[str]) -> int:
+        kind, data = frames.recv()
         if kind != b"D" or len(data) != sum(int(r[1]) for r in rows):
             raise Fatal("protocol: a batch of blobs does not match its header")
         view = memoryview(data)
@@ -512,7 +555,7 @@ class Agent:
                 os.unlink(tmp)
             raise
 
-    def _receive(self, part: str, digest: str, offset: int, size: int) -> int:
+    def _receive(self, frames: Prefetch, part: str, digest: str, offset: int, size: int) -> int:
         """Write the blob's bytes from ``offset`` on into ``part``; check the sha256 of all of it."""
         hasher = hashlib.sha256()
         fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
@@ -528,13 +571,13 @@ class Agent:
                 os.ftruncate(fd, offset)
             left = size - offset
             while left > 0:
-                kind, data = self.wire.recv()
+                kind, data = frames.recv()
                 if kind != b"D" or len(data) > left:
                     raise Fatal(f"protocol: blob {digest} overruns its size")
                 write_all(fd, data)
                 hasher.update(data)
                 left -= len(data)
-            trailer = self.wire.recv_json()
+            trailer = frames.recv_json()
             if trailer.get("sha256") != hasher.hexdigest():
                 raise Fatal(f"blob {digest} failed verification (sha256 mismatch); submit again")
             os.fchmod(fd, BLOB_MODE)
@@ -864,6 +907,9 @@ class FrameWriter:
 
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    for fd in (0, 1):  # room for 1 MiB in the pipes from and to sshd, so neither side waits on 64 KiB
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
     root = sys.argv[1] if len(sys.argv) > 1 else "~/.mltrain"
     heartbeat = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
     wire = Wire(sys.stdin.buffer, sys.stdout.buffer)
