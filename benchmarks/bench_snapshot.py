@@ -5,7 +5,9 @@ Scenarios (medians; baselines interleaved with our runs so machine noise hits bo
 1. first snapshot into an empty store  vs  ``tar -cf - TREE | cat > /dev/null``   goal <= 1.0x
 2. unchanged re-snapshot               vs  ``git status``                         goal <= 3x
 3. one 4 KiB file changed              vs  ``git status``                         goal <= 3x
-4. 100 x (snapshot + materialize) of an unchanged tree: workspace growth          goal <= 1 MB
+4. 100 runs of an unchanged tree (snapshot + checkout + the run's own working
+   directory, made and removed as a local run does): workspace growth           goal <= 1 MB
+5. a local run's working directory (made + removed) for 10 and for 10,000 files   goal: a few ms for 10
 
 Our figures time ``take_snapshot`` in-process (no interpreter start); the
 baselines are subprocesses (their start, a few ms, is included). The tar
@@ -36,6 +38,7 @@ from make_tree import SMALL_SIZE, commit_all, make_tree, small_path
 
 from mltrain.blobstore import BlobStore
 from mltrain.snapshot import materialize, take_snapshot
+from mltrain.snapshot_materialize import make_workdir, remove_tree
 
 GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
@@ -92,6 +95,8 @@ def settle(work: Path, limit: float = 100e-6, patience: float = 300) -> float:
 
 
 def fmt(seconds: float) -> str:
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
@@ -150,15 +155,39 @@ def _bench(work: Path, tree: Path, args: argparse.Namespace) -> int:
     again, git_s = statistics.median(ours), statistics.median(base)
     rows.append(("unchanged re-snapshot", fmt(again), f"git status {fmt(git_s)}", f"{again / git_s:.2f}x", "<= 3x"))
 
-    # 4. 100 x (snapshot + materialize), unchanged tree (before 3, which leaves fresh, racy files)
+    # 4. 100 runs of an unchanged tree (before 3, which leaves fresh, racy files)
     checkouts = work / "ws0" / "checkouts"
+    runs = work / "ws0" / "runs"
+    (runs / "r").mkdir(parents=True)  # one run folder, reused: its own log files are not the snapshot's doing
     materialize(take_snapshot(tree, store, cache_dir=cache).manifest, store, checkouts)
     before = disk_usage(work / "ws0")
-    loop = timed(lambda: [materialize(take_snapshot(tree, store, cache_dir=cache).manifest, store, checkouts)
-                          for _ in range(100)])
+
+    def one_run() -> None:
+        manifest = take_snapshot(tree, store, cache_dir=cache).manifest
+        materialize(manifest, store, checkouts)
+        remove_tree(make_workdir(store.load_manifest(manifest.id), store, runs / "r" / "wd"))
+
+    loop = timed(lambda: [one_run() for _ in range(100)])
     growth = disk_usage(work / "ws0") - before
-    rows.append(("100 x (snapshot + materialize)", f"+{growth / 1e6:.2f} MB", f"({fmt(loop / 100)} each)", "",
+    rows.append(("100 runs (snapshot, checkout, wd)", f"+{growth / 1e6:.2f} MB", f"({fmt(loop / 100)} each)", "",
                  "<= 1 MB"))
+
+    # 5. a run's own working directory, made and removed
+    small = work / "small"
+    for i in range(10):
+        (small / f"pkg{i % 3}").mkdir(parents=True, exist_ok=True)
+        (small / f"pkg{i % 3}" / f"m{i}.py").write_bytes(os.urandom(2048))
+    for label, source in (("10 files", small), (f"{args.small + args.big:,} files", tree)):
+        manifest = store.load_manifest(take_snapshot(source, store, cache_dir=cache).manifest.id)
+        made, removed = [], []
+        for n in range(args.fast_repeat):
+            dest = runs / f"{label[:2]}-{n}"
+            dest.mkdir()
+            made.append(timed(lambda: make_workdir(manifest, store, dest / "wd")))  # noqa: B023
+            removed.append(timed(lambda: remove_tree(dest / "wd")))  # noqa: B023
+        mk, rm = statistics.median(made), statistics.median(removed)
+        rows.append((f"run working dir, {label}", fmt(mk + rm), f"(make {fmt(mk)}, remove {fmt(rm)})", "",
+                     "a few ms" if source is small else ""))
 
     # 3. one 4 KiB file changed
     ours, base = [], []

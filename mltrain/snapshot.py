@@ -11,7 +11,7 @@ directory. The pieces live in small modules:
 * :mod:`mltrain.snapshot_inventory` - per-file decisions; :mod:`mltrain.snapshot_cache` - the stat cache
 * :mod:`mltrain.snapshot_hash` - reading + storing
 * :mod:`mltrain.snapshot_manifest` - the manifest; :mod:`mltrain.blobstore` - the store
-* :mod:`mltrain.snapshot_materialize` - checkouts
+* :mod:`mltrain.snapshot_materialize` - the shared checkout and each local run's working directory
 """
 
 from __future__ import annotations

@@ -43,6 +43,11 @@ class RunPaths:
         return self.dir / "outputs"
 
     @property
+    def workdir(self) -> Path:
+        """A local run's own working directory (a copy of the snapshot's tree), removed at finalize."""
+        return self.dir / "wd"
+
+    @property
     def metrics(self) -> Path:
         return self.dir / "metrics.jsonl"
 

@@ -1,4 +1,14 @@
-"""``compute=local``: this machine. The job runs from the shared checkout of its snapshot.
+"""``compute=local``: this machine. Each run executes in its own working directory.
+
+``stage_code`` builds the snapshot's shared, read-only checkout
+(``<workspace>/checkouts/<id>/``) once per snapshot. ``launch`` then gives the
+run its own copy of that tree, ``runs/<id>/wd/``, made of hardlinks to the same
+blobs (see :mod:`mltrain.snapshot_materialize`), and starts the script there.
+So files a script writes next to itself (``torch.save("model.pt")``,
+``lightning_logs/``) never collide with a concurrent sweep trial nor show up
+in a later run of the same snapshot. The working directory is removed when
+the run is finalized (``collect``); what the script writes under
+``$MLTRAIN_OUTPUT_DIR`` (``runs/<id>/outputs/``) is what is kept.
 
 The script is started under the sh wrapper in a new session (its own process
 group), so a Ctrl-C in the terminal reaches only mltrain, which then cancels
@@ -13,11 +23,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
 from mltrain.executors.wrapper import wrapper_argv
-from mltrain.workspace import RunPaths
+from mltrain.workspace import RunPaths, Workspace
+
+if TYPE_CHECKING:
+    from mltrain.snapshot_manifest import Manifest
 
 
 def _start_time(pid: int) -> str | None:
@@ -101,6 +115,12 @@ class LocalHandle(Handle):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)  # the group, stragglers included
 
+    def collect(self, paths: RunPaths) -> None:
+        """Outputs are already in place; the run's working directory goes (only outputs are kept)."""
+        from mltrain.snapshot_materialize import remove_tree
+
+        remove_tree(paths.workdir)
+
     def _group_alive(self) -> bool:
         try:
             os.killpg(self.pid, 0)
@@ -112,6 +132,11 @@ class LocalHandle(Handle):
 class LocalExecutor(Executor):
     kind = "local"
 
+    def __init__(self, config: Any, workspace: Workspace) -> None:
+        super().__init__(config, workspace)
+        self._manifests: dict[str, Manifest] = {}
+        """Manifests loaded by ``stage_code``, reused by ``launch`` to build the working directory."""
+
     def code_is_staged(self, snapshot_id: str) -> bool:
         return (self.workspace.checkouts / snapshot_id).is_dir()
 
@@ -120,18 +145,39 @@ class LocalExecutor(Executor):
         from mltrain.snapshot import materialize
 
         store = BlobStore(self.workspace.blobs)
-        return str(materialize(store.load_manifest(snapshot_id), store, self.workspace.checkouts))
+        manifest = self._manifests[snapshot_id] = store.load_manifest(snapshot_id)
+        return str(materialize(manifest, store, self.workspace.checkouts))
 
     def launch(self, request: LaunchRequest) -> Handle:
         paths = request.paths
         paths.outputs.mkdir(parents=True, exist_ok=True)
+        cwd = self._working_dir(request)
         env = {**os.environ, **request.env}
-        process = subprocess.Popen(
-            wrapper_argv(str(paths.log), str(paths.exit_code), request.argv),
-            cwd=request.cwd, env=env, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        try:
+            process = subprocess.Popen(
+                wrapper_argv(str(paths.log), str(paths.exit_code), request.argv),
+                cwd=cwd, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except BaseException:
+            if cwd != request.cwd:
+                from mltrain.snapshot_materialize import remove_tree
+
+                remove_tree(cwd)
+            raise
         return LocalHandle(paths, process.pid, _start_time(process.pid), self.cancel_grace, process)
+
+    def _working_dir(self, request: LaunchRequest) -> str:
+        """The run's own copy of the checkout ``stage_code`` returned (a checkout is named by its snapshot id)."""
+        checkout = Path(request.cwd)
+        if checkout.parent != self.workspace.checkouts:
+            return request.cwd  # not staged by this executor: run where asked
+        from mltrain.blobstore import BlobStore
+        from mltrain.snapshot_materialize import make_workdir
+
+        store = BlobStore(self.workspace.blobs)
+        manifest = self._manifests.get(checkout.name) or store.load_manifest(checkout.name)
+        return str(make_workdir(manifest, store, request.paths.workdir))
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
