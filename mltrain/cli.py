@@ -22,7 +22,7 @@ usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   s
        mltrain plan [--json] [-cn NAME] key=value ...                          show what a submit would do
        mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
        mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
-       mltrain gc [--failed] [--older-than DAYS] [--dry-run]                   free workspace space
+       mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]     free workspace space
 
 examples:
   mltrain script=train.py                                  run on this machine, stream output
@@ -236,6 +236,9 @@ def _subcommand(args: list[str]) -> int:
     gc.add_argument("--failed", action="store_true", help="also delete failed and canceled runs")
     gc.add_argument("--older-than", type=float, metavar="DAYS", help="also delete runs older than DAYS")
     gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--envs", type=float, metavar="DAYS",
+                    help="also remove venvs and mltrain-built images no run on this machine used for DAYS days")
+    gc.add_argument("--engine", metavar="URL", help="the Docker engine whose images --envs prunes (default: local)")
     gc.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
                     help="spare blobs younger than this (a snapshot may be in flight; default 3600)")
 

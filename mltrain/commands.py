@@ -341,7 +341,33 @@ def gc_command(parsed: argparse.Namespace) -> int:
                 checkouts += 1
     verb = "would free" if parsed.dry_run else "freed"
     _out(f"{verb} {freed / 1e6:.1f} MB: {removed} blobs, {len(doomed)} runs, {checkouts} checkouts")
+    if parsed.envs is not None:
+        active = {r.env_fingerprint for r in records if r.env_fingerprint and r.status not in TERMINAL}
+        _gc_environments(parsed, active)
     return 0
+
+
+def _gc_environments(parsed: argparse.Namespace, active: set[str]) -> None:
+    """``--envs DAYS``: venvs and mltrain-built images no run on this machine used for DAYS days."""
+    from mltrain.dockerutil import EngineConfig, connect
+    from mltrain.env_gc import prune
+    from mltrain.errors import TargetError
+
+    engine = connect(EngineConfig(base_url=parsed.engine))
+    try:
+        engine.images(label="mltrain.managed=true")  # reachable? (an explicit --engine must be)
+    except TargetError:
+        if parsed.engine:
+            raise
+        engine = None
+    pruned = prune(parsed.envs, active, engine=engine, dry_run=parsed.dry_run)
+    verb = "would remove" if parsed.dry_run else "removed"
+    _out(f"{verb} {len(pruned.venvs)} venvs ({pruned.freed / 1e6:.1f} MB) and {len(pruned.images)} images "
+         f"not used for {parsed.envs:g} days" + ("" if engine else " (no Docker engine answered: images not checked)"))
+    for name in [*pruned.venvs, *pruned.images]:
+        _out(f"  {name}")
+    for note in pruned.notes:
+        _out(f"  {note}")
 
 
 def _remove_tree(folder: Any) -> None:

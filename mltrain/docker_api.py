@@ -326,6 +326,21 @@ class Engine:
         except NotFound:
             return None
 
+    def images(self, label: str | None = None) -> list[dict[str, Any]]:
+        """Image summaries (``Id``, ``RepoTags``, ``Labels``, ``Created``), those carrying ``label`` if given."""
+        filters = json.dumps({"label": [label]}) if label else None
+        return list(self.request("GET", "/images/json", params={"filters": filters}) or [])
+
+    def remove_image(self, image: str) -> str | None:
+        """Remove an image (never forced); None when done, else why not (e.g. a container uses it)."""
+        try:
+            self.request("DELETE", f"/images/{quote(image, safe='')}", wait=30.0)
+        except NotFound:
+            return None
+        except EngineError as exc:
+            return str(exc)
+        return None
+
     def create_container(self, spec: Mapping[str, Any], name: str | None = None) -> str:
         body = json.dumps(spec).encode()
         answer = self.request("POST", "/containers/create", params={"name": name}, body=body,

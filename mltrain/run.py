@@ -105,6 +105,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     ``run_id``: the id to record the run under (a sweep names the run before it exists).
     """
     from mltrain.blobstore import BlobStore
+    from mltrain.env_gc import mark_used
     from mltrain.environments import environment_for
     from mltrain.executors import executor_for
     from mltrain.executors.base import LaunchRequest
@@ -155,6 +156,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
             store.update(record.id, snapshot_id=snapshot.manifest.id)
             prepared = environment.prepare(note, executor)
             store.update(record.id, env_fingerprint=prepared.fingerprint)
+            mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
             if prepared.freeze is not None:
                 paths.environment_freeze.write_text(prepared.freeze + "\n")
             plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
