@@ -18,7 +18,7 @@ reconnect. ``open_transport`` turns it into an authenticated paramiko
   first (no separate MAC), and a large receive window.
 
 paramiko is imported inside functions: it costs ~145 ms, and ``mltrain --help``
-must not pay it.
+must not pay it; ``open_transport`` imports it without ``invoke`` (below).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -117,6 +118,35 @@ class Endpoint:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
+def import_paramiko() -> Any:
+    """``import paramiko``, minus its eager ``import invoke`` (30-70 ms of every SSH command here).
+
+    paramiko needs invoke only to run a ``Match exec`` line of an ssh config;
+    it gets a stand-in that imports invoke when such a line is met.
+    """
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        import paramiko
+
+        return paramiko
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` fail, as if absent
+    try:
+        import paramiko
+    finally:
+        if sys.modules.get("invoke", 0) is None:
+            del sys.modules["invoke"]
+    config = getattr(paramiko, "config", None)
+    if config is not None and getattr(config, "invoke", 0) is None:
+        config.invoke = _LazyInvoke()
+    return paramiko
+
+
+class _LazyInvoke:
+    def __getattr__(self, name: str) -> Any:
+        import invoke
+
+        return getattr(invoke, name)
+
+
 def _ssh_config_lookup(settings: SshSettings, alias: str) -> dict[str, Any]:
     import paramiko
 
@@ -167,6 +197,7 @@ def fingerprint(key: Any) -> str:
 # ----------------------------------------------------------------- connecting
 def open_transport(settings: SshSettings) -> Any:
     """An authenticated ``paramiko.Transport`` to the configured host (through its ProxyJump chain)."""
+    import_paramiko()
     endpoint = resolve(settings)
     hops = [h.strip() for h in endpoint.proxy_jump.split(",")] if endpoint.proxy_jump else []
     via = None

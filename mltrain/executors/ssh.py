@@ -188,6 +188,7 @@ class SshExecutor(Executor):
         super().__init__(config, workspace)
         self.settings = SshSettings.from_config(config)
         self._code_dir: str | None = None
+        self._seen_staged: str | None = None
         self._docker: Any = None
         self._tunnel: Any = None
         self.upload: Any = None  # UploadStats of the last stage_code (benchmarks and tests read it)
@@ -220,15 +221,21 @@ class SshExecutor(Executor):
     # ------------------------------------------------------------------ code
     def code_is_staged(self, snapshot_id: str) -> bool:
         try:
-            return bool(self.link().request({"op": "have", "manifest": snapshot_id}, retry=True)["checkout"])
+            staged = bool(self.link().request({"op": "have", "manifest": snapshot_id}, retry=True)["checkout"])
         except LinkDown:
             return False
+        self._seen_staged = snapshot_id if staged else None
+        return staged
 
     def stage_code(self, snapshot_id: str) -> str:
         from mltrain.blobstore import BlobStore
         from mltrain.remote_upload import UploadStats, stage_snapshot
 
         self.upload = UploadStats()
+        if self._seen_staged == snapshot_id:  # the plan just saw its checkout there: spare a round trip
+            self._seen_staged = None  # once: a launch that finds it gone stages it for real
+            self._code_dir = f"{self.link().hello()['root']}/checkouts/{snapshot_id}"
+            return self._code_dir
         self._code_dir = stage_snapshot(self.link(), BlobStore(self.workspace.blobs), snapshot_id, self.upload)
         return self._code_dir
 
