@@ -177,11 +177,11 @@ def _bench(work: Path, tree: Path, args: argparse.Namespace) -> int:
     for i in range(10):
         (small / f"pkg{i % 3}").mkdir(parents=True, exist_ok=True)
         (small / f"pkg{i % 3}" / f"m{i}.py").write_bytes(os.urandom(2048))
-    for label, source in (("10 files", small), (f"{args.small + args.big:,} files", tree)):
+    for k, (label, source) in enumerate((("10 files", small), (f"{args.small + args.big:,} files", tree))):
         manifest = store.load_manifest(take_snapshot(source, store, cache_dir=cache).manifest.id)
         made, removed = [], []
         for n in range(args.fast_repeat):
-            dest = runs / f"{label[:2]}-{n}"
+            dest = runs / f"wd{k}-{n}"
             dest.mkdir()
             made.append(timed(lambda: make_workdir(manifest, store, dest / "wd")))  # noqa: B023
             removed.append(timed(lambda: remove_tree(dest / "wd")))  # noqa: B023
