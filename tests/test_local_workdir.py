@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import Project
+
 from mltrain.blobstore import BlobStore
 from mltrain.errors import SnapshotError
 from mltrain.snapshot import take_snapshot
