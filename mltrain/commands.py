@@ -312,6 +312,7 @@ def gc_command(parsed: argparse.Namespace) -> int:
     import shutil
 
     from mltrain.blobstore import BlobStore
+    from mltrain.snapshot_materialize import remove_tree
 
     workspace, store = _open(parsed)
     with store:
@@ -337,7 +338,7 @@ def gc_command(parsed: argparse.Namespace) -> int:
         for folder in workspace.checkouts.iterdir():
             in_progress = folder.name.startswith(".tmp-")  # a checkout being built right now
             if folder.name not in keep and not in_progress and not parsed.dry_run:
-                _remove_tree(folder)
+                remove_tree(folder)
                 checkouts += 1
     verb = "would free" if parsed.dry_run else "freed"
     _out(f"{verb} {freed / 1e6:.1f} MB: {removed} blobs, {len(doomed)} runs, {checkouts} checkouts")
@@ -368,15 +369,3 @@ def _gc_environments(parsed: argparse.Namespace, active: set[str]) -> None:
         _out(f"  {name}")
     for note in pruned.notes:
         _out(f"  {note}")
-
-
-def _remove_tree(folder: Any) -> None:
-    import os
-    import shutil
-    import stat
-
-    def make_writable(func: Any, path: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(path), stat.S_IRWXU)
-        func(path)
-
-    shutil.rmtree(folder, onerror=make_writable)

@@ -90,8 +90,9 @@ class Handle(ABC):
     def cancel(self, grace: float) -> None:
         """TERM, wait up to ``grace`` seconds, then KILL."""
 
-    def collect(self, paths: RunPaths) -> None:  # noqa: B027 (optional hook: local jobs write in place)
-        """Bring outputs and metrics back into ``paths`` (targets that write elsewhere)."""
+    def collect(self, paths: RunPaths) -> None:  # noqa: B027 (optional hook)
+        """Once the job has ended: bring outputs and metrics back into ``paths`` (targets that write
+        elsewhere) and clear away what the job needed only while it ran (local: its working directory)."""
 
 
 class Executor(ABC):
