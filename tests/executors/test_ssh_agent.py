@@ -30,6 +30,7 @@ def serve(root: Path, data: bytes, *, tmpfile: bool = True) -> list[dict[str, An
     agent = Agent(str(root), Wire(io.BytesIO(data), out), heartbeat=5.0)
     agent.tmpfile = agent.tmpfile and tmpfile
     agent.serve()
+    agent._end_upload()  # what the helper's exit does (a fatal error ends it holding the lock)
     replies, view = [], out.getvalue()
     while view:
         kind, size = HEAD.unpack(view[:HEAD.size])
@@ -133,3 +134,23 @@ def test_helper_starts_from_its_cached_bytecode(tmp_path: Path) -> None:
         else:
             assert first["root"] == str(root)
     assert os.listdir(root / "agent" / "__pycache__")
+
+
+@pytest.mark.parametrize("resumed", [0, 300_000], ids=["whole", "resumed"])
+def test_large_blob_in_chunks_verified_before_it_is_placed(tmp_path: Path, resumed: int) -> None:
+    digest, data = blob(7, size=1 << 20)
+    part = tmp_path / "blobs" / "tmp" / f"{digest}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:resumed] + b"junk past the offset")
+    good = hashlib.sha256(data).hexdigest()
+    for trailer, placed in (("0" * 64, False), (good, True)):
+        rest = data[resumed:]
+        stream = (request({"op": "put_blobs", "stream": True})
+                  + request({"blob": digest, "offset": resumed, "size": len(data)})
+                  + frame(b"D", rest[:400_000]) + frame(b"D", rest[400_000:])
+                  + request({"sha256": trailer}) + request({"end": True}))
+        (reply,) = serve(tmp_path, stream)
+        assert ("error" not in reply) is placed
+        assert stored(tmp_path) == ({f"{digest[:2]}/{digest[2:]}": data} if placed else {})
+        if not placed:  # a blob failing its check is dropped whole, so the next try starts from 0
+            resumed = 0
