@@ -14,14 +14,16 @@ link can be told from a slow step); ``D``/``E`` frames hold raw bytes
 (file content, a command's stdout/stderr). A reply with ``"error"`` ends
 the step; ``"fatal": true`` means the helper exits after sending it.
 
-The helper is sent once per version and kept at ``<remote_dir>/agent/``;
+The helper is sent once per version and kept at ``<remote_dir>/agent/`` (with
+its bytecode in ``__pycache__``);
 ``BOOT`` (run with ``python3 -c``) starts the kept copy or asks for one.
 
 Layout under ``remote_dir`` (``~/.mltrain``)::
 
     blobs/ab/cdef...      file contents by blake3 digest, read-only (as in the local store)
     blobs/manifests/<id>  marker: the manifest blob <id> and every blob it lists are here
-    blobs/tmp/<digest>.part  a blob being received (kept when the link drops: the next upload resumes it)
+    blobs/tmp/<digest>.part  a large blob being received (kept when the link drops: the next upload resumes
+                          it); small ones are written as unnamed files (O_TMPFILE) and linked in whole
     checkouts/<id>/       a snapshot's tree, built from hardlinks to the blobs
     cache/envs/           environments built on this host (venvs)
     runs/<run id>/        output.log, exit_code, launch.json, outputs/, metrics.jsonl
@@ -109,11 +111,14 @@ class Wire:
         return kind, payload
 
     def recv_json(self) -> dict[str, Any]:
-        kind, payload = self.recv()
-        if kind != b"J":
-            raise Fatal("protocol: expected a JSON frame")
-        obj: dict[str, Any] = json.loads(payload)
-        return obj
+        return json_frame(*self.recv())
+
+
+def json_frame(kind: bytes, payload: bytes) -> dict[str, Any]:
+    if kind != b"J":
+        raise Fatal("protocol: expected a JSON frame")
+    obj: dict[str, Any] = json.loads(payload)
+    return obj
 
 
 class Prefetch:
@@ -150,11 +155,7 @@ class Prefetch:
         return kind, payload
 
     def recv_json(self) -> dict[str, Any]:
-        kind, payload = self.recv()
-        if kind != b"J":
-            raise Fatal("protocol: expected a JSON frame")
-        obj: dict[str, Any] = json.loads(payload)
-        return obj
+        return json_frame(*self.recv())
 
 
 def boot_id() -> str:
