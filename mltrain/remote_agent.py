@@ -399,10 +399,14 @@ class Agent:
     # --------------------------------------------------------------- code
     def op_have(self, msg: dict[str, Any]) -> dict[str, Any]:
         manifests = os.path.join(self.blobs, "manifests")
+        bases = [b for b in msg.get("bases", []) if os.path.exists(os.path.join(manifests, b))]
         return {
             "checkout": os.path.isdir(os.path.join(self.root, "checkouts", msg["manifest"])),
             "manifest": os.path.exists(os.path.join(manifests, msg["manifest"])),
-            "bases": [b for b in msg.get("bases", []) if os.path.exists(os.path.join(manifests, b))],
+            "bases": bases,
+            # no blob and no part of one: every blob is missing, from its start (no need to ask)
+            "empty": not bases and not listdir(os.path.join(self.blobs, "tmp"))
+            and not any(len(name) == 2 for name in listdir(self.blobs)),
         }
 
     def op_begin_upload(self, msg: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,8 @@ The remote keeps the same content-addressed store as the workspace
    only digests *not* in such a base need asking about.
 2. ``begin_upload`` with those digests: which are missing, and how many bytes
    of each already arrived (a part kept from an upload the link cut). When
-   the candidates are a few KiB in all (a file or two changed), they are
-   sent without asking: a round trip costs more than the bytes.
+   the candidates are a few KiB in all (a file or two changed), or the host
+   holds no blob at all (``have`` says so), they are sent without asking.
 3. ``put_blobs``: every missing blob in one stream over the helper's
    channel. Small blobs go in batches of about a MiB (a header of digest,
    size and sha256 for each, then their bytes in one frame), which keeps
@@ -82,7 +82,8 @@ def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: Upload
         candidates = [] if state["manifest"] else list(wanted)
     for _ in range(3):
         if candidates:
-            _send_blobs(link, store, candidates, wanted, stats)
+            _send_blobs(link, store, candidates, wanted, stats, ask=not state.get("empty"))
+            state["empty"] = False
         reply = _put_manifest(link, manifest, base)
         if "path" in reply:
             return str(reply["path"])
@@ -124,9 +125,10 @@ def _recent_manifests(store: BlobStore, exclude: str, limit: int = RECENT_BASES)
     return [name for _, name in sorted(stamped, reverse=True)[:limit]]
 
 
-def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[str, int], stats: UploadStats) -> None:
-    if sum(sizes[d] for d in digests) <= SPECULATE:
-        missing = [[d, 0] for d in digests]  # a few KiB: cheaper to send than to ask about (a round trip)
+def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[str, int], stats: UploadStats, *,
+                ask: bool = True) -> None:
+    if not ask or sum(sizes[d] for d in digests) <= SPECULATE:
+        missing = [[d, 0] for d in digests]  # cheaper to send than to ask about (a round trip)
     else:
         missing = link.request({"op": "begin_upload", "digests": digests})["missing"]
     if not missing:

@@ -154,3 +154,14 @@ def test_large_blob_in_chunks_verified_before_it_is_placed(tmp_path: Path, resum
         assert stored(tmp_path) == ({f"{digest[:2]}/{digest[2:]}": data} if placed else {})
         if not placed:  # a blob failing its check is dropped whole, so the next try starts from 0
             resumed = 0
+
+
+def test_have_says_when_the_store_holds_no_blob_nor_part(tmp_path: Path) -> None:
+    ask = request({"op": "have", "manifest": "0" * 64, "bases": []})
+    assert serve(tmp_path, ask)[0]["empty"] is True
+    (tmp_path / "blobs" / "tmp").mkdir(parents=True)
+    (tmp_path / "blobs" / "tmp" / f"{'1' * 64}.part").write_bytes(b"x")
+    assert serve(tmp_path, ask)[0]["empty"] is False  # a cut upload to resume: ask what arrived
+    (tmp_path / "blobs" / "tmp" / f"{'1' * 64}.part").unlink()
+    (tmp_path / "blobs" / "ab").mkdir()
+    assert serve(tmp_path, ask)[0]["empty"] is False
