@@ -59,6 +59,7 @@ PROTOCOL = 1
 COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 HEX = frozenset("0123456789abcdef")
+DIRENT = 80  # bytes a blob's name takes in a directory (ext4: 8 + 62, rounded up)
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on, Linux only
 
 # Imported rather than exec'd, so Python keeps its bytecode in __pycache__ and later starts skip compiling it.
@@ -431,7 +432,7 @@ class Agent:
             self.upload_lock = self._flock(os.path.join(self.blobs, "upload.lock"))
 
     def present(self, digests: list[str]) -> set[str]:
-        """Which of these blobs are here: one listing per blob folder asked about often, else one stat each.
+        """Which of these blobs are here: a folder's listing when many of its names are asked, else a stat each.
 
         Blobs this helper placed or found are remembered: nothing of mltrain's
         removes a blob, and one removed by hand meanwhile is noticed when a
@@ -443,7 +444,11 @@ class Agent:
             if digest not in found:
                 by_folder.setdefault(os.path.dirname(self.blob_path(digest)), []).append(digest)
         for folder, wanted in by_folder.items():
-            if len(wanted) >= 4:
+            try:
+                listed = os.stat(folder).st_size // DIRENT  # about how many names a listing would read
+            except FileNotFoundError:
+                continue
+            if len(wanted) * 4 >= listed:
                 names = set(listdir(folder))
                 found.update(d for d in wanted if d[2:] in names)
             else:
