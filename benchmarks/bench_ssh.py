@@ -37,6 +37,7 @@ def main() -> int:
     if subprocess.run(["docker", "image", "inspect", SSHD_IMAGE], capture_output=True).returncode != 0:
         print(f"skipped: no engine or no {SSHD_IMAGE} (run `bash .ci/provision-docker.sh; bash .ci/provision-ssh.sh`)")
         return 1
+    load_start = os.getloadavg()[0]
     from mltrain.blobstore import BlobStore
     from mltrain.config import SshCompute
     from mltrain.executors.ssh import SshExecutor
@@ -111,6 +112,8 @@ def main() -> int:
                                     repeat=7)
             report("submit, unchanged tree + cached env: compute=ssh vs local", remote, local, "<= +0.5 s")
             print(f"{'  difference':<58} {(remote - local) * 1000:8.1f} ms{'':26}goal <= 500 ms")
+            print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f}: above ~1 on these "
+                  "2 cores, other work shares the CPU and file system, and ratios move by 0.1-0.2")
         finally:
             host.remove()
     return 0
