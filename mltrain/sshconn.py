@@ -15,7 +15,8 @@ reconnect. ``open_transport`` turns it into an authenticated paramiko
 * **keys**: ``compute.key_file`` alone when set; else ``IdentityFile``s, the
   SSH agent, and the default ``~/.ssh/id_*``.
 * **speed**: ``TCP_NODELAY`` (connect+auth 18 ms instead of 60 ms here), AES-GCM
-  first (no separate MAC), and a large receive window.
+  first (no separate MAC), a large receive window, and a first channel that
+  does not wait out sshd's Nagle delay (``open_session``: 43 ms -> 3 ms).
 
 paramiko is imported inside functions: it costs ~145 ms, and ``mltrain --help``
 must not pay it; ``open_transport`` imports it without ``invoke`` (below).
