@@ -47,7 +47,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        host = SshHost(root / "host")
+        host = SshHost(root / "host", direct=True)  # no docker-proxy between: as a host on the network
         try:
             def rx_bytes() -> int:
                 return int(host.sh("cat /sys/class/net/eth0/statistics/rx_bytes"))

@@ -62,7 +62,10 @@ def require_sshd_image() -> None:
 class SshHost:
     """One sshd in a container, reachable on a loopback port; keys and client files in ``folder``."""
 
-    def __init__(self, folder: Path, *, tmpfs: str | None = None, client_key: Path | None = None) -> None:
+    def __init__(self, folder: Path, *, tmpfs: str | None = None, client_key: Path | None = None,
+                 direct: bool = False) -> None:
+        """``direct``: reach sshd at the container's own address, as a machine on the network is reached,
+        instead of through the engine's loopback port forwarder (docker-proxy copies every byte in user space)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.cfg = folder / "cfg"
@@ -87,6 +90,11 @@ class SshHost:
                                  text=True).stdout.split()[0]
         self.host, _, port = mapping.rpartition(":")
         self.port = int(port)
+        if direct:
+            self.host = subprocess.run(
+                ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", self.container],
+                check=True, capture_output=True, text=True).stdout.strip()
+            self.port = 22
         self._wait_ready()
         self.trust()
 
@@ -106,7 +114,7 @@ class SshHost:
 
     @property
     def known_name(self) -> str:
-        return f"[{self.host}]:{self.port}"
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"  # OpenSSH's known_hosts form
 
     def public_host_key(self) -> str:
         kind, blob = (self.cfg / "host_key.pub").read_text().split()[:2]
