@@ -32,7 +32,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -86,6 +86,31 @@ class BlobWriter:
         except OSError as exc:
             self.abort()
             raise _store_error(self._store.root_str, exc) from None
+
+    def copy_from(self, src: int) -> None:
+        """Append the rest of ``src`` (from its offset) by ``copy_file_range``: the kernel copies, no byte
+        passes through Python. Stops quietly where the kernel cannot (another file system, not a regular
+        file, an old kernel): both offsets then stand where the copy stopped, for the caller to go on."""
+        while True:
+            try:
+                copied = os.copy_file_range(src, self._fd, 1 << 30)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.abort()
+                    raise _store_error(self._store.root_str, exc) from None
+                return
+            if not copied:
+                return
+
+    def digest_written(self, hash_file: Callable[[int, int], str]) -> tuple[str, int]:
+        """(digest, size) of the bytes written so far, read back from the blob itself: whatever the source
+        did meanwhile, the name the blob gets is the digest of exactly what it holds."""
+        fd = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            return hash_file(fd, size), size
+        finally:
+            os.close(fd)
 
     def commit(self, digest: str) -> bool:
         """Move the blob into place; False if the store already had it (the copy is dropped)."""

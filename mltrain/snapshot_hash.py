@@ -1,10 +1,11 @@
 """Read files, hash them, store what the store lacks: the only place file contents are read.
 
 The stored bytes are always exactly the hashed bytes: a small file is read
-once into memory that is both hashed and written; a large one is hashed
-chunk by chunk as it streams into a temp blob, named only once its digest
-is known. A file that changes meanwhile can make this snapshot see a newer
-version, but never puts a blob under the wrong name.
+once into memory that is both hashed and written; a large one is copied by
+the kernel (``copy_file_range``) into a temp blob, which is then hashed from
+the page cache and named only once its digest is known. A file that changes
+meanwhile can make this snapshot see a newer version, but never puts a blob
+under the wrong name.
 
 Everything runs on the calling thread, by measurement (10k x 4 KiB files
 plus 20 x 20 MiB, 2 cores): handing blob writes to writer threads made a
@@ -19,6 +20,7 @@ all cores (``max_threads``), outside the GIL.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,36 +122,64 @@ def _small(rel: str, path: str, size: int, store: BlobStore, claims: Claims, *, 
 def _stream(
     rel: str, fd: int, head: bytes, buffer: bytearray, store: BlobStore, claims: Claims, *, dry_run: bool
 ) -> Hashed:
-    """Hash while copying into a temp blob; the blob is named by the digest of exactly those bytes."""
-    hasher = blake3(max_threads=blake3.AUTO)
-    writer = None if dry_run else store.writer()
+    """A large file: into a temp blob by the kernel's copy, then hashed from the blob itself.
+
+    The blob is named by the digest of exactly the bytes it holds, read back
+    from the page cache the copy just filled; the source changing meanwhile
+    can make this snapshot see a newer version, never a blob under the wrong
+    name. ``copy_file_range`` keeps 440 MB of large files out of Python's
+    memory: 3.5x faster than reading into a buffer, hashing and writing it.
+    """
+    if dry_run:
+        digest, size = _hash_stream(rel, fd, head, buffer)
+        new = claims.first(digest) and not store.has(digest)
+        return Hashed(digest, size, size if new else 0)
+    writer = store.writer()
+    placed = False
     try:
-        size = 0
-        chunk = memoryview(head)
-        while True:
-            hasher.update(chunk)
-            if writer is not None:
-                writer.write(chunk)
-            size += len(chunk)
+        writer.write(head)
+        writer.copy_from(fd)
+        while True:  # where the kernel could not copy (or stopped): the rest through the buffer
             try:
                 n = os.readv(fd, [buffer])
             except OSError as exc:
                 raise _read_error(rel, exc) from None
             if not n:
                 break
-            chunk = memoryview(buffer)[:n]
-        digest = hasher.hexdigest()
-        if not claims.first(digest):
-            new = False
-        elif writer is None:
-            new = not store.has(digest)
-        else:
-            new = writer.commit(digest)
-            writer = None
+            writer.write(memoryview(buffer)[:n])
+        digest, size = writer.digest_written(_hash_fd)
+        new = False  # another file of this snapshot already stored it: the copy is dropped below
+        if claims.first(digest):
+            new, placed = writer.commit(digest), True
     finally:
-        if writer is not None:
+        if not placed:
             writer.abort()
     return Hashed(digest, size, size if new else 0)
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    """blake3 of a file we own and nobody truncates (so mapping it is safe), on all cores."""
+    hasher = blake3(max_threads=blake3.AUTO)
+    if size:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            hasher.update(mapped)
+    return str(hasher.hexdigest())
+
+
+def _hash_stream(rel: str, fd: int, head: bytes, buffer: bytearray) -> tuple[str, int]:
+    """Hash a file by reading it (a dry run stores nothing, so there is no blob to hash)."""
+    hasher = blake3(max_threads=blake3.AUTO)
+    hasher.update(head)
+    size = len(head)
+    while True:
+        try:
+            n = os.readv(fd, [buffer])
+        except OSError as exc:
+            raise _read_error(rel, exc) from None
+        if not n:
+            return str(hasher.hexdigest()), size
+        hasher.update(memoryview(buffer)[:n])
+        size += n
 
 
 def _read_error(rel: str, exc: OSError) -> SnapshotError:

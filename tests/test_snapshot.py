@@ -369,7 +369,12 @@ def test_disk_full_leaves_store_intact(src: Path, store: BlobStore, monkeypatch:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
 
+    def no_room(*_args: object) -> int:  # the kernel's copy of a large file runs out of room too
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_copy = os.copy_file_range
     monkeypatch.setattr(blobstore, "_write_all", fill_up)
+    monkeypatch.setattr(blobstore.os, "copy_file_range", no_room)
     with pytest.raises(SnapshotError) as info:
         take_snapshot(src, store)
     assert "\n" not in str(info.value) and "No space left on device" in str(info.value)
@@ -378,6 +383,7 @@ def test_disk_full_leaves_store_intact(src: Path, store: BlobStore, monkeypatch:
     for name in blob_files(store):
         assert hash_bytes(store.path(name).read_bytes()) == name
     monkeypatch.setattr(blobstore, "_write_all", real)
+    monkeypatch.setattr(blobstore.os, "copy_file_range", real_copy)
     result = take_snapshot(src, store)
     assert store.load_manifest(result.manifest.id) == result.manifest
 
@@ -637,3 +643,20 @@ def test_disk_full_midway_through_many_files(
     assert not (store.root / "manifests").exists()
     for name in blob_files(store):
         assert hash_bytes(store.path(name).read_bytes()) == name
+
+
+def test_large_files_fall_back_to_reading_where_the_kernel_cannot_copy(
+    src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range refused (another file system, an old kernel): the same blob, through the buffer."""
+    data = os.urandom(3 * snapshot_hash.SMALL + 7)
+    write(src, "big.bin", data)
+
+    def refused(*_args: object) -> int:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(blobstore.os, "copy_file_range", refused)
+    result = take_snapshot(src, store)
+    (entry,) = [e for e in result.manifest.entries if e.path == "big.bin"]
+    assert entry.digest == hash_bytes(data) and store.path(entry.digest).read_bytes() == data
+    assert os.listdir(store.root / "tmp") == []
