@@ -144,6 +144,8 @@ def capture(source_dir: Path) -> GitInfo:
     if not cwd.is_dir():
         log.debug("%s is not a directory: not a git repository", cwd)
         return GitInfo(is_repo=False)
+    if not _may_be_in_repo(cwd):
+        return GitInfo(is_repo=False)
     git = _Git(cwd)
     try:
         return _capture(git)
@@ -152,6 +154,15 @@ def capture(source_dir: Path) -> GitInfo:
         return GitInfo(is_repo=False)
     finally:
         git.close()
+
+
+def _may_be_in_repo(folder: Path) -> bool:
+    """False only when git surely finds no repository: no ``.git`` (folder or file) here or above, and no
+    ``GIT_DIR``. Saves starting git (~10 ms) on every run outside a repository."""
+    if os.environ.get("GIT_DIR") or os.environ.get("GIT_WORK_TREE"):
+        return True
+    here = folder.absolute()
+    return any(os.path.lexists(os.path.join(path, ".git")) for path in (here, *here.parents))
 
 
 def _capture(git: _Git) -> GitInfo:
