@@ -77,7 +77,7 @@ def test_grid_n_trials_caps_and_random_needs_no_model() -> None:
 
 
 def test_tpe_probes_touch_every_choice_and_bound_then_learns() -> None:
-    pytest.importorskip("optuna")
+    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
     space = parse_space(["params.x=interval(-2,2)", "params.opt=a,b,c"], {})
     sampler = make_sampler("tpe", space, n_trials=25, goal="min", seed=3)
     assert not sampler.upfront_are_trials
@@ -97,7 +97,7 @@ def test_tpe_probes_touch_every_choice_and_bound_then_learns() -> None:
 
 
 def test_tpe_restores_earlier_trials_and_counts_them() -> None:
-    pytest.importorskip("optuna")
+    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
     space = parse_space(["params.x=interval(0,1)", "params.n=int(interval(1,4))"], {})
     sampler = make_sampler("tpe", space, n_trials=3, goal="max", seed=0)
     sampler.restore(["params.x=0.5", "params.n=2"], Outcome(COMPLETE, 1.0, [0.5, 1.0]))
