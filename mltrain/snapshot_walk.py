@@ -156,24 +156,21 @@ def _visit(
         if name in ALWAYS_EXCLUDED_NAMES:
             continue
         rel = rel_dir + name
-        if entry.is_dir(follow_symlinks=False):
-            if name in ALWAYS_EXCLUDED_DIRS or (skip and rel in skip):
-                continue
-            decided = memo_dirs.get(name) if memoize else None
-            if decided is None:
-                decided = verdict(rel, True)
-                if memoize:
-                    memo_dirs[name] = decided
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if is_dir and (name in ALWAYS_EXCLUDED_DIRS or (skip and rel in skip)):
+            continue
+        memo = memo_dirs if is_dir else memo_files
+        decided = memo.get(name) if memoize else None
+        if decided is None:
+            decided = verdict(rel, is_dir)
+            if memoize:
+                memo[name] = decided
+        if is_dir:
             if decided is Verdict.INCLUDE:
                 stack.append((folder + name, rel + "/", rules))
             elif decided is Verdict.SECRET:
                 warnings.append(f"excluded secret directory {show(rel)}/ ({_opt_in(rel, True)})")
             continue
-        decided = memo_files.get(name) if memoize else None
-        if decided is None:
-            decided = verdict(rel, False)
-            if memoize:
-                memo_files[name] = decided
         if decided is not Verdict.INCLUDE:
             if decided is Verdict.SECRET:
                 warnings.append(f"excluded secret file {show(rel)} ({_opt_in(rel, False)})")

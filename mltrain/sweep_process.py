@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mltrain.executors.local import _start_time
+from mltrain.remote_agent import start_time as process_start_time
 from mltrain.sweep_session import CONTROLLER_ENV
 from mltrain.workspace import Workspace
 
@@ -32,14 +32,14 @@ def controller_log(workspace: Workspace, sweep_id: str) -> Path:
 
 
 def this_process() -> dict[str, Any]:
-    return {"pid": os.getpid(), "start_time": _start_time(os.getpid())}
+    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
 
 
 def alive(controller: dict[str, Any] | None) -> bool:
     """Is the recorded controller process still running (the same process, not a recycled pid)?"""
     if not controller or not controller.get("pid"):
         return False
-    now = _start_time(int(controller["pid"]))
+    now = process_start_time(int(controller["pid"]))
     return now is not None and now == controller.get("start_time")
 
 
@@ -58,4 +58,4 @@ def spawn(workspace: Workspace, sweep_id: str, cmd: dict[str, Any]) -> dict[str,
             [sys.executable, "-m", "mltrain", "-m", *cmd["args"]], cwd=cmd["cwd"], env=env,
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    return {"pid": process.pid, "start_time": _start_time(process.pid)}
+    return {"pid": process.pid, "start_time": process_start_time(process.pid)}

@@ -29,23 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
 from mltrain.executors.wrapper import wrapper_argv
+from mltrain.remote_agent import start_time as process_start_time  # the same /proc reading the remote helper does
 from mltrain.workspace import RunPaths, Workspace
 
 if TYPE_CHECKING:
     from mltrain.snapshot_manifest import Manifest
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (guards against a recycled pid), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":  # a zombie has finished
-        return None
-    return fields[19].decode()
 
 
 def _exited_within(pid: int, timeout: float) -> bool:
@@ -89,7 +77,7 @@ class LocalHandle(Handle):
     def _alive(self) -> bool:
         if self._process is not None:
             return self._process.poll() is None
-        current = _start_time(self.pid)
+        current = process_start_time(self.pid)
         return current is not None and (self.start_time is None or current == self.start_time)
 
     def poll(self) -> ExitInfo | None:
@@ -185,7 +173,7 @@ class LocalExecutor(Executor):
 
                 remove_tree(cwd)
             raise
-        return LocalHandle(paths, process.pid, _start_time(process.pid), self.cancel_grace, process)
+        return LocalHandle(paths, process.pid, process_start_time(process.pid), self.cancel_grace, process)
 
     def _working_dir(self, request: LaunchRequest) -> str:
         """The run's own copy of the checkout ``stage_code`` returned (a checkout is named by its snapshot id)."""
