@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -358,16 +358,24 @@ def test_unreadable_directory_is_an_error_naming_it(
         take_snapshot(src, store)
 
 
-def test_disk_full_leaves_store_intact(src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    write(src, "big.bin", os.urandom(3 << 20))
+def _full_after(writes: int) -> Callable[[int, bytes | bytearray | memoryview], None]:
+    """The store's one write function, on a disk that fills after ``writes`` writes."""
     real = blobstore._write_all
     calls = {"n": 0}
 
     def fill_up(fd: int, data: bytes | bytearray | memoryview) -> None:
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > writes:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
+
+    return fill_up
+
+
+def test_disk_full_leaves_store_intact(src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(src, "big.bin", os.urandom(3 << 20))
+    real = blobstore._write_all
+    fill_up = _full_after(2)
 
     def no_room(*_args: object) -> int:  # the kernel's copy of a large file runs out of room too
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -627,16 +635,7 @@ def test_disk_full_midway_through_many_files(
 ) -> None:
     for i in range(80):
         write(src, f"many/f{i:03}.txt", os.urandom(64))
-    real = blobstore._write_all
-    calls = {"n": 0}
-
-    def fill_up(fd: int, data: bytes | bytearray | memoryview) -> None:
-        calls["n"] += 1
-        if calls["n"] > 20:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data)
-
-    monkeypatch.setattr(blobstore, "_write_all", fill_up)
+    monkeypatch.setattr(blobstore, "_write_all", _full_after(20))
     with pytest.raises(SnapshotError, match="No space left on device"):
         take_snapshot(src, store)
     assert os.listdir(store.root / "tmp") == []
