@@ -352,19 +352,13 @@ def _gc_environments(parsed: argparse.Namespace, active: set[str]) -> None:
     """``--envs DAYS``: venvs and mltrain-built images no run on this machine used for DAYS days."""
     from mltrain.dockerutil import EngineConfig, connect
     from mltrain.env_gc import prune
-    from mltrain.errors import TargetError
 
     engine = connect(EngineConfig(base_url=parsed.engine))
-    try:
-        engine.images(label="mltrain.managed=true")  # reachable? (an explicit --engine must be)
-    except TargetError:
-        if parsed.engine:
-            raise
-        engine = None
-    pruned = prune(parsed.envs, active, engine=engine, dry_run=parsed.dry_run)
+    pruned = prune(parsed.envs, active, engine=engine, engine_required=bool(parsed.engine), dry_run=parsed.dry_run)
     verb = "would remove" if parsed.dry_run else "removed"
     _out(f"{verb} {len(pruned.venvs)} venvs ({pruned.freed / 1e6:.1f} MB) and {len(pruned.images)} images "
-         f"not used for {parsed.envs:g} days" + ("" if engine else " (no Docker engine answered: images not checked)"))
+         f"not used for {parsed.envs:g} days"
+         + ("" if pruned.images_checked else " (no Docker engine answered: images not checked)"))
     for name in [*pruned.venvs, *pruned.images]:
         _out(f"  {name}")
     for note in pruned.notes:

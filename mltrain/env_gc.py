@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mltrain.environments.base import default_cache_dir
+from mltrain.errors import TargetError
 
 VENV_PREFIX = "venv-"
 VENV_KEY = 24  # a venv folder carries the first 24 hex digits of its fingerprint
@@ -46,16 +47,18 @@ def mark_used(fingerprint: str) -> None:
             mark.touch()
 
 
-def last_used(fingerprint_or_prefix: str) -> float | None:
-    """Seconds since the epoch of the newest mark for a fingerprint (or a prefix of one)."""
-    folder = _marks()
-    exact = folder / fingerprint_or_prefix
-    with contextlib.suppress(OSError):
-        return exact.stat().st_mtime
-    times = []
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        times = [e.stat().st_mtime for e in entries if e.name.startswith(fingerprint_or_prefix)]
-    return max(times, default=None)
+def _last_uses() -> dict[str, float]:
+    """Every mark's fingerprint and time, read once per gc."""
+    with contextlib.suppress(OSError), os.scandir(_marks()) as entries:
+        return {e.name: e.stat().st_mtime for e in entries}
+    return {}
+
+
+def _last_used(uses: dict[str, float], fingerprint_or_prefix: str) -> float | None:
+    """The newest mark for a fingerprint, or for any fingerprint starting with a (venv folder's) prefix."""
+    if fingerprint_or_prefix in uses:
+        return uses[fingerprint_or_prefix]
+    return max((t for fp, t in uses.items() if fp.startswith(fingerprint_or_prefix)), default=None)
 
 
 @dataclass
@@ -64,20 +67,31 @@ class Pruned:
     images: list[str] = field(default_factory=list)
     freed: int = 0  # bytes, venvs only (an image's layers may be shared)
     notes: list[str] = field(default_factory=list)
+    images_checked: bool = True  # False: no engine answered (and none was asked for by name)
 
 
-def prune(days: float, keep: Iterable[str], *, engine: Any | None, dry_run: bool) -> Pruned:
-    """Remove venvs and images not used for ``days``; ``keep``: fingerprints that must stay."""
+def prune(days: float, keep: Iterable[str], *, engine: Any, engine_required: bool, dry_run: bool) -> Pruned:
+    """Remove venvs and images not used for ``days``; ``keep``: fingerprints that must stay.
+
+    An engine that does not answer is an error only if the user named it (``engine_required``).
+    """
     cutoff = time.time() - days * 86400
     kept = set(keep)
+    uses = _last_uses()
     result = Pruned()
-    _prune_venvs(cutoff, kept, dry_run, result)
-    if engine is not None:
-        _prune_images(engine, cutoff, kept, dry_run, result)
+    _prune_venvs(cutoff, kept, uses, dry_run, result)
+    try:
+        images = engine.images(label=MANAGED_LABEL)
+    except TargetError:
+        if engine_required:
+            raise
+        result.images_checked = False
+        return result
+    _prune_images(engine, images, cutoff, kept, uses, dry_run, result)
     return result
 
 
-def _prune_venvs(cutoff: float, kept: set[str], dry_run: bool, result: Pruned) -> None:
+def _prune_venvs(cutoff: float, kept: set[str], uses: dict[str, float], dry_run: bool, result: Pruned) -> None:
     envs = default_cache_dir() / "envs"
     if not envs.is_dir():
         return
@@ -87,7 +101,7 @@ def _prune_venvs(cutoff: float, kept: set[str], dry_run: bool, result: Pruned) -
         key = folder.name[len(VENV_PREFIX):]
         if any(fp.startswith(key) for fp in kept):
             continue
-        used = last_used(key) or folder.stat().st_mtime
+        used = _last_used(uses, key) or folder.stat().st_mtime
         if used >= cutoff:
             continue
         size = _size(folder)
@@ -112,12 +126,13 @@ def _remove_unlocked(folder: Path) -> bool:
     return True
 
 
-def _prune_images(engine: Any, cutoff: float, kept: set[str], dry_run: bool, result: Pruned) -> None:
-    for image in engine.images(label=MANAGED_LABEL):
+def _prune_images(engine: Any, images: list[dict[str, Any]], cutoff: float, kept: set[str],
+                  uses: dict[str, float], dry_run: bool, result: Pruned) -> None:
+    for image in images:
         fingerprint = (image.get("Labels") or {}).get(FINGERPRINT_LABEL)
         if not fingerprint or fingerprint in kept:
             continue
-        used = last_used(fingerprint) or float(image.get("Created") or 0)
+        used = _last_used(uses, fingerprint) or float(image.get("Created") or 0)
         if used >= cutoff:
             continue
         name = next(iter(image.get("RepoTags") or []), None) or str(image["Id"])[7:19]
