@@ -19,7 +19,7 @@ from mltrain.errors import MltrainError, UsageError
 
 USAGE = """\
 usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   submit a run (or a sweep with -m)
-       mltrain plan [--json] [-cn NAME] key=value ...                          show what a submit would do
+       mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...                show what a submit would do
        mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
        mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
        mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]     free workspace space
@@ -193,6 +193,7 @@ def _subcommand(args: list[str]) -> int:
     plan = sub.add_parser("plan", help="show the execution plan; changes nothing")
     plan.add_argument("--json", action="store_true")
     plan.add_argument("-cn", "--config-name", dest="config_name")
+    plan.add_argument("-cd", "--config-dir", dest="config_dir", help="the project's conf dir (default: ./conf)")
     plan.add_argument("overrides", nargs="*")
 
     runs = sub.add_parser("runs", help="the run history")
@@ -262,6 +263,8 @@ def _subcommand(args: list[str]) -> int:
 
 def _plan(parsed: argparse.Namespace) -> int:
     from mltrain.commands import plan_for
+
+    _use_config_dir(parsed)
 
     plan = plan_for(parsed.overrides, parsed.config_name)
     sys.stdout.write((plan.to_json() if parsed.json else plan.render()) + "\n")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mltrain.environments.base import default_cache_dir
+from mltrain.errors import ConfigError
 
 FORMAT = 2
 MAX_ENTRIES = 512  # each is a few KiB; past this the oldest half goes
@@ -48,9 +49,18 @@ def enabled() -> bool:
 
 
 def project_conf_dir() -> str | None:
-    """The directory the search-path plugin puts ahead of the packaged conf (same rule)."""
-    directory = os.path.abspath(os.environ.get("MLTRAIN_CONFIG_DIR") or "conf")
-    return directory if os.path.isdir(directory) else None
+    """The directory the search-path plugin puts ahead of the packaged conf (same rule).
+
+    ``./conf`` is optional; a directory named on purpose (``-cd DIR``, ``$MLTRAIN_CONFIG_DIR``) must exist.
+    """
+    explicit = os.environ.get("MLTRAIN_CONFIG_DIR")
+    directory = os.path.abspath(explicit or "conf")
+    if os.path.isdir(directory):
+        return directory
+    if explicit:
+        raise ConfigError(f"config dir {directory} (-cd / $MLTRAIN_CONFIG_DIR) is not a directory; "
+                          "point it at the folder holding your config groups")
+    return None
 
 
 RACY_NS = 2_000_000_000  # a file this young may change again within one mtime tick: don't cache yet

@@ -33,6 +33,8 @@ from conftest import Project, assert_one_line_error
         (["runs", "show"], ["runs show:", "run_id", "mltrain runs show --help"]),
         (["gc", "--older-than", "soon"], ["gc:", "--older-than", "'soon'"]),
         (["sweeps", "lst"], ["sweeps:", "invalid choice: 'lst'"]),
+        (["-cd", "no-such-conf", "script=train.py"], ["no-such-conf", "is not a directory"]),
+        (["plan", "script=train.py", "-cd", "x"], ["proj/x (-cd", "is not a directory"]),
     ],
 )
 def test_config_and_source_errors(project: Project, args: list[str], fragments: list[str]) -> None:

@@ -93,3 +93,12 @@ def test_secret_interpolation_is_not_stored(project: Project) -> None:
 def test_help_and_version(project: Project) -> None:
     assert "mltrain runs list" in project.run("--help", check=True).stdout
     assert project.run("--version", check=True).stdout.startswith("mltrain ")
+
+
+def test_config_dir_flag_for_submit_and_plan(project: Project) -> None:
+    project.write("elsewhere/compute/far.yaml", "type: local\ncancel_grace: 7.0\n")
+    project.run("-cd", "elsewhere", "script=train.py", "compute=far", check=True)
+    assert project.runs()[0]["status"] == "Completed"
+    plan = json.loads(project.run("plan", "--json", "-cd", "elsewhere", "script=train.py", "compute=far",
+                                  check=True).stdout)
+    assert plan["target"] == "local"
