@@ -37,7 +37,8 @@ LINK_MODE: Final = 0o777
 """Symlinks carry 0o777, the only permission Linux gives a link."""
 
 _HEX: Final = frozenset("0123456789abcdef")
-_ROW: Final = "[%s,%d,%d,%s]"
+_ROW: Final = '[%s,%d,%d,"%s"]'
+"""A row; digests are lowercase hex, so they need no JSON quoting."""
 
 Columns = tuple[Sequence[str], Sequence[int], Sequence[int], Sequence[str], Sequence[str | None]]
 """(paths, modes, sizes, digests, links), parallel, in path order."""
@@ -134,7 +135,7 @@ class Manifest:
             links = [e.link for e in self.entries]
         names = map(_quote, paths) if "".join(paths).isascii() else map(_name_json, paths)
         # One C-level %-format per row (2x faster than an f-string comprehension for 10k rows).
-        rows = list(map(_ROW.__mod__, zip(names, modes, sizes, map(_quote, digests), strict=True)))
+        rows = list(map(_ROW.__mod__, zip(names, modes, sizes, digests, strict=True)))
         for index, link in enumerate(links):
             if link is not None:
                 rows[index] = f"{rows[index][:-1]},{_name_json(link)}]"

@@ -557,6 +557,59 @@ def test_damaged_cache_is_ignored(src: Path, store: BlobStore, cache: Path) -> N
     assert take_snapshot(src, store, cache_dir=cache).manifest.id == first.manifest.id
 
 
+def _cache_files(cache: Path) -> dict[str, bytes]:
+    return {f.suffix: f.read_bytes() for f in (cache / "snapshot").iterdir()}
+
+
+def _edit(src: Path, data: bytes) -> None:
+    write(src, "pkg/model.py", data)
+    age(src)  # old enough for the stat cache to trust
+
+
+def test_one_edit_writes_a_small_delta_the_next_snapshot_trusts(
+    src: Path, store: BlobStore, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    age(src)
+    take_snapshot(src, store, cache_dir=cache)
+    full = _cache_files(cache)[".statcache"]
+    _edit(src, b"W = 2\n")
+    edited = take_snapshot(src, store, cache_dir=cache)
+    files = _cache_files(cache)
+    assert files[".statcache"] == full  # the full file is not rewritten for one row
+    assert 0 < len(files[".delta"]) < 1024
+    read: list[str] = []
+    monkeypatch.setattr(inventory_module, "hash_files", lambda jobs, *a, **k: read.extend(j[0] for j in jobs) or [])
+    again = take_snapshot(src, store, cache_dir=cache)
+    assert read == []  # the delta vouches for the edited file and the manifest
+    assert again.manifest.id == edited.manifest.id
+    assert again.bytes_new == 0
+
+
+def test_delta_of_an_older_full_file_or_damaged_is_ignored(
+    src: Path, store: BlobStore, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mltrain import snapshot_cache
+    from mltrain.snapshot_cache import StatCache
+
+    age(src)
+    take_snapshot(src, store, cache_dir=cache)
+    _edit(src, b"W = 2\n")
+    take_snapshot(src, store, cache_dir=cache)
+    stale = next((cache / "snapshot").glob("*.delta"))
+    stale_bytes = stale.read_bytes()
+    with monkeypatch.context() as mp:
+        mp.setattr(snapshot_cache, "MAX_DELTA_ROWS", 0)  # too many rows changed: the full file is rewritten
+        _edit(src, b"W = 33\n")
+        third = take_snapshot(src, store, cache_dir=cache)
+    assert not stale.exists()
+    stale.write_bytes(stale_bytes)  # a delta written against the previous full file
+    loaded = StatCache.load(cache, os.path.realpath(src))
+    assert loaded.manifest_id == third.manifest.id
+    stale.write_bytes(stale_bytes[:-3] + b"!!!")
+    assert StatCache.load(cache, os.path.realpath(src)).manifest_id == third.manifest.id
+    assert take_snapshot(src, store, cache_dir=cache).manifest.id == third.manifest.id
+
+
 def test_store_losing_blobs_is_noticed_despite_the_cache(src: Path, store: BlobStore, cache: Path) -> None:
     age(src)
     first = take_snapshot(src, store, cache_dir=cache)
