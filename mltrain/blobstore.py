@@ -166,6 +166,14 @@ class BlobStore:
         return is_digest(manifest_id) and os.path.exists(os.path.join(self._manifests, manifest_id))
 
     def load_manifest(self, manifest_id: str) -> Manifest:
+        data = self.manifest_bytes(manifest_id)
+        manifest = Manifest.from_json(data)
+        manifest.__dict__["canonical"] = data
+        manifest.__dict__["id"] = manifest_id
+        return manifest
+
+    def manifest_bytes(self, manifest_id: str) -> bytes:
+        """A stored manifest's canonical JSON, checked against its id."""
         if not is_digest(manifest_id):
             raise SnapshotError(f"unknown snapshot {manifest_id!r}: a snapshot id is 64 hex digits")
         try:
@@ -180,10 +188,7 @@ class BlobStore:
             raise SnapshotError(
                 f"snapshot {manifest_id} is damaged in the blob store {self.root_str}; take the snapshot again"
             )
-        manifest = Manifest.from_json(data)
-        manifest.__dict__["canonical"] = data
-        manifest.__dict__["id"] = manifest_id
-        return manifest
+        return data
 
     # ------------------------------------------------------------------ writing
     def put_bytes(self, digest: str, data: bytes | bytearray | memoryview) -> None:

@@ -7,11 +7,23 @@ contents the store lacks, and what to remember for next time.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, cast
+from itertools import compress
+from operator import ne
+from typing import TYPE_CHECKING, Final, cast
 
+from mltrain.errors import SnapshotError
 from mltrain.snapshot_cache import RACY_WINDOW_NS, Columns, StatCache
 from mltrain.snapshot_hash import Claims, hash_files
-from mltrain.snapshot_manifest import ALGORITHM, EXEC_MODE, FILE_MODE, LINK_MODE, Manifest, hash_bytes
+from mltrain.snapshot_manifest import (
+    ALGORITHM,
+    EXEC_MODE,
+    FILE_MODE,
+    LINK_MODE,
+    Manifest,
+    hash_bytes,
+    row_json,
+    splice_rows,
+)
 from mltrain.snapshot_walk import Found
 
 if TYPE_CHECKING:
@@ -19,6 +31,8 @@ if TYPE_CHECKING:
 
 _NEVER = -1
 """An mtime no file has: the row never matches, so the file is hashed again."""
+SPLICE_MAX: Final = 64
+"""Up to this many changed entries, the new manifest's JSON is the remembered one with those rows rewritten."""
 
 
 class Inventory:
@@ -48,13 +62,15 @@ class Inventory:
         self.digests: list[str | None] = []
         self.remembered: list[bool] = []
         self._unchanged = False
+        self._same_paths = False
 
     def compare(self, cache: StatCache) -> None:
         """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
         self.cache = cache
         old = cache.columns
+        self._same_paths = self.rels == old.rels
         if (
-            self.rels == old.rels
+            self._same_paths
             and self.stat_sizes == old.sizes
             and self.mtimes == old.mtimes
             and self.inodes == old.inodes
@@ -84,7 +100,7 @@ class Inventory:
     def _lookup(self) -> tuple[list[str | None], list[bool]]:
         """Cache hits file by file (the tree changed somewhere)."""
         old = self.cache.columns
-        if self.rels == old.rels:
+        if self._same_paths:
             # Same paths: compare position by position, no lookups.
             same = [
                 a == b and c == d and e == f
@@ -154,7 +170,38 @@ class Inventory:
             self.digests[index] = hashed.digest
             self.sizes[index] = hashed.size
             bytes_new += hashed.new_bytes
-        return self._manifest(), bytes_new
+        canonical = self._spliced_canonical() if remembered_complete else None
+        return self._manifest(canonical=canonical), bytes_new
+
+    def _spliced_canonical(self) -> bytes | None:
+        """The remembered manifest's JSON with only the changed entries rewritten, when that is exact.
+
+        Exact when the paths are the same and every cached row is what the
+        remembered manifest holds (``remembered``): an entry whose digest,
+        mode and size match its cached row is then byte for byte the old one.
+        A link whose text changed is rebuilt in full (the cache has no link texts).
+        """
+        old = self.cache.columns
+        if not self._same_paths or self.cache.manifest_id is None or not all(old.remembered):
+            return None
+        n = len(self.rels)
+        changed = set(compress(range(n), map(ne, self.digests, old.digests)))
+        for new_column, old_column in ((self.modes, old.modes), (self.sizes, old.sizes)):
+            if new_column != old_column:
+                changed.update(compress(range(n), map(ne, new_column, old_column)))
+        if len(changed) > SPLICE_MAX or any(old.modes[i] == LINK_MODE for i in changed):
+            return None
+        rels, digests = self.rels, cast("list[str]", self.digests)
+        edits = [
+            (i, row_json(rels[i], old.modes[i], old.sizes[i], old.digests[i], None),
+             row_json(rels[i], self.modes[i], self.sizes[i], digests[i], self.links[i]))
+            for i in sorted(changed)
+        ]
+        try:
+            canonical = self.store.manifest_bytes(self.cache.manifest_id)
+        except SnapshotError:
+            return None
+        return splice_rows(canonical, n, edits)
 
     def save_cache(self, manifest: Manifest, walk_started_ns: int) -> None:
         """Remember this snapshot's digests and, unless a dry run, its manifest.
@@ -166,7 +213,12 @@ class Inventory:
         cutoff = walk_started_ns - RACY_WINDOW_NS
         mtimes = [m if m < cutoff else _NEVER for m in self.mtimes]
         stored = not self.dry_run
-        remembered = [True] * len(mtimes) if stored else list(self.remembered)
+        if not stored:
+            remembered = list(self.remembered)
+        elif self.sizes == self.stat_sizes:
+            remembered = [True] * len(mtimes)
+        else:  # a file that grew while it was read: its row does not describe the manifest's entry
+            remembered = list(map(int.__eq__, self.sizes, self.stat_sizes))
         digests = [d or "" for d in self.digests]
         new = Columns(self.rels, self.stat_sizes, mtimes, self.inodes, self.modes, digests, remembered)
         if stored:
@@ -174,8 +226,8 @@ class Inventory:
         else:
             self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count)
 
-    def _manifest(self, manifest_id: str | None = None) -> Manifest:
+    def _manifest(self, manifest_id: str | None = None, canonical: bytes | None = None) -> Manifest:
         """The manifest over this inventory's columns (shared, not copied: the inventory is done with them)."""
         digests = cast("list[str]", self.digests)  # every digest is known by now
         return Manifest.of_columns(ALGORITHM, self.rels, self.modes, self.sizes, digests, self.links,
-                                   manifest_id=manifest_id)
+                                   manifest_id=manifest_id, canonical=canonical)

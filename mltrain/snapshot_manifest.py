@@ -95,17 +95,21 @@ class Manifest:
         links: Sequence[str | None],
         *,
         manifest_id: str | None = None,
+        canonical: bytes | None = None,
     ) -> Manifest:
         """A manifest over parallel columns (path order); the caller must not change them afterwards.
 
         ``manifest_id``, when given, is taken as the id without hashing (the
-        stat cache vouches that these columns are that stored manifest).
+        stat cache vouches that these columns are that stored manifest);
+        ``canonical``, when given, as the canonical JSON (see :func:`splice_rows`).
         """
         manifest = cls.__new__(cls)
         manifest.algorithm = algorithm
         manifest._columns = (paths, modes, sizes, digests, links)
         if manifest_id is not None:
             manifest.__dict__["id"] = manifest_id
+        if canonical is not None:
+            manifest.__dict__["canonical"] = canonical
         return manifest
 
     @cached_property
@@ -138,7 +142,7 @@ class Manifest:
         rows = list(map(_ROW.__mod__, zip(names, modes, sizes, digests, strict=True)))
         for index, link in enumerate(links):
             if link is not None:
-                rows[index] = f"{rows[index][:-1]},{_name_json(link)}]"
+                rows[index] = row_json(paths[index], modes[index], sizes[index], digests[index], link)
         head = f'{{"algorithm":{_quote(self.algorithm)},"entries":['
         tail = f'],"fields":{json.dumps(list(FIELDS), separators=(",", ":"))},"version":{FORMAT_VERSION}}}'
         return (head + ",".join(rows) + tail).encode("utf-8")
@@ -227,6 +231,34 @@ def link_stays_inside(path: str, target: str) -> bool:
         return False
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return resolved != ".." and not resolved.startswith("../")
+
+
+def row_json(path: str, mode: int, size: int, digest: str, link: str | None) -> str:
+    """One entry of the canonical JSON, exactly as :attr:`Manifest.canonical` writes it."""
+    row = _ROW % (_name_json(path), mode, size, digest)
+    return row if link is None else f"{row[:-1]},{_name_json(link)}]"
+
+
+def splice_rows(canonical: bytes, count: int, changes: Sequence[tuple[int, str, str]]) -> bytes | None:
+    """``canonical`` (a manifest of ``count`` entries) with some entries rewritten: (index, old row, new row),
+    in index order. None if an old row is not found as a whole entry, so the caller builds in full.
+
+    A match is always a whole entry: the row is searched with its delimiters (``[`` or ``,`` before,
+    ``,`` or ``]`` after), and inside a JSON string every quote is escaped, so ``,["path",...]``
+    cannot occur anywhere but at an entry. Rebuilding 10k rows costs ~5 ms; this, well under one.
+    """
+    pieces: list[bytes] = []
+    pos = 0
+    for index, old, new in changes:
+        needle = b"[" if index == 0 else b","
+        row = old.encode("utf-8")
+        found = canonical.find(needle + row + (b"]" if index == count - 1 else b","), pos)
+        if found < 0:
+            return None
+        pieces += (canonical[pos : found + 1], new.encode("utf-8"))
+        pos = found + 1 + len(row)
+    pieces.append(canonical[pos:])
+    return b"".join(pieces)
 
 
 def _name_json(name: str) -> str:

@@ -610,6 +610,52 @@ def test_delta_of_an_older_full_file_or_damaged_is_ignored(
     assert take_snapshot(src, store, cache_dir=cache).manifest.id == third.manifest.id
 
 
+@pytest.mark.parametrize(
+    ("edit", "splices"),
+    [
+        pytest.param(lambda src: write(src, "data/table.csv", b"a,b\n3,4\n"), True, id="same-size"),
+        pytest.param(lambda src: write(src, "train.py", b"print('a longer hello')\n"), True, id="size"),
+        pytest.param(lambda src: (src / "pkg" / "model.py").chmod(0o755), True, id="mode"),
+        pytest.param(lambda src: write(src, "run.sh", b"#!/bin/bash\n"), True, id="last-entry"),
+        pytest.param(lambda src: (write(src, "data/table.csv", b"x"), write(src, "train.py", b"y")), True,
+                     id="first+last"),
+        pytest.param(lambda src: write(src, b"caf\xc3\xa9 \n\xff.py", b"2"), True, id="odd-name-edited"),
+        pytest.param(
+            lambda src: ((src / "pkg" / "model.py").unlink(), (src / "pkg" / "model.py").symlink_to("__init__.py")),
+            True, id="file-to-link",
+        ),
+        pytest.param(  # the cache holds no link texts: rebuilt in full
+            lambda src: ((src / "link.py").unlink(), write(src, "link.py", b"now a file")), False, id="link-to-file"
+        ),
+    ],
+)
+def test_a_manifest_spliced_from_the_last_one_is_byte_for_byte_a_full_build(
+    src: Path, store: BlobStore, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    edit: Callable[[Path], object], splices: bool,
+) -> None:
+    write(src, b"caf\xc3\xa9 \n\xff.py", b"1")
+    (src / "link.py").symlink_to("train.py")
+    age(src)
+    take_snapshot(src, store, cache_dir=cache)
+    spliced: list[bool] = []
+    real = inventory_module.splice_rows
+
+    def spy(*args: object) -> bytes | None:
+        result = real(*args)  # type: ignore[arg-type]
+        spliced.append(result is not None)
+        return result
+
+    monkeypatch.setattr(inventory_module, "splice_rows", spy)
+    edit(src)
+    age(src)
+    ours = take_snapshot(src, store, cache_dir=cache).manifest
+    full = take_snapshot(src, BlobStore(tmp_path / "other"), cache_dir=None).manifest
+    assert ours.canonical == full.canonical
+    assert ours.id == full.id == hash_bytes(ours.canonical)
+    assert store.load_manifest(ours.id) == full
+    assert spliced == ([True] if splices else [])
+
+
 def test_store_losing_blobs_is_noticed_despite_the_cache(src: Path, store: BlobStore, cache: Path) -> None:
     age(src)
     first = take_snapshot(src, store, cache_dir=cache)
