@@ -44,7 +44,6 @@ from typing import Any
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
 from mltrain.remote import Link, RemoteError
-from mltrain.snapshot_manifest import hash_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +102,7 @@ class _Manifest:
 
 
 def _load(store: BlobStore, manifest_id: str) -> _Manifest:
-    try:
-        with open(store.path(manifest_id), "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise TargetError(f"snapshot {manifest_id[:12]} is not in the local blob store; take the snapshot "
-                          "again") from None
-    if hash_bytes(data) != manifest_id:
-        raise TargetError(f"snapshot {manifest_id[:12]} is damaged in the local blob store; take the snapshot "
-                          "again")
+    data = store.manifest_bytes(manifest_id)  # checked against its id; a one-line error if missing or damaged
     return _Manifest(manifest_id, data, json.loads(data)["entries"])
 
 
