@@ -53,9 +53,9 @@ class Inventory:
         self.mtimes = [st.st_mtime_ns for st in stats]
         self.inodes = [st.st_ino for st in stats]
         self.modes = [EXEC_MODE if st.st_mode & 0o100 else FILE_MODE for st in stats]
-        for index, link in enumerate(self.links):
-            if link is not None:
-                self.modes[index] = LINK_MODE
+        self.link_rows = [index for index, link in enumerate(self.links) if link is not None]
+        for index in self.link_rows:
+            self.modes[index] = LINK_MODE
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
@@ -63,6 +63,8 @@ class Inventory:
         self.remembered: list[bool] = []
         self._unchanged = False
         self._same_paths = False
+        self._touched: set[int] | None = None
+        """Rows whose stat or mode differs from the cache's row at the same position (same paths only)."""
 
     def compare(self, cache: StatCache) -> None:
         """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
@@ -80,16 +82,15 @@ class Inventory:
             self.remembered = list(old.remembered)
         else:
             self.digests, self.remembered = self._lookup()
-        for index, link in enumerate(self.links):
-            if link is not None:
-                # A link's text is re-read every time (cheap); its inode may change while the text does not.
-                data = os.fsencode(link)
-                digest = hash_bytes(data)
-                self.sizes[index] = len(data)
-                if self.digests[index] != digest:
-                    j = cache.index.get(self.rels[index])
-                    self.remembered[index] = j is not None and old.remembered[j] and old.digests[j] == digest
-                    self.digests[index] = digest
+        for index in self.link_rows:
+            # A link's text is re-read every time (cheap); its inode may change while the text does not.
+            data = os.fsencode(cast("str", self.links[index]))
+            digest = hash_bytes(data)
+            self.sizes[index] = len(data)
+            if self.digests[index] != digest:
+                j = cache.index.get(self.rels[index])
+                self.remembered[index] = j is not None and old.remembered[j] and old.digests[j] == digest
+                self.digests[index] = digest
         self._unchanged = (
             cache.manifest_id is not None
             and cache.manifest_count == len(self.files)
@@ -101,18 +102,20 @@ class Inventory:
         """Cache hits file by file (the tree changed somewhere)."""
         old = self.cache.columns
         if self._same_paths:
-            # Same paths: compare position by position, no lookups.
-            same = [
-                a == b and c == d and e == f
-                for a, b, c, d, e, f in zip(
-                    self.stat_sizes, old.sizes, self.mtimes, old.mtimes, self.inodes, old.inodes, strict=True
-                )
-            ]
-            digests: list[str | None] = [d if ok else None for ok, d in zip(same, old.digests, strict=True)]
-            remembered = [
-                ok and r and m == n
-                for ok, r, m, n in zip(same, old.remembered, self.modes, old.modes, strict=True)
-            ]
+            # Same paths: compare whole columns (in C), then touch only the rows that differ.
+            rows = range(len(self.rels))
+            stat_changed: set[int] = set()
+            for new, cached in ((self.stat_sizes, old.sizes), (self.mtimes, old.mtimes), (self.inodes, old.inodes)):
+                if new != cached:
+                    stat_changed.update(compress(rows, map(ne, new, cached)))
+            mode_changed = set(compress(rows, map(ne, self.modes, old.modes))) if self.modes != old.modes else set()
+            digests: list[str | None] = list(old.digests)
+            remembered = list(old.remembered)
+            for row in stat_changed:
+                digests[row] = None
+            self._touched = stat_changed | mode_changed
+            for row in self._touched:
+                remembered[row] = False
             return digests, remembered
         index = self.cache.index
         digests, remembered = [], []
@@ -182,13 +185,14 @@ class Inventory:
         A link whose text changed is rebuilt in full (the cache has no link texts).
         """
         old = self.cache.columns
-        if not self._same_paths or self.cache.manifest_id is None or not all(old.remembered):
+        if self._touched is None or self.cache.manifest_id is None or not all(old.remembered):
             return None
+        # A row can differ from the remembered manifest only if its stat or mode did, or it is a link.
         n = len(self.rels)
-        changed = set(compress(range(n), map(ne, self.digests, old.digests)))
-        for new_column, old_column in ((self.modes, old.modes), (self.sizes, old.sizes)):
-            if new_column != old_column:
-                changed.update(compress(range(n), map(ne, new_column, old_column)))
+        changed = {
+            i for i in self._touched.union(self.link_rows)
+            if self.digests[i] != old.digests[i] or self.modes[i] != old.modes[i] or self.sizes[i] != old.sizes[i]
+        }
         if len(changed) > SPLICE_MAX or any(old.modes[i] == LINK_MODE for i in changed):
             return None
         rels, digests = self.rels, cast("list[str]", self.digests)
