@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mltrain.errors import MltrainError, StoreError
+from mltrain.errors import MltrainError, StoreError, UsageError
 from mltrain.executors.base import cancel_run, follow, handle_for, reconcile
 from mltrain.store import TERMINAL, RunRecord, Store
 from mltrain.workspace import Workspace
@@ -200,7 +200,13 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
     files = sorted(p for p in outputs.rglob("*") if p.is_file()) if outputs.is_dir() else []
     if parsed.download:
         dest = Path(parsed.download)
-        shutil.copytree(outputs, dest, dirs_exist_ok=True, symlinks=True) if outputs.is_dir() else None
+        if outputs.is_dir():
+            try:
+                shutil.copytree(outputs, dest, dirs_exist_ok=True, symlinks=True)
+            except OSError as exc:  # shutil.Error (some files failed) included
+                reason = exc.strerror or str(exc)
+                raise UsageError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
+                                 "(choose a folder you can write to)") from None
         _out(f"{len(files)} files of run {record.id} copied to {dest}")
         return 0
     if not files:

@@ -53,6 +53,13 @@ def test_outputs_listed_and_downloaded(project: Project, tmp_path: Path) -> None
     assert (dest / "result.txt").read_text() == "done"
 
 
+def test_outputs_download_to_an_unwritable_place_is_one_line(project: Project) -> None:
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    nowhere = project.run("runs", "outputs", run_id, "--download", "/proc/mltrain-nowhere")
+    assert_one_line_error(nowhere, "cannot copy the outputs of run")
+
+
 def test_rerun_uses_the_stored_snapshot_and_config(project: Project) -> None:
     project.write("say.py", "import sys\nprint('version', 'one', sys.argv[1:])\n")
     project.run("script=say.py", "params.lr=0.1", check=True)
