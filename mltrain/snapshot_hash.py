@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -139,14 +139,8 @@ def _stream(
     try:
         writer.write(head)
         writer.copy_from(fd)
-        while True:  # where the kernel could not copy (or stopped): the rest through the buffer
-            try:
-                n = os.readv(fd, [buffer])
-            except OSError as exc:
-                raise _read_error(rel, exc) from None
-            if not n:
-                break
-            writer.write(memoryview(buffer)[:n])
+        for chunk in _chunks(rel, fd, buffer):  # where the kernel could not copy (or stopped)
+            writer.write(chunk)
         digest, size = writer.digest_written(_hash_fd)
         new = False  # another file of this snapshot already stored it: the copy is dropped below
         if claims.first(digest):
@@ -171,15 +165,22 @@ def _hash_stream(rel: str, fd: int, head: bytes, buffer: bytearray) -> tuple[str
     hasher = blake3(max_threads=blake3.AUTO)
     hasher.update(head)
     size = len(head)
+    for chunk in _chunks(rel, fd, buffer):
+        hasher.update(chunk)
+        size += len(chunk)
+    return str(hasher.hexdigest()), size
+
+
+def _chunks(rel: str, fd: int, buffer: bytearray) -> Iterator[memoryview]:
+    """The rest of ``fd`` through ``buffer``, one read at a time (each chunk is valid until the next)."""
     while True:
         try:
             n = os.readv(fd, [buffer])
         except OSError as exc:
             raise _read_error(rel, exc) from None
         if not n:
-            return str(hasher.hexdigest()), size
-        hasher.update(memoryview(buffer)[:n])
-        size += n
+            return
+        yield memoryview(buffer)[:n]
 
 
 def _read_error(rel: str, exc: OSError) -> SnapshotError:

@@ -64,7 +64,7 @@ class Inventory:
         self._unchanged = False
         self._same_paths = False
         self._touched: set[int] | None = None
-        """Rows whose stat or mode differs from the cache's row at the same position (same paths only)."""
+        """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
 
     def compare(self, cache: StatCache) -> None:
         """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
@@ -80,6 +80,7 @@ class Inventory:
         ):
             self.digests = list(old.digests)
             self.remembered = list(old.remembered)
+            self._touched = set()
         else:
             self.digests, self.remembered = self._lookup()
         for index in self.link_rows:

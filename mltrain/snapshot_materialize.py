@@ -108,15 +108,13 @@ def make_workdir(manifest: Manifest, store: BlobStore, dest: Path) -> Path:
         created = True
         with store.shared_lock():
             build_tree(manifest, store, os.fspath(dest))
-    except OSError as exc:
+    except BaseException as exc:
         if created:
             remove_tree(dest)
-        raise SnapshotError(
-            f"cannot build the working directory {dest}: {exc.strerror or exc} (check the workspace)"
-        ) from None
-    except BaseException:
-        if created:
-            remove_tree(dest)
+        if isinstance(exc, OSError):
+            raise SnapshotError(
+                f"cannot build the working directory {dest}: {exc.strerror or exc} (check the workspace)"
+            ) from None
         raise
     return dest
 

@@ -128,3 +128,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def need_optuna() -> None:
+    """Skip (a failure under CI=true) where optuna, the tpe sampler's optional extra, is not installed."""
+    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Project, assert_one_line_error
+from conftest import Project, assert_one_line_error, need_optuna
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +207,7 @@ def test_random_and_tpe(project: Project) -> None:
     trials = _show(project, _sweeps(project)[0]["id"])["trials"]
     values = [float(t["params"][0].split("=")[1]) for t in trials]
     assert len(trials) == 3 and all(1e-3 <= v <= 0.1 for v in values) and len(set(values)) == 3
-    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
+    need_optuna()
     project.run("-m", "script=sleepy.py", "params.lr=interval(0,1)", "sweep.sampler=tpe", "sweep.n_trials=6",
                 "sweep.primary_metric=loss", "sweep.max_concurrent=2", check=True, env={"PAUSE": "0"})
     data = _show(project, _sweeps(project)[0]["id"])

@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+from conftest import need_optuna
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -77,7 +78,7 @@ def test_grid_n_trials_caps_and_random_needs_no_model() -> None:
 
 
 def test_tpe_probes_touch_every_choice_and_bound_then_learns() -> None:
-    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
+    need_optuna()
     space = parse_space(["params.x=interval(-2,2)", "params.opt=a,b,c"], {})
     sampler = make_sampler("tpe", space, n_trials=25, goal="min", seed=3)
     assert not sampler.upfront_are_trials
@@ -97,7 +98,7 @@ def test_tpe_probes_touch_every_choice_and_bound_then_learns() -> None:
 
 
 def test_tpe_restores_earlier_trials_and_counts_them() -> None:
-    pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
+    need_optuna()
     space = parse_space(["params.x=interval(0,1)", "params.n=int(interval(1,4))"], {})
     sampler = make_sampler("tpe", space, n_trials=3, goal="max", seed=0)
     sampler.restore(["params.x=0.5", "params.n=2"], Outcome(COMPLETE, 1.0, [0.5, 1.0]))
