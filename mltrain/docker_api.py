@@ -31,6 +31,7 @@ import codecs
 import contextlib
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -167,11 +168,11 @@ class Stream:
 class Engine:
     """One Docker engine, reached as ``config`` says; safe to share between threads."""
 
-    def __init__(self, config: EngineConfig, *, version: str | None = None, tunnel: Any = None) -> None:
+    def __init__(self, config: EngineConfig, *, version: str | None = None) -> None:
         self.config = config
         self.api_version = version or API_VERSION
         self._local = threading.local()
-        self._tunnel = tunnel
+        self._tunnel: Any = None
         self._lock = threading.Lock()
         url = config.url
         if url.startswith("/"):
@@ -182,9 +183,6 @@ class Engine:
                               "ssh://user@host")
         if config.tls_client_cert and not config.tls_client_key:
             raise ConfigError("compute.tls_client_cert is set without compute.tls_client_key; set both")
-
-    def describe(self) -> str:
-        return self.config.describe()
 
     def unreachable(self, exc: BaseException) -> TargetError:
         return unreachable(self.config, exc)
@@ -204,9 +202,18 @@ class Engine:
     def _tls_context(self) -> ssl.SSLContext:
         cfg = self.config
         verify = bool(cfg.tls_ca_cert or cfg.tls_verify)
-        ctx = ssl.create_default_context(cafile=cfg.tls_ca_cert) if verify else ssl._create_unverified_context()
-        if cfg.tls_client_cert:
-            ctx.load_cert_chain(cfg.tls_client_cert, cfg.tls_client_key)
+        for setting in ("tls_ca_cert", "tls_client_cert", "tls_client_key"):
+            path = getattr(cfg, setting)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"compute.{setting}={path!r}: no such file; point it at the engine's PEM file")
+        try:
+            ctx = ssl.create_default_context(cafile=cfg.tls_ca_cert) if verify else ssl._create_unverified_context()
+            if cfg.tls_client_cert:
+                ctx.load_cert_chain(cfg.tls_client_cert, cfg.tls_client_key)
+        except OSError as exc:  # ssl.SSLError included: a file that is not a certificate or key
+            raise ConfigError(f"cannot load the Docker TLS files: {exc.strerror or exc}; check that "
+                              "compute.tls_ca_cert, compute.tls_client_cert and compute.tls_client_key are PEM "
+                              "files") from None
         return ctx
 
     def _ssh_socket(self) -> str:
@@ -317,9 +324,6 @@ class Engine:
         return True
 
     # ------------------------------------------------------------ operations
-    def version(self) -> dict[str, Any]:
-        return dict(self.request("GET", "/version", versioned=False))
-
     def inspect_image(self, ref: str) -> dict[str, Any] | None:
         try:
             return dict(self.request("GET", f"/images/{quote(ref, safe='')}/json"))
@@ -362,10 +366,10 @@ class Engine:
                               limit=self.config.timeout if timeout is None else timeout)
         return None if answer is None else dict(answer)
 
-    def logs(self, container: str, *, follow: bool = False, timestamps: bool = False, since_ns: int | None = None,
-             stdout: bool = True, stderr: bool = True) -> Stream:
-        """The container's output as a multiplexed ``Stream`` (``demux`` it)."""
-        params = {"stdout": stdout, "stderr": stderr, "follow": follow, "timestamps": timestamps,
+    def logs(self, container: str, *, follow: bool = False, timestamps: bool = False,
+             since_ns: int | None = None) -> Stream:
+        """The container's output, both streams, as a multiplexed ``Stream`` (``demux`` it)."""
+        params = {"stdout": True, "stderr": True, "follow": follow, "timestamps": timestamps,
                   "since": since_param(since_ns) if since_ns else None}
         return self.request("GET", f"/containers/{container}/logs", params=params, stream=True,  # type: ignore[no-any-return]
                             wait=None if follow else 0.0)

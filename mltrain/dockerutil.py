@@ -131,16 +131,19 @@ def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:
     return TargetError(f"cannot reach the Docker engine at {engine.url} ({why}); {START_HINT}")
 
 
-def engine_error(what: str, exc: BaseException, engine: EngineConfig | None = None) -> TargetError:
-    """Turn an error raised while doing ``what`` into one line naming it."""
+def engine_error(what: str, exc: BaseException) -> TargetError:
+    """Turn an error raised while doing ``what`` into one line naming it.
+
+    An unreachable engine is already a ``TargetError`` (``docker_api`` raises
+    :func:`unreachable`); any other ``OSError`` is local (a full disk while
+    copying outputs out), so it is named as such, not blamed on the engine.
+    """
     from mltrain.docker_api import EngineError
 
     if isinstance(exc, EngineError):
         return TargetError(f"Docker engine refused to {what}: {_first_line(exc.explanation)}")
     if isinstance(exc, TargetError):
         return exc  # already one line (an unreachable engine says how to start one)
-    if engine is not None and isinstance(exc, OSError):
-        return unreachable(engine, exc)
     return TargetError(f"could not {what}: {_first_line(str(exc)) or type(exc).__name__}")
 
 

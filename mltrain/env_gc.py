@@ -121,8 +121,8 @@ def _remove_unlocked(folder: Path) -> bool:
         except BlockingIOError:
             return False
         shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        lock.unlink()
+    # The lock file stays: a builder already waiting on it would otherwise lock a deleted inode while the
+    # next one creates a new file and locks that, and both would build the same venv at once.
     return True
 
 

@@ -44,6 +44,7 @@ from typing import Any
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
 from mltrain.remote import Link, RemoteError
+from mltrain.snapshot_manifest import name_in
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +191,10 @@ def _read_small(path: os.PathLike[str], size: int) -> bytes:
     return data
 
 
-def _path(name: Any) -> str:
-    """A row's path as the manifest sorts it (a ``{"hex": ...}`` name is its bytes, surrogate-escaped)."""
-    return name if isinstance(name, str) else bytes.fromhex(name["hex"]).decode("utf-8", "surrogateescape")
-
-
 def manifest_edits(old_rows: list[Any], new_rows: list[Any]) -> list[list[Any]]:
     """``new_rows`` as keep/delete/insert runs over ``old_rows`` (both manifests' rows, sorted by path)."""
-    old_paths = [_path(r[0]) for r in old_rows]
-    new_paths = [_path(r[0]) for r in new_rows]
+    old_paths = [name_in(r[0]) for r in old_rows]
+    new_paths = [name_in(r[0]) for r in new_rows]
     edits: list[list[Any]] = []
 
     def add(kind: str, value: Any) -> None:

@@ -278,7 +278,8 @@ def _name_out(name: str) -> str | dict[str, str]:
     return name
 
 
-def _name_in(value: Any) -> str:
+def name_in(value: Any) -> str:
+    """A path or link as the canonical JSON holds it, back to ``str`` (``{"hex": ...}`` bytes surrogate-escaped)."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("hex"), str):
@@ -292,4 +293,4 @@ def _entry_in(row: Any) -> FileEntry:
     mode, size, digest = row[1], row[2], row[3]
     if not (isinstance(mode, int) and isinstance(size, int) and isinstance(digest, str)):
         raise ValueError(f"bad entry {row!r}")
-    return FileEntry(_name_in(row[0]), mode, size, digest, _name_in(row[4]) if len(row) == 5 else None)
+    return FileEntry(name_in(row[0]), mode, size, digest, name_in(row[4]) if len(row) == 5 else None)

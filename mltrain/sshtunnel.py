@@ -17,6 +17,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import weakref
 from typing import Any
 
 from mltrain.remote import Link
@@ -29,6 +30,8 @@ class DockerTunnel:
         self.link = link
         self.command = command
         self._dir = tempfile.mkdtemp(prefix="mltrain-docker-")
+        # Removed with the tunnel, or at exit: a CLI process never closes the engine it attached through.
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, True)
         self.path = os.path.join(self._dir, "docker.sock")
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
@@ -61,7 +64,7 @@ class DockerTunnel:
         self._closed = True
         with contextlib.suppress(OSError):
             self._server.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir()
 
 
 def _pump(read: Any, write: Any, other: Any) -> None:

@@ -254,6 +254,20 @@ def test_engine_errors_and_unreachable_engines_are_one_line(scripted: Callable[.
     down.close()
 
 
+def test_a_local_error_is_not_blamed_on_the_engine_and_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    from mltrain.dockerutil import engine_error
+
+    full = engine_error("copy the outputs out of container c", OSError(28, "No space left on device"))
+    assert str(full) == "could not copy the outputs out of container c: [Errno 28] No space left on device"
+    missing = tmp_path / "ca.pem"
+    engine = Engine(EngineConfig(base_url="tcp://127.0.0.1:9", tls_verify=True, tls_ca_cert=str(missing)))
+    with pytest.raises(ConfigError, match=rf"compute.tls_ca_cert='{missing}': no such file"):
+        engine.inspect_image("i")
+    missing.write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"cannot load the Docker TLS files: .*PEM files"):
+        engine.inspect_image("i")
+
+
 def test_wait_returns_none_when_the_timeout_passes(scripted: Callable[..., ScriptedEngine]) -> None:
     release = threading.Event()
 

@@ -40,6 +40,7 @@ def test_a_venv_unused_for_days_is_removed_and_rebuilt_on_demand(project: Projec
     assert "would remove 1 venvs" in dry.stdout and venv.name in dry.stdout and venv.is_dir()
     done = project.run("gc", "--envs", "30", env=env, check=True)
     assert "removed 1 venvs" in done.stdout and not venv.exists()
+    assert venv.with_name(venv.name + ".lock").exists()  # a builder waiting on it must keep the same lock
 
     again = project.run(*run, env=env, check=True)  # the next run builds it again
     assert venv.is_dir() and "Completed" in again.stderr

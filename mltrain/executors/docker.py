@@ -229,7 +229,7 @@ class DockerHandle(Handle):
         try:
             attrs: dict[str, Any] | None = self._api().inspect_container(self.container_id)
         except Exception as exc:
-            raise engine_error(f"inspect container {self.name}", exc, self.engine) from exc
+            raise engine_error(f"inspect container {self.name}", exc) from exc
         if attrs is not None and attrs["State"].get("Status") not in ACTIVE:
             self._ended = attrs
         return attrs
@@ -262,7 +262,7 @@ class DockerHandle(Handle):
                 return None  # still running
         except Exception as exc:
             if not is_not_found(exc):
-                raise engine_error(f"wait for container {self.name}", exc, self.engine) from exc
+                raise engine_error(f"wait for container {self.name}", exc) from exc
         return self.poll()
 
     def read_log(self, offset: int) -> tuple[bytes, int]:
@@ -274,7 +274,7 @@ class DockerHandle(Handle):
             self._api().stop(self.container_id, max(0, math.ceil(grace)))
         except Exception as exc:
             if not is_not_found(exc):
-                raise engine_error(f"stop container {self.name}", exc, self.engine) from exc
+                raise engine_error(f"stop container {self.name}", exc) from exc
 
     def collect(self, paths: RunPaths) -> None:
         """Pull outputs and metrics back, then remove the container (kept on failure if asked)."""
@@ -291,7 +291,7 @@ class DockerHandle(Handle):
                              {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
             except Exception as exc:
                 if not is_not_found(exc):
-                    raise engine_error(f"copy the outputs out of container {self.name}", exc, self.engine) from exc
+                    raise engine_error(f"copy the outputs out of container {self.name}", exc) from exc
         info = exit_info(attrs, self.mem_limit)
         self._exit_file.write_text(json.dumps({"exit_code": info.exit_code, "reason": info.reason}))
         if not info.succeeded and self.keep_container:
@@ -300,7 +300,7 @@ class DockerHandle(Handle):
         try:
             api.remove(self.container_id)
         except Exception as exc:
-            raise engine_error(f"remove container {self.name}", exc, self.engine) from exc
+            raise engine_error(f"remove container {self.name}", exc) from exc
 
 
 class DockerExecutor(Executor):
@@ -383,8 +383,8 @@ class DockerExecutor(Executor):
         try:
             container = engine.create_container(body, name)
         except Exception as exc:
-            raise engine_error(f"create the container for run {request.run_id} (image {request.image})", exc,
-                               self.engine) from exc
+            raise engine_error(f"create the container for run {request.run_id} (image {request.image})",
+                               exc) from exc
         try:
             if not mounted:
                 self._put_files(engine, container, owner)
@@ -396,7 +396,7 @@ class DockerExecutor(Executor):
             except Exception as cleanup:
                 log.warning("could not remove container %s: %s", name, cleanup)
             if isinstance(exc, Exception):
-                raise engine_error(f"start the container for run {request.run_id}", exc, self.engine) from exc
+                raise engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
         return DockerHandle(request.paths, self.engine, container, name, cancel_grace=self.cancel_grace,
                             keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
