@@ -9,6 +9,7 @@ Hydra and OmegaConf are imported only on the paths that compose a config, so
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from mltrain.errors import MltrainError, UsageError
 
 USAGE = """\
-usage: mltrain [--detach] [-cn NAME] [--cfg job] [--info] [-m] key=value ...   submit a run (or a sweep with -m)
+usage: mltrain [--detach] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (or a sweep with -m)
        mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...                show what a submit would do
        mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
        mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
@@ -187,6 +188,17 @@ def _through_hydra(parsed: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 # -------------------------------------------------------------- subcommands
+def _amount(text: str) -> float:
+    """A number of days or seconds: finite and not negative (``--envs -5`` would spare nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
 def _subcommand(args: list[str]) -> int:
     parser = _Parser(prog="mltrain")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,12 +247,12 @@ def _subcommand(args: list[str]) -> int:
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
     gc.add_argument("--failed", action="store_true", help="also delete failed and canceled runs")
-    gc.add_argument("--older-than", type=float, metavar="DAYS", help="also delete runs older than DAYS")
+    gc.add_argument("--older-than", type=_amount, metavar="DAYS", help="also delete runs older than DAYS")
     gc.add_argument("--dry-run", action="store_true")
-    gc.add_argument("--envs", type=float, metavar="DAYS",
+    gc.add_argument("--envs", type=_amount, metavar="DAYS",
                     help="also remove venvs and mltrain-built images no run on this machine used for DAYS days")
     gc.add_argument("--engine", metavar="URL", help="the Docker engine whose images --envs prunes (default: local)")
-    gc.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+    gc.add_argument("--grace", type=_amount, default=3600.0, metavar="SECONDS",
                     help="spare blobs younger than this (a snapshot may be in flight; default 3600)")
 
     parsed = parser.parse_args(args)
@@ -249,6 +261,8 @@ def _subcommand(args: list[str]) -> int:
     if parsed.command == "gc":
         from mltrain.commands import gc_command
 
+        if parsed.engine and parsed.envs is None:
+            raise UsageError("gc: --engine says whose images --envs prunes; add --envs DAYS")
         return gc_command(parsed)
     if parsed.command == "sweeps":
         from mltrain.sweep_cli import command

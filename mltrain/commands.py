@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mltrain.errors import MltrainError, StoreError, UsageError
+from mltrain.errors import ConfigError, MltrainError, StoreError, UsageError
 from mltrain.executors.base import cancel_run, follow, handle_for, reconcile
 from mltrain.store import TERMINAL, RunRecord, Store
 from mltrain.workspace import Workspace
@@ -205,7 +205,7 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
                 shutil.copytree(outputs, dest, dirs_exist_ok=True, symlinks=True)
             except OSError as exc:  # shutil.Error (some files failed) included
                 reason = exc.strerror or str(exc)
-                raise UsageError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
+                raise StoreError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
                                  "(choose a folder you can write to)") from None
         _out(f"{len(files)} files of run {record.id} copied to {dest}")
         return 0
@@ -315,11 +315,10 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
 
 # ----------------------------------------------------------------------- gc
 def gc_command(parsed: argparse.Namespace) -> int:
-    import shutil
-
     from mltrain.blobstore import BlobStore
     from mltrain.snapshot_materialize import remove_tree
 
+    engine = _gc_engine(parsed.engine) if parsed.envs is not None else None  # a bad --engine stops gc first
     workspace, store = _open(parsed)
     with store:
         records = store.find()
@@ -336,7 +335,7 @@ def gc_command(parsed: argparse.Namespace) -> int:
         if not parsed.dry_run and doomed:
             store.delete_runs(doomed_ids)
             for record in doomed:
-                shutil.rmtree(workspace.run_paths(record.id).dir, ignore_errors=True)
+                remove_tree(workspace.run_paths(record.id).dir)
     blobs = BlobStore(workspace.blobs)
     removed, freed = blobs.gc(keep, dry_run=parsed.dry_run, grace_seconds=parsed.grace)
     checkouts = 0
@@ -350,16 +349,28 @@ def gc_command(parsed: argparse.Namespace) -> int:
     _out(f"{verb} {freed / 1e6:.1f} MB: {removed} blobs, {len(doomed)} runs, {checkouts} checkouts")
     if parsed.envs is not None:
         active = {r.env_fingerprint for r in records if r.env_fingerprint and r.status not in TERMINAL}
-        _gc_environments(parsed, active)
+        _gc_environments(parsed, active, engine)
     return 0
 
 
-def _gc_environments(parsed: argparse.Namespace, active: set[str]) -> None:
-    """``--envs DAYS``: venvs and mltrain-built images no run on this machine used for DAYS days."""
+def _gc_engine(url: str | None) -> Any:
+    """The engine ``gc --envs`` prunes: the local one (which may be absent), or ``--engine URL``, which must
+    answer before anything is deleted."""
     from mltrain.dockerutil import EngineConfig, connect
+
+    try:
+        engine = connect(EngineConfig(base_url=url))
+    except ConfigError as exc:
+        raise UsageError(f"gc --engine {url}: {str(exc).split(': ', 1)[-1]}") from None
+    if url:
+        engine.request("GET", "/_ping", versioned=False)  # unreachable: a one-line TargetError naming the URL
+    return engine
+
+
+def _gc_environments(parsed: argparse.Namespace, active: set[str], engine: Any) -> None:
+    """``--envs DAYS``: venvs and mltrain-built images no run on this machine used for DAYS days."""
     from mltrain.env_gc import prune
 
-    engine = connect(EngineConfig(base_url=parsed.engine))
     pruned = prune(parsed.envs, active, engine=engine, engine_required=bool(parsed.engine), dry_run=parsed.dry_run)
     verb = "would remove" if parsed.dry_run else "removed"
     _out(f"{verb} {len(pruned.venvs)} venvs ({pruned.freed / 1e6:.1f} MB) and {len(pruned.images)} images "

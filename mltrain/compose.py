@@ -129,9 +129,12 @@ def compose_validated(overrides: Sequence[str] = (), config_name: str | None = N
     use_cache = compose_cache.enabled() and not any(o.lstrip("+~").startswith("hydra") for o in overrides)
     cache_key = compose_cache.key(overrides, config_name) if use_cache else None
     cached = compose_cache.load(cache_key) if cache_key else None
-    if cached is not None:
-        if cached.validated is not None:
+    if cached is not None and cached.validated is not None:
+        try:
             return config_from_plain(cached.validated), cached.yaml
+        except (TypeError, KeyError, ValueError, AttributeError):
+            cached = None  # a damaged entry: compose afresh (storing overwrites it)
+    if cached is not None:
         from omegaconf import DictConfig, OmegaConf
 
         job = OmegaConf.create(cached.job)

@@ -45,7 +45,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def enabled() -> bool:
-    return os.environ.get("MLTRAIN_COMPOSE_CACHE", "1") not in ("0", "false", "no", "off")
+    return os.environ.get("MLTRAIN_COMPOSE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def project_conf_dir() -> str | None:
@@ -78,8 +78,16 @@ class CacheKey:
 
 
 def _files(root: str) -> list[tuple[str, int, int, int]]:
+    """(path, size, mtime_ns, inode) of every file Hydra could read under ``root``: symlinked folders
+    included, as Hydra follows them (each real folder once, so a link cycle ends)."""
     found = []
-    for folder, dirs, names in os.walk(root):
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(folder, name)
@@ -103,7 +111,7 @@ def key(overrides: Sequence[str], config_name: str | None) -> CacheKey:
     project = project_conf_dir()
     hydra_spec = importlib.util.find_spec("hydra")
     project_files = _files(project) if project else []
-    packaged_files = _files(str(_PACKAGE_DIR / "conf"))
+    packaged_files = [f for folder in _packaged_conf_dirs() for f in _files(folder)]
     code = [_stat(str(_PACKAGE_DIR / "config.py")), _stat(hydra_spec.origin if hydra_spec else None)]
     material = {
         "format": FORMAT,
@@ -116,6 +124,13 @@ def key(overrides: Sequence[str], config_name: str | None) -> CacheKey:
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     stamps = [f[2] for f in project_files + packaged_files] + [c[2] for c in code if c]
     return CacheKey(digest, max(stamps, default=0))
+
+
+def _packaged_conf_dirs() -> list[str]:
+    """Where ``mltrain.conf`` lives: inside the package when installed, the repository's ``conf/`` in an
+    editable install (the package-dir mapping puts it there), found as Hydra's ``pkg://`` finds it."""
+    spec = importlib.util.find_spec("mltrain.conf")
+    return list(spec.submodule_search_locations or []) if spec else []
 
 
 def _entry(cache_key: CacheKey) -> Path:

@@ -161,7 +161,7 @@ def _may_be_in_repo(folder: Path) -> bool:
     ``GIT_DIR``. Saves starting git (~10 ms) on every run outside a repository."""
     if os.environ.get("GIT_DIR") or os.environ.get("GIT_WORK_TREE"):
         return True
-    here = folder.absolute()
+    here = folder.resolve()  # git walks up from the real folder, not through a symlink's parents
     return any(os.path.lexists(os.path.join(path, ".git")) for path in (here, *here.parents))
 
 

@@ -126,8 +126,15 @@ def remove_tree(path: Path | str) -> None:
         parent = os.path.dirname(target)
         with contextlib.suppress(OSError):
             os.chmod(parent, stat.S_IRWXU | os.stat(parent).st_mode)
-        with contextlib.suppress(FileNotFoundError):
-            func(target)
+        if func in (os.unlink, os.rmdir, os.remove):
+            with contextlib.suppress(FileNotFoundError):
+                func(target)
+            return
+        # A folder rmtree could not open or list (os.open, os.scandir: not retried as is, they take more
+        # arguments): open it up, then remove it as a tree of its own.
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, stat.S_IRWXU | os.stat(target).st_mode)
+            remove_tree(target)
 
     if not os.path.lexists(path):
         return

@@ -120,3 +120,36 @@ def test_validated_values_survive_the_round_trip(project: Project, monkeypatch: 
         cfg, _ = compose_validated(overrides)
         plain = json.loads(json.dumps(config_to_plain(cfg)))  # as the cache file stores it
         assert config_from_plain(plain) == cfg, overrides
+
+
+def test_a_damaged_entry_is_composed_afresh_not_an_internal_error(project: Project, tmp_path: Path) -> None:
+    cache = tmp_path / "own-cache"
+    env = {"MLTRAIN_CACHE_DIR": str(cache)}
+    project.run("plan", "script=train.py", env=env, check=True)
+    (entry,) = (cache / "compose").iterdir()
+    data = json.loads(entry.read_text())
+    data["validated"] = {"compute": {"type": "cloud"}}  # right key, values no config can be rebuilt from
+    entry.write_text(json.dumps(data))
+    assert _experiment(project, "script=train.py", env=env) == project.root.name
+    assert "cloud" not in entry.read_text()  # replaced by a good entry
+
+
+def test_a_symlinked_conf_folder_is_covered_by_the_key(project: Project, tmp_path: Path) -> None:
+    """Hydra follows a group folder that is a symlink (``conf/exp -> ../shared/exp``); so does the key."""
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
+    shared = project.root / "shared" / "exp"
+    shared.mkdir(parents=True)
+    (project.root / "conf").mkdir(exist_ok=True)
+    (project.root / "conf" / "exp").symlink_to("../shared/exp")
+    option = shared / "a.yaml"
+    for name in ("alpha", "bravo"):
+        option.write_text(f"# @package _global_\nexperiment: {name}\n")  # same size both times
+        _settle(option)
+        assert _experiment(project, "script=train.py", "+exp=a", env=env) == name
+
+
+def test_the_packaged_conf_is_in_the_key_in_every_install() -> None:
+    from mltrain import compose_cache
+
+    covered = {f[0] for folder in compose_cache._packaged_conf_dirs() for f in compose_cache._files(folder)}
+    assert {"config.yaml", "compute/local.yaml", "environment/user_managed.yaml"} <= covered

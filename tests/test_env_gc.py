@@ -82,3 +82,21 @@ def test_an_explicit_engine_that_does_not_answer_is_an_error(project: Project, t
 
 
 pytestmark = pytest.mark.integration
+
+
+def test_bad_gc_arguments_are_one_line_and_delete_nothing(project: Project, tmp_path: Path) -> None:
+    env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "cache")}
+    project.write("failing.py", "raise SystemExit(3)\n")
+    project.run("script=failing.py", env=env)  # a failed run: what `gc --failed` would delete
+    before = project.runs()
+    assert [r["status"] for r in before] == ["Failed"]
+    for args, fragment in (
+        (["--envs", "-5"], "'-5' must be a number >= 0"),
+        (["--envs", "nan"], "'nan' must be a number >= 0"),
+        (["--older-than", "-1"], "'-1' must be a number >= 0"),
+        (["--engine", "tcp://127.0.0.1:9"], "--engine says whose images --envs prunes"),
+        (["--failed", "--envs", "1", "--engine", "bogus://x"], "gc --engine bogus://x: use unix://"),
+        (["--failed", "--envs", "1", "--engine", "tcp://127.0.0.1:9"], "cannot reach the Docker engine"),
+    ):
+        assert_one_line_error(project.run("gc", *args, env=env), fragment)
+    assert project.runs() == before

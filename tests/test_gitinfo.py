@@ -122,6 +122,13 @@ def test_subdirectory_records_root_and_whole_repo_patch(tmp_path: Path) -> None:
     assert "train.py" in info.patch
 
 
+def test_a_source_dir_reached_through_a_symlink_is_still_in_its_repository(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (tmp_path / "link").symlink_to(repo / "pkg")  # no .git above the link itself
+    info = capture(tmp_path / "link")
+    assert info.is_repo and info.root == str(repo.resolve())
+
+
 def test_dirty_repository_patch_contents(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     (repo / "train.py").write_text("print('modified')\n")

@@ -105,3 +105,23 @@ def test_workdir_with_a_missing_blob_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="incomplete"):
         make_workdir(manifest, store, tmp_path / "wd")
     assert not (tmp_path / "wd").exists()
+
+
+def test_remove_tree_opens_up_a_folder_it_could_not_enter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script may chmod 000 a folder of its working dir; as root (CI) that cannot block, so the refusal
+    is simulated once for that folder."""
+    locked = tmp_path / "wd" / "locked"
+    (locked / "inner").mkdir(parents=True)
+    (locked / "inner" / "f.txt").write_text("x")
+    real_open = os.open
+    refused: list[str] = []
+
+    def open_refusing_once(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if os.fspath(path).endswith("locked") and not refused:
+            refused.append(os.fspath(path))
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_refusing_once)
+    remove_tree(tmp_path / "wd")
+    assert refused and not (tmp_path / "wd").exists()

@@ -48,7 +48,9 @@ def _exited_within(pid: int, timeout: float) -> bool:
     except (AttributeError, OSError):
         return True
     try:
-        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+        poller = select.poll()  # not select.select: it fails for fds >= 1024, which a large sweep reaches
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
     finally:
         os.close(fd)
 
