@@ -241,6 +241,18 @@ def test_outputs_keep_only_files_folders_and_links_inside(dproject: DockerProjec
         assert any(line.startswith("[mltrain] outputs: ") and name in line for line in log.splitlines()), log
 
 
+def test_copied_back_outputs_past_the_entry_limit_stop_cleanly(dproject: DockerProject) -> None:
+    dproject.write("many.py", "import os\nfor i in range(50):\n"
+                   "    open(os.path.join(os.environ['MLTRAIN_OUTPUT_DIR'], f'f{i:02}'), 'w').write('x')\n")
+    dproject.submit("script=many.py", "compute.code_transfer=copy", build=False, check=True,
+                    env={"MLTRAIN_OUTPUTS_MAX_FILES": "10"})
+    run_id = str(dproject.record()["id"])
+    outputs = dproject.workspace / "runs" / run_id / "outputs"
+    assert len(list(outputs.iterdir())) < 10  # the first entries are the folders run/ and run/outputs/
+    assert "[mltrain] outputs: extraction stopped: more than 10 entries" in dproject.log(run_id)
+    assert dproject.containers() == []  # the engine's stream was closed and the container removed all the same
+
+
 def test_extract_refuses_escapes(tmp_path: Path) -> None:
     from mltrain.util.archive import extract
 

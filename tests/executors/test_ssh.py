@@ -444,6 +444,26 @@ def test_a_symlinked_folder_to_a_client_path_leaves_the_client_untouched(sprojec
         assert any(name in note for note in notes), (name, notes)
 
 
+def test_outputs_past_the_byte_limit_stop_cleanly_and_the_link_goes_on(sproject: SshProject) -> None:
+    sproject.write("big.py", textwrap.dedent("""
+        import os
+        out = os.environ["MLTRAIN_OUTPUT_DIR"]
+        open(os.path.join(out, "a-small.txt"), "w").write("small")
+        open(os.path.join(out, "b-big.bin"), "wb").write(os.urandom(3 << 20))
+        print("wrote", flush=True)
+    """))
+    sproject.submit("script=big.py", check=True, env={"MLTRAIN_OUTPUTS_MAX_BYTES": "1m"})
+    (record,) = sproject.runs()
+    run_id = str(record["id"])
+    assert record["status"] == "Completed"
+    outputs = sproject.workspace / "runs" / run_id / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == ["a-small.txt"]  # the cut file is not left half-written
+    log = sproject.log(run_id)
+    assert "wrote" in log and "[mltrain] outputs: extraction stopped: the outputs passed 1 MiB" in log
+    sproject.submit("script=train.py", check=True)  # the link (its abandoned channel) serves the next run
+    assert (sproject.workspace / "runs" / str(sproject.runs()[0]["id"]) / "outputs" / "result.txt").exists()
+
+
 class _HostileLink:
     """Answers ``pack`` with a crafted archive, as a compromised host could."""
 
