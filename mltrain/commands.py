@@ -191,28 +191,33 @@ def runs_metrics(parsed: argparse.Namespace) -> int:
 
 
 def runs_outputs(parsed: argparse.Namespace) -> int:
-    import shutil
+    """List a run's outputs, or copy them (``--download DEST``) all or nothing, never following a link."""
+    from mltrain.util.outputs import Refused, copy_tree, listing
 
     workspace, store = _open(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
     outputs = workspace.run_paths(record.id).outputs
-    files = sorted(p for p in outputs.rglob("*") if p.is_file()) if outputs.is_dir() else []
     if parsed.download:
         dest = Path(parsed.download)
-        if outputs.is_dir():
-            try:
-                shutil.copytree(outputs, dest, dirs_exist_ok=True, symlinks=True)
-            except OSError as exc:  # shutil.Error (some files failed) included
-                reason = exc.strerror or str(exc)
-                raise StoreError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
-                                 "(choose a folder you can write to)") from None
-        _out(f"{len(files)} files of run {record.id} copied to {dest}")
+        try:
+            files = copy_tree(outputs, dest) if outputs.is_dir() and not outputs.is_symlink() else 0
+        except Refused as exc:
+            raise StoreError(f"not copying the outputs of run {record.id} to {dest}: {exc}; nothing was copied "
+                             f"({exc.hint})") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StoreError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
+                             "(choose a folder you can write to)") from None
+        _out(f"{files} files of run {record.id} copied to {dest}")
         return 0
-    if not files:
+    found = listing(outputs)
+    if not found:
         _out(f"run {record.id} has no outputs")
         return 0
-    _out(_table([("SIZE", "PATH")] + [(str(p.stat().st_size), str(p.relative_to(outputs))) for p in files]))
+    rows = [(str(size) if size is not None else "link", path if target is None else f"{path} -> {target}")
+            for path, size, target in found]
+    _out(_table([("SIZE", "PATH"), *rows]))
     return 0
 
 

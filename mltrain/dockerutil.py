@@ -4,10 +4,9 @@ The Docker target (``mltrain.executors.docker``), the Docker environment
 (``mltrain.environments.docker``) and the SSH target (which hands the host's
 engine to the environment) need the same few things: how to reach an engine
 (``EngineConfig``, ``connect`` -> a ``mltrain.docker_api.Engine``), engine
-errors turned into one-line ``TargetError``s, tar streams, and a *safe*
-extraction of archives pulled back from a container (whatever a job leaves in
-its output folder is untrusted: no absolute paths, no ``..``, no links leaving
-the target).
+errors turned into one-line ``TargetError``s, and tar streams to send. Archives
+pulled back from a container are hostile input, extracted by
+``mltrain.util.archive``.
 
 Nothing here imports docker-py; ``import_docker`` is for building images only.
 """
@@ -18,16 +17,13 @@ import importlib
 import io
 import logging
 import os
-import stat
 import sys
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mltrain.errors import TargetError
-from mltrain.snapshot_manifest import link_stays_inside
 
 log = logging.getLogger(__name__)
 
@@ -197,118 +193,3 @@ def add_snapshot(tar: tarfile.TarFile, manifest: Any, blobs: Any, prefix: str) -
         info.mode, info.size = entry.mode, entry.size
         with open(blobs.path(entry.digest), "rb") as fh:
             tar.addfile(info, fh)
-
-
-# ------------------------------------------------------------ safe extraction
-class ChunkReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks (what ``get_archive`` returns), for ``tarfile`` streams."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._rest = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._rest:
-            try:
-                self._rest = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._rest))
-        buffer[:n] = self._rest[:n]
-        self._rest = self._rest[n:]
-        return n
-
-
-def safe_extract(chunks: Iterable[bytes], routes: Mapping[str, Path]) -> list[str]:
-    """Extract the members of a tar stream that ``routes`` asks for; return what was refused (and why).
-
-    ``routes`` maps a member name to a destination: ``{"run/outputs": dir, "run/metrics.jsonl": file}``
-    extracts everything under ``run/outputs/`` into ``dir`` and that one file
-    to ``file``; other members are ignored. Refused (and logged): absolute
-    names, ``..``, links whose target leaves the destination, hard links,
-    devices and FIFOs, anything whose folder resolves outside the destination
-    (a link planted earlier in the stream). Modes lose setuid and group/other
-    write; owners are not applied.
-    """
-    refused: list[str] = []
-    roots = {key.strip("/"): Path(dest) for key, dest in routes.items()}
-    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks)), mode="r|") as tar:
-        for member in tar:
-            name = member.name.strip("/")
-            route = next((k for k in roots if name == k or name.startswith(k + "/")), None)
-            if route is None:
-                continue
-            dest = roots[route]
-            rel = name[len(route):].strip("/")
-            if not rel:  # the route itself: a folder to fill, or the one file wanted
-                if member.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not member.isfile():
-                    refused.append(f"{name}: not a regular file")
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                _extract_one(tar, member, str(dest))
-                continue
-            dest.mkdir(parents=True, exist_ok=True)
-            root_real = os.path.realpath(dest)
-            target = os.path.join(root_real, rel)
-            problem = _member_problem(rel, member)
-            if problem is None and not _inside(root_real, os.path.dirname(target)):
-                problem = "its folder leads outside the destination"
-            if problem is not None:
-                refused.append(f"{name}: {problem}")
-                continue
-            _extract_one(tar, member, target)
-    for item in refused:
-        log.warning("not extracted: %s", item)
-    return refused
-
-
-def _member_problem(rel: str, member: tarfile.TarInfo) -> str | None:
-    parts = rel.split("/")
-    if not rel or os.path.isabs(rel) or ".." in parts or "\0" in rel:
-        return "not a clean relative path"
-    if member.islnk():
-        return "hard link"
-    if member.issym():
-        return None if link_stays_inside(rel, member.linkname) else "symlink leading outside"
-    if not (member.isfile() or member.isdir()):
-        return "not a regular file, folder or symlink"
-    return None
-
-
-def _inside(root_real: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
-
-
-def _extract_one(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if member.isdir():
-        if os.path.islink(target):
-            os.unlink(target)
-        os.makedirs(target, exist_ok=True)
-        os.chmod(target, (member.mode & 0o755) | 0o700)
-        return
-    if os.path.lexists(target) and (os.path.islink(target) or not os.path.isfile(target)):
-        if os.path.isdir(target) and not os.path.islink(target):
-            import shutil
-
-            shutil.rmtree(target)
-        else:
-            os.unlink(target)
-    if member.issym():
-        os.symlink(member.linkname, target)
-        return
-    source = tar.extractfile(member)
-    assert source is not None
-    tmp = f"{target}.mltrain-tmp"
-    with open(tmp, "wb") as out:
-        while chunk := source.read(1 << 20):
-            out.write(chunk)
-    os.chmod(tmp, (member.mode & 0o755) | stat.S_IRUSR | stat.S_IWUSR)
-    os.replace(tmp, target)

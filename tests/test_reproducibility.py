@@ -60,6 +60,63 @@ def test_outputs_download_to_an_unwritable_place_is_one_line(project: Project) -
     assert_one_line_error(nowhere, "cannot copy the outputs of run")
 
 
+HOSTILE_OUTPUTS = """
+import os
+out = os.environ["MLTRAIN_OUTPUT_DIR"]
+os.symlink("/etc/passwd", os.path.join(out, "passwd"))
+os.mkfifo(os.path.join(out, "pipe"))
+os.makedirs(os.path.join(out, "sub", "deeper"))
+os.symlink("../../..", os.path.join(out, "sub", "deeper", "up"))  # the run folder: outside
+os.symlink("..", os.path.join(out, "sub", "top"))  # the outputs folder: inside
+os.symlink("sub/top/sub/top/..", os.path.join(out, "chain"))  # reads as inside, leads to the run folder
+open(os.path.join(out, "good.txt"), "w").write("good")
+os.symlink("good.txt", os.path.join(out, "alias.txt"))
+os.chmod(os.path.join(out, "sub", "deeper"), 0o555)  # the job took write access away from a folder
+"""
+
+
+def test_local_outputs_keep_only_files_folders_and_links_inside(project: Project, tmp_path: Path) -> None:
+    project.write("hostile.py", HOSTILE_OUTPUTS)
+    project.run("script=hostile.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    outputs = project.workspace / "runs" / run_id / "outputs"
+    found = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*"))
+    assert found == ["alias.txt", "good.txt", "sub", "sub/deeper", "sub/top"]
+    log = (project.workspace / "runs" / run_id / "output.log").read_text()
+    notes = [line for line in log.splitlines() if line.startswith("[mltrain] outputs: ")]
+    assert len(notes) == 4, log
+    for name in ("passwd -> /etc/passwd", "pipe: a fifo", "sub/deeper/up -> ../../..", "chain -> sub/top/sub/top/.."):
+        assert any(name in note for note in notes), (name, notes)
+    listing = project.run("runs", "outputs", run_id, check=True).stdout
+    assert "good.txt" in listing and "alias.txt -> good.txt" in listing and "passwd" not in listing
+    dest = tmp_path / "copy"
+    project.run("runs", "outputs", run_id, "--download", str(dest), check=True)
+    assert (dest / "good.txt").read_text() == "good" and (dest / "alias.txt").read_text() == "good"
+    assert (dest / "sub" / "top").readlink() == Path("..")
+
+
+def test_outputs_download_refuses_a_link_out_and_leaves_nothing(project: Project, tmp_path: Path) -> None:
+    """A run folder from before this check, or changed since: the copy is refused whole, DEST never appears."""
+    project.run("script=train.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    outputs = project.workspace / "runs" / run_id / "outputs"
+    (outputs / "a").mkdir()
+    (outputs / "a" / "one.txt").write_text("one")
+    (outputs / "z").mkdir()
+    (outputs / "z" / "evil").symlink_to("../../../../../../etc")  # after the good files: a copy is under way
+    dest = tmp_path / "dl"
+    refused = project.run("runs", "outputs", run_id, "--download", str(dest))
+    assert_one_line_error(refused, f"not copying the outputs of run {run_id}", "z/evil is a link leading outside",
+                          "nothing was copied")
+    assert not dest.exists() and not list(tmp_path.glob(".dl*"))
+    (outputs / "z" / "evil").unlink()
+    dest.mkdir()  # an empty folder is taken; a full one is refused, never merged into
+    project.run("runs", "outputs", run_id, "--download", str(dest), check=True)
+    assert (dest / "a" / "one.txt").read_text() == "one" and (dest / "result.txt").read_text() == "done"
+    again = project.run("runs", "outputs", run_id, "--download", str(dest))
+    assert_one_line_error(again, "already exists and is not an empty folder", "choose a new folder")
+
+
 def test_rerun_uses_the_stored_snapshot_and_config(project: Project) -> None:
     project.write("say.py", "import sys\nprint('version', 'one', sys.argv[1:])\n")
     project.run("script=say.py", "params.lr=0.1", check=True)

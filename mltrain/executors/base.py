@@ -156,8 +156,15 @@ def handle_for(record: RunRecord, workspace: Workspace) -> Handle | None:
 
 def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Handle, info: ExitInfo,
              *, canceled: str | None = None) -> RunRecord:
-    """Collect, ingest metrics, record the terminal status. Safe to call from several processes."""
+    """Collect, make the outputs obey the policy, ingest metrics, record the terminal status.
+
+    Safe to call from several processes. The outputs policy (``mltrain.util.outputs.enforce``)
+    runs here because every target passes here, including those whose job wrote the run's
+    ``outputs`` folder directly (local, a local Docker engine's bind mount): what it removes is
+    said in the run's log.
+    """
     from mltrain.metrics import read_metrics_file, scan_log
+    from mltrain.util.outputs import enforce, note_in_log
 
     paths = workspace.run_paths(record.id)
     store.transition(record.id, FINALIZING)
@@ -165,6 +172,13 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
         handle.collect(paths)
     except Exception as exc:  # a failed collection must not leave the run unfinished
         log.warning("collecting outputs of %s failed: %s", record.id, exc)
+    try:
+        notes = enforce(paths.outputs)
+        for note in notes:
+            log.warning("run %s: outputs: %s", record.id, note)
+        note_in_log(paths.log, notes)
+    except OSError as exc:
+        log.warning("checking the outputs of %s failed: %s", record.id, exc)
     metrics = []
     if paths.metrics.exists():
         metrics += read_metrics_file(paths.metrics, final=True)[0]

@@ -54,7 +54,6 @@ from mltrain.dockerutil import (
     dir_entry,
     engine_error,
     is_not_found,
-    safe_extract,
 )
 from mltrain.errors import ConfigError, TargetError
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
@@ -285,13 +284,18 @@ class DockerHandle(Handle):
             raise TargetError(f"container {self.name} is still running; not collecting it")
         self._log().finish()
         api = self._api()
-        if not self.mounted:
+        if not self.mounted:  # hostile input: extracted by fd, bounded (mltrain.util.archive)
+            from mltrain.util.archive import extract
+            from mltrain.util.outputs import note_in_log
+
             try:
-                safe_extract(api.get_archive(self.container_id, RUN_DIR),
-                             {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
+                report = extract(api.get_archive(self.container_id, RUN_DIR),
+                                 folders={"run/outputs": paths.outputs}, files={"run/metrics.jsonl": paths.metrics})
             except Exception as exc:
                 if not is_not_found(exc):
                     raise engine_error(f"copy the outputs out of container {self.name}", exc) from exc
+            else:
+                note_in_log(paths.log, report.lines())  # the log is finished: nothing is copied into it after
         info = exit_info(attrs, self.mem_limit)
         self._exit_file.write_text(json.dumps({"exit_code": info.exit_code, "reason": info.reason}))
         if not info.succeeded and self.keep_container:

@@ -164,21 +164,50 @@ class SshHandle(Handle):
 
     # --------------------------------------------------------------- collect
     def collect(self, paths: RunPaths) -> None:
-        """Outputs and metrics back into the run folder, extracted safely (links out, ``..``, absolute refused)."""
-        from mltrain.dockerutil import safe_extract
+        """Outputs and metrics back into the run folder: extracted by fd and bounded, as they arrive.
 
-        chunks: list[bytes] = []
+        The stream is hostile input (``mltrain.util.archive``) and is never held
+        in memory whole. Extraction stopping early (a limit, a disk error) can
+        only stop the helper's stream by closing the channel; a link that drops
+        before any byte arrived is tried once more.
+        """
+        from mltrain.util.archive import Extractor, StreamStopped
+        from mltrain.util.outputs import note_in_log
+
+        extractor = Extractor(folders={"run/outputs": paths.outputs}, files={"run/metrics.jsonl": paths.metrics})
+        failed: list[BaseException] = []
+
+        def feed(kind: bytes, data: bytes) -> None:
+            if kind != b"D":
+                return
+            try:
+                extractor.feed(data)
+            except BaseException as exc:
+                failed.append(exc)
+                raise _StopPack from exc  # an EOFError: the link closes this channel, the rest is never read
+
         try:
-            self.link.request({"op": "pack", "run_id": self.run_id}, on_data=lambda _kind, data: chunks.append(data),
-                              retry=True)
-        except LinkDown as exc:
-            raise TargetError(f"cannot collect the outputs of run {self.run_id} ({exc}); "
-                              "`mltrain runs show` tries again") from exc
-        refused = safe_extract(chunks, {"run/outputs": paths.outputs, "run/metrics.jsonl": paths.metrics})
-        if refused:
-            log.warning("run %s: %d outputs not brought back (unsafe): %s", self.run_id, len(refused),
-                        "; ".join(refused[:5]))
+            for attempt in (0, 1):
+                try:
+                    self.link.request({"op": "pack", "run_id": self.run_id}, on_data=feed)
+                    break
+                except LinkDown as exc:
+                    if failed:
+                        break
+                    if attempt or extractor.report.received:
+                        raise TargetError(f"cannot collect the outputs of run {self.run_id} ({exc}); "
+                                          "`mltrain runs show` tries again") from exc
+                    log.warning("%s; retrying once", exc)
+        finally:
+            report = extractor.close()
         self._sync(block=True)
+        note_in_log(paths.log, report.lines())  # after the last copy of the host's log: its offsets stay right
+        if failed and not isinstance(failed[0], StreamStopped):
+            raise failed[0]  # a local error (a full disk), not the host's
+
+
+class _StopPack(EOFError):
+    """Raised inside a ``pack`` reply to abandon it: the link forgets the channel (``Link.request``)."""
 
 
 class SshExecutor(Executor):

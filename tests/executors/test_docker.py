@@ -1,11 +1,12 @@
 """compute=docker on a real engine: literal args, outputs and metrics back, caching, detach/attach,
-cancel, OOM and kill reasons, keep-on-failure, engine down. Plus the safe extraction of pulled archives."""
+cancel, OOM and kill reasons, keep-on-failure, engine down, hostile outputs (copied back or bind-mounted)."""
 
 # ruff: noqa: F811  (the fixtures imported from dockertest are named as the test arguments)
 from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import tarfile
 import time
@@ -211,8 +212,49 @@ def _tar(members: list[tuple[str, str, str]]) -> list[bytes]:
     return [data[i:i + 333] for i in range(0, len(data), 333)]
 
 
-def test_safe_extract_refuses_escapes(tmp_path: Path) -> None:
-    from mltrain.dockerutil import safe_extract
+HOSTILE_OUTPUTS = """
+import os
+out = os.environ['MLTRAIN_OUTPUT_DIR']
+os.symlink('/root/.ssh', os.path.join(out, 'ssh'))
+os.symlink('../../../../etc/passwd', os.path.join(out, 'passwd'))
+os.makedirs(os.path.join(out, 'models'))
+open(os.path.join(out, 'models', 'best.pt'), 'w').write('weights')
+os.symlink('models/best.pt', os.path.join(out, 'latest.pt'))
+os.mkfifo(os.path.join(out, 'pipe'))
+print('planted', flush=True)
+"""
+
+
+@pytest.mark.parametrize("transfer", ["copy", "mount"])
+def test_outputs_keep_only_files_folders_and_links_inside(dproject: DockerProject, transfer: str) -> None:
+    """mount: the container writes the run's outputs folder itself (no extraction): finalize enforces the policy."""
+    dproject.write("hostile.py", HOSTILE_OUTPUTS)
+    result = dproject.submit("script=hostile.py", f"compute.code_transfer={transfer}", build=False, check=True)
+    assert "planted" in result.stdout
+    run_id = str(dproject.record()["id"])
+    outputs = dproject.workspace / "runs" / run_id / "outputs"
+    found = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*"))
+    assert found == ["latest.pt", "models", "models/best.pt"]
+    assert os.readlink(outputs / "latest.pt") == "models/best.pt"
+    log = dproject.log(run_id)
+    for name in ("ssh", "passwd", "pipe"):
+        assert any(line.startswith("[mltrain] outputs: ") and name in line for line in log.splitlines()), log
+
+
+def test_copied_back_outputs_past_the_entry_limit_stop_cleanly(dproject: DockerProject) -> None:
+    dproject.write("many.py", "import os\nfor i in range(50):\n"
+                   "    open(os.path.join(os.environ['MLTRAIN_OUTPUT_DIR'], f'f{i:02}'), 'w').write('x')\n")
+    dproject.submit("script=many.py", "compute.code_transfer=copy", build=False, check=True,
+                    env={"MLTRAIN_OUTPUTS_MAX_FILES": "10"})
+    run_id = str(dproject.record()["id"])
+    outputs = dproject.workspace / "runs" / run_id / "outputs"
+    assert len(list(outputs.iterdir())) < 10  # the first entries are the folders run/ and run/outputs/
+    assert "[mltrain] outputs: extraction stopped: more than 10 entries" in dproject.log(run_id)
+    assert dproject.containers() == []  # the engine's stream was closed and the container removed all the same
+
+
+def test_extract_refuses_escapes(tmp_path: Path) -> None:
+    from mltrain.util.archive import extract
 
     outputs, metrics = tmp_path / "outputs", tmp_path / "metrics.jsonl"
     chunks = _tar([
@@ -229,15 +271,16 @@ def test_safe_extract_refuses_escapes(tmp_path: Path) -> None:
         ("run/metrics.jsonl", "file", '{"name": "a", "value": 1}\n'),
         ("run/other.txt", "file", "ignored"),
     ])
-    refused = safe_extract(chunks, {"run/outputs": outputs, "run/metrics.jsonl": metrics})
+    refused = extract(chunks, folders={"run/outputs": outputs}, files={"run/metrics.jsonl": metrics}).refused
     assert (outputs / "ok.txt").read_text() == "fine"
     assert (outputs / "sub" / "deep.txt").read_text() == "deep"
-    assert (outputs / "sub" / "through.txt").read_text() == "ok"
+    assert not (outputs / "sub" / "through.txt").exists()  # never written through a link, even one inside
+    assert os.readlink(outputs / "inside") == "sub"
     assert metrics.read_text().startswith('{"name"')
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
     assert not (outputs / "up").is_symlink() and not (outputs / "hard").exists()
     assert not (outputs / "ok.txt").stat().st_mode & 0o4000  # no setuid survives
-    assert len(refused) == 3, refused
+    assert len(refused) == 5, refused
 
 
 # ------------------------------------------------------------- a tcp:// engine

@@ -415,6 +415,55 @@ def test_outputs_with_links_out_are_not_brought_back(sproject: SshProject) -> No
     assert not (outputs / "up").is_symlink()
 
 
+def test_a_symlinked_folder_to_a_client_path_leaves_the_client_untouched(sproject: SshProject, tmp_path: Path) -> None:
+    """The job makes, on the host, the client's own folder and links its outputs to it; plus a chain of links
+    that each read as inside but lead out, and a fifo. The client keeps its file; only what stays inside comes back."""
+    client = tmp_path / "client-secrets"
+    client.mkdir()
+    (client / "victim").write_text("original")
+    sproject.write("plant.py", textwrap.dedent("""
+        import os
+        out, client = os.environ["MLTRAIN_OUTPUT_DIR"], os.environ["CLIENT_DIR"]
+        os.makedirs(client, exist_ok=True)  # the same path, on the host
+        open(os.path.join(client, "victim"), "w").write("pwned")
+        os.symlink(client, os.path.join(out, "secrets"))
+        os.makedirs(os.path.join(out, "sub"))
+        os.symlink("..", os.path.join(out, "sub", "top"))
+        os.symlink("sub/top/sub/top/../../client-secrets", os.path.join(out, "chain"))
+        os.mkfifo(os.path.join(out, "pipe"))
+        open(os.path.join(out, "sub", "fine.txt"), "w").write("ok")
+    """))
+    sproject.submit("script=plant.py", f"+env_vars.CLIENT_DIR={client}", check=True)
+    (record,) = sproject.runs()
+    run_id = str(record["id"])
+    outputs = sproject.workspace / "runs" / run_id / "outputs"
+    assert (client / "victim").read_text() == "original" and sorted(p.name for p in client.iterdir()) == ["victim"]
+    assert sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*")) == ["sub", "sub/fine.txt", "sub/top"]
+    notes = [line for line in sproject.log(run_id).splitlines() if line.startswith("[mltrain] outputs: ")]
+    for name in ("secrets", "chain", "pipe"):
+        assert any(name in note for note in notes), (name, notes)
+
+
+def test_outputs_past_the_byte_limit_stop_cleanly_and_the_link_goes_on(sproject: SshProject) -> None:
+    sproject.write("big.py", textwrap.dedent("""
+        import os
+        out = os.environ["MLTRAIN_OUTPUT_DIR"]
+        open(os.path.join(out, "a-small.txt"), "w").write("small")
+        open(os.path.join(out, "b-big.bin"), "wb").write(os.urandom(3 << 20))
+        print("wrote", flush=True)
+    """))
+    sproject.submit("script=big.py", check=True, env={"MLTRAIN_OUTPUTS_MAX_BYTES": "1m"})
+    (record,) = sproject.runs()
+    run_id = str(record["id"])
+    assert record["status"] == "Completed"
+    outputs = sproject.workspace / "runs" / run_id / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == ["a-small.txt"]  # the cut file is not left half-written
+    log = sproject.log(run_id)
+    assert "wrote" in log and "[mltrain] outputs: extraction stopped: the outputs passed 1 MiB" in log
+    sproject.submit("script=train.py", check=True)  # the link (its abandoned channel) serves the next run
+    assert (sproject.workspace / "runs" / str(sproject.runs()[0]["id"]) / "outputs" / "result.txt").exists()
+
+
 class _HostileLink:
     """Answers ``pack`` with a crafted archive, as a compromised host could."""
 
