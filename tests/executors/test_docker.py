@@ -182,10 +182,72 @@ def test_host_environment_is_refused_on_docker(project: Project) -> None:
     assert_one_line_error(result, "environment=venv", "environment=docker")
 
 
-def test_docker_socket_is_never_mounted(project: Project) -> None:
-    result = project.run("script=train.py", "compute=docker", "environment=docker", f"environment.image={BASE_IMAGE}",
-                         "compute.volumes=[/var/run/docker.sock:/var/run/docker.sock]")
-    assert_one_line_error(result, "compute.volumes", "socket")
+@pytest.mark.parametrize("source", ["/var/run/docker.sock", "/var/run", "/run", "/", "/var", "LINK"])
+def test_volumes_holding_the_engine_socket_are_refused(dproject: DockerProject, tmp_path: Path,
+                                                        source: str) -> None:
+    """The socket, a folder holding it (as written or through a link), is refused before anything starts."""
+    if source == "LINK":
+        (tmp_path / "links").mkdir()
+        (tmp_path / "links" / "to-run").symlink_to("/run")
+        source = str(tmp_path / "links" / "to-run")
+    assert dproject.containers() == []
+    result = dproject.submit("script=train.py", f"compute.volumes=[{source}:/host:ro]", build=False)
+    assert_one_line_error(result, f"compute.volumes: '{source}:/host:ro' hands the job the Docker engine's socket",
+                          "compute.allow_engine_socket=true")
+    assert result.returncode == 2
+    assert dproject.containers() == []  # nothing was created
+    assert not (dproject.workspace / "runs.db").exists()  # refused before a run was recorded
+
+
+def test_named_volume_binding_the_socket_folder_is_refused(dproject: DockerProject) -> None:
+    """A local volume with o=bind is a bind mount of its device: the same rule, asked of the engine at launch."""
+    name = f"mltrain-test-{dproject.label}"
+    dproject.engine.volumes.create(name, driver="local", driver_opts={"type": "none", "o": "bind", "device": "/run"},
+                                   labels={LABEL: dproject.label})
+    try:
+        result = dproject.submit("script=train.py", f"compute.volumes=[{name}:/host:ro]", build=False)
+    finally:
+        dproject.engine.volumes.get(name).remove()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"mltrain: error: compute.volumes: '{name}:/host:ro' (a bind of /run) hands the job "
+                            "the Docker engine's socket"), error
+    assert dproject.containers() == []
+    assert dproject.record()["status"] == "Failed"
+
+
+def test_allow_engine_socket_mounts_it_and_warns_every_run(dproject: DockerProject) -> None:
+    import os
+
+    dproject.write("sock.py", "import os\nprint('socket seen', os.path.exists('/host/docker.sock'))\n")
+    overrides = ("script=sock.py", "compute.volumes=[/run:/host:ro]", "compute.allow_engine_socket=true",
+                 f"compute.user={os.getuid()}:{os.getgid()}")
+    for _ in range(2):
+        result = dproject.submit(*overrides, build=False, check=True)
+        assert "socket seen True" in result.stdout
+        warning = ("[mltrain] warning: compute.allow_engine_socket=true: '/run:/host:ro' hands the job the Docker "
+                   "engine's socket (/run holds /run/docker.sock); the job can take root on the engine's host")
+        assert result.stdout.count(warning) == 1, result.stdout
+        assert dproject.log(str(dproject.record()["id"])).count(warning) == 1
+        assert "runs as root" not in result.stdout  # compute.user is set
+
+
+def test_running_as_root_warns_once_unless_compute_user_is_set(dproject: DockerProject) -> None:
+    import os
+
+    dproject.write("who.py", "import os\nprint('uid', os.getuid())\n")
+    result = dproject.submit("script=who.py", build=False, check=True)
+    log = dproject.log(str(dproject.record()["id"]))
+    warning = "[mltrain] warning: the job runs as root in the container"
+    if os.getuid() == 0:
+        assert "uid 0" in result.stdout
+        assert result.stdout.count(warning) == 1 and log.count(warning) == 1, result.stdout
+        assert "set compute.user=UID:GID" in result.stdout
+    else:  # the caller's own uid: nothing to warn about
+        assert warning not in result.stdout + log
+    named = dproject.submit("script=who.py", "compute.user=1000:1000", build=False, check=True)
+    assert "uid 1000" in named.stdout
+    assert warning not in named.stdout + named.stderr + dproject.log(str(dproject.record()["id"]))
 
 
 # ------------------------------------------------------------------ extraction
