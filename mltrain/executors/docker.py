@@ -24,6 +24,10 @@ A run's container, and why it looks the way it does:
 
 The handle stores the container id and how to reach the engine, so any later
 process can poll, read the log (``mltrain.docker_logs``), cancel and collect.
+At start a small detached process mirrors the container's log into the run's
+``output.log`` until the container ends, watched or not: a container removed
+behind mltrain's back (``docker rm -f``) leaves its log up to then, and the
+run fails saying the container vanished.
 
 Every engine call goes through ``mltrain.docker_api.Engine`` (the standard
 library's HTTP client: no docker-py on a run's path). The create request is
@@ -48,7 +52,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mltrain.docker_logs import ContainerLog
+from mltrain.docker_logs import ACTIVE, ContainerLog, start_mirror
 from mltrain.dockerutil import (
     EngineConfig,
     add_snapshot,
@@ -73,7 +77,6 @@ OUTPUT_DIR = f"{RUN_DIR}/outputs"
 METRICS_FILE = f"{RUN_DIR}/metrics.jsonl"
 HOME_DIR = f"{ROOT}/home"
 TRANSFERS = ("auto", "mount", "copy")
-ACTIVE = ("created", "running", "paused", "restarting")
 
 
 def _parse_user(user: str) -> tuple[int, int] | None:
@@ -287,6 +290,8 @@ class DockerHandle(Handle):
             attrs: dict[str, Any] | None = self._api().inspect_container(self.container_id)
         except Exception as exc:
             raise engine_error(f"inspect container {self.name}", exc) from exc
+        if attrs is not None and attrs["State"].get("Status") == "removing":
+            return None  # on its way out: as good as gone (mltrain's own removal wrote docker-exit.json first)
         if attrs is not None and attrs["State"].get("Status") not in ACTIVE:
             self._ended = attrs
         return attrs
@@ -303,8 +308,8 @@ class DockerHandle(Handle):
                 data = json.loads(self._exit_file.read_text())
                 return ExitInfo(data.get("exit_code"), data.get("reason"))
             except (OSError, ValueError):
-                return ExitInfo(None, f"container {self.name} disappeared before its results were collected "
-                                      "(removed outside mltrain?)")
+                return ExitInfo(None, f"container {self.name} vanished before its results were collected "
+                                      "(removed outside mltrain?); its log up to then is kept")
         if attrs["State"].get("Status") in ACTIVE:
             return None
         self._log().finish()  # the whole log is in the file before anyone hears the run ended
@@ -464,6 +469,7 @@ class DockerExecutor(Executor):
                 self._put_files(engine, container, owner)
             ContainerLog.begin(request.paths.log, request.paths.dir)
             engine.start(container)
+            start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         except BaseException as exc:
             try:
                 engine.remove(container)

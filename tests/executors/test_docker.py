@@ -124,6 +124,60 @@ def test_client_killed_then_attach_sees_the_end(dproject: DockerProject) -> None
         assert log.count(f"step {i}\n") == 1, log
 
 
+COUNTER = """
+import os, time
+with open(os.path.join(os.environ['MLTRAIN_OUTPUT_DIR'], 'progress.txt'), 'a', buffering=1) as progress:
+    for i in range(100000):
+        print(f"line {i}", flush=True)
+        progress.write(f"{i}\\n")
+        time.sleep(0.1)
+"""
+
+
+def _mirror_gone(run_dir: Path) -> bool:
+    """The run's log mirror process has ended (reaped, or a zombie waiting for init)."""
+    pid = int((run_dir / "docker-log-mirror.pid").read_text())
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_detached_log_survives_container_removal(dproject: DockerProject) -> None:
+    """Nobody follows a --detach run, yet its output reaches output.log while it runs: removing the container
+    behind mltrain's back keeps the lines up to then, and the run fails saying the container vanished."""
+    import subprocess
+
+    dproject.write("count.py", COUNTER)
+    run_id = dproject.submit("script=count.py", build=False, flags=("--detach",), check=True).stdout.strip()
+    run_dir = dproject.workspace / "runs" / run_id
+    _wait_for(lambda: "line 20\n" in (run_dir / "output.log").read_text(), timeout=60)  # no client read it
+    container = json.loads(dproject.run("runs", "list", "--json", check=True).stdout)[0]["handle"]["container_id"]
+    subprocess.run(["docker", "rm", "-f", container], check=True, capture_output=True)
+    printed = int((run_dir / "outputs" / "progress.txt").read_text().split()[-1]) + 1  # bind-mounted: it stays
+    shown = dproject.show(run_id)
+    assert shown["status"] == "Failed", shown
+    assert "vanished" in str(shown["reason"]) and "removed outside mltrain" in str(shown["reason"])
+    attached = dproject.run("runs", "attach", run_id)
+    log = dproject.log(run_id)
+    numbers = [int(line.split()[1]) for line in log.splitlines() if line.startswith("line ")]
+    assert numbers == list(range(len(numbers))), log  # in order, none twice, none skipped
+    assert len(numbers) > 20
+    assert f"line {len(numbers) - 1}\n" in attached.stdout and "Failed" in attached.stderr
+    print(f"printed {printed} lines, the log kept {len(numbers)}")  # the brief allows the last second lost
+    _wait_for(lambda: _mirror_gone(run_dir))  # the mirror ended with the container
+
+
+def test_attached_run_and_mirror_write_each_line_once(dproject: DockerProject) -> None:
+    dproject.write("slow.py", SLOW)
+    result = dproject.submit("script=slow.py", "+env_vars.STEPS=6", "+env_vars.PAUSE=0.2", build=False, check=True)
+    run_id = str(dproject.record()["id"])
+    for i in range(6):
+        assert result.stdout.count(f"step {i}\n") == 1, result.stdout
+        assert dproject.log(run_id).count(f"step {i}\n") == 1
+    _wait_for(lambda: _mirror_gone(dproject.workspace / "runs" / run_id))
+
+
 def test_out_of_memory_is_named_with_the_limit(dproject: DockerProject) -> None:
     dproject.write("hog.py", "x = bytearray(512 * 1024 * 1024)\nprint(len(x))\n")
     result = dproject.submit("script=hog.py", "compute.mem_limit=48m", build=False)

@@ -112,3 +112,27 @@ def test_ssh_target_never_mounts_a_checkout_that_leads_to_the_socket(local_sshd:
     leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=mltrain-{record['id']}"],
                               capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+def test_ssh_engine_detached_log_is_mirrored_without_a_client(local_sshd: SshHost, project: Project,
+                                                              tmp_path: Path) -> None:
+    """The log mirror of a remote engine's container reaches it through its own SSH connection."""
+    import time
+
+    from sshtest import SSHD_IMAGE
+
+    home = _ssh_home(local_sshd, tmp_path)
+    project.write("count.py", "import time\nfor i in range(40):\n    print('line', i, flush=True)\n"
+                              "    time.sleep(0.1)\n")
+    run_id = project.run("--detach", "script=count.py", "compute=docker", f"compute.base_url=ssh://root@"
+                         f"{local_sshd.host}:{local_sshd.port}", "environment=docker",
+                         f"environment.image={SSHD_IMAGE}", env={"HOME": str(home)}, check=True).stdout.strip()
+    log = project.workspace / "runs" / run_id / "output.log"
+    deadline = time.monotonic() + 60
+    while "line 10\n" not in log.read_text():  # nobody attached: the mirror copied it
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    attached = project.run("runs", "attach", run_id, env={"HOME": str(home)}, check=True)
+    assert "Completed" in attached.stderr
+    lines = [line for line in log.read_text().splitlines() if line.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(40)]
