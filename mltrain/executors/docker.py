@@ -469,7 +469,6 @@ class DockerExecutor(Executor):
                 self._put_files(engine, container, owner)
             ContainerLog.begin(request.paths.log, request.paths.dir)
             engine.start(container)
-            start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         except BaseException as exc:
             try:
                 engine.remove(container)
@@ -478,6 +477,7 @@ class DockerExecutor(Executor):
             if isinstance(exc, Exception):
                 raise engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
+        start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         return DockerHandle(request.paths, self.engine, container, name, cancel_grace=self.cancel_grace,
                             keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
                             mounted=mounted, api_version=engine.api_version, client=engine)
