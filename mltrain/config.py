@@ -99,6 +99,7 @@ class DockerCompute:
     shm_size: str | None = None  # e.g. 1g
     gpus: str | None = None  # "all", a count ("2") or device ids ("0,1")
     volumes: list[str] = field(default_factory=list)  # host:container[:ro|rw]
+    allow_engine_socket: bool = False  # let compute.volumes hand the job the engine's socket (root on its host)
     network: str | None = None  # default: the engine's default bridge
     keep_container: bool = False  # keep a failed run's container for inspection
     cancel_grace: float = 10.0

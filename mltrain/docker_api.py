@@ -236,6 +236,23 @@ class Engine:
                 self._tunnel = DockerTunnel(link)
             return str(self._tunnel.path)
 
+    def host_realpath(self, path: str) -> str | None:
+        """``path`` with symlinks resolved on the engine's host; None where its files cannot be seen (tcp://).
+
+        The file system of an ``ssh://`` engine's host is asked through the
+        same connection as the engine (its helper resolves the path there).
+        """
+        scheme = self._url.scheme
+        if scheme == "unix":
+            return os.path.realpath(path)
+        if scheme != "ssh":
+            return None
+        self._ssh_socket()  # connected (host key checked) as for any engine call
+        try:
+            return str(self._tunnel.link.call("realpath", path=path)["path"])
+        except Exception as exc:
+            raise self.unreachable(exc) from exc
+
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's idle connection (and True), or a new one (and False)."""
         conn = getattr(self._local, "conn", None)
@@ -344,6 +361,12 @@ class Engine:
         except EngineError as exc:
             return str(exc)
         return None
+
+    def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.request("GET", f"/volumes/{quote(name, safe='')}"))
+        except NotFound:
+            return None
 
     def create_container(self, spec: Mapping[str, Any], name: str | None = None) -> str:
         body = json.dumps(spec).encode()

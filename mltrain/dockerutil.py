@@ -17,9 +17,10 @@ import importlib
 import io
 import logging
 import os
+import posixpath
 import sys
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,53 @@ class EngineConfig:
 
     def describe(self) -> str:
         return "local engine" if self.url == LOCAL_SOCKET else self.url
+
+
+def engine_sockets(engine: EngineConfig) -> list[str]:
+    """Where the engine's socket may lie on the engine's host: the usual paths, and the unix socket its URL names."""
+    sockets = list(SOCKET_PATHS)
+    url = engine.url
+    path = url[len("unix://"):] if url.startswith("unix://") else url if url.startswith("/") else ""
+    if path and path not in sockets:
+        sockets.append(path)
+    return sockets
+
+
+def socket_exposure(source: str, sockets: Iterable[str], resolve: Callable[[str], str | None] | None = None,
+                    ) -> tuple[str, str] | None:
+    """``(socket, how)`` when bind-mounting host path ``source`` hands a container the engine's socket, else None.
+
+    A bind exposes the socket when it is the socket, holds it (``/``, ``/var``,
+    ``/run``, ``/var/run``) or lies inside it. Both sides are compared as
+    written and, through ``resolve`` (symlinks resolved on the engine's host,
+    None where that host's files cannot be seen), as the engine will see them:
+    the engine follows links in a bind's source, and ``/var/run`` is usually a
+    link to ``/run``.
+    """
+
+    def forms(path: str) -> list[str]:
+        out = [_clean(path)]
+        real = resolve(path) if resolve is not None else None
+        if real and _clean(real) not in out:
+            out.append(_clean(real))
+        return out
+
+    for sock in sockets:
+        for s in forms(sock):
+            for src in forms(source):
+                how = "is" if src == s else "holds" if _under(s, src) else "lies inside" if _under(src, s) else ""
+                if how:
+                    said = source if src == _clean(source) else f"{source} (a link to {src})"
+                    return sock, f"{said} is the socket" if said == s else f"{said} {how} {s}"
+    return None
+
+
+def _clean(path: str) -> str:
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _under(child: str, parent: str) -> bool:
+    return child != parent and (parent == "/" or child.startswith(parent + "/"))
 
 
 def connect(engine: EngineConfig, *, version: str | None = None) -> Any:

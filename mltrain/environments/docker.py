@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shlex
 import tempfile
 from collections import deque
@@ -47,6 +48,12 @@ REQUIREMENTS_FILE = "/etc/mltrain/requirements.txt"
 WHEELS_DIR = "/opt/mltrain/wheels"
 TAIL_LINES = 3
 PROBE_TIMEOUT = 120.0  # seconds for the interpreter inside a new image to describe itself
+# what pip, curl, openssl and friends print when a certificate check fails (a TLS-intercepting proxy, a private CA)
+TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSLCertVerificationError|"
+                         r"\[SSL[:\]]|SSL: |SSLError|unable to get local issuer certificate|self[- ]signed certificate|"
+                         r"server certificate verification failed|x509: certificate", re.IGNORECASE)
+TLS_DETAIL = re.compile(r"\[SSL: [A-Z_]+\][^'\")(]*|certificate verify failed[^'\")(]*|x509: [^'\")(]*")
+HOST_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 
 
 class DockerImage(Environment):
@@ -280,7 +287,7 @@ class DockerImage(Environment):
                     archive.seek(0)
                     events = engine.build(archive, size, tag=self.tag(), dockerfile=dockerfile_name,
                                           buildargs=dict(cfg.build_args) or None)
-                    image_id = _follow_build(events, log, self.tag())
+                    image_id = _follow_build(events, log, self.tag(), self._tls_hint())
             except EnvironmentBuildError:
                 raise
             except Exception as exc:
@@ -290,6 +297,18 @@ class DockerImage(Environment):
             raise EnvironmentBuildError(f"docker build of {self.tag()} reported success but made no image "
                                         f"({image_id or 'no id'}); build it by hand to see why")
         return found
+
+    def _tls_hint(self) -> str:
+        """What to do when a certificate check fails inside the build: the knob is ``environment.ca_bundle``."""
+        bundle = next((b for b in HOST_BUNDLES if os.path.isfile(b)), HOST_BUNDLES[0])
+        if self.mode == "dockerfile":
+            return ("environment.ca_bundle applies to mltrain's own builds (environment.base_image); in your "
+                    "Dockerfile COPY the host's CA bundle in and point PIP_CERT / SSL_CERT_FILE at it")
+        if self.config.ca_bundle:
+            return (f"environment.ca_bundle={self.config.ca_bundle} is set but does not trust that server; point "
+                    "it at a bundle holding your proxy's (or index's) CA")
+        return (f"behind a TLS-intercepting proxy or with a private index, set environment.ca_bundle={bundle} "
+                "(this host's CA bundle, or one holding the proxy's or index's CA)")
 
     def _context_tar(self, path: str, dockerfile: str, out: Any) -> str:
         """Write the build context of ``path`` as a tar to ``out`` (``.dockerignore`` applied, as docker-py and
@@ -365,10 +384,16 @@ def _quote(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
 
 
-def _follow_build(events: Any, log: LogFn, tag: str) -> str | None:
-    """Stream the build output to ``log``; a failure names the failing step and the tail of the output."""
+def _follow_build(events: Any, log: LogFn, tag: str, tls_hint: str = "") -> str | None:
+    """Stream the build output to ``log``; a failure names the failing step and the tail of the output.
+
+    A failing step whose output shows a certificate check failing says so
+    first, with ``tls_hint`` (how to make the build trust the right CAs):
+    pip's own last line ("No matching distribution") hides the cause.
+    """
     step = "the first step"
     tail: deque[str] = deque(maxlen=20)
+    tls: str | None = None  # the first sign of a failed certificate check in the current step
     image_id = None
     pending = ""
     for event in events:
@@ -376,15 +401,19 @@ def _follow_build(events: Any, log: LogFn, tag: str) -> str | None:
             pending += event["stream"]
             *lines, pending = pending.split("\n")
             for line in lines:
-                line = line.rstrip("\r")
+                line = _CONTROL.sub("", _ANSI.sub("", line.rstrip("\r")))  # the legacy builder paints stderr red
                 if not line.strip():
                     continue
                 log(f"  {line}")
                 if line.startswith("Step "):
                     step = line
                     tail.clear()  # the tail that matters is the failing step's own output
+                    tls = None
                 elif not line.lstrip().startswith(("--->", "Removing intermediate container")):
                     tail.append(line.strip())
+                    if tls is None and TLS_FAILURE.search(line):
+                        detail = TLS_DETAIL.search(line)
+                        tls = (detail.group(0) if detail else line).strip(" :,;")
         elif "status" in event and "progress" not in event:
             log(f"  {event.get('id', '')} {event['status']}".rstrip())
         if "aux" in event and isinstance(event["aux"], dict):
@@ -392,6 +421,8 @@ def _follow_build(events: Any, log: LogFn, tag: str) -> str | None:
         if "error" in event:
             error = _line(event.get("errorDetail", {}).get("message") or event["error"])
             last = " | ".join(list(tail)[-TAIL_LINES:]) or "no output"
+            if tls is not None:  # the cause, and what to do, instead of the step's exit code
+                error = f"a TLS certificate check failed inside the build ({_line(tls, 160)}); {tls_hint}"
             raise EnvironmentBuildError(
                 f"docker build of {tag} failed at {_line(step, 160)}: {error}; last output: {_line(last, 300)} "
                 "(whole build log above / in `mltrain runs logs`)"
@@ -410,8 +441,13 @@ def parse_repository_tag(image: str) -> tuple[str, str | None]:
     return repository, tag
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _line(text: str, limit: int = 240) -> str:
-    flat = " ".join(str(text).split())
+    """One line of at most ``limit`` characters, without terminal escapes (build output is not ours)."""
+    flat = " ".join(_CONTROL.sub("", _ANSI.sub("", str(text))).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 

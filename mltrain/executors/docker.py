@@ -24,6 +24,10 @@ A run's container, and why it looks the way it does:
 
 The handle stores the container id and how to reach the engine, so any later
 process can poll, read the log (``mltrain.docker_logs``), cancel and collect.
+At start a small detached process mirrors the container's log into the run's
+``output.log`` until the container ends, watched or not: a container removed
+behind mltrain's back (``docker rm -f``) leaves its log up to then, and the
+run fails saying the container vanished.
 
 Every engine call goes through ``mltrain.docker_api.Engine`` (the standard
 library's HTTP client: no docker-py on a run's path). The create request is
@@ -35,25 +39,29 @@ stopped (kept: a stopped container's state no longer changes), remove.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import re
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mltrain.docker_logs import ContainerLog
+from mltrain.docker_logs import ACTIVE, ContainerLog, start_mirror
 from mltrain.dockerutil import (
-    SOCKET_PATHS,
     EngineConfig,
     add_snapshot,
     connect,
     dir_entry,
     engine_error,
+    engine_sockets,
     is_not_found,
+    socket_exposure,
 )
 from mltrain.errors import ConfigError, TargetError
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
@@ -68,7 +76,6 @@ OUTPUT_DIR = f"{RUN_DIR}/outputs"
 METRICS_FILE = f"{RUN_DIR}/metrics.jsonl"
 HOME_DIR = f"{ROOT}/home"
 TRANSFERS = ("auto", "mount", "copy")
-ACTIVE = ("created", "running", "paused", "restarting")
 
 
 def _parse_user(user: str) -> tuple[int, int] | None:
@@ -79,11 +86,8 @@ def _parse_user(user: str) -> tuple[int, int] | None:
     return None
 
 
-def _check_volumes(volumes: list[str], engine: EngineConfig) -> list[str]:
-    """``host:container[:ro|rw]`` entries, checked: never the engine's socket, never over /mltrain."""
-    sockets = set(SOCKET_PATHS)
-    if engine.url.startswith("unix://"):
-        sockets.add(engine.url[len("unix://"):])
+def _check_volumes(volumes: list[str]) -> list[str]:
+    """``host:container[:ro|rw]`` entries, checked for form and never over /mltrain (the socket: ``_exposures``)."""
     checked = []
     for spec in volumes:
         parts = spec.split(":")
@@ -93,16 +97,72 @@ def _check_volumes(volumes: list[str], engine: EngineConfig) -> list[str]:
             )
         if len(parts) == 3 and parts[2] not in ("ro", "rw"):
             raise ConfigError(f"compute.volumes: {spec!r} ends in {parts[2]!r}; use :ro or :rw")
-        source = parts[0]
-        if source.startswith("/") and (source in sockets or os.path.realpath(source) in sockets):
-            raise ConfigError(
-                f"compute.volumes: {spec!r} mounts the Docker engine's socket, which gives the job root on "
-                "the host; mltrain never does that"
-            )
         if os.path.normpath(parts[1]) == ROOT or parts[1].startswith(ROOT + "/"):
             raise ConfigError(f"compute.volumes: {spec!r} mounts over {ROOT}, which mltrain uses; pick another path")
         checked.append(spec if len(parts) == 3 else f"{spec}:rw")
     return checked
+
+
+def _same_socket(source: str, sockets: list[str]) -> str | None:
+    """The socket ``source`` is a hard link to, on this machine (a link's path says nothing; its inode does)."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            other = os.stat(sock)
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return sock
+    return None
+
+
+def _exposures(volumes: list[str], engine: EngineConfig, resolve: Callable[[str], str | None] | None,
+               api: Any = None) -> list[str]:
+    """What in ``volumes`` would hand the job the engine's socket, one phrase per volume (empty: nothing).
+
+    Host paths are resolved with ``resolve`` (on the engine's host); with
+    ``api``, named volumes are inspected too: a ``local`` volume with
+    ``o=bind`` is a bind of its ``device`` in disguise.
+    """
+    sockets = engine_sockets(engine)
+    if resolve is not None:
+        resolve = functools.lru_cache(maxsize=None)(resolve)  # one look per path (a round trip on ssh://)
+    found = []
+    for spec in volumes:
+        source = spec.split(":")[0]
+        what = repr(spec)
+        if not source.startswith("/"):
+            attrs = api.inspect_volume(source) if api is not None else None
+            options = (attrs or {}).get("Options") or {}
+            if "bind" not in str(options.get("o", "")).split(",") or not str(options.get("device", "")):
+                continue
+            source = str(options["device"])
+            what = f"{spec!r} (a bind of {source})"
+        exposed = socket_exposure(source, sockets, resolve)
+        if exposed is None and engine.is_local:
+            same = _same_socket(source, sockets)
+            exposed = None if same is None else (same, f"{source} is a hard link to {same}")
+        if exposed is not None:
+            found.append(f"{what} hands the job the Docker engine's socket ({exposed[1]})")
+    return found
+
+
+def _warn(log_path: Path, warnings: list[str]) -> None:
+    """Warnings of this run into its log, before the container's output: shown once, with the run's stream."""
+    if warnings:
+        with open(log_path, "ab") as fh:
+            fh.write("".join(f"[mltrain] warning: {w}\n" for w in warnings).encode(errors="replace"))
+
+
+def _refuse(exposed: list[str]) -> None:
+    if exposed:
+        raise ConfigError(
+            f"compute.volumes: {exposed[0]}, and with it root on the engine's host; mount a narrower folder, "
+            "or set compute.allow_engine_socket=true if the job must drive the engine"
+        )
 
 
 def _device_requests(gpus: str | None) -> list[dict[str, Any]]:
@@ -229,6 +289,8 @@ class DockerHandle(Handle):
             attrs: dict[str, Any] | None = self._api().inspect_container(self.container_id)
         except Exception as exc:
             raise engine_error(f"inspect container {self.name}", exc) from exc
+        if attrs is not None and attrs["State"].get("Status") == "removing":
+            return None  # on its way out: as good as gone (mltrain's own removal wrote docker-exit.json first)
         if attrs is not None and attrs["State"].get("Status") not in ACTIVE:
             self._ended = attrs
         return attrs
@@ -245,8 +307,8 @@ class DockerHandle(Handle):
                 data = json.loads(self._exit_file.read_text())
                 return ExitInfo(data.get("exit_code"), data.get("reason"))
             except (OSError, ValueError):
-                return ExitInfo(None, f"container {self.name} disappeared before its results were collected "
-                                      "(removed outside mltrain?)")
+                return ExitInfo(None, f"container {self.name} vanished before its results were collected "
+                                      "(removed outside mltrain?); its log up to then is kept")
         if attrs["State"].get("Status") in ACTIVE:
             return None
         self._log().finish()  # the whole log is in the file before anyone hears the run ended
@@ -315,7 +377,12 @@ class DockerExecutor(Executor):
         self.engine = EngineConfig.from_config(config)
         if config.code_transfer not in TRANSFERS:
             raise ConfigError(f"compute.code_transfer={config.code_transfer!r}: choose one of {', '.join(TRANSFERS)}")
-        self.volumes = _check_volumes(list(config.volumes), self.engine)
+        self.volumes = _check_volumes(list(config.volumes))
+        self.allow_socket = bool(config.allow_engine_socket)
+        # the engine's host is this machine: its links resolve here (remote ones at launch, through the engine)
+        exposed = _exposures(list(config.volumes), self.engine, os.path.realpath if self.engine.is_local else None)
+        if not self.allow_socket:
+            _refuse(exposed)
         container_body(config, image="", argv=[], env={}, user="", labels={}, binds=[])  # bad sizes fail now
         self._client: Any = None
         self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
@@ -368,6 +435,18 @@ class DockerExecutor(Executor):
         if self._code is None:
             raise TargetError("internal: stage_code must run before launch")
         engine = self.docker_client()
+        # again where the engine can tell: links on a remote engine's host, named volumes that are binds
+        resolve = os.path.realpath if self.engine.is_local else engine.host_realpath
+        exposed = _exposures(list(self.config.volumes), self.engine, resolve, api=engine)
+        if not self.allow_socket:
+            _refuse(exposed)
+        warnings = [f"compute.allow_engine_socket=true: {what}; the job can take root on the engine's host"
+                    for what in exposed]
+        if self.config.user is None and os.getuid() == 0:
+            warnings.append("the job runs as root in the container, because mltrain runs as root and "
+                            "compute.user is not set; set compute.user=UID:GID (e.g. compute.user=1000:1000) "
+                            "or a user name the image knows")
+        _warn(request.paths.log, warnings)
         user = self.config.user or f"{os.getuid()}:{os.getgid()}"
         owner = _parse_user(user)
         env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE}
@@ -402,6 +481,7 @@ class DockerExecutor(Executor):
             if isinstance(exc, Exception):
                 raise engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
+        start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         return DockerHandle(request.paths, self.engine, container, name, cancel_grace=self.cancel_grace,
                             keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
                             mounted=mounted, api_version=engine.api_version, client=engine)

@@ -282,6 +282,7 @@ class SshExecutor(Executor):
         touch: list[str] = []
         container = None
         if request.image:
+            self._check_mounts(link, [request.cwd, f"{run_dir}/outputs", f"{run_dir}/metrics.jsonl"])
             container = f"mltrain-{request.run_id}"
             env.update({"MLTRAIN_OUTPUT_DIR": CONTAINER_OUTPUTS, "MLTRAIN_METRICS_FILE": CONTAINER_METRICS})
             argv = _docker_run(request, env, run_dir, f"{hello['uid']}:{hello['gid']}", container)
@@ -298,6 +299,7 @@ class SshExecutor(Executor):
                 # another submit turned this checkout into its own (none of its runs was using it): stage again
                 cwd = self.stage_code(posixpath.basename(cwd))
                 if request.image:
+                    self._check_mounts(link, [cwd])
                     wrapped = wrapper_argv(f"{run_dir}/output.log", f"{run_dir}/exit_code",
                                            _docker_run(replace(request, cwd=cwd), env, run_dir,
                                                        f"{hello['uid']}:{hello['gid']}", str(container)))
@@ -309,6 +311,29 @@ class SshExecutor(Executor):
         return SshHandle(request.paths, self.settings, request.run_id, run_dir=info["run_dir"], pid=int(info["pid"]),
                          start_time=info.get("start_time"), boot_id=info.get("boot_id", ""), log_base=log_base,
                          cancel_grace=self.cancel_grace, container=container, link=link)
+
+    def _check_mounts(self, link: Link, sources: list[str]) -> None:
+        """The container's bind mounts never hand the job the host's Docker socket (nor a folder holding it).
+
+        They are mltrain's own folders under ``compute.remote_dir``, but a link
+        there (a checkout replaced by a link to ``/run``) would carry the socket
+        along: each is resolved on the host, by its helper, and compared with
+        the socket's usual paths (``/var/run/docker.sock``, ``/run/docker.sock``).
+        """
+        from mltrain.dockerutil import SOCKET_PATHS, socket_exposure
+
+        try:
+            real = {source: str(link.call("realpath", path=source)["path"]) for source in sources}
+        except LinkDown as exc:
+            raise TargetError(f"could not start the container on {self.settings.host}: {exc}") from exc
+        for source in sources:
+            exposed = socket_exposure(source, SOCKET_PATHS, real.get)
+            if exposed is not None:
+                raise ConfigError(
+                    f"compute=ssh: the container's mount {exposed[1]} on {self.settings.host} would hand the job "
+                    "the Docker engine's socket (root on the host); mltrain never does that: check "
+                    "compute.remote_dir and the links under it"
+                )
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:

@@ -4,12 +4,16 @@ host's CA bundle, and offline from a wheel folder), the user's own Dockerfile, f
 # ruff: noqa: F811  (the fixtures imported from dockertest are named as the test arguments)
 from __future__ import annotations
 
+import ssl
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Project, assert_one_line_error
-from dockertest import BASE_IMAGE, DockerProject, dproject, engine  # noqa: F401 (fixtures)
+from dockertest import BASE_IMAGE, LABEL, DockerProject, dproject, engine  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +35,95 @@ def make_wheel(folder: Path, name: str = "mltrain_tiny", version: str = "0.1") -
         for path, text in files.items():
             zf.writestr(path, text)
     return wheel
+
+
+def _bridge_gateway(engine: Any) -> str:
+    """The address containers on the default bridge (build steps too) reach this machine at."""
+    container = engine.containers.run(BASE_IMAGE, ["sleep", "60"], detach=True, labels={LABEL: "gateway"})
+    try:
+        container.reload()
+        return str(container.attrs["NetworkSettings"]["Gateway"])
+    finally:
+        container.remove(force=True)
+
+
+def _self_signed(folder: Path, address: str) -> tuple[Path, Path]:
+    """A certificate for ``address`` that signs itself: what a TLS-intercepting proxy looks like to pip."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mltrain test index")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "index-cert.pem", folder / "index-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_index(tmp_path: Path, engine: Any) -> Iterator[tuple[str, Path]]:
+    """A package index holding mltrain-tiny 0.1, over HTTPS with a self-signed certificate, on the bridge's
+    gateway: pip inside a build meets exactly what it meets behind a TLS-intercepting proxy."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    gateway = _bridge_gateway(engine)
+    root = tmp_path / "index"
+    wheel = make_wheel(root / "files")
+    page = root / "simple" / "mltrain-tiny" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(f'<html><body><a href="/files/{wheel.name}">{wheel.name}</a></body></html>\n')
+    cert, key = _self_signed(tmp_path, gateway)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((gateway, 0), functools.partial(Quiet, directory=str(root)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://{gateway}:{server.server_address[1]}/simple", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_tls_failure_in_the_build_names_ca_bundle(dproject: DockerProject, https_index: tuple[str, Path]) -> None:
+    """pip failing a certificate check in the build is said so, naming environment.ca_bundle; which then works."""
+    url, cert = https_index
+    dproject.write("tiny.py", "import mltrain_tiny\nprint('tiny', mltrain_tiny.VALUE)\n")
+    overrides = ("script=tiny.py", "environment.packages=['mltrain-tiny==0.1']", f"environment.pip_index_url={url}",
+                 "environment.pip_args=[--retries,'0']")
+    result = dproject.submit(*overrides, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.splitlines()[-1]
+    for fragment in ("mltrain: error: docker build of mltrain-env:", "a TLS certificate check failed inside the build",
+                     "CERTIFICATE_VERIFY_FAILED", "set environment.ca_bundle="):
+        assert fragment in error, error
+    assert "\x1b" not in error  # the builder's colours stay out of the one line
+    assert dproject.record()["status"] == "Failed"
+
+    fixed = dproject.submit(*overrides, f"environment.ca_bundle={cert}", timeout=300, check=True)
+    assert "tiny 42" in fixed.stdout
 
 
 def test_prebuilt_image_is_used_as_is(dproject: DockerProject) -> None:

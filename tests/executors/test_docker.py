@@ -125,6 +125,60 @@ def test_client_killed_then_attach_sees_the_end(dproject: DockerProject) -> None
         assert log.count(f"step {i}\n") == 1, log
 
 
+COUNTER = """
+import os, time
+with open(os.path.join(os.environ['MLTRAIN_OUTPUT_DIR'], 'progress.txt'), 'a', buffering=1) as progress:
+    for i in range(100000):
+        print(f"line {i}", flush=True)
+        progress.write(f"{i}\\n")
+        time.sleep(0.1)
+"""
+
+
+def _mirror_gone(run_dir: Path) -> bool:
+    """The run's log mirror process has ended (reaped, or a zombie waiting for init)."""
+    pid = int((run_dir / "docker-log-mirror.pid").read_text())
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_detached_log_survives_container_removal(dproject: DockerProject) -> None:
+    """Nobody follows a --detach run, yet its output reaches output.log while it runs: removing the container
+    behind mltrain's back keeps the lines up to then, and the run fails saying the container vanished."""
+    import subprocess
+
+    dproject.write("count.py", COUNTER)
+    run_id = dproject.submit("script=count.py", build=False, flags=("--detach",), check=True).stdout.strip()
+    run_dir = dproject.workspace / "runs" / run_id
+    _wait_for(lambda: "line 20\n" in (run_dir / "output.log").read_text(), timeout=60)  # no client read it
+    container = json.loads(dproject.run("runs", "list", "--json", check=True).stdout)[0]["handle"]["container_id"]
+    subprocess.run(["docker", "rm", "-f", container], check=True, capture_output=True)
+    printed = int((run_dir / "outputs" / "progress.txt").read_text().split()[-1]) + 1  # bind-mounted: it stays
+    shown = dproject.show(run_id)
+    assert shown["status"] == "Failed", shown
+    assert "vanished" in str(shown["reason"]) and "removed outside mltrain" in str(shown["reason"])
+    attached = dproject.run("runs", "attach", run_id)
+    log = dproject.log(run_id)
+    numbers = [int(line.split()[1]) for line in log.splitlines() if line.startswith("line ")]
+    assert numbers == list(range(len(numbers))), log  # in order, none twice, none skipped
+    assert len(numbers) > 20
+    assert f"line {len(numbers) - 1}\n" in attached.stdout and "Failed" in attached.stderr
+    print(f"printed {printed} lines, the log kept {len(numbers)}")  # the brief allows the last second lost
+    _wait_for(lambda: _mirror_gone(run_dir))  # the mirror ended with the container
+
+
+def test_attached_run_and_mirror_write_each_line_once(dproject: DockerProject) -> None:
+    dproject.write("slow.py", SLOW)
+    result = dproject.submit("script=slow.py", "+env_vars.STEPS=6", "+env_vars.PAUSE=0.2", build=False, check=True)
+    run_id = str(dproject.record()["id"])
+    for i in range(6):
+        assert result.stdout.count(f"step {i}\n") == 1, result.stdout
+        assert dproject.log(run_id).count(f"step {i}\n") == 1
+    _wait_for(lambda: _mirror_gone(dproject.workspace / "runs" / run_id))
+
+
 def test_out_of_memory_is_named_with_the_limit(dproject: DockerProject) -> None:
     dproject.write("hog.py", "x = bytearray(512 * 1024 * 1024)\nprint(len(x))\n")
     result = dproject.submit("script=hog.py", "compute.mem_limit=48m", build=False)
@@ -183,10 +237,72 @@ def test_host_environment_is_refused_on_docker(project: Project) -> None:
     assert_one_line_error(result, "environment=venv", "environment=docker")
 
 
-def test_docker_socket_is_never_mounted(project: Project) -> None:
-    result = project.run("script=train.py", "compute=docker", "environment=docker", f"environment.image={BASE_IMAGE}",
-                         "compute.volumes=[/var/run/docker.sock:/var/run/docker.sock]")
-    assert_one_line_error(result, "compute.volumes", "socket")
+@pytest.mark.parametrize("source", ["/var/run/docker.sock", "/var/run", "/run", "/", "/var", "LINK"])
+def test_volumes_holding_the_engine_socket_are_refused(dproject: DockerProject, tmp_path: Path,
+                                                        source: str) -> None:
+    """The socket, a folder holding it (as written or through a link), is refused before anything starts."""
+    if source == "LINK":
+        (tmp_path / "links").mkdir()
+        (tmp_path / "links" / "to-run").symlink_to("/run")
+        source = str(tmp_path / "links" / "to-run")
+    assert dproject.containers() == []
+    result = dproject.submit("script=train.py", f"compute.volumes=[{source}:/host:ro]", build=False)
+    assert_one_line_error(result, f"compute.volumes: '{source}:/host:ro' hands the job the Docker engine's socket",
+                          "compute.allow_engine_socket=true")
+    assert result.returncode == 2
+    assert dproject.containers() == []  # nothing was created
+    assert not (dproject.workspace / "runs.db").exists()  # refused before a run was recorded
+
+
+def test_named_volume_binding_the_socket_folder_is_refused(dproject: DockerProject) -> None:
+    """A local volume with o=bind is a bind mount of its device: the same rule, asked of the engine at launch."""
+    name = f"mltrain-test-{dproject.label}"
+    dproject.engine.volumes.create(name, driver="local", driver_opts={"type": "none", "o": "bind", "device": "/run"},
+                                   labels={LABEL: dproject.label})
+    try:
+        result = dproject.submit("script=train.py", f"compute.volumes=[{name}:/host:ro]", build=False)
+    finally:
+        dproject.engine.volumes.get(name).remove()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"mltrain: error: compute.volumes: '{name}:/host:ro' (a bind of /run) hands the job "
+                            "the Docker engine's socket"), error
+    assert dproject.containers() == []
+    assert dproject.record()["status"] == "Failed"
+
+
+def test_allow_engine_socket_mounts_it_and_warns_every_run(dproject: DockerProject) -> None:
+    import os
+
+    dproject.write("sock.py", "import os\nprint('socket seen', os.path.exists('/host/docker.sock'))\n")
+    overrides = ("script=sock.py", "compute.volumes=[/run:/host:ro]", "compute.allow_engine_socket=true",
+                 f"compute.user={os.getuid()}:{os.getgid()}")
+    for _ in range(2):
+        result = dproject.submit(*overrides, build=False, check=True)
+        assert "socket seen True" in result.stdout
+        warning = ("[mltrain] warning: compute.allow_engine_socket=true: '/run:/host:ro' hands the job the Docker "
+                   "engine's socket (/run holds /run/docker.sock); the job can take root on the engine's host")
+        assert result.stdout.count(warning) == 1, result.stdout
+        assert dproject.log(str(dproject.record()["id"])).count(warning) == 1
+        assert "runs as root" not in result.stdout  # compute.user is set
+
+
+def test_running_as_root_warns_once_unless_compute_user_is_set(dproject: DockerProject) -> None:
+    import os
+
+    dproject.write("who.py", "import os\nprint('uid', os.getuid())\n")
+    result = dproject.submit("script=who.py", build=False, check=True)
+    log = dproject.log(str(dproject.record()["id"]))
+    warning = "[mltrain] warning: the job runs as root in the container"
+    if os.getuid() == 0:
+        assert "uid 0" in result.stdout
+        assert result.stdout.count(warning) == 1 and log.count(warning) == 1, result.stdout
+        assert "set compute.user=UID:GID" in result.stdout
+    else:  # the caller's own uid: nothing to warn about
+        assert warning not in result.stdout + log
+    named = dproject.submit("script=who.py", "compute.user=1000:1000", build=False, check=True)
+    assert "uid 1000" in named.stdout
+    assert warning not in named.stdout + named.stderr + dproject.log(str(dproject.record()["id"]))
 
 
 # ------------------------------------------------------------------ extraction
