@@ -3,13 +3,16 @@ host, runs that outlive the client and the link, cancel, reboots, host keys, a f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import tarfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -503,6 +506,82 @@ def test_concurrent_requests_share_one_link(host: SshHost, tmp_path: Path) -> No
         answers = list(pool.map(lambda _: [link.call("ping")["ok"] for _ in range(20)], range(4)))
     link.close()
     assert answers == [[True] * 20] * 4
+
+
+# ------------------------------------------- peers that are not (good) SSH servers
+@contextlib.contextmanager
+def fake_peer(behave: Any) -> Iterator[int]:
+    """A TCP server on loopback whose every connection gets ``behave(conn)``; stopped and closed on exit."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            with contextlib.suppress(OSError):
+                behave(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def _peer_overrides(port: int, tmp_path: Path) -> list[str]:
+    (tmp_path / "known_hosts").touch()
+    (tmp_path / "ssh_config").touch()
+    return ["compute=ssh", "compute.host=127.0.0.1", f"compute.port={port}", "compute.connect_timeout=2",
+            f"compute.known_hosts={tmp_path / 'known_hosts'}", f"compute.ssh_config={tmp_path / 'ssh_config'}",
+            f"compute.key_file={tmp_path / 'no-key'}"]
+
+
+def test_a_silent_peer_is_one_line_within_the_connect_timeout(project: Project, tmp_path: Path) -> None:
+    """A peer that accepts TCP and never speaks: paramiko's banner_timeout is connect_timeout."""
+    env = {"HOME": str(tmp_path / "home")}
+    with fake_peer(lambda conn: None) as port:
+        started = time.monotonic()
+        result = project.run("script=train.py", *_peer_overrides(port, tmp_path), env=env, timeout=60)
+        took = time.monotonic() - started
+    assert result.returncode == 2
+    assert_one_line_error(result, f"no SSH banner from 127.0.0.1:{port} in 2 s")
+    assert took < 2 + 30  # a bound against a hang (the CLI's own start included), not a speed check
+
+
+def _garbage_after_banner(conn: socket.socket) -> None:
+    conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    conn.settimeout(5)
+    conn.recv(4096)
+    conn.sendall(b"\x00\x00\x01\x00garbage" * 10)
+    conn.close()
+
+
+@pytest.mark.parametrize("behave, fragment", [
+    (_garbage_after_banner, "SSH handshake with root@127.0.0.1"),
+    (lambda conn: conn.close(), "closed the connection without an SSH banner"),
+], ids=["garbage_after_banner", "closes_at_once"])
+def test_a_peer_breaking_the_handshake_prints_no_traceback(project: Project, tmp_path: Path, behave: Any,
+                                                          fragment: str) -> None:
+    """paramiko's transport thread logs tracebacks at ERROR; they go to mltrain's debug log, not the terminal."""
+    with fake_peer(behave) as port:
+        result = project.run("script=train.py", *_peer_overrides(port, tmp_path), env={"HOME": str(tmp_path)},
+                             timeout=60)
+    assert_one_line_error(result, fragment)
 
 
 # -------------------------------------------- docker on the host's own engine
