@@ -92,8 +92,9 @@ class Reply(dict[str, Any]):
         value = self.get(key)
         if isinstance(value, kind) and _is(value, kind):
             return value
-        shown = "missing" if key not in self else f"a {type(value).__name__}"
-        raise self.bad(f"{key!r} is {shown}, not a {kind.__name__}")
+        if key not in self:
+            raise self.bad(f"{key!r} is missing")
+        raise self.bad(f"{key!r} is of type {type(value).__name__}, not {kind.__name__}")
 
     def maybe(self, key: str, kind: type[T]) -> T | None:
         """The field, or None when it is absent or null."""
@@ -103,7 +104,7 @@ class Reply(dict[str, Any]):
         values = self.take(key, list)
         for value in values:
             if not _is(value, kind):
-                raise self.bad(f"{key!r} holds a {type(value).__name__}, not only {kind.__name__}s")
+                raise self.bad(f"{key!r} holds a value of type {type(value).__name__}, not only {kind.__name__}")
         return values
 
 

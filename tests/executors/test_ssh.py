@@ -608,6 +608,8 @@ HOSTILE = textwrap.dedent("""
             reply({"path": ["not", "a", "path"], "mtimes": "x", "text": 5})
         elif how == "nested":
             frame(b"J", b"[" * 100000 + b"]" * 100000)
+        elif how == "bases":  # a base manifest the client never named: it would be loaded from its store
+            reply({"checkout": False, "manifest": False, "bases": ["../../etc/passwd"], "empty": False})
     inp.read()  # until the client hangs up
 """)
 
@@ -647,17 +649,28 @@ def _mtimes(link: Any) -> Any:
     return RemoteRunner(link).mtimes(["/"])
 
 
+def _stage(link: Any) -> Any:
+    import tempfile
+
+    from mltrain.blobstore import BlobStore
+    from mltrain.remote_upload import stage_snapshot
+
+    with tempfile.TemporaryDirectory() as store:
+        return stage_snapshot(link, BlobStore(Path(store)), "0" * 64)
+
+
 @pytest.mark.parametrize("how, step, fragment", [
     ("huge", _ping, "a J frame of 4294967295 bytes, over its limit"),
     ("list", _ping, "a JSON list where an object was due"),
     ("kind", _ping, "a frame of unknown kind b'X'"),
-    ("root", _ping, "'root' is a int, not a str"),
+    ("root", _ping, "'root' is of type int, not str"),
     ("beats", _ping, "a heartbeat from a step that never waits"),
     ("data", _ping, "data frames from a step that sends none"),
     ("data", _read_log, "more than the 1000 bytes of data asked for"),
-    ("types", _realpath, "'path' is a list, not a str"),
-    ("types", _mtimes, "'mtimes' is a str, not a list"),
+    ("types", _realpath, "'path' is of type list, not str"),
+    ("types", _mtimes, "'mtimes' is of type str, not list"),
     ("nested", _ping, "a JSON frame that is not JSON"),
+    ("bases", _stage, "'bases' names manifests that were not asked about"),
 ])
 def test_a_hostile_helper_gets_a_one_line_error(host: SshHost, hostile: Any, tmp_path: Path, how: str, step: Any,
                                                 fragment: str) -> None:
