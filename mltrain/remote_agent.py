@@ -14,9 +14,18 @@ link can be told from a slow step); ``D``/``E`` frames hold raw bytes
 (file content, a command's stdout/stderr). A reply with ``"error"`` ends
 the step; ``"fatal": true`` means the helper exits after sending it.
 
-The helper is sent once per version and kept at ``<remote_dir>/agent/`` (with
-its bytecode in ``__pycache__``);
-``BOOT`` (run with ``python3 -c``) starts the kept copy or asks for one.
+``BOOT`` (run as ``python3 -I -S -c BOOT <remote_dir> <sha256> <beat>``)
+starts the helper. A copy is kept on the host, in ``~/.cache/mltrain-agent/``:
+a ``0700`` folder of the user's own, outside ``remote_dir`` (where jobs run
+and write), named in no job's environment. A job runs as the same user, so
+it *could* still rewrite that copy: BOOT therefore runs only bytes whose full
+sha256 is the one the client sent (reading the copy once, hashing it,
+compiling those same bytes -- no ``__pycache__``, no import from a folder a
+job can write, ``-I`` keeps the home folder off ``sys.path``); on a mismatch
+it asks the client for the source, checks that too, and keeps it again.
+Compiling on every start costs ~8 ms (measured here, start to hello: 19 -> 27 ms).
+A folder with looser modes is set back to ``0700``; one that is not a folder
+of the user's own is not used (the helper is then sent every time).
 
 Layout under ``remote_dir`` (``~/.mltrain``)::
 
@@ -62,22 +71,66 @@ HEX = frozenset("0123456789abcdef")
 DIRENT = 80  # bytes a blob's name takes in a directory (ext4: 8 + 62, rounded up)
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on, Linux only
 
-# Imported rather than exec'd, so Python keeps its bytecode in __pycache__ and later starts skip compiling it.
+# Which steps may send heartbeats while they wait (a lock, a child): the client takes a heartbeat during any
+# other step as a broken protocol (a host sending them forever would hold the client forever).
+BEATING = frozenset({"lock", "launch", "put_manifest", "begin_upload", "put_blobs", "run", "cancel"})
+
+# Started with ``-I -S``: no site, no PYTHON* variables, no home folder on sys.path (a job could plant a
+# ``json.py`` there). See the module docstring for why the kept copy is hashed before every start.
 BOOT = r"""
-import os, struct, sys
-a = os.path.join(os.path.expanduser(sys.argv[1]), "agent"); n = "agent_" + sys.argv[2]; f = os.path.join(a, n + ".py")
-if not os.path.exists(f):
-    out, inp = sys.stdout.buffer, sys.stdin.buffer
-    out.write(b"J" + struct.pack(">I", 16) + b'{"need":"agent"}'); out.flush()
+import hashlib, json, os, stat, struct, sys
+d = sys.argv[2]; n = "agent_" + d[:16] + ".py"; a = os.path.join(os.path.expanduser("~"), ".cache", "mltrain-agent")
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+def say(o):
+    b = json.dumps(o).encode(); out.write(b"J" + struct.pack(">I", len(b)) + b); out.flush()
+def folder():
+    try:
+        os.makedirs(a, 0o700, exist_ok=True)
+        fd = os.open(a, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        return None, "cannot use %s as its folder (%s)" % (a, e.strerror)
+    s = os.fstat(fd)
+    if s.st_uid != os.getuid():
+        os.close(fd)
+        return None, "%s belongs to uid %d, not to you: remove it" % (a, s.st_uid)
+    if s.st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+    return fd, None
+def kept(fd):
+    try:
+        f = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return None
+    with open(f, "rb") as fh:
+        src = fh.read(1 << 22) if stat.S_ISREG(os.fstat(f).st_mode) else b""
+    return src if hashlib.sha256(src).hexdigest() == d else None
+def keep(fd, src):
+    t = "%s.%d.tmp" % (n, os.getpid())
+    try:
+        try:
+            os.unlink(t, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        with open(os.open(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd), "wb") as fh:
+            fh.write(src)
+        os.replace(t, n, src_dir_fd=fd, dst_dir_fd=fd)
+    except OSError:
+        pass
+fd, why = folder()
+src = kept(fd) if fd is not None else None
+if src is None:
+    say(dict(need="agent", uncached=why) if why else dict(need="agent"))
     k, size = struct.unpack(">cI", inp.read(5)); src = inp.read(size)
-    os.makedirs(a, exist_ok=True)
-    tmp = f + ".%d.tmp" % os.getpid()
-    with open(tmp, "wb") as fh:
-        fh.write(src)
-    os.replace(tmp, f)
-sys.path.insert(0, a)
-sys.argv = [f] + sys.argv[1:]
-__import__(n).main()
+    if hashlib.sha256(src).hexdigest() != d:
+        say(dict(error="the helper's source arrived damaged (sha256 mismatch)")); sys.exit(1)
+    if fd is not None:
+        keep(fd, src)
+if fd is not None:
+    os.close(fd)
+m = type(sys)("mltrain_agent"); m.__file__ = os.path.join(a, n); sys.modules[m.__name__] = m
+sys.argv = [m.__file__] + sys.argv[1:]
+exec(compile(src, m.__file__, "exec"), m.__dict__)
+m.main()
 """
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
-from mltrain.remote import Link, RemoteError
+from mltrain.remote import Link, RemoteError, Reply
 from mltrain.snapshot_manifest import name_in
 
 log = logging.getLogger(__name__)
@@ -69,25 +69,32 @@ def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: Upload
     recent = _recent_manifests(store, manifest_id)
     state = link.request({"op": "have", "manifest": manifest_id, "bases": recent}, retry=True)
     root = link.hello()["root"]
-    if state["checkout"]:
+    if state.take("checkout", bool):
         return f"{root}/checkouts/{manifest_id}"
+    bases = state.take_list("bases", str)
+    if not set(bases) <= set(recent):  # a base we did not ask about would be loaded from our store by its name
+        raise state.bad("'bases' names manifests that were not asked about")
+    empty = bool(state.maybe("empty", bool))
+    has_manifest = state.take("manifest", bool)
     manifest = _load(store, manifest_id)
-    base_id = next((b for b in state["bases"] if b != manifest_id), None)
+    base_id = next((b for b in bases if b != manifest_id), None)
     base = _load(store, base_id) if base_id else None
     wanted = {row[3]: row[2] for row in manifest.rows if len(row) == 4 and row[2] > 0}
-    if base is not None and not state["manifest"]:
+    if base is not None and not has_manifest:
         known = {row[3] for row in base.rows}
         candidates = [d for d in wanted if d not in known]
     else:
-        candidates = [] if state["manifest"] else list(wanted)
+        candidates = [] if has_manifest else list(wanted)
     for _ in range(3):
         if candidates:
-            _send_blobs(link, store, candidates, wanted, stats, ask=not state.get("empty"))
-            state["empty"] = False
+            _send_blobs(link, store, candidates, wanted, stats, ask=not empty)
+            empty = False
         reply = _put_manifest(link, manifest, base)
         if "path" in reply:
-            return str(reply["path"])
-        candidates = list(reply["missing"])  # blobs the host lost (removed by hand?): send them and retry
+            return reply.take("path", str)
+        candidates = reply.take_list("missing", str)  # blobs the host lost (removed by hand?): send them and retry
+        if not set(candidates) <= wanted.keys():
+            raise reply.bad("'missing' names blobs the snapshot does not hold")
         log.warning("%s lacks %d blobs its manifests promise; sending them", link.where, len(candidates))
     raise TargetError(f"could not stage snapshot {manifest_id[:12]} on {link.where}: blobs keep going missing "
                       f"there; remove {root}/blobs and submit again")
@@ -120,9 +127,9 @@ def _recent_manifests(store: BlobStore, exclude: str, limit: int = RECENT_BASES)
 def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[str, int], stats: UploadStats, *,
                 ask: bool = True) -> None:
     if not ask or sum(sizes[d] for d in digests) <= SPECULATE:
-        missing = [[d, 0] for d in digests]  # cheaper to send than to ask about (a round trip)
+        missing: list[tuple[str, int]] = [(d, 0) for d in digests]  # cheaper to send than to ask about (a round trip)
     else:
-        missing = link.request({"op": "begin_upload", "digests": digests})["missing"]
+        missing = _missing(link.request({"op": "begin_upload", "digests": digests}), sizes, set(digests))
     if not missing:
         link.request({"op": "put_blobs", "stream": True}, body=iter([(b"J", b'{"end":true}')]))
         return
@@ -135,10 +142,22 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
                               "was half-placed: free space there or set compute.remote_dir to a larger disk, "
                               "then submit again") from None
         raise
-    log.info("sent %d blobs (%d bytes) to %s", reply["placed"], reply["bytes"], link.where)
+    log.info("sent %d blobs (%d bytes) to %s", reply.take("placed", int), reply.take("bytes", int), link.where)
 
 
-def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, int],
+def _missing(reply: Reply, sizes: dict[str, int], asked: set[str]) -> list[tuple[str, int]]:
+    """``begin_upload``'s answer: blobs we asked about, each with how many of its bytes are there already."""
+    rows = reply.take_list("missing", list)
+    out = []
+    for row in rows:
+        if (len(row) != 2 or not isinstance(row[0], str) or row[0] not in asked or not isinstance(row[1], int)
+                or isinstance(row[1], bool) or not 0 <= row[1] <= sizes[row[0]]):
+            raise reply.bad("'missing' holds a row that is not [a digest asked about, bytes already there]")
+        out.append((row[0], row[1]))
+    return out
+
+
+def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
                 stats: UploadStats) -> Iterator[tuple[bytes, bytes]]:
     """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends."""
     rows: list[list[Any]] = []
@@ -158,7 +177,7 @@ def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, in
                 stats.bytes += batched
                 rows, body, batched = [], [], 0
             continue
-        offset = int(have) if 0 <= int(have) <= size else 0
+        offset = have
         yield b"J", json.dumps({"blob": digest, "offset": offset, "size": size}).encode()
         hasher = hashlib.sha256()
         with open(store.path(digest), "rb") as fh:
@@ -222,15 +241,15 @@ def manifest_edits(old_rows: list[Any], new_rows: list[Any]) -> list[list[Any]]:
     return edits
 
 
-def _put_manifest(link: Link, manifest: _Manifest, base: _Manifest | None) -> dict[str, Any]:
+def _put_manifest(link: Link, manifest: _Manifest, base: _Manifest | None) -> Reply:
     sha = hashlib.sha256(manifest.canonical).hexdigest()
     msg: dict[str, Any] = {"op": "put_manifest", "id": manifest.id, "sha256": sha}
     if base is not None:
         reply = link.request({**msg, "base": base.id, "edits": manifest_edits(base.rows, manifest.rows)})
-        if not reply.get("mismatch"):
+        if not reply.maybe("mismatch", bool):
             return reply
         log.info("%s rebuilt a different manifest from the edits; sending it whole", link.where)
     reply = link.request(msg, body=iter([(b"D", zlib.compress(manifest.canonical, 1))]))
-    if reply.get("mismatch"):
+    if reply.maybe("mismatch", bool):
         raise TargetError(f"snapshot manifest {manifest.id[:12]} arrived damaged on {link.where}; submit again")
     return reply

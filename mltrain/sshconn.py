@@ -20,11 +20,16 @@ reconnect. ``open_transport`` turns it into an authenticated paramiko
 
 paramiko is imported inside functions: it costs ~145 ms, and ``mltrain --help``
 must not pay it; ``open_transport`` imports it without ``invoke`` (below).
+Its logger is routed to this module's at debug level (``quiet_paramiko``):
+its transport thread logs whole tracebacks at ERROR when a peer breaks the
+handshake, which would otherwise reach the user's terminal; the one-line
+error raised here already says what went wrong.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -119,12 +124,29 @@ class Endpoint:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
+class _ToDebug(logging.Handler):
+    """paramiko's log records, as debug lines of mltrain's own logger (never to stderr by themselves)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a logging error must not print its own traceback either
+            log.debug("paramiko: %s", record.getMessage())
+
+
+def quiet_paramiko() -> None:
+    """Route the ``paramiko`` logger into mltrain's at debug level, and stop it from reaching the root's handlers."""
+    logger = logging.getLogger("paramiko")
+    if not any(isinstance(h, _ToDebug) for h in logger.handlers):
+        logger.addHandler(_ToDebug())
+    logger.propagate = False
+
+
 def import_paramiko() -> Any:
     """``import paramiko``, minus its eager ``import invoke`` (30-70 ms of every SSH command here).
 
     paramiko needs invoke only to run a ``Match exec`` line of an ssh config;
     it gets a stand-in that imports invoke when such a line is met.
     """
+    quiet_paramiko()
     if "paramiko" in sys.modules or "invoke" in sys.modules:
         import paramiko
 
@@ -234,18 +256,39 @@ def _connect(settings: SshSettings, endpoint: Endpoint, via: Any, *, pin: str | 
         options.key_types = [t for t in known_types if t in options.key_types] + [
             t for t in options.key_types if t not in known_types]
     try:
-        transport.start_client(timeout=timeout)
+        transport.start_client(timeout=timeout)  # returns, without an error, when its timeout passes first
+        if not transport.remote_version:
+            raise _NoBanner
+        if not transport.is_active() or getattr(transport, "host_key", None) is None:
+            raise LinkDown(f"SSH handshake with {where} did not finish in {timeout:g} s; check compute.host/"
+                           "compute.port, or raise compute.connect_timeout for a slow link")
         _check_host_key(transport.get_remote_server_key(), endpoint, known, settings.host_key_policy, pin)
         _authenticate(transport, endpoint)
     except BaseException as exc:
         transport.close()
         if isinstance(exc, TargetError):
             raise
-        if isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
+        if isinstance(exc, (OSError, EOFError, paramiko.SSHException, _NoBanner)):
+            if not transport.remote_version:
+                raise LinkDown(_no_banner(endpoint, timeout, exc)) from None
             raise LinkDown(f"SSH handshake with {where} failed ({_why(exc)})") from exc
         raise
     transport.set_keepalive(max(1, int(settings.keepalive)))
     return transport
+
+
+class _NoBanner(Exception):
+    """start_client gave up waiting before the peer sent its ``SSH-2.0-...`` line."""
+
+
+def _no_banner(endpoint: Endpoint, timeout: float, exc: BaseException) -> str:
+    """Why a peer sent no SSH banner: it closed the connection, or it stayed silent (paramiko's banner_timeout)."""
+    where = f"{endpoint.hostname}:{endpoint.port}"
+    if isinstance(exc.__context__, EOFError) or isinstance(exc, EOFError):
+        return (f"{where} closed the connection without an SSH banner; is that port an SSH server? check "
+                "compute.host/compute.port")
+    return (f"no SSH banner from {where} in {timeout:g} s; is that port an SSH server? check compute.host/"
+            "compute.port, or raise compute.connect_timeout for a slow link")
 
 
 def open_session(transport: Any, timeout: float) -> Any:
@@ -276,8 +319,9 @@ def open_session(transport: Any, timeout: float) -> Any:
 
 
 def _why(exc: BaseException) -> str:
+    """An exception's first line, fit for the user's terminal (a peer's banner can hold anything)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    return "".join(c if c.isprintable() else "?" for c in text[:200])
 
 
 def _load_known_hosts(path: str) -> Any:

@@ -104,10 +104,10 @@ class SshHandle(Handle):
         if "exit_code" in reply:
             code = reply["exit_code"]
             self._sync(block=True)  # the whole log is local before anyone hears the run ended
-            if not isinstance(code, int):
+            if not isinstance(code, int) or isinstance(code, bool):
                 return ExitInfo(None, "unreadable exit code file on the host")
             return ExitInfo(code)
-        state = reply.get("state")
+        state = reply.maybe("state", str)
         if state == "rebooted":
             return ExitInfo(None, f"host rebooted: {self.settings.host} restarted (its boot id changed) while the "
                                   "run was going, which ended it; submit it again")
@@ -139,12 +139,14 @@ class SshHandle(Handle):
                         sink.append(data)
 
                     try:
-                        self.link.request({"op": "read_log", "run_id": self.run_id, "offset": remote_offset,
-                                           "limit": LOG_CHUNK}, on_data=keep)
+                        reply = self.link.request({"op": "read_log", "run_id": self.run_id, "offset": remote_offset,
+                                                   "limit": LOG_CHUNK}, on_data=keep, max_data=LOG_CHUNK)
                     except LinkDown as exc:
                         self._note_down(exc)
                         return
                     data = b"".join(chunks)
+                    if reply.take("size", int) != len(data):
+                        raise reply.bad(f"'size' says {reply['size']} bytes of log, {len(data)} came")
                     out.write(data)
                     out.flush()
                     if len(data) < LOG_CHUNK:
@@ -157,7 +159,7 @@ class SshHandle(Handle):
         """TERM the remote process group, KILL it after ``grace`` seconds (the helper does both)."""
         try:
             self.link.request({"op": "cancel", "run_id": self.run_id, "grace": grace, "container": self.container},
-                              retry=True)
+                              retry=True, deadline=grace + 2 * self.settings.link_timeout)
         except LinkDown as exc:
             raise TargetError(f"cannot cancel run {self.run_id}: {exc}; it goes on there; try "
                               f"`mltrain runs cancel {self.run_id}` again once {self.settings.host} answers") from exc
@@ -250,7 +252,7 @@ class SshExecutor(Executor):
     # ------------------------------------------------------------------ code
     def code_is_staged(self, snapshot_id: str) -> bool:
         try:
-            staged = bool(self.link().request({"op": "have", "manifest": snapshot_id}, retry=True)["checkout"])
+            staged = self.link().request({"op": "have", "manifest": snapshot_id}, retry=True).take("checkout", bool)
         except LinkDown:
             return False
         self._seen_staged = snapshot_id if staged else None
@@ -294,7 +296,7 @@ class SshExecutor(Executor):
             for _ in range(3):
                 info = link.request({"op": "launch", "run_id": request.run_id, "cwd": cwd, "env": env,
                                      "touch": touch, "argv": wrapped}, retry=True)
-                if not info.get("missing_code"):
+                if not info.maybe("missing_code", bool):
                     break
                 # another submit turned this checkout into its own (none of its runs was using it): stage again
                 cwd = self.stage_code(posixpath.basename(cwd))
@@ -308,9 +310,12 @@ class SshExecutor(Executor):
                                   f"{self.settings.host}; submit again")
         except LinkDown as exc:
             raise TargetError(f"could not start run {request.run_id} on {self.settings.host}: {exc}") from exc
-        return SshHandle(request.paths, self.settings, request.run_id, run_dir=info["run_dir"], pid=int(info["pid"]),
-                         start_time=info.get("start_time"), boot_id=info.get("boot_id", ""), log_base=log_base,
-                         cancel_grace=self.cancel_grace, container=container, link=link)
+        pid = info.take("pid", int)
+        if pid <= 0:
+            raise info.bad(f"pid {pid}")
+        return SshHandle(request.paths, self.settings, request.run_id, run_dir=info.take("run_dir", str), pid=pid,
+                         start_time=info.maybe("start_time", str), boot_id=info.maybe("boot_id", str) or "",
+                         log_base=log_base, cancel_grace=self.cancel_grace, container=container, link=link)
 
     def _check_mounts(self, link: Link, sources: list[str]) -> None:
         """The container's bind mounts never hand the job the host's Docker socket (nor a folder holding it).

@@ -3,13 +3,16 @@ host, runs that outlive the client and the link, cancel, reboots, host keys, a f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import tarfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -470,14 +473,16 @@ class _HostileLink:
     def __init__(self, archive: bytes) -> None:
         self.archive = archive
 
-    def request(self, msg: dict[str, Any], *, on_data: Any = None, **_: Any) -> dict[str, Any]:
+    def request(self, msg: dict[str, Any], *, on_data: Any = None, **_: Any) -> Any:
+        from mltrain.remote import Reply
+
         if msg["op"] == "pack":
             on_data(b"D", self.archive)
         elif msg["op"] == "read_log":
             on_data(b"D", b"")
-        return {"ok": True}
+        return Reply({"ok": True, "size": 0}, "x", msg["op"])
 
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
+    def call(self, op: str, **args: Any) -> Any:
         return self.request({"op": op, **args})
 
 
@@ -554,6 +559,264 @@ def test_concurrent_requests_share_one_link(host: SshHost, tmp_path: Path) -> No
     assert answers == [[True] * 20] * 4
 
 
+# ------------------------------------------------ the helper a job cannot swap
+AGENT_DIR = "/root/.cache/mltrain-agent"
+PLANT = textwrap.dedent("""
+    # What a hostile job does to the helper kept on its host: bytecode for it that the import system would
+    # accept (matching the kept source's size and mtime), then (second run) the source itself rewritten;
+    # modules named like the stdlib in the home folder (the helper's cwd). Each would write the marker.
+    import glob, importlib.util, importlib._bootstrap_external as ext, json, os, sys
+    marker, remote_dir, how = sys.argv[1:4]
+    evil = "open(%r, 'w').write('ran')\\n" % marker
+    for folder in (os.path.expanduser("~/.cache/mltrain-agent"), remote_dir + "/agent"):  # now, and before
+        for path in glob.glob(folder + "/agent_*.py"):
+            if how == "bytecode":
+                st = os.stat(path)
+                pyc = importlib.util.cache_from_source(path)
+                os.makedirs(os.path.dirname(pyc), exist_ok=True)
+                with open(pyc, "wb") as fh:
+                    fh.write(ext._code_to_timestamp_pyc(compile(evil, path, "exec"), int(st.st_mtime), st.st_size))
+            else:
+                with open(path, "w") as fh:
+                    fh.write(evil)
+    for name in ("json", "hashlib", "struct", "stat"):
+        with open(os.path.expanduser("~/%s.py" % name), "w") as fh:
+            fh.write(evil)
+    print("cwd", os.getcwd())
+    print("env", json.dumps(dict(os.environ)))
+""")
+
+
+def test_a_job_cannot_swap_the_helper(project: Project, tmp_path: Path) -> None:
+    """A job rewrites the helper kept on its host (and plants bytecode and modules): the next session notices by
+    the copy's sha256, sends it again, and the planted code never runs. The helper lives in a 0700 folder outside
+    remote_dir that no variable of the job names."""
+    require_sshd_image()
+    server = SshHost(tmp_path / "tampered")  # its own host: the planted modules stay in its home folder
+    try:
+        remote_dir = "/root/mltrain-tamper"
+        sproject = SshProject(project, server, remote_dir)
+        sproject.write("plant.py", PLANT)
+        marker = "/root/planted-code-ran"
+        first = sproject.submit("script=plant.py", f"args=[{marker},{remote_dir},bytecode]", check=True)
+        second = sproject.submit("script=plant.py", f"args=[{marker},{remote_dir},source]")
+        third = sproject.submit("script=train.py")
+        assert server.sh(f"ls {marker} 2>/dev/null || echo absent").strip() == "absent"
+        assert second.returncode == 0 and third.returncode == 0, second.stderr + third.stderr
+        source = (Path(__file__).parents[2] / "mltrain" / "remote_agent.py").read_text()
+        assert server.sh(f"cat {AGENT_DIR}/agent_*.py") == source  # sent again after the rewrite
+        assert server.sh(f"stat -c %a {AGENT_DIR}").strip() == "700"
+        assert "agent" not in server.sh(f"ls {remote_dir}").split()
+        env = json.loads(next(ln[4:] for ln in first.stdout.splitlines() if ln.startswith("env ")))
+        cwd = next(ln[4:] for ln in first.stdout.splitlines() if ln.startswith("cwd "))
+        named = [k for k, v in env.items() if "mltrain-agent" in v or "agent_" in v]
+        assert named == [], named
+        for folder in (cwd, env["MLTRAIN_OUTPUT_DIR"], remote_dir):
+            assert not f"{AGENT_DIR}/".startswith(folder.rstrip("/") + "/"), folder
+    finally:
+        server.remove()
+
+
+# ------------------------------------------------------- a hostile host
+HOSTILE = textwrap.dedent("""
+    # Stands in for the helper (compute.python points here) and breaks the frame protocol, as a compromised
+    # host could. Whatever it floods stops after a few seconds, so an old client that loops on it ends too.
+    import json, struct, sys, time
+    how = sys.argv[1]
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    def frame(kind, payload):
+        out.write(kind + struct.pack(">I", len(payload)) + payload)
+        out.flush()
+    def reply(obj):
+        frame(b"J", json.dumps(obj).encode())
+    hello = {"protocol": 1, "root": "/root/hostile", "home": "/root", "uid": 0, "gid": 0, "boot_id": "b",
+             "python": "/usr/bin/python3"}
+    until = time.monotonic() + 5
+    if how == "huge":  # a 4 GiB frame header, then 64 MiB of its body
+        out.write(b"J" + struct.pack(">I", 0xFFFFFFFF))
+        for _ in range(64):
+            out.write(b" " * (1 << 20))
+        out.flush()
+    elif how == "list":
+        reply([1, 2, 3])
+    elif how == "kind":
+        frame(b"X", b"{}")
+    elif how == "root":
+        reply(dict(hello, root=5))
+    else:  # a good hello, then a bad answer to the first request
+        reply(hello)
+        kind, size = struct.unpack(">cI", inp.read(5))
+        inp.read(size)
+        if how == "beats":
+            while time.monotonic() < until:
+                reply({"hb": 1})
+        elif how == "data":
+            while time.monotonic() < until:
+                frame(b"D", b"x" * 65536)
+        elif how == "types":
+            reply({"path": ["not", "a", "path"], "mtimes": "x", "text": 5})
+        elif how == "nested":
+            frame(b"J", b"[" * 100000 + b"]" * 100000)
+        elif how == "bases":  # a base manifest the client never named: it would be loaded from its store
+            reply({"checkout": False, "manifest": False, "bases": ["../../etc/passwd"], "empty": False})
+    inp.read()  # until the client hangs up
+""")
+
+
+@pytest.fixture(scope="module")
+def hostile(host: SshHost) -> Any:
+    """``compute.python`` values that start the hostile stand-in in one of its modes (scripts in the host's cfg)."""
+    (host.cfg / "hostile.py").write_text(HOSTILE)
+
+    def python(how: str) -> str:
+        script = host.cfg / f"hostile-{how}"
+        script.write_text(f'#!/bin/sh\nexec python3 /mnt/cfg/hostile.py {how}\n')
+        script.chmod(0o755)
+        return f"/mnt/cfg/hostile-{how}"
+
+    return python
+
+
+def _ping(link: Any) -> Any:
+    return link.call("ping")
+
+
+def _read_log(link: Any) -> Any:
+    return link.request({"op": "read_log", "run_id": "r", "offset": 0, "limit": 1000},
+                        on_data=lambda _kind, _data: None, max_data=1000)
+
+
+def _realpath(link: Any) -> Any:
+    from mltrain.remote import RemoteRunner
+
+    return RemoteRunner(link).realpath("/")
+
+
+def _mtimes(link: Any) -> Any:
+    from mltrain.remote import RemoteRunner
+
+    return RemoteRunner(link).mtimes(["/"])
+
+
+def _stage(link: Any) -> Any:
+    import tempfile
+
+    from mltrain.blobstore import BlobStore
+    from mltrain.remote_upload import stage_snapshot
+
+    with tempfile.TemporaryDirectory() as store:
+        return stage_snapshot(link, BlobStore(Path(store)), "0" * 64)
+
+
+@pytest.mark.parametrize("how, step, fragment", [
+    ("huge", _ping, "a J frame of 4294967295 bytes, over its limit"),
+    ("list", _ping, "a JSON list where an object was due"),
+    ("kind", _ping, "a frame of unknown kind b'X'"),
+    ("root", _ping, "'root' is of type int, not str"),
+    ("beats", _ping, "a heartbeat from a step that never waits"),
+    ("data", _ping, "data frames from a step that sends none"),
+    ("data", _read_log, "more than the 1000 bytes of data asked for"),
+    ("types", _realpath, "'path' is of type list, not str"),
+    ("types", _mtimes, "'mtimes' is of type str, not list"),
+    ("nested", _ping, "a JSON frame that is not JSON"),
+    ("bases", _stage, "'bases' names manifests that were not asked about"),
+])
+def test_a_hostile_helper_gets_a_one_line_error(host: SshHost, hostile: Any, tmp_path: Path, how: str, step: Any,
+                                                fragment: str) -> None:
+    """Frames from the host are bounded and type-checked before use: a one-line BadReply naming the host."""
+    from mltrain.remote import BadReply, Link
+
+    link = Link(host.settings(python=hostile(how), remote_dir=f"/root/hostile-{tmp_path.name}"))
+    try:
+        with pytest.raises(BadReply) as caught:
+            step(link)
+    finally:
+        link.close()
+    message = str(caught.value)
+    assert host.host in message and fragment in message and "\n" not in message, message
+
+
+def test_a_hostile_helper_through_the_cli(sproject: SshProject, hostile: Any) -> None:
+    result = sproject.submit("script=train.py", compute={"python": hostile("list")})
+    assert_one_line_error(result, "bad reply from the mltrain helper on", sproject.host.host, "JSON list")
+
+
+# ------------------------------------------- peers that are not (good) SSH servers
+@contextlib.contextmanager
+def fake_peer(behave: Any) -> Iterator[int]:
+    """A TCP server on loopback whose every connection gets ``behave(conn)``; stopped and closed on exit."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            with contextlib.suppress(OSError):
+                behave(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def _peer_overrides(port: int, tmp_path: Path) -> list[str]:
+    (tmp_path / "known_hosts").touch()
+    (tmp_path / "ssh_config").touch()
+    return ["compute=ssh", "compute.host=127.0.0.1", f"compute.port={port}", "compute.connect_timeout=2",
+            f"compute.known_hosts={tmp_path / 'known_hosts'}", f"compute.ssh_config={tmp_path / 'ssh_config'}",
+            f"compute.key_file={tmp_path / 'no-key'}"]
+
+
+def test_a_silent_peer_is_one_line_within_the_connect_timeout(project: Project, tmp_path: Path) -> None:
+    """A peer that accepts TCP and never speaks: paramiko's banner_timeout is connect_timeout."""
+    env = {"HOME": str(tmp_path / "home")}
+    with fake_peer(lambda conn: None) as port:
+        started = time.monotonic()
+        result = project.run("script=train.py", *_peer_overrides(port, tmp_path), env=env, timeout=60)
+        took = time.monotonic() - started
+    assert result.returncode == 2
+    assert_one_line_error(result, f"no SSH banner from 127.0.0.1:{port} in 2 s")
+    assert took < 2 + 30  # a bound against a hang (the CLI's own start included), not a speed check
+
+
+def _garbage_after_banner(conn: socket.socket) -> None:
+    conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    conn.settimeout(5)
+    conn.recv(4096)
+    conn.sendall(b"\x00\x00\x01\x00garbage" * 10)
+    conn.close()
+
+
+@pytest.mark.parametrize("behave, fragment", [
+    (_garbage_after_banner, "SSH handshake with root@127.0.0.1"),
+    (lambda conn: conn.close(), "closed the connection without an SSH banner"),
+], ids=["garbage_after_banner", "closes_at_once"])
+def test_a_peer_breaking_the_handshake_prints_no_traceback(project: Project, tmp_path: Path, behave: Any,
+                                                          fragment: str) -> None:
+    """paramiko's transport thread logs tracebacks at ERROR; they go to mltrain's debug log, not the terminal."""
+    with fake_peer(behave) as port:
+        result = project.run("script=train.py", *_peer_overrides(port, tmp_path), env={"HOME": str(tmp_path)},
+                             timeout=60)
+    assert_one_line_error(result, fragment)
+
+
 # -------------------------------------------- docker on the host's own engine
 @pytest.fixture
 def local_sshd(tmp_path: Path) -> Iterator[SshHost]:
@@ -573,10 +836,12 @@ def local_sshd(tmp_path: Path) -> Iterator[SshHost]:
     server.host_key = keygen(server.cfg / "host_key")
     server.client_key = keygen(server.folder / "id_ed25519")
     (server.cfg / "authorized_keys").write_text(Path(f"{server.client_key}.pub").read_text())
+    home = server.folder / "home"  # sessions' HOME: the helper keeps its copy there, not in this machine's /root
+    home.mkdir()
     (server.cfg / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {server.host_key}\nAuthorizedKeysFile {server.cfg}/"
         f"authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n"
-        f"StrictModes no\nPidFile {server.cfg}/sshd.pid\nLogLevel ERROR\n")
+        f"StrictModes no\nPidFile {server.cfg}/sshd.pid\nLogLevel ERROR\nSetEnv HOME={home}\n")
     server.known_hosts = server.folder / "known_hosts"
     server.ssh_config = server.folder / "ssh_config"
     server.ssh_config.write_text("")

@@ -113,26 +113,122 @@ def test_begin_upload_lists_what_is_missing_and_how_much_arrived(tmp_path: Path)
     assert reply["missing"] == [[d, 3 if d == same[1] else 0] for d in same + other if d not in here]
 
 
-def test_helper_starts_from_its_cached_bytecode(tmp_path: Path) -> None:
-    """BOOT imports the kept copy (so __pycache__ holds its bytecode) and runs its main()."""
+SOURCE = Path(remote_agent.__file__).read_bytes()
+DIGEST = hashlib.sha256(SOURCE).hexdigest()
+EVIL = "open({marker!r}, 'w').write('ran')\n"
+
+
+def boot(home: Path, *, digest: str = DIGEST) -> tuple[Any, list[dict[str, Any]]]:
+    """Start the helper as the client does (``-I -S -c BOOT``), with ``home`` as HOME and cwd, offering the source.
+
+    Returns BOOT's request for the source (None if it ran its kept copy) and the JSON frames that followed.
+    """
     import subprocess
     import sys
 
-    source = Path(remote_agent.__file__).read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    root = tmp_path / "remote"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for attempt in range(2):
-        proc = subprocess.run([sys.executable, "-S", "-c", remote_agent.BOOT, str(root), digest, "5"],
-                              input=(frame(b"D", source) if attempt == 0 else b""), capture_output=True,
-                              timeout=60, check=True, env=env)
-        _kind, size = HEAD.unpack(proc.stdout[:HEAD.size])
-        first = json.loads(proc.stdout[HEAD.size:HEAD.size + size])
-        if attempt == 0:
-            assert first == {"need": "agent"}
-        else:
-            assert first["root"] == str(root)
-    assert os.listdir(root / "agent" / "__pycache__")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", remote_agent.BOOT, str(home / "remote"), digest, "5"],
+                          input=frame(b"D", SOURCE), capture_output=True, timeout=60, env=env, cwd=home)
+    frames, view = [], proc.stdout
+    while view:
+        _kind, size = HEAD.unpack(view[:HEAD.size])
+        frames.append(json.loads(view[HEAD.size:HEAD.size + size]))
+        view = view[HEAD.size + size:]
+    assert frames, proc.stderr
+    asked = frames[0] if frames[0].get("need") == "agent" else None
+    return asked, frames[1:] if asked else frames
+
+
+def kept(home: Path) -> Path:
+    return home / ".cache" / "mltrain-agent" / f"agent_{DIGEST[:16]}.py"
+
+
+def test_boot_keeps_a_verified_copy_in_a_private_folder(tmp_path: Path) -> None:
+    """The first start asks for the source and keeps it (0700 folder, outside remote_dir); later starts run it."""
+    asked, frames = boot(tmp_path)
+    assert asked and frames[0]["root"] == str(tmp_path / "remote")
+    assert kept(tmp_path).read_bytes() == SOURCE
+    assert kept(tmp_path).parent.stat().st_mode & 0o777 == 0o700
+    asked, frames = boot(tmp_path)
+    assert not asked and frames[0]["root"] == str(tmp_path / "remote")
+    assert sorted(os.listdir(kept(tmp_path).parent)) == [kept(tmp_path).name]  # no __pycache__, no temp file
+    assert not (tmp_path / "remote" / "agent").exists()
+
+
+@pytest.mark.parametrize("plant", ["source", "bytecode", "home_module"])
+def test_boot_never_runs_what_a_job_planted(tmp_path: Path, plant: str) -> None:
+    """A rewritten copy is noticed by its sha256 and sent again; bytecode and modules planted beside it or in the
+    home folder (the helper's cwd) are never imported."""
+    import importlib.util
+
+    marker = tmp_path / "planted-code-ran"
+    evil = EVIL.format(marker=str(marker))
+    assert boot(tmp_path)[0]
+    copy = kept(tmp_path)
+    if plant == "source":
+        copy.write_text(evil)
+    elif plant == "bytecode":  # what the import system would load for the genuine source's size and mtime
+        stat_ = copy.stat()
+        code = compile(evil, str(copy), "exec")
+        pyc = Path(importlib.util.cache_from_source(str(copy)))
+        pyc.parent.mkdir()
+        pyc.write_bytes(importlib._bootstrap_external._code_to_timestamp_pyc(  # type: ignore[attr-defined]
+            code, int(stat_.st_mtime), stat_.st_size))
+    else:
+        for name in ("json", "hashlib", "struct", "stat"):
+            (tmp_path / f"{name}.py").write_text(evil)
+    asked, frames = boot(tmp_path)
+    assert not marker.exists()
+    assert bool(asked) is (plant == "source")
+    assert frames[0]["root"] == str(tmp_path / "remote")
+    assert copy.read_bytes() == SOURCE
+
+
+def test_boot_repairs_loose_modes_and_refuses_a_folder_not_its_own(tmp_path: Path) -> None:
+    folder = kept(tmp_path).parent
+    folder.mkdir(parents=True, mode=0o777)
+    folder.chmod(0o777)
+    assert boot(tmp_path)[0]
+    assert folder.stat().st_mode & 0o777 == 0o700  # repaired
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    folder.symlink_to(other)  # a link to somewhere else is not the helper's folder
+    asked, frames = boot(tmp_path)
+    assert asked and frames[0]["root"] == str(tmp_path / "remote")  # it still runs, from the verified source
+    assert list(other.iterdir()) == []
+    if os.geteuid() == 0:  # a folder of another user (only root can make one here)
+        folder.unlink()
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 4242, 4242)
+        asked, frames = boot(tmp_path)
+        assert asked and list(folder.iterdir()) == []
+
+
+def test_boot_reports_why_it_keeps_no_copy(tmp_path: Path) -> None:
+    folder = kept(tmp_path).parent
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    asked, frames = boot(tmp_path)
+    assert asked["need"] == "agent" and str(folder) in asked["uncached"]
+    assert frames[0]["root"] == str(tmp_path / "remote")
+
+
+def test_boot_is_not_held_by_a_fifo_in_place_of_its_copy(tmp_path: Path) -> None:
+    """Opening a FIFO for reading would wait for a writer forever; the copy is opened non-blocking."""
+    kept(tmp_path).parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(kept(tmp_path))
+    asked, _frames = boot(tmp_path)  # boot() has a timeout: a hang fails the test
+    assert asked and kept(tmp_path).read_bytes() == SOURCE
+
+
+def test_boot_refuses_a_source_that_does_not_match_its_digest(tmp_path: Path) -> None:
+    asked, frames = boot(tmp_path, digest="0" * 64)
+    assert asked and "damaged" in frames[0]["error"]
+    assert not kept(tmp_path).parent.exists() or list(kept(tmp_path).parent.iterdir()) == []
 
 
 @pytest.mark.parametrize("resumed", [0, 300_000], ids=["whole", "resumed"])
