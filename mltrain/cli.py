@@ -32,6 +32,7 @@ examples:
   mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \
       sweep.primary_metric=loss                            Bayesian search
   mltrain runs list --status Failed
+  mltrain --idempotency-key ci-42 script=train.py          a retry gets the run the first try started
 
 config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
 compute (local, docker, ssh, spark), framework (python, pyspark);
@@ -101,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --------------------------------------------------------------- submitting
 _PLAIN_OPTIONS = {"-cn": "config_name", "--config-name": "config_name",
-                  "-cd": "config_dir", "--config-dir": "config_dir"}
+                  "-cd": "config_dir", "--config-dir": "config_dir", "--idempotency-key": "idempotency_key"}
+MAX_KEY = 200
 
 
 def _plain_submit(args: list[str]) -> argparse.Namespace | None:
@@ -110,7 +112,7 @@ def _plain_submit(args: list[str]) -> argparse.Namespace | None:
     Anything else (``-m``, ``--cfg``, ``--info``, help, completion, a typo'd flag) returns
     None and goes through Hydra's own parser, which knows every flag and error message.
     """
-    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False)
+    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False, idempotency_key=None)
     rest = iter(args)
     for arg in rest:
         name, eq, value = arg.partition("=")
@@ -136,24 +138,39 @@ def _submit_command(args: list[str]) -> int:
         parser = get_args_parser()
         parser.error = lambda message: _raise_usage("mltrain", message)  # type: ignore[method-assign]
         parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
+        parser.add_argument("--idempotency-key", metavar="K",
+                            help="if a run was submitted with K before, return that run instead of a new one")
         parsed = parser.parse_args(args)
         _use_config_dir(parsed)
         hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
         if hydra_only:
             return _through_hydra(parsed, parser)
         if parsed.multirun:
+            if parsed.idempotency_key is not None:
+                # A sweep is already idempotent by its command: running it again resumes it and skips
+                # every trial that completed (README, "Detach, resume, reuse").
+                raise UsageError("--idempotency-key is for single runs; to retry a sweep, run the same "
+                                 "mltrain -m command again: it resumes and re-runs no completed trial")
             from mltrain.sweep_cli import run_multirun
 
             return run_multirun(parsed, parser, args)
     _use_config_dir(parsed)
+    key = parsed.idempotency_key
+    if key is not None and (not key.strip() or len(key) > MAX_KEY or not key.isprintable()):
+        raise UsageError(f"--idempotency-key must be 1 to {MAX_KEY} printable characters, e.g. the CI job's id")
     from mltrain.run import submit
 
-    run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach)
+    run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
+                 idempotency_key=key)
     if parsed.detach:
         sys.stdout.write(run.id + "\n")
         return 0
     try:
-        _info(f"run {run.id} started (mltrain runs show {run.id})")
+        if run.existing:
+            _info(f"run {run.id} was submitted before with idempotency key {key}; following it "
+                  f"(mltrain runs show {run.id})")
+        else:
+            _info(f"run {run.id} started (mltrain runs show {run.id})")
         record = run.wait(show_output=True)
     except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
         record = run.cancel()

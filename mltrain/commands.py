@@ -141,7 +141,10 @@ def runs_logs(parsed: argparse.Namespace) -> int:
                 return 0
             return 0
         paths = workspace.run_paths(record.id)
-        data = handle.read_log(0)[0] if handle is not None else (paths.log.read_bytes() if paths.log.exists() else b"")
+        if handle is not None and not record.is_terminal:  # an ended run's log is complete in its folder
+            data = handle.read_log(0)[0]
+        else:
+            data = paths.log.read_bytes() if paths.log.exists() else b""
         _write(data)
         reconcile(store, workspace, record)
     return 0

@@ -2,6 +2,9 @@
 
     run = mltrain.submit(["script=train.py", "compute=local"])
     run.wait(show_output=True)
+
+    # a retried submit (a CI job run again) gets the run the first attempt started
+    run = mltrain.submit(["script=train.py"], idempotency_key="nightly-2026-12-05")
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mltrain.errors import MltrainError, RunFailed
-from mltrain.executors.base import Handle, cancel_run, follow, reconcile
-from mltrain.store import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, RunRecord, Store
+from mltrain.errors import MltrainError, RunFailed, UsageError
+from mltrain.executors.base import ExitInfo, Handle, cancel_run, finalize, follow, reconcile
+from mltrain.store import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
 from mltrain.workspace import Workspace
 
 
@@ -24,12 +27,17 @@ def _write_stdout(data: bytes) -> None:
 
 
 class Run:
-    """A run in the history: look at it, wait for it, cancel it. Rebuildable from its id."""
+    """A run in the history: look at it, wait for it, cancel it. Rebuildable from its id.
+
+    ``existing`` is True when ``submit`` returned the run an earlier submit started under the same
+    idempotency key (``wait`` then follows that run from the start of its log).
+    """
 
     def __init__(self, run_id: str, workspace: Workspace, *, _handle: Handle | None = None,
-                 _offset: int = 0) -> None:
+                 _offset: int = 0, existing: bool = False) -> None:
         self.id = run_id
         self.workspace = workspace
+        self.existing = existing
         self._handle = _handle
         self._offset = _offset
 
@@ -87,24 +95,38 @@ class Run:
 
 
 def submit(overrides: Sequence[str] = (), *, config_name: str | None = None, detach: bool = True,
-           show_output: bool = False, parent_id: str | None = None, sweep_id: str | None = None) -> Run:
-    """Compose exactly as ``mltrain <overrides>`` does, prepare, launch; returns without waiting."""
+           show_output: bool = False, parent_id: str | None = None, sweep_id: str | None = None,
+           idempotency_key: str | None = None) -> Run:
+    """Compose exactly as ``mltrain <overrides>`` does, prepare, launch; returns without waiting.
+
+    ``idempotency_key``: if a run was submitted with this key before (in this workspace), return that run
+    instead of starting another -- ``run.existing`` says so. Reusing a key with other overrides is an error.
+    """
     from mltrain.compose import compose_validated
     from mltrain.spec import RunSpec
 
     cfg, job_yaml = compose_validated(overrides, config_name)
     spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
-    return submit_spec(spec, show_output=show_output, parent_id=parent_id, sweep_id=sweep_id)
+    return submit_spec(spec, show_output=show_output, parent_id=parent_id, sweep_id=sweep_id,
+                       idempotency_key=idempotency_key)
 
 
 def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None = None,
                 sweep_id: str | None = None, snapshot_id: str | None = None,
-                git: dict[str, Any] | None = None, run_id: str | None = None) -> Run:
+                git: dict[str, Any] | None = None, run_id: str | None = None,
+                idempotency_key: str | None = None) -> Run:
     """Run ``spec``: snapshot (or reuse ``snapshot_id``), prepare, stage, launch. Records every step.
 
     ``run_id``: the id to record the run under (a sweep names the run before it exists).
+    ``idempotency_key``: see ``submit``.
+
+    The row records this process (``mltrain.client``) and preparation runs its commands in a process
+    group that ends with it, so a client that dies before the launch leaves neither a run stuck in
+    ``Preparing`` nor a pip running. A run canceled while it is prepared is not launched (or, if the
+    cancel came as it launched, its job is stopped at once).
     """
     from mltrain.blobstore import BlobStore
+    from mltrain.client import PrepGroup, identity
     from mltrain.env_gc import mark_used
     from mltrain.environments import environment_for
     from mltrain.executors import executor_for
@@ -120,12 +142,17 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     executor = executor_for(spec.compute, workspace)
     environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
     executor.check_environment(environment)
+    client = identity()
     with Store(workspace.db_path) as store:
-        record = store.create_run(
-            experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
-            compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
-            parent_id=parent_id, sweep_id=sweep_id, run_id=run_id,
-        )
+        try:
+            record = store.create_run(
+                experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
+                compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
+                parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
+                idempotency_key=idempotency_key,
+            )
+        except IdempotencyHit as hit:
+            return _existing(hit.record, spec, workspace, str(idempotency_key))
         paths = workspace.run_paths(record.id)
         paths.dir.mkdir(parents=True)
         paths.config.write_text(spec.config_yaml)
@@ -139,45 +166,52 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
             if show_output:
                 sys.stderr.write(data.decode())
 
+        def record_group(group: dict[str, Any]) -> None:
+            store.update(record.id, client={**client, "group": group})
+
         handle: Handle | None = None
+        offset = 0
         try:
-            store.transition(record.id, PREPARING)
-            blobs = BlobStore(workspace.blobs)
-            if snapshot_id is None:
-                limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
-                snapshot = take_snapshot(spec.source_dir, blobs, limits=limits, cache_dir=workspace.cache)
-                for warning in snapshot.warnings:
-                    note(f"snapshot: {warning}")
-                _record_git(store, record.id, spec.source_dir, paths.git_patch)
-            else:
-                snapshot = _stored_snapshot(blobs, snapshot_id)
-                if git is not None:
-                    store.update(record.id, git=git)
-            store.update(record.id, snapshot_id=snapshot.manifest.id)
-            prepared = environment.prepare(note, executor)
-            store.update(record.id, env_fingerprint=prepared.fingerprint)
-            mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
-            if prepared.freeze is not None:
-                paths.environment_freeze.write_text(prepared.freeze + "\n")
-            plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
-                                prepared=prepared)
-            paths.plan.write_text(plan.to_json())
-            code_dir = executor.stage_code(snapshot.manifest.id)
-            request = LaunchRequest(
-                run_id=record.id,
-                argv=framework_for(spec.framework).command(spec, prepared, executor),
-                cwd=code_dir,
-                env=_run_env(spec, record, paths),
-                paths=paths,
-                experiment=spec.experiment,
-                image=prepared.image,
-            )
-            offset = log_file.tell()
-            handle = executor.launch(request)
-            store.transition(record.id, RUNNING, handle=handle.to_dict())
+            with PrepGroup(record_group):
+                store.transition(record.id, PREPARING)
+                blobs = BlobStore(workspace.blobs)
+                if snapshot_id is None:
+                    limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+                    snapshot = take_snapshot(spec.source_dir, blobs, limits=limits, cache_dir=workspace.cache)
+                    for warning in snapshot.warnings:
+                        note(f"snapshot: {warning}")
+                    _record_git(store, record.id, spec.source_dir, paths.git_patch)
+                else:
+                    snapshot = _stored_snapshot(blobs, snapshot_id)
+                    if git is not None:
+                        store.update(record.id, git=git)
+                store.update(record.id, snapshot_id=snapshot.manifest.id)
+                prepared = environment.prepare(note, executor)
+                store.update(record.id, env_fingerprint=prepared.fingerprint)
+                mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
+                if prepared.freeze is not None:
+                    paths.environment_freeze.write_text(prepared.freeze + "\n")
+                plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
+                                    prepared=prepared)
+                paths.plan.write_text(plan.to_json())
+                code_dir = executor.stage_code(snapshot.manifest.id)
+                request = LaunchRequest(
+                    run_id=record.id,
+                    argv=framework_for(spec.framework).command(spec, prepared, executor),
+                    cwd=code_dir,
+                    env=_run_env(spec, record, paths),
+                    paths=paths,
+                    experiment=spec.experiment,
+                    image=prepared.image,
+                )
+                offset = log_file.tell()
+                handle = executor.launch(request)
+                if not store.transition(record.id, RUNNING, handle=handle.to_dict()):
+                    _stop_unwanted(store, workspace, record.id, handle, executor.cancel_grace)
         except MltrainError as exc:
-            store.transition(record.id, FAILED, reason=str(exc))
-            raise
+            if store.transition(record.id, FAILED, reason=str(exc)) or store.get(record.id).status != CANCELED:
+                raise
+            handle = None  # canceled while prepared: the cancel stopped the step that failed; nothing to report
         except KeyboardInterrupt:
             if handle is not None:  # launched already: the job must not outlive the Ctrl-C
                 handle.cancel(executor.cancel_grace)
@@ -189,6 +223,23 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
         finally:
             log_file.close()
     return Run(record.id, workspace, _handle=handle, _offset=offset)
+
+
+def _existing(record: RunRecord, spec: Any, workspace: Workspace, key: str) -> Run:
+    """The run an earlier submit started under ``key``, if it was asked for with the same overrides."""
+    if list(record.overrides) != list(spec.overrides):
+        theirs = " ".join(record.overrides) or "no overrides"
+        raise UsageError(f"idempotency key {key!r} was used by run {record.id} with other overrides ({theirs}); "
+                         "use a new key, or the same overrides to get that run")
+    return Run(record.id, workspace, existing=True)
+
+
+def _stop_unwanted(store: Store, workspace: Workspace, run_id: str, handle: Handle, grace: float) -> None:
+    """The run ended (canceled) while it was being prepared, and its job has just started: stop it again."""
+    handle.cancel(grace)
+    info = handle.wait(5.0) or ExitInfo(None)
+    record = store.get(run_id)
+    finalize(store, workspace, record, handle, info, canceled=record.reason or "canceled")
 
 
 def _run_env(spec: Any, record: RunRecord, paths: Any) -> dict[str, str]:

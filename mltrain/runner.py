@@ -143,10 +143,12 @@ class LocalRunner(Runner):
 
     def _execute(self, argv: list[str], sink: Callable[[bytes, bool], None], *, merge: bool,
                  timeout: float | None, env: dict[str, str] | None) -> int:
-        try:
+        from mltrain.client import child_popen_kwargs
+
+        try:  # while a run is prepared, in its process group (mltrain.client): it must not outlive the client
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT if merge else subprocess.PIPE,
-                                    env={**os.environ, **env} if env else None)
+                                    env={**os.environ, **env} if env else None, **child_popen_kwargs())
         except OSError as exc:
             raise StartError(exc.strerror or str(exc)) from exc
         with proc, selectors.DefaultSelector() as selector:  # the process's pipes close with it

@@ -1,10 +1,11 @@
 """What a Spark application tells us after it starts: its id and UI (from the output), its state (from the
-master), why it failed (the Python error), and how to kill it where killing the driver is not enough.
+master), and how to kill it where killing the driver is not enough.
 
 The id is read from the lines Spark logs anyway: standalone ``Connected to Spark cluster with app ID
 app-...``, YARN ``application_...``, Kubernetes ``spark-<hex>``. In local mode Spark never logs its id
 (``local-<ms>``), so for local masters mltrain writes the event log into the run folder: its writer logs
-the file it opens, named after the id (and ``spark-history-server`` can show the run later).
+the file it opens, named after the id (and ``spark-history-server`` can show the run later). Why it failed
+(the Python error, or spark-submit's own) is read like every target's: ``mltrain.joblog.error_line``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ _UI_BOUND = re.compile(r"SparkUI.*started at (https?://\S+)")
 _DRIVER_HOST = re.compile(r"Server created on ([^\s:]+):\d+")
 _TRACKING = re.compile(r"tracking URL: (https?://\S+)")
 _SUBMISSION = re.compile(r"submission ID (\S+:\S+)")
-_SPARK_LOG_LINE = re.compile(r"^(\d\d/\d\d/\d\d \d\d:\d\d:\d\d |\{\"ts\": |\tat |\s*\.\.\. \d+ more)")
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
 SCAN_LIMIT = 4 * 1024 * 1024  # Spark logs the id within its first few hundred lines
 
 
@@ -104,29 +103,6 @@ class LogScanner:
             info.submission_id = match.group(1)
         if info.ui_url is None and info.driver_ui is not None:
             info.ui_url = info.driver_ui
-
-
-def python_error(tail: str) -> str | None:
-    """The last line of the last Python traceback in ``tail`` (Spark's own log lines skipped), or
-    spark-submit's own error; None when there is neither (the exit code then speaks for itself)."""
-    lines = [ln for ln in tail.splitlines() if not _SPARK_LOG_LINE.match(ln)]
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index].startswith("Traceback (most recent call last):"):
-            for line in lines[index + 1:]:
-                if line and not line[0].isspace() and _EXCEPTION_LINE.match(line):
-                    return _clip(line)
-            break
-    for line in reversed(lines):
-        if line.startswith('Exception in thread "main" '):
-            return _clip(line[len('Exception in thread "main" '):])
-        if line.startswith("Error: "):
-            return _clip(line)
-    return None
-
-
-def _clip(line: str, limit: int = 300) -> str:
-    line = line.strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------ master

@@ -10,6 +10,11 @@ Sweeps (schema 2) add two tables: ``sweeps`` (one row per sweep: its command,
 settings, controller process and status) and ``trials`` (one row per trial:
 its swept overrides, its fingerprint, and the run that carries it out). A
 history written by schema 1 is migrated in place the first time it is opened.
+
+Schema 3 adds two columns to ``runs``: ``client`` (the submitting process -- pid, start time, machine --
+and the process group its preparation children run in; ``mltrain.client``), so whoever looks next can
+tell a run whose client died before launching it; and ``idempotency_key`` (unique), so a retried submit
+finds the run it started before instead of starting another.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from mltrain.errors import RunNotFound, StoreError, SweepNotFound
+from mltrain.joblog import strip_ansi_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 QUEUED, PREPARING, RUNNING, FINALIZING = "Queued", "Preparing", "Running", "Finalizing"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
@@ -108,14 +114,19 @@ CREATE INDEX trials_fingerprint ON trials (fingerprint);
 CREATE INDEX trials_run ON trials (run_id);
 CREATE INDEX runs_sweep ON runs (sweep_id);
 """,
+    2: """
+ALTER TABLE runs ADD COLUMN client TEXT;
+ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX runs_idempotency_key ON runs (idempotency_key);
+""",
 }
 
 _COLUMNS = (
     "id", "experiment", "status", "created", "started", "ended", "exit_code", "reason", "script",
     "source_dir", "compute", "environment", "env_fingerprint", "snapshot_id", "parent_id", "sweep_id",
-    "handle", "git", "overrides",
+    "handle", "git", "overrides", "client", "idempotency_key",
 )
-_JSON_COLUMNS = ("handle", "git", "overrides")
+_JSON_COLUMNS = ("handle", "git", "overrides", "client")
 _UPDATABLE = frozenset(_COLUMNS) - {"id", "status", "created"}
 
 
@@ -140,6 +151,8 @@ class RunRecord:
     handle: dict[str, Any] | None = None
     git: dict[str, Any] | None = None
     overrides: list[str] = field(default_factory=list)
+    client: dict[str, Any] | None = None  # who is preparing it (mltrain.client); set at submit
+    idempotency_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -163,6 +176,19 @@ def _allowed_predecessors(status: str) -> tuple[str, ...]:
 
 def new_run_id() -> str:
     return secrets.token_hex(4)
+
+
+class IdempotencyHit(Exception):
+    """``create_run`` found a run already submitted under the idempotency key; ``record`` is that run."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__(record.id)
+        self.record = record
+
+
+class _Taken(Exception):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
 
 
 class Store:
@@ -231,20 +257,34 @@ class Store:
     def create_run(
         self, *, experiment: str, script: str, source_dir: str, compute: str, environment: str,
         overrides: Sequence[str] = (), parent_id: str | None = None, sweep_id: str | None = None,
-        run_id: str | None = None,
+        run_id: str | None = None, client: dict[str, Any] | None = None, idempotency_key: str | None = None,
     ) -> RunRecord:
+        """A new Queued run; with ``idempotency_key``, raises ``IdempotencyHit`` if a run has that key already.
+
+        The look-up and the insert are one ``BEGIN IMMEDIATE`` transaction (and the key has a unique index),
+        so of two clients submitting the same key at once exactly one creates the run.
+        """
         now = time.time()
 
         def insert(db: sqlite3.Connection, candidate: str) -> None:
+            if idempotency_key is not None:
+                row = db.execute("SELECT id FROM runs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if row is not None:
+                    raise _Taken(row[0])
             db.execute(
                 "INSERT INTO runs (id, experiment, status, created, script, source_dir, compute,"
-                " environment, parent_id, sweep_id, overrides) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " environment, parent_id, sweep_id, overrides, client, idempotency_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (candidate, experiment, QUEUED, now, script, source_dir, compute, environment,
-                 parent_id, sweep_id, json.dumps(list(overrides))),
+                 parent_id, sweep_id, json.dumps(list(overrides)), json.dumps(client) if client else None,
+                 idempotency_key),
             )
             db.execute("INSERT INTO transitions VALUES (?,?,?)", (candidate, QUEUED, now))
 
-        return self.get(self._insert_new("run", run_id, insert))
+        try:
+            return self.get(self._insert_new("run", run_id, insert))
+        except _Taken as taken:
+            raise IdempotencyHit(self.get(taken.run_id)) from None
 
     def _insert_new(self, what: str, wanted: str | None, insert: Callable[[sqlite3.Connection, str], None]) -> str:
         """Run ``insert`` with ``wanted`` or a fresh random id (retried on a clash); returns the id."""
@@ -275,23 +315,30 @@ class Store:
         with self._write() as db:
             db.execute(f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?", (*values, ident))
 
-    def transition(self, run_id: str, status: str, **fields: Any) -> bool:
-        """Move a run forward to ``status``; returns False (and changes nothing) if that is not forward."""
+    def transition(self, run_id: str, status: str, *, unlaunched: bool = False, **fields: Any) -> bool:
+        """Move a run forward to ``status``; returns False (and changes nothing) if that is not forward.
+
+        ``unlaunched``: only if the run was never launched (Queued or Preparing, no handle) -- what a reader
+        may decide for a run whose client died, without racing that client's last write.
+        """
         if status not in STATUSES:
             raise ValueError(status)
         now = time.time()
         fields = dict(fields)
+        if fields.get("reason"):
+            fields["reason"] = strip_ansi_text(str(fields["reason"]))
         if status == RUNNING:
             fields.setdefault("started", now)
         if status in TERMINAL:
             fields.setdefault("ended", now)
         names = sorted(fields)
         values = [json.dumps(fields[n]) if n in _JSON_COLUMNS else fields[n] for n in names]
-        allowed = _allowed_predecessors(status)
+        allowed = (QUEUED, PREPARING) if unlaunched else _allowed_predecessors(status)
         sets = ", ".join(["status = ?", *(f"{n} = ?" for n in names)])
+        guard = " AND handle IS NULL" if unlaunched else ""
         with self._write() as db:
             cursor = db.execute(
-                f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({', '.join('?' * len(allowed))})",
+                f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({', '.join('?' * len(allowed))}){guard}",
                 (status, *values, run_id, *allowed),
             )
             if cursor.rowcount != 1:
@@ -408,7 +455,7 @@ class Store:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE sweeps SET status = ?, reason = ?, ended = ? WHERE id = ? AND status = ?",
-                (status, reason, time.time(), sweep_id, RUNNING),
+                (status, strip_ansi_text(reason) if reason else reason, time.time(), sweep_id, RUNNING),
             )
         return cursor.rowcount == 1
 

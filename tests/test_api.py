@@ -9,7 +9,7 @@ import pytest
 from conftest import Project
 
 import mltrain
-from mltrain.errors import ConfigError, RunFailed
+from mltrain.errors import ConfigError, RunFailed, UsageError
 
 
 @pytest.fixture
@@ -56,3 +56,17 @@ def test_log_metric_without_mltrain_file(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.delenv("MLTRAIN_METRICS_FILE", raising=False)
     mltrain.log_metric("acc", 0.9, step=2)
     assert capsys.readouterr().out.strip() == "::metric acc=0.9 step=2"
+
+
+def test_submit_with_an_idempotency_key(in_project: Project) -> None:
+    first = mltrain.submit(["script=train.py", "params.lr=0.1"], idempotency_key="nightly-1")
+    assert first.existing is False
+    again = mltrain.submit(["script=train.py", "params.lr=0.1"], idempotency_key="nightly-1")
+    assert (again.id, again.existing) == (first.id, True)
+    assert again.wait().status == "Completed"
+    assert first.wait().status == "Completed"
+    with pytest.raises(UsageError, match="other overrides"):
+        mltrain.submit(["script=train.py", "params.lr=0.2"], idempotency_key="nightly-1")
+    other = mltrain.submit(["script=train.py"], idempotency_key="nightly-2")
+    assert other.id != first.id
+    assert other.wait().status == "Completed"

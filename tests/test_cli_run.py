@@ -209,3 +209,97 @@ def test_list_survives_an_unreachable_target(project: Project) -> None:
     assert run_id in result.stdout and "Running" in result.stdout and "Completed" in result.stdout
     assert f"run {run_id}: status not refreshed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------ idempotency key
+def test_idempotency_key_returns_the_existing_run(project: Project) -> None:
+    first = project.run("--detach", "--idempotency-key", "ci-42", "script=train.py", "params.lr=0.1", check=True)
+    run_id = first.stdout.strip()
+    again = project.run("--detach", "--idempotency-key=ci-42", "script=train.py", "params.lr=0.1", check=True)
+    assert again.stdout.strip() == run_id
+    followed = project.run("--idempotency-key", "ci-42", "script=train.py", "params.lr=0.1", check=True)
+    assert f"run {run_id} was submitted before with idempotency key ci-42" in followed.stderr
+    assert f"run {run_id}" in followed.stdout  # its output streamed, as a new run's would be
+    assert f"run {run_id} Completed" in followed.stderr
+    other = project.run("--detach", "--idempotency-key", "ci-43", "script=train.py", "params.lr=0.1", check=True)
+    assert other.stdout.strip() != run_id
+    assert len(project.runs()) == 2
+
+
+def test_idempotency_key_with_other_overrides_is_refused(project: Project) -> None:
+    from conftest import assert_one_line_error
+
+    run_id = project.run("--detach", "--idempotency-key", "k1", "script=train.py", "params.lr=0.1",
+                         check=True).stdout.strip()
+    result = project.run("--idempotency-key", "k1", "script=train.py", "params.lr=0.2")
+    assert_one_line_error(result, "idempotency key 'k1'", run_id, "params.lr=0.1", "other overrides")
+    assert len(project.runs()) == 1
+    assert_one_line_error(project.run("--idempotency-key=", "script=train.py"), "--idempotency-key must be")
+    assert_one_line_error(project.run("-m", "--idempotency-key", "k2", "script=train.py", "params.lr=1,2"),
+                          "--idempotency-key is for single runs")
+
+
+def test_concurrent_submits_with_one_key_make_one_run(project: Project, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    project.write("wait.py", f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n")
+    args = ("--detach", "--idempotency-key", "same", "script=wait.py")
+    procs = [project.popen(*args) for _ in range(3)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        gate.touch()
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1
+    (record,) = project.runs()
+    assert record["id"] in ids and record["idempotency_key"] == "same"
+    assert project.run("runs", "attach", str(record["id"])).returncode == 0
+
+
+# ------------------------------------------------------------ reasons and logs
+def test_a_failed_run_shows_its_exception_as_the_reason(project: Project) -> None:
+    project.write("bad.py", """
+        def check(value):
+            try:
+                {}["lr"]
+            except KeyError:
+                raise ValueError(f"bad value {value}")
+        check(3)
+        """)
+    result = project.run("script=bad.py")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert " Failed in " in last and last.endswith(": ValueError: bad value 3"), last
+    (record,) = project.runs()
+    assert (record["status"], record["exit_code"], record["reason"]) == ("Failed", 1, "ValueError: bad value 3")
+
+
+def test_a_killed_run_keeps_the_signal_as_its_reason(project: Project) -> None:
+    """A traceback the script printed and handled earlier is not why it died."""
+    project.write("killed.py", """
+        import os, signal, traceback
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            traceback.print_exc()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    project.run("script=killed.py")
+    (record,) = project.runs()
+    assert record["reason"] == "killed by SIGKILL (exit code 137)"
+
+
+def test_terminal_codes_stream_but_are_not_stored(project: Project) -> None:
+    project.write("colour.py", r"""
+        import sys
+        print("\x1b[32mgreen\x1b[0m \x1b]0;title\x07plain", flush=True)
+        raise SystemExit("\x1b[31mError: \x1b[1mbad value 3\x1b[0m")
+        """)
+    result = project.run("script=colour.py")
+    assert "\x1b[32mgreen" in result.stdout  # the stream is the job's, codes and all
+    (record,) = project.runs()
+    assert record["reason"] == "Error: bad value 3"
+    stored = (project.workspace / "runs" / str(record["id"]) / "output.log").read_bytes()
+    assert b"\x1b" not in stored and b"green plain\n" in stored
+    logs = project.run("runs", "logs", str(record["id"]), check=True).stdout
+    assert "green plain" in logs and "\x1b" not in logs

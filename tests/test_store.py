@@ -88,3 +88,82 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="not an mltrain run history"):
         Store(path)
+
+
+def test_idempotency_key_gives_one_run_to_racing_submitters(tmp_path: Path) -> None:
+    """Each key: exactly one creator; every other submitter gets that run (threads with their own connections)."""
+    from mltrain.store import IdempotencyHit
+
+    path = tmp_path / "runs.db"
+    Store(path).close()
+    got: dict[str, list[tuple[str, bool]]] = {f"k{i}": [] for i in range(10)}
+    barrier = threading.Barrier(4)
+
+    def submit() -> None:
+        with Store(path) as own:
+            barrier.wait()
+            for key in got:
+                try:
+                    got[key].append((_new(own, idempotency_key=key), True))
+                except IdempotencyHit as hit:
+                    got[key].append((hit.record.id, False))
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for answers in got.values():
+        assert len({run_id for run_id, _ in answers}) == 1
+        assert sum(created for _, created in answers) == 1
+    with Store(path) as store:
+        assert store.count() == 10
+        _new(store)  # runs without a key do not collide with each other
+        _new(store)
+        assert store.count() == 12
+
+
+def test_unlaunched_transition_never_overtakes_a_launch(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        preparing, launched = _new(store), _new(store)
+        for run_id in (preparing, launched):
+            store.transition(run_id, "Preparing")
+        store.transition(launched, "Running", handle={"kind": "local", "pid": 1})
+        assert store.transition(preparing, "Failed", reason="client gone", unlaunched=True)
+        assert not store.transition(launched, "Failed", reason="client gone", unlaunched=True)
+        assert store.get(launched).status == "Running"
+
+
+def test_reasons_are_stored_without_terminal_codes(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        run_id = _new(store)
+        store.transition(run_id, "Failed", reason="\x1b[31mValueError\x1b[0m: bad value 3")
+        assert store.get(run_id).reason == "ValueError: bad value 3"
+
+
+def test_schema_2_history_is_migrated_and_its_runs_left_as_they_were(tmp_path: Path) -> None:
+    """A workspace written before runs recorded their client: it opens, and its unlaunched run is not judged."""
+    import sqlite3
+
+    from mltrain import store as store_module
+    from mltrain.executors.base import reconcile
+    from mltrain.workspace import Workspace
+
+    workspace = Workspace(tmp_path / ".mltrain").ensure()
+    db = sqlite3.connect(workspace.db_path, isolation_level=None)
+    for script in (store_module._SCHEMA, store_module._MIGRATIONS[1]):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO runs (id, experiment, status, created, script, source_dir, compute, environment)"
+               " VALUES ('old00001', 'e', 'Preparing', 1.0, 's.py', '/p', 'local', 'venv')")
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+    with Store(workspace.db_path, create=False) as store:
+        old = store.get("old00001")
+        assert (old.client, old.idempotency_key) == (None, None)
+        assert reconcile(store, workspace, old).status == "Preparing"  # no client recorded: cannot tell
+        run_id = _new(store, idempotency_key="k")
+        assert store.get(run_id).idempotency_key == "k"
+        assert store.integrity_check() == "ok"
+    assert sqlite3.connect(workspace.db_path).execute("PRAGMA user_version").fetchone()[0] == 3

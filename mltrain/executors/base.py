@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mltrain.joblog import clean_log, error_line, read_tail
 from mltrain.store import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.workspace import RunPaths, Workspace
 
@@ -89,6 +90,9 @@ class Handle(ABC):
     @abstractmethod
     def cancel(self, grace: float) -> None:
         """TERM, wait up to ``grace`` seconds, then KILL."""
+
+    def release(self) -> None:  # noqa: B027 (optional hook)
+        """The run has ended (someone else saw it end): free what this process holds for it (local: its child)."""
 
     def collect(self, paths: RunPaths) -> None:  # noqa: B027 (optional hook)
         """Once the job has ended: bring outputs and metrics back into ``paths`` (targets that write
@@ -186,12 +190,30 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
         metrics += scan_log(paths.log, final=True)[0]
     store.replace_metrics(record.id, [(m.name, m.value, m.step, m.time) for m in metrics])
     if canceled is not None:
-        store.transition(record.id, CANCELED, reason=canceled, exit_code=info.exit_code)
+        ended = store.transition(record.id, CANCELED, reason=canceled, exit_code=info.exit_code)
     elif info.succeeded:
-        store.transition(record.id, COMPLETED, exit_code=0)
+        ended = store.transition(record.id, COMPLETED, exit_code=0)
     else:
-        store.transition(record.id, FAILED, exit_code=info.exit_code, reason=info.failure_reason())
+        ended = store.transition(record.id, FAILED, exit_code=info.exit_code, reason=_failure_reason(info, paths))
+    if ended:  # the one process that ended the run cleans its log, once nothing appends to it
+        try:
+            clean_log(paths.log)
+        except OSError as exc:
+            log.warning("could not remove terminal codes from the log of %s: %s", record.id, exc)
     return store.get(record.id)
+
+
+def _failure_reason(info: ExitInfo, paths: RunPaths) -> str:
+    """What the target said, else the error the job printed last (every target alike), else the exit code.
+
+    A job killed by a signal printed nothing on its way out: any traceback in its log was handled earlier,
+    so the signal is the reason (``killed by SIGKILL (exit code 137)``).
+    """
+    if info.reason:
+        return info.reason
+    if info.exit_code is not None and info.exit_code > 128:
+        return info.failure_reason()
+    return error_line(read_tail(paths.log)) or info.failure_reason()
 
 
 def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
@@ -199,13 +221,27 @@ def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecor
     if record.is_terminal:
         return record
     handle = handle_for(record, workspace)
-    if handle is None:
-        # Never launched: the submitting process is still preparing, or died while doing so.
-        return record
+    if handle is None:  # never launched: its client is still preparing it, or died doing so
+        return _unlaunched(store, record)
     info = handle.poll()
     if info is None:
         return record
     return finalize(store, workspace, record, handle, info)
+
+
+CLIENT_DIED = "client exited before the job started"
+
+
+def _unlaunched(store: Store, record: RunRecord) -> RunRecord:
+    """A run not launched yet: Failed if its client is gone (what it left running is stopped first)."""
+    from mltrain.client import CLIENT_GRACE, client_state, stop_group
+
+    if time.time() - record.created < CLIENT_GRACE or client_state(record.client) != "dead":
+        return record
+    if stop_group(record.client):
+        log.info("stopped what the client of %s left running", record.id)
+    store.transition(record.id, FAILED, reason=CLIENT_DIED, unlaunched=True)  # refused if it launched meanwhile
+    return store.get(record.id)
 
 
 def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: float | None = None,
@@ -215,8 +251,14 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
         return record
     handle = handle or handle_for(record, workspace)
     if handle is None:
-        store.transition(record.id, CANCELED, reason=reason)
-        return store.get(record.id)
+        # Still being prepared: its client sees the status and launches nothing (``run.submit_spec``);
+        # its pip or build hook is stopped now rather than left to finish work nobody wants.
+        from mltrain.client import stop_group
+
+        if store.transition(record.id, CANCELED, reason=reason, unlaunched=True):
+            stop_group(record.client)
+            return store.get(record.id)
+        return cancel_run(store, workspace, store.get(record.id), grace=grace, reason=reason)  # it just launched
     handle.cancel(grace if grace is not None else float((record.handle or {}).get("cancel_grace", 10.0)))
     info = handle.wait(5.0) or ExitInfo(None)
     return finalize(store, workspace, record, handle, info, canceled=reason)
@@ -229,11 +271,18 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
 
     ``stop`` is asked between reads; a reason it returns cancels the run with that reason. The
     cancel happens here, in the thread that follows the run, so it never races the run's own end.
+    A run still being prepared is followed too: its log so far, then the job's once it launches.
+    An ended run's log is read from the run folder, never through its handle (complete since it ended).
     """
     handle = handle or handle_for(record, workspace)
-    if handle is None:
-        return reconcile(store, workspace, record)
     try:
+        if handle is None:
+            record, handle, offset = _until_launched(store, workspace, record, out=out, offset=offset, stop=stop)
+            if handle is None:
+                return record
+        elif record.is_terminal:
+            handle.release()
+            return _rest_of_log(workspace, record, out, offset)
         while True:
             reason = stop() if stop is not None else None
             if reason:
@@ -260,6 +309,48 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
         log.info("cancelling run %s", record.id)
         return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)",
                           handle=handle)
+
+
+LAUNCH_POLL = 0.2  # seconds between looks at a run being prepared
+
+
+def _until_launched(store: Store, workspace: Workspace, record: RunRecord, *, out: Callable[[bytes], None] | None,
+                    offset: int, stop: Callable[[], str | None] | None) -> tuple[RunRecord, Handle | None, int]:
+    """Stream the preparation's log until the run has a handle (returned) or ends before it gets one (None)."""
+    paths = workspace.run_paths(record.id)
+    while True:
+        record = store.get(record.id)
+        if record.is_terminal:
+            return _rest_of_log(workspace, record, out, offset), None, offset
+        handle = handle_for(record, workspace)
+        if handle is not None:
+            return record, handle, offset
+        reason = stop() if stop is not None else None
+        if reason:
+            return cancel_run(store, workspace, record, reason=reason), None, offset
+        record = reconcile(store, workspace, record)  # its client may have died
+        if record.is_terminal:
+            continue
+        chunk, offset = read_from(paths.log, offset)
+        if chunk:
+            if out is not None:
+                out(chunk)
+        else:
+            time.sleep(LAUNCH_POLL)
+
+
+def _rest_of_log(workspace: Workspace, record: RunRecord, out: Callable[[bytes], None] | None,
+                 offset: int) -> RunRecord:
+    if out is not None:
+        path = workspace.run_paths(record.id).log
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                while chunk := fh.read(1 << 20):
+                    out(chunk)
+        except FileNotFoundError:
+            pass
+    return record
 
 
 def read_from(path: Path, offset: int) -> tuple[bytes, int]:

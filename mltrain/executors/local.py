@@ -125,6 +125,10 @@ class LocalHandle(Handle):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)  # the group, stragglers included
 
+    def release(self) -> None:
+        if self._process is not None:
+            self._process.poll()  # reaps it if it has ended
+
     def collect(self, paths: RunPaths) -> None:
         """Outputs are already in place; the run's working directory goes (only outputs are kept)."""
         from mltrain.snapshot_materialize import remove_tree

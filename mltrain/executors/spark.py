@@ -45,15 +45,12 @@ from mltrain.spark_app import (
     LogScanner,
     cluster_kill_argv,
     kill_cluster_app,
-    python_error,
     standalone_state,
 )
 from mltrain.spark_submit import CONNECT_SCRIPT, SparkSettings, check_master, master_kind, master_ui, pyfiles_zip
 from mltrain.workspace import RunPaths, Workspace
 
 log = logging.getLogger(__name__)
-
-TAIL_BYTES = 64 * 1024  # where the Python error is looked for
 
 
 def edge_config(config: Any) -> Any:
@@ -126,27 +123,18 @@ class SparkHandle(Handle):
             log.warning("could not record the Spark application of %s: %s", self.paths.dir.name, exc)
 
     def _explain(self, info: ExitInfo) -> ExitInfo:
-        """A failed driver's reason: the Python error, else what the master saw of a vanished driver."""
+        """A vanished driver's reason: what the master saw of the application. (A failed driver's Python
+        error is read from the log like every target's, in ``executors.base.finalize``.)"""
         if self._ended is None:
             self._scan()
             reason = None
-            if info.exit_code not in (0, None):
-                reason = python_error(self._tail())
-            elif info.exit_code is None and self.spark.get("master_ui"):
+            if info.exit_code is None and self.spark.get("master_ui"):
                 state = standalone_state(self.spark["master_ui"], self.app.app_id, self.spark.get("name"))
                 if state:
                     reason = (f"{info.reason or 'the driver process disappeared'}; "
                               f"the master reports the application {state}")
             self._ended = ExitInfo(info.exit_code, reason or info.reason)
         return self._ended
-
-    def _tail(self) -> str:
-        try:
-            with open(self.paths.log, "rb") as fh:
-                fh.seek(max(0, fh.seek(0, os.SEEK_END) - TAIL_BYTES))
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     # ------------------------------------------------------- Handle API
     def poll(self) -> ExitInfo | None:
@@ -179,6 +167,9 @@ class SparkHandle(Handle):
         """Where commands for this application run: this machine, or the edge node."""
         config = SparkCompute(ssh=self.spark.get("ssh"))
         return _driver_executor(config, Workspace(self.paths.dir.parent.parent)).runner()
+
+    def release(self) -> None:
+        self.driver.release()
 
     def collect(self, paths: RunPaths) -> None:
         self.driver.collect(paths)

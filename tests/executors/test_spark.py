@@ -25,8 +25,9 @@ from test_ssh import wait_for
 
 from mltrain.config import SparkCompute
 from mltrain.errors import ConfigError, EnvironmentBuildError, TargetError
+from mltrain.joblog import error_line as python_error
 from mltrain.runner import LOCAL
-from mltrain.spark_app import AppInfo, LogScanner, cluster_kill_argv, python_error
+from mltrain.spark_app import AppInfo, LogScanner, cluster_kill_argv
 from mltrain.spark_submit import SparkSettings, check_master, find_spark_submit, flatten_conf, pyfiles_zip
 
 HELPER = """
