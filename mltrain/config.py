@@ -193,6 +193,7 @@ class SweepConfig:
 
     sampler: str = "grid"  # grid | random | tpe
     n_trials: int | None = None  # random/tpe: how many; grid: at most this many combinations
+    max_trials: int = 10_000  # a sweep planning more trials than this is refused before any is built
     max_concurrent: int | None = None  # default: the CPU count on compute=local, 4 on other targets
     primary_metric: str | None = None  # ranks trials: the last value each logged
     goal: str = "min"  # min | max
@@ -232,7 +233,8 @@ def validate_sweep(node: Any) -> SweepConfig:
     et = sweep.early_termination
     bounds: list[tuple[str, float | None, float]] = [
         ("max_concurrent", sweep.max_concurrent, 1), ("n_trials", sweep.n_trials, 1),
-        ("max_failures", sweep.max_failures, 1), ("early_termination.evaluation_interval", et.evaluation_interval, 1),
+        ("max_trials", sweep.max_trials, 1), ("max_failures", sweep.max_failures, 1),
+        ("early_termination.evaluation_interval", et.evaluation_interval, 1),
         ("early_termination.delay_evaluation", et.delay_evaluation, 0),
         ("early_termination.min_trials", et.min_trials, 1), ("early_termination.slack_factor", et.slack_factor, 0),
         ("early_termination.slack_amount", et.slack_amount, 0),
