@@ -92,7 +92,8 @@ def _take(
             store.put_manifest(manifest)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
-    result = SnapshotResult(manifest, manifest.count, manifest.total_bytes, bytes_new, tuple(walked.warnings))
+    warnings = tuple(sorted(walked.warnings + snap.warnings))
+    result = SnapshotResult(manifest, manifest.count, manifest.total_bytes, bytes_new, warnings)
     logger.info(
         "snapshot %s: %d files, %s (%s new)%s in %.3f s",
         manifest.id[:12], result.files, human(result.bytes), human(bytes_new), " [dry run]" if dry_run else "",
