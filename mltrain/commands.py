@@ -301,7 +301,7 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
     spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
     check_source(spec)
     workspace = Workspace.locate(spec.workspace_dir)
-    limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+    limits = SnapshotLimits.of(spec.snapshot)
     # The stat cache makes an unchanged tree cheap to plan; use it only where a workspace already
     # exists, so planning in a fresh project still creates nothing.
     cache_dir = workspace.cache if workspace.exists() else None

@@ -267,6 +267,7 @@ def validate_sweep(node: Any) -> SweepConfig:
 class SnapshotConfig:
     max_files: int = 200_000
     max_bytes: int = 5 * 1024**3
+    allow_large_root: bool = False  # allow source_dir to be /, a mount point, or (a folder holding) $HOME
 
 
 @dataclass
@@ -423,6 +424,10 @@ def validate(cfg: Any) -> MltrainConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_describe(exc)}") from exc
+    for key in ("max_files", "max_bytes"):
+        value = getattr(snapshot, key)
+        if value < 1:
+            raise ConfigError(f"snapshot.{key}={value}: must be at least 1 (it bounds what a snapshot may hold)")
     for name in env_vars:
         if not ENV_NAME.match(name):
             raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")

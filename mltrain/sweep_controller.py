@@ -257,7 +257,7 @@ class SweepController(Supervisor):
         from mltrain.gitinfo import capture
         from mltrain.snapshot import SnapshotLimits, take_snapshot
 
-        limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+        limits = SnapshotLimits.of(spec.snapshot)
         result = take_snapshot(spec.source_dir, BlobStore(self.workspace.blobs), limits=limits,
                                cache_dir=self.workspace.cache)
         for warning in result.warnings:
