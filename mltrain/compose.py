@@ -59,6 +59,16 @@ def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, mu
         raise translate_hydra_error(exc) from exc
 
 
+def group_options(group: str) -> list[str]:
+    """The options a config group has, as Hydra finds them (``hydra/launcher`` -> basic, mltrain)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_automatic_config_search_path
+
+    prepare_hydra()
+    loader = ConfigLoaderImpl(config_search_path=create_automatic_config_search_path(None, None, CONFIG_PATH))
+    return list(loader.get_group_options(group))
+
+
 def strip_hydra(cfg: DictConfig) -> DictConfig:
     """The job's config without Hydra's own node, as stored with a run."""
     from omegaconf import DictConfig, OmegaConf, open_dict

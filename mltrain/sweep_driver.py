@@ -74,6 +74,9 @@ def _in_batches(launcher: Any, sampler: Sampler, size: int) -> list[Any]:
         for suggestion, result in zip(batch, results, strict=True):
             sampler.tell(suggestion, judge.finished(result, suggestion))
         returns.append(list(results))
+    from hydra.core.utils import JobStatus
+
     for result in (r for batch_results in returns for r in batch_results):
-        _ = result.return_value  # re-raises the first failed job's error, as Hydra's basic sweeper does
+        if result.status == JobStatus.FAILED:  # the first failed job's error, as Hydra's basic sweeper raises it
+            raise result._return_value  # (``return_value`` would also print a line of its own)
     return returns
