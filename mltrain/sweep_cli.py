@@ -187,7 +187,7 @@ def _open(parsed: argparse.Namespace) -> tuple[Workspace, Store]:
 
 def sweeps_list(parsed: argparse.Namespace) -> int:
     from mltrain.commands import _table, _when
-    from mltrain.sweep_report import sweep_dict
+    from mltrain.sweep_report import number, sweep_dict
 
     workspace, store = _open(parsed)
     with store:
@@ -202,7 +202,7 @@ def sweeps_list(parsed: argparse.Namespace) -> int:
     for s in data:
         metric = s["settings"].get("primary_metric")
         best = next((t for t in s["trials"] if t["best"]), None)
-        shown = f"#{best['idx']} {metric}={best['metric']:g}" if best else "-"
+        shown = f"#{best['idx']} {metric}={number(best['metric'])}" if best else "-"
         done = sum(n for status, n in s["counts"].items() if status in TERMINAL)
         rows.append((s["id"], s["status"], _when(s["created"]), f"{done}/{s['planned'] or '?'}", shown,
                      s["settings"].get("sampler", "grid"), s["experiment"]))

@@ -101,6 +101,7 @@ class TrialTask:
         """A trial run by a launcher other than mltrain's (``hydra/launcher=basic``, ...): there and then."""
         from hydra.core.hydra_config import HydraConfig
 
+        from mltrain.sweep_report import shown_params
         from mltrain.sweep_session import current
 
         session = current()
@@ -108,7 +109,7 @@ class TrialTask:
         overrides = list(hydra.overrides.task)
         prepared = self.prepare_trial(cfg, overrides)
         report = session.report if session is not None else None
-        return prepared.run(report, f"trial {hydra.job.num} ({' '.join(overrides)})")
+        return prepared.run(report, f"trial {hydra.job.num} ({shown_params(overrides)})")
 
 
 class MetricMonitor:

@@ -233,6 +233,28 @@ def test_early_termination_stops_the_bad_trials(project: Project) -> None:
     assert stopped["duration"] < 1.5  # a full curve takes 1.8 s
 
 
+def test_a_trial_stopped_early_is_reused_like_a_completed_one(project: Project) -> None:
+    project.write("curves.py", CURVES)
+    args = ("-m", "script=curves.py", "params.quality=0,0.01,5,6", "sweep.max_concurrent=4",
+            "sweep.primary_metric=loss")
+    policy = ("sweep.early_termination.policy=bandit", "sweep.early_termination.slack_factor=0.5",
+              "sweep.early_termination.delay_evaluation=3", "sweep.early_termination.min_trials=2")
+    project.run(*args, *policy, check=True)
+    first = _show(project, _sweeps(project)[0]["id"])
+    stopped = [t["params"] for t in first["trials"] if t["reason"] == "early termination"]
+    assert stopped  # (the test above pins which)
+    again = project.run(*args, *policy, check=True)
+    assert again.stderr.count("already stopped early as run") == len(stopped)
+    assert again.stderr.count("already completed as run") == 4 - len(stopped)
+    assert len(project.runs()) == 4  # nothing ran again
+    second = _show(project, _sweeps(project)[0]["id"])
+    assert second["id"] != first["id"] and second["status"] == "Completed"
+    assert all(t["reused"] for t in second["trials"]) and second["best_trial"] == first["best_trial"]
+    # Without the policy that stopped them, they run to the end this time
+    project.run(*args, check=True)
+    assert len(project.runs()) == 4 + len(stopped)
+
+
 GATED = """
 import os, sys, time
 gate = sys.argv[sys.argv.index("--gate") + 1]
