@@ -263,6 +263,17 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+DIFF_IGNORED = ("workspace.", "source_dir", "snapshot.", "sweep.")
+"""Config keys ``runs diff`` does not compare: they say where a run was made from, not what it ran.
+``workspace.*`` is where the history is kept; ``source_dir`` where the code was read from and
+``snapshot.*`` the limits on reading it (``files:`` compares the code itself); ``sweep.*`` the settings of
+the sweep a trial belonged to (a trial's fingerprint leaves them out too)."""
+
+
+def _ignored(key: str) -> bool:
+    return any(key == prefix or key.startswith(prefix) for prefix in DIFF_IGNORED)
+
+
 def runs_diff(parsed: argparse.Namespace) -> int:
     import yaml
 
@@ -276,10 +287,14 @@ def runs_diff(parsed: argparse.Namespace) -> int:
         path = workspace.run_paths(record.id).config
         configs.append(_flat(yaml.safe_load(path.read_text()) if path.exists() else {}))
     lines = [f"--- {first.id}", f"+++ {second.id}", "config:"]
-    changed = sorted(k for k in set(configs[0]) | set(configs[1]) if configs[0].get(k) != configs[1].get(k))
+    differ = sorted(k for k in set(configs[0]) | set(configs[1]) if configs[0].get(k) != configs[1].get(k))
+    changed = [k for k in differ if not _ignored(k)]
     lines += [f"  {k}: {configs[0].get(k, '<absent>')!r} -> {configs[1].get(k, '<absent>')!r}" for k in changed]
     if not changed:
         lines.append("  (same)")
+    if len(changed) < len(differ):
+        lines.append("  (not compared, as they say where a run was made from, not what it ran: "
+                     f"{', '.join(k for k in differ if _ignored(k))})")
     lines.append("files:")
     if first.snapshot_id and second.snapshot_id:
         blobs = BlobStore(workspace.blobs)
@@ -309,7 +324,7 @@ def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
     spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
     check_source(spec)
     workspace = Workspace.locate(spec.workspace_dir)
-    limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+    limits = SnapshotLimits.of(spec.snapshot)
     # The stat cache makes an unchanged tree cheap to plan; use it only where a workspace already
     # exists, so planning in a fresh project still creates nothing.
     cache_dir = workspace.cache if workspace.exists() else None

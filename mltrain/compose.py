@@ -22,6 +22,7 @@ def prepare_hydra() -> None:
     from hydra.core.utils import setup_globals
 
     from hydra_plugins.mltrain_plugins.searchpath import MltrainSearchPathPlugin
+    from mltrain.compose_bounds import install as install_bounds
     from mltrain.config import register_configs
     from mltrain.sweep_session import register_plugins
 
@@ -33,6 +34,7 @@ def prepare_hydra() -> None:
     # Hydra finds plugins by walking the hydra_plugins namespace, which setuptools' editable
     # installs hide behind a path hook; registering (idempotent) works for every install.
     Plugins.instance().register(MltrainSearchPathPlugin)
+    install_bounds()  # every config file Hydra reads is size- and alias-checked first (mltrain.compose_bounds)
     register_plugins()  # mltrain's launcher and sweeper, and the ${mltrain_sweep_dir:} resolver
 
 
@@ -57,6 +59,16 @@ def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, mu
         raise translate_hydra_error(exc) from exc
 
 
+def group_options(group: str) -> list[str]:
+    """The options a config group has, as Hydra finds them (``hydra/launcher`` -> basic, mltrain)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_automatic_config_search_path
+
+    prepare_hydra()
+    loader = ConfigLoaderImpl(config_search_path=create_automatic_config_search_path(None, None, CONFIG_PATH))
+    return list(loader.get_group_options(group))
+
+
 def strip_hydra(cfg: DictConfig) -> DictConfig:
     """The job's config without Hydra's own node, as stored with a run."""
     from omegaconf import DictConfig, OmegaConf, open_dict
@@ -75,7 +87,10 @@ _MISSING_PRIMARY = re.compile(r"Cannot find primary config '([^']+)'")
 def translate_hydra_error(exc: BaseException) -> BaseException:
     """Turn Hydra's multi-line composition errors into one ConfigError line with a hint."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from yaml import MarkedYAMLError
 
+    if isinstance(exc, MarkedYAMLError):
+        return _yaml_error(exc)
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if isinstance(exc, MissingConfigException):
@@ -114,6 +129,14 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
         key = getattr(exc, "full_key", None)
         return ConfigError(f"{key}: {first}" if key else first)
     return exc
+
+
+def _yaml_error(exc: Any) -> ConfigError:
+    """PyYAML's multi-line report as one line: where, what, and in what construct."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
+    context = f" ({exc.context})" if exc.context else ""
+    return ConfigError(f"{where}: not valid YAML: {exc.problem or 'cannot be parsed'}{context}")
 
 
 def compose_validated(overrides: Sequence[str] = (), config_name: str | None = None) -> tuple[Any, str]:

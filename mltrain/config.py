@@ -194,6 +194,7 @@ class SweepConfig:
 
     sampler: str = "grid"  # grid | random | tpe
     n_trials: int | None = None  # random/tpe: how many; grid: at most this many combinations
+    max_trials: int = 10_000  # a sweep planning more trials than this is refused before any is built
     max_concurrent: int | None = None  # default: the CPU count on compute=local, 4 on other targets
     primary_metric: str | None = None  # ranks trials: the last value each logged
     goal: str = "min"  # min | max
@@ -233,7 +234,8 @@ def validate_sweep(node: Any) -> SweepConfig:
     et = sweep.early_termination
     bounds: list[tuple[str, float | None, float]] = [
         ("max_concurrent", sweep.max_concurrent, 1), ("n_trials", sweep.n_trials, 1),
-        ("max_failures", sweep.max_failures, 1), ("early_termination.evaluation_interval", et.evaluation_interval, 1),
+        ("max_trials", sweep.max_trials, 1), ("max_failures", sweep.max_failures, 1),
+        ("early_termination.evaluation_interval", et.evaluation_interval, 1),
         ("early_termination.delay_evaluation", et.delay_evaluation, 0),
         ("early_termination.min_trials", et.min_trials, 1), ("early_termination.slack_factor", et.slack_factor, 0),
         ("early_termination.slack_amount", et.slack_amount, 0),
@@ -266,6 +268,7 @@ def validate_sweep(node: Any) -> SweepConfig:
 class SnapshotConfig:
     max_files: int = 200_000
     max_bytes: int = 5 * 1024**3
+    allow_large_root: bool = False  # allow source_dir to be /, a mount point, or (a folder holding) $HOME
 
 
 @dataclass
@@ -422,6 +425,10 @@ def validate(cfg: Any) -> MltrainConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_describe(exc)}") from exc
+    for key in ("max_files", "max_bytes"):
+        value = getattr(snapshot, key)
+        if value < 1:
+            raise ConfigError(f"snapshot.{key}={value}: must be at least 1 (it bounds what a snapshot may hold)")
     for name in env_vars:
         if not ENV_NAME.match(name):
             raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")

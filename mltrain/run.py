@@ -176,7 +176,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
                 store.transition(record.id, PREPARING)
                 blobs = BlobStore(workspace.blobs)
                 if snapshot_id is None:
-                    limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+                    limits = SnapshotLimits.of(spec.snapshot)
                     snapshot = take_snapshot(spec.source_dir, blobs, limits=limits, cache_dir=workspace.cache)
                     for warning in snapshot.warnings:
                         note(f"snapshot: {warning}")

@@ -79,6 +79,8 @@ def _take(
     started = time.monotonic()
     walk_started_ns = time.time_ns()
     root = _source_root(source_dir)
+    if not limits.allow_large_root:
+        _refuse_large_root(root)
     root_real = os.path.realpath(root)
     walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir))
     snap = Inventory(walked.files, store, dry_run=dry_run)
@@ -92,7 +94,8 @@ def _take(
             store.put_manifest(manifest)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
-    result = SnapshotResult(manifest, manifest.count, manifest.total_bytes, bytes_new, tuple(walked.warnings))
+    warnings = tuple(sorted(walked.warnings + snap.warnings))
+    result = SnapshotResult(manifest, manifest.count, manifest.total_bytes, bytes_new, warnings)
     logger.info(
         "snapshot %s: %d files, %s (%s new)%s in %.3f s",
         manifest.id[:12], result.files, human(result.bytes), human(bytes_new), " [dry run]" if dry_run else "",
@@ -139,6 +142,28 @@ def _source_root(source_dir: Path) -> str:
     if not os.path.isdir(root):
         raise SnapshotError(f"source directory {show(root)} is not a directory; set source_dir to a folder")
     return root
+
+
+def _refuse_large_root(root: str) -> None:
+    """A source directory that is a whole file system or a home directory is almost surely a mistake
+    (``source_dir=/``, ``source_dir=~``): walking it would take minutes before the size limits could even
+    speak, and it holds far more than code. Refused in one line, unless ``snapshot.allow_large_root=true``."""
+    real = os.path.realpath(root)
+    home = os.path.realpath(os.path.expanduser("~"))
+    fix = "point source_dir at your project folder, or set snapshot.allow_large_root=true to snapshot it anyway"
+    if real == "/":
+        why = "the file system root"
+    elif real == home:
+        why = "your home directory"
+    elif home.startswith(real + "/"):
+        why = f"a folder that holds your home directory ({show(home)})"
+    elif os.path.ismount(real):  # its st_dev differs from its parent's
+        why = "the root of a mounted file system"
+        fix = ("point source_dir at your project folder; if this mount is your project (a folder mounted into "
+               "a container), set snapshot.allow_large_root=true")
+    else:
+        return
+    raise SnapshotError(f"source_dir {show(root)} is {why}; {fix}")
 
 
 def _inside(root_real: str, *paths: Path | None) -> frozenset[str]:

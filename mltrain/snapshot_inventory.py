@@ -64,6 +64,8 @@ class Inventory:
         self._unchanged = False
         self._same_paths = False
         self._touched: set[int] | None = None
+        self.warnings: list[str] = []
+        """Files skipped or read while changing, as the run's snapshot warnings say."""
         """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
 
     def compare(self, cache: StatCache) -> None:
@@ -170,12 +172,31 @@ class Inventory:
                 claims.release(digest)
                 jobs.append(index)
         work = [(self.rels[i], self.files[i][1], self.stat_sizes[i]) for i in jobs]
-        for index, hashed in zip(jobs, hash_files(work, store, claims, dry_run=self.dry_run), strict=True):
+        gone = []
+        hashed_all = hash_files(work, store, claims, dry_run=self.dry_run, warnings=self.warnings)
+        for index, hashed in zip(jobs, hashed_all, strict=True):
+            if hashed is None:
+                gone.append(index)
+                continue
             self.digests[index] = hashed.digest
             self.sizes[index] = hashed.size
             bytes_new += hashed.new_bytes
+        if gone:
+            self._drop(gone)
         canonical = self._spliced_canonical() if remembered_complete else None
         return self._manifest(canonical=canonical), bytes_new
+
+    def _drop(self, rows: list[int]) -> None:
+        """Forget files that vanished between the walk and their read (the manifest is of the tree as read)."""
+        doomed = set(rows)
+        keep = [i for i in range(len(self.rels)) if i not in doomed]
+        for name in ("rels", "links", "stat_sizes", "mtimes", "inodes", "modes", "sizes", "digests", "remembered",
+                     "files"):
+            column = getattr(self, name)
+            setattr(self, name, [column[i] for i in keep])
+        self.link_rows = [i for i, link in enumerate(self.links) if link is not None]
+        self._touched = None  # the paths differ from the cache's now: no row-by-row splice
+        self._unchanged = False
 
     def _spliced_canonical(self) -> bytes | None:
         """The remembered manifest's JSON with only the changed entries rewritten, when that is exact.

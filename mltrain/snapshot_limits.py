@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from mltrain.errors import SnapshotError
 from mltrain.snapshot_walk import Found, ignore_hint, show
@@ -24,6 +24,14 @@ DRILL_SHARE: Final = 0.5
 class SnapshotLimits:
     max_files: int = 200_000
     max_bytes: int = 5 * 1024**3
+    allow_large_root: bool = False
+    """Allow a source directory that is ``/``, a mount point, or (holds) the home directory."""
+
+    @classmethod
+    def of(cls, config: Any) -> SnapshotLimits:
+        """The limits a run's ``snapshot`` settings (:class:`mltrain.config.SnapshotConfig`) ask for."""
+        return cls(max_files=config.max_files, max_bytes=config.max_bytes,
+                   allow_large_root=config.allow_large_root)
 
 
 def human(n: int) -> str:

@@ -75,7 +75,7 @@ def _read_ignore_file(folder: str, rel: str, *, follow: bool) -> bytes:
     flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none, or its folder went away since it was listed
         return b""
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow:
@@ -101,9 +101,15 @@ def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -
     while stack:
         folder, rel_dir, here = stack.pop()
         # Listing through a directory fd makes each entry's lstat resolve one name, not the whole path.
+        # Below the root, O_NOFOLLOW: a folder swapped for a symlink since it was listed is not followed.
         try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if rel_dir else 0))
         except OSError as exc:
+            if rel_dir and exc.errno in _GONE:
+                result.warnings.append(gone(rel_dir))
+                continue
+            if exc.errno == errno.ENOENT:
+                raise SnapshotError(f"source directory {show(root)} was deleted while the snapshot was taken") from None
             raise _unreadable_dir(rel_dir, exc) from None
         try:
             try:
@@ -181,8 +187,14 @@ def _visit(
             rel = rel_dir + name
             warnings.append(f"excluded secret file {show(rel)} ({_opt_in(rel, False)})")
     regular = [entry for entry in kept if entry.is_file(follow_symlinks=False)]
-    # One tight comprehension for the lstat calls: the bulk of an unchanged re-snapshot.
-    files += [(rel_dir + e.name, folder + e.name, e.stat(follow_symlinks=False), None) for e in regular]
+    try:
+        # One tight comprehension for the lstat calls: the bulk of an unchanged re-snapshot.
+        files += [(rel_dir + e.name, folder + e.name, e.stat(follow_symlinks=False), None) for e in regular]
+    except OSError:  # one vanished since the listing: again, one by one
+        for entry in regular:
+            found = _lstat(entry, rel_dir, warnings)
+            if found is not None:
+                files.append((rel_dir + entry.name, folder + entry.name, found, None))
     if len(regular) == len(kept):
         return
     for entry in kept:
@@ -190,12 +202,42 @@ def _visit(
             continue
         name = entry.name
         rel = rel_dir + name
+        st = _lstat(entry, rel_dir, warnings)
+        if st is None:
+            continue
         if entry.is_symlink():
-            links.append((rel, folder + name, entry.stat(follow_symlinks=False), os.readlink(name, dir_fd=fd)))
+            try:
+                target = os.readlink(name, dir_fd=fd)
+            except OSError as exc:  # gone, or no longer a link (EINVAL), since the listing
+                if exc.errno not in (*_GONE, errno.EINVAL):
+                    raise SnapshotError(f"cannot read symlink {show(rel)}: {exc.strerror}") from None
+                warnings.append(gone(rel))
+                continue
+            links.append((rel, folder + name, st, target))
         else:
-            mode = entry.stat(follow_symlinks=False).st_mode
-            kind = next((label for test, label in _SPECIAL_KINDS if test(mode)), "special file")
+            kind = next((label for test, label in _SPECIAL_KINDS if test(st.st_mode)), "special file")
             warnings.append(f"skipped {kind} {show(rel)} (a snapshot holds only regular files and symlinks)")
+
+
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+"""What opening or stating a listed entry fails with when it (or its folder) was deleted, or a folder
+was replaced by a file (ENOTDIR) or a symlink (ELOOP, with O_NOFOLLOW), since the listing."""
+
+
+def gone(rel: str) -> str:
+    """The warning for an entry that vanished (or changed kind) while the snapshot was taken."""
+    return f"skipped {show(rel)}: it was deleted or replaced while the snapshot was taken"
+
+
+def _lstat(entry: os.DirEntry[str], rel_dir: str, warnings: list[str]) -> os.stat_result | None:
+    """The entry's lstat; None (and a warning) if it vanished since the listing."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            raise SnapshotError(f"cannot stat {show(rel_dir + entry.name)}: {exc.strerror}") from None
+        warnings.append(gone(rel_dir + entry.name))
+        return None
 
 
 def _opt_in(rel: str, is_dir: bool) -> str:

@@ -499,12 +499,14 @@ class Store:
         )
         return [_trial_record(row) for row in rows]
 
-    def completed_run_with(self, fingerprint: str) -> str | None:
-        """The newest Completed run of any trial with this fingerprint (what a sweep may reuse)."""
+    def completed_run_with(self, fingerprint: str, *, or_canceled_for: str | None = None) -> str | None:
+        """The newest Completed run of any trial with this fingerprint (what a sweep may reuse); with
+        ``or_canceled_for``, failing that, the newest run Canceled for that reason (a trial stopped early)."""
         row = self._db.execute(
             "SELECT runs.id FROM trials JOIN runs ON runs.id = trials.run_id"
-            " WHERE trials.fingerprint = ? AND runs.status = ? ORDER BY runs.created DESC LIMIT 1",
-            (fingerprint, COMPLETED),
+            " WHERE trials.fingerprint = ? AND (runs.status = ? OR (runs.status = ? AND runs.reason = ?))"
+            " ORDER BY runs.status = ? DESC, runs.created DESC LIMIT 1",
+            (fingerprint, COMPLETED, CANCELED, or_canceled_for, COMPLETED),
         ).fetchone()
         return None if row is None else str(row[0])
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from mltrain.errors import StoreError
+from mltrain.errors import ConfigError, MltrainError, StoreError
 from mltrain.store import CANCELED, COMPLETED, TERMINAL, Store, SweepRecord
 from mltrain.workspace import Workspace
 
@@ -40,6 +40,8 @@ def run_multirun(parsed: argparse.Namespace, parser: argparse.ArgumentParser, ar
     from mltrain.sweep_trial import TrialTask
 
     prepare_hydra()
+    if parsed.detach:
+        _check_detachable(parsed)
     # Read once and dropped: the trials' own processes must not think they are sweep controllers.
     controller_of = os.environ.pop(CONTROLLER_ENV, None) or None
     session = SweepSession(args=[a for a in args if a not in _HYDRA_SWEEP_FLAGS], detach=parsed.detach,
@@ -51,6 +53,13 @@ def run_multirun(parsed: argparse.Namespace, parser: argparse.ArgumentParser, ar
     except KeyboardInterrupt:
         if session.outcome is None:
             raise
+    except MltrainError:
+        raise
+    except Exception as exc:
+        problem = plugin_error(parsed, exc)
+        if problem is None:
+            raise
+        raise problem from exc
     finally:
         end()
     if session.detached:
@@ -58,11 +67,80 @@ def run_multirun(parsed: argparse.Namespace, parser: argparse.ArgumentParser, ar
         _out(str(session.sweep))
         return 0
     if session.outcome is None:  # another launcher ran the trials one by one, and none failed
+        _info("the trials ran one after another through a Hydra launcher other than mltrain's, with no sweep "
+              "record (mltrain runs list shows their runs; mltrain's launcher, the default, keeps one)")
         return 0
     workspace, store = _open_for(session.sweep_dir)
     with store:
         _out(_render(store, workspace, store.get_sweep(session.outcome.sweep_id)))
     return EXIT_CODES.get(session.outcome.status, 1)
+
+
+def _check_detachable(parsed: argparse.Namespace) -> None:
+    """``--detach`` hands the sweep to a controller process, which only mltrain's launcher does; another
+    launcher would run every trial here and now, so say so before any starts (one extra composition)."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.mltrain_plugins.launcher import MltrainLauncher
+    from mltrain.compose import compose
+
+    try:
+        target = OmegaConf.select(compose(parsed.overrides, parsed.config_name, multirun=True),
+                                  "hydra.launcher._target_")
+    except Exception:
+        return  # Hydra reports it in a moment
+    if target != f"{MltrainLauncher.__module__}.{MltrainLauncher.__name__}":
+        raise ConfigError(f"--detach needs mltrain's launcher (hydra/launcher=mltrain, the default), not {target}, "
+                          "which runs the trials in this process; drop --detach or the launcher override")
+
+
+PLUGIN_KINDS = ("sweeper", "launcher")
+
+
+def plugin_error(parsed: argparse.Namespace, exc: Exception) -> ConfigError | None:
+    """Why Hydra could not set up ``hydra.sweeper`` / ``hydra.launcher``, as one line; None if that was not it.
+
+    Hydra reports a plugin it cannot use as a bare RuntimeError, ImportError or AssertionError. On that
+    (rare) path the config is composed again and each plugin's ``_target_`` checked against the installed
+    ones: mltrain works with any installed Hydra sweeper or launcher (its own are the defaults), and an
+    unknown class is named with the choices.
+    """
+    import traceback
+
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+    from hydra.plugins.sweeper import Sweeper
+    from omegaconf import DictConfig, OmegaConf
+
+    from mltrain.compose import compose, group_options
+
+    try:
+        cfg = compose(parsed.overrides, parsed.config_name, multirun=True)
+    except Exception:
+        return None
+    targets = {}
+    for kind, base in zip(PLUGIN_KINDS, (Sweeper, Launcher), strict=True):
+        node = OmegaConf.select(cfg, f"hydra.{kind}")
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        installed = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(base)}
+        choices = f"hydra/{kind}=NAME ({', '.join(group_options(f'hydra/{kind}'))}; mltrain is the default)"
+        if target is None:
+            return ConfigError(f"hydra.{kind} is not set; choose one with {choices}")
+        if target not in installed:
+            return ConfigError(
+                f"hydra.{kind}._target_={target} is not an installed Hydra {kind} (Hydra loads {kind}s only from "
+                f"the hydra_plugins package); choose one with {choices}, or install the plugin that provides it")
+        targets[kind] = target
+    # Both are installed classes: blame the one Hydra was setting up when it failed (the innermost; a
+    # sweeper sets up its launcher inside its own setup).
+    setting_up = [frame.f_code.co_name.removeprefix("instantiate_") for frame, _ in traceback.walk_tb(exc.__traceback__)
+                  if frame.f_code.co_name in ("instantiate_sweeper", "instantiate_launcher")]
+    if not setting_up:
+        return None
+    kind = setting_up[-1]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    detail = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return ConfigError(f"hydra.{kind} ({targets[kind]}) could not be set up: {detail}")
 
 
 def _open_for(sweep_dir: str | None) -> tuple[Workspace, Store]:
@@ -109,7 +187,7 @@ def _open(parsed: argparse.Namespace) -> tuple[Workspace, Store]:
 
 def sweeps_list(parsed: argparse.Namespace) -> int:
     from mltrain.commands import _table, _when
-    from mltrain.sweep_report import sweep_dict
+    from mltrain.sweep_report import number, sweep_dict
 
     workspace, store = _open(parsed)
     with store:
@@ -124,7 +202,7 @@ def sweeps_list(parsed: argparse.Namespace) -> int:
     for s in data:
         metric = s["settings"].get("primary_metric")
         best = next((t for t in s["trials"] if t["best"]), None)
-        shown = f"#{best['idx']} {metric}={best['metric']:g}" if best else "-"
+        shown = f"#{best['idx']} {metric}={number(best['metric'])}" if best else "-"
         done = sum(n for status, n in s["counts"].items() if status in TERMINAL)
         rows.append((s["id"], s["status"], _when(s["created"]), f"{done}/{s['planned'] or '?'}", shown,
                      s["settings"].get("sampler", "grid"), s["experiment"]))

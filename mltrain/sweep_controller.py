@@ -37,6 +37,7 @@ from mltrain.errors import MltrainError, StoreError
 from mltrain.store import CANCELED, COMPLETED, FAILED, RUNNING, RunRecord, Store, SweepRecord, TrialRecord, new_run_id
 from mltrain.sweep_launcher import Supervisor
 from mltrain.sweep_process import alive, command, controller_log, spawn, sweep_dir, this_process
+from mltrain.sweep_report import number, shown_params
 from mltrain.sweep_samplers import COMPLETE, PRUNED, Outcome, Sampler, Suggestion
 from mltrain.sweep_samplers import FAILED as FAILED_OUTCOME
 from mltrain.sweep_session import SweepSession, current
@@ -257,7 +258,7 @@ class SweepController(Supervisor):
         from mltrain.gitinfo import capture
         from mltrain.snapshot import SnapshotLimits, take_snapshot
 
-        limits = SnapshotLimits(max_files=spec.snapshot.max_files, max_bytes=spec.snapshot.max_bytes)
+        limits = SnapshotLimits.of(spec.snapshot)
         result = take_snapshot(spec.source_dir, BlobStore(self.workspace.blobs), limits=limits,
                                cache_dir=self.workspace.cache)
         for warning in result.warnings:
@@ -314,9 +315,11 @@ class SweepController(Supervisor):
             from mltrain.executors.base import cancel_run
 
             cancel_run(self.store, self.workspace, record, reason="superseded: the sweep was resumed with changes")
-        reused = self.store.completed_run_with(trial.fingerprint)
+        reused = self.store.completed_run_with(trial.fingerprint, or_canceled_for=EARLY if self.policy else None)
         if reused is not None:
-            return self._reuse(trial, self.store.get(reused), fresh=True)
+            earlier = self.store.get(reused)
+            if earlier.status == COMPLETED or self._stopped_alike(earlier):
+                return self._reuse(trial, earlier, fresh=True)
         trial.run_id = new_run_id()
         trial.monitor.metrics_file = self.workspace.run_paths(trial.run_id).metrics
         return lambda: self._run(trial, snap)
@@ -342,14 +345,26 @@ class SweepController(Supervisor):
         except RunNotFound:
             return None
 
+    def _stopped_alike(self, record: RunRecord) -> bool:
+        """Whether this sweep would stop ``record`` (a trial stopped early elsewhere) as its own sweep did: the
+        same primary metric, goal and policy. A sweep run again with another policy, or none, runs it again."""
+        if record.sweep_id is None:
+            return False
+        try:
+            theirs = self.store.get_sweep(record.sweep_id).settings
+        except StoreError:
+            return False
+        ours = dataclasses.asdict(self.settings)
+        return all(theirs.get(key) == ours[key] for key in ("primary_metric", "goal", "early_termination"))
+
     def _reuse(self, trial: Trial, record: RunRecord, *, fresh: bool) -> Callable[[], Any]:
         trial.run_id = record.id
         trial.reused = True
         if fresh:
             self.store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, record.id,
                                              reused=True))
-        self.report(f"trial {trial.idx} already {record.status.lower()} as run {record.id}: "
-                    f"{' '.join(trial.swept)}")
+        state = "stopped early" if record.reason == EARLY else record.status.lower()
+        self.report(f"trial {trial.idx} already {state} as run {record.id}: {shown_params(trial.swept)}")
         return lambda: record
 
     def _adopt(self, trial: Trial, record: RunRecord) -> Callable[[], Any]:
@@ -386,7 +401,7 @@ class SweepController(Supervisor):
                 raise
         if snap.patch:
             shutil.copyfile(snap.patch, run.paths.git_patch)
-        self.report(f"trial {trial.idx} started as run {run.id}: {' '.join(trial.swept)}")
+        self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
         return run.wait(out=trial.monitor.feed, stop=trial.poll_stop)
 
     # -------------------------------------------------------------- results
@@ -410,7 +425,7 @@ class SweepController(Supervisor):
         if record.status == FAILED:
             self._failed()
         took = f" in {record.duration:.1f}s" if record.duration is not None else ""
-        metric = f" ({self.settings.primary_metric}={outcome.value:g})" if outcome.value is not None else ""
+        metric = f" ({self.settings.primary_metric}={number(outcome.value)})" if outcome.value is not None else ""
         why = f": {record.reason}" if record.reason else ""
         self.report(f"trial {idx} {record.status}{took}{metric}{why}")
         if record.status == COMPLETED and self.settings.primary_metric and outcome.value is None:

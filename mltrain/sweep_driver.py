@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mltrain.sweep_samplers import Sampler, Suggestion, make_sampler
+from mltrain.sweep_samplers import Sampler, Suggestion, check_size, make_sampler
 from mltrain.sweep_space import parse_space
 
 
@@ -29,17 +29,19 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     ours = session is not None and takes_prepared(task_function)
     settings = validate_sweep(config.get("sweep")) if ours else SweepConfig()
     space = parse_space(arguments, settings.space, hydra_context.config_loader)
+    check_size(settings.sampler, space, n_trials=settings.n_trials, max_trials=settings.max_trials)  # before a record
     controller = SweepController(session, config) if ours and session is not None else None
     if controller is not None and hasattr(launcher, "run_sweep"):
         seed = controller.open()
-        sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal, seed=seed)
+        sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal, seed=seed,
+                               max_trials=settings.max_trials)
         controller.sampler = sampler
         _save_config(config)
         return [list(launcher.run_sweep(sampler, controller))]
     if controller is not None:
         controller.close()
     sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal,
-                           seed=settings.seed or 0)
+                           seed=settings.seed or 0, max_trials=settings.max_trials)
     _save_config(config)
     if hasattr(launcher, "run_sweep"):
         return [list(launcher.run_sweep(sampler, Supervisor()))]
@@ -72,6 +74,9 @@ def _in_batches(launcher: Any, sampler: Sampler, size: int) -> list[Any]:
         for suggestion, result in zip(batch, results, strict=True):
             sampler.tell(suggestion, judge.finished(result, suggestion))
         returns.append(list(results))
+    from hydra.core.utils import JobStatus
+
     for result in (r for batch_results in returns for r in batch_results):
-        _ = result.return_value  # re-raises the first failed job's error, as Hydra's basic sweeper does
+        if result.status == JobStatus.FAILED:  # the first failed job's error, as Hydra's basic sweeper raises it
+            raise result._return_value  # (``return_value`` would also print a line of its own)
     return returns

@@ -6,6 +6,8 @@ Built from the run history alone, so ``sweeps show`` in another terminal,
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,33 @@ def sweep_dict(store: Store, workspace: Workspace, sweep: SweepRecord) -> dict[s
     }
 
 
+_FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
+SIGNIFICANT = 6
+
+
+def number(value: float) -> str:
+    """A value for a table: an integral one as an int (``3``, ``1200000``), else 6 significant digits."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.{SIGNIFICANT}g}"
+
+
+def shown_param(item: str) -> str:
+    """``key=value`` as a table shows it: a float value with more than 6 significant digits is rounded
+    (``0.30000000000000004`` -> ``0.3``, a random draw ``0.020460187086026708`` -> ``0.0204602``);
+    anything else (ints, ``1e-4``, words, lists) stays as written. The run itself got the exact value."""
+    key, eq, value = item.partition("=")
+    if eq and _FLOAT.fullmatch(value):
+        rounded = f"{float(value):.{SIGNIFICANT}g}"
+        if float(rounded) != float(value):
+            return f"{key}={rounded}"
+    return item
+
+
+def shown_params(items: list[str]) -> str:
+    return " ".join(shown_param(item) for item in items)
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -98,7 +127,7 @@ def render(store: Store, workspace: Workspace, sweep: SweepRecord) -> str:
     for r in rows:
         status = r.status + (" (reused)" if r.reused else "") + (" (early)" if r.reason == "early termination" else "")
         table.append((f"{r.idx}{' *' if r.best else ''}", r.run_id or "-", status,
-                      "-" if r.metric is None else f"{r.metric:g}", _seconds(r.duration), " ".join(r.params)))
+                      "-" if r.metric is None else number(r.metric), _seconds(r.duration), shown_params(r.params)))
     lines = [*head, _table(table)]
     if any(r.best for r in rows):
         lines.append(f"* best by {metric} ({sweep.settings.get('goal')})")

@@ -18,6 +18,7 @@ from mltrain.errors import ConfigError
 from mltrain.sweep_space import Choice, Interval, Space
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+DEFAULT_MAX_TRIALS = 10_000  # sweep.max_trials
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,38 @@ class TpeSampler(Sampler):
         self._asked += 1
 
 
-def make_sampler(kind: str, space: Space, *, n_trials: int | None, goal: str, seed: int) -> Sampler:
-    """The sampler ``sweep.sampler`` names (one registry: this function)."""
+def check_size(kind: str, space: Space, *, n_trials: int | None, max_trials: int) -> int:
+    """How many trials the sweep plans, known before any is built (a grid's is a product of counts);
+    a one-line ConfigError past ``max_trials``, so a ``100x100x100x100`` grid costs nothing but its message."""
     if kind == "grid":
-        combos = space.grid()
-        return ListSampler([suggest(space, values) for values in (combos[:n_trials] if n_trials else combos)])
+        size = space.grid_size()
+        planned = min(size, n_trials or size)
+        if planned > max_trials:
+            raise ConfigError(
+                f"the grid has {size:,} trials ({space.grid_shape()}), over sweep.max_trials={max_trials:,}; "
+                f"sweep fewer values, cap it with sweep.n_trials=N, or raise the limit: sweep.max_trials={size}"
+            )
+        return planned
     assert n_trials is not None  # validate_sweep guarantees it
+    if n_trials > max_trials:
+        raise ConfigError(f"sweep.n_trials={n_trials:,} is over sweep.max_trials={max_trials:,}; ask for fewer "
+                          f"trials, or raise the limit: sweep.max_trials={n_trials}")
+    if kind == "tpe":
+        for dim in space.dimensions:  # Optuna lists a categorical's choices, and each is validated up front
+            if isinstance(dim, Choice) and len(dim.values) > max_trials:
+                raise ConfigError(
+                    f"{dim.key}: {len(dim.values):,} choices are too many for sweep.sampler=tpe (at most "
+                    f"sweep.max_trials={max_trials:,}); use int(interval(low, high)) for a numeric range")
+    return n_trials
+
+
+def make_sampler(kind: str, space: Space, *, n_trials: int | None, goal: str, seed: int,
+                 max_trials: int = DEFAULT_MAX_TRIALS) -> Sampler:
+    """The sampler ``sweep.sampler`` names (one registry: this function), after :func:`check_size`."""
+    planned = check_size(kind, space, n_trials=n_trials, max_trials=max_trials)
+    if kind == "grid":
+        return ListSampler([suggest(space, values) for values in space.grid(planned)])
     if kind == "random":
         rng = random.Random(seed)
-        return ListSampler([suggest(space, space.sample(rng)) for _ in range(n_trials)])
-    return TpeSampler(space, n_trials, goal, seed)
+        return ListSampler([suggest(space, space.sample(rng)) for _ in range(planned)])
+    return TpeSampler(space, planned, goal, seed)

@@ -16,20 +16,75 @@ basic sweeper would compose -- so ``grid`` runs the same jobs Hydra would.
 
 from __future__ import annotations
 
-import itertools
+import decimal
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, overload
 
 from mltrain.errors import ConfigError
+
+LISTED_MAX: Final = 100_000
+"""A ``range()`` with more values than this is not listed but computed on demand (see :class:`RangeValues`)."""
+
+
+class RangeValues(Sequence[str]):
+    """The values of a long ``range(start, stop, step)`` as override text, computed by index, never listed.
+
+    ``range(0, 10**9)`` on a command line is a valid sweep for a random
+    sampler, and a grid over it must be counted (and refused) without
+    building a billion strings. Short ranges are listed by Hydra itself.
+    """
+
+    def __init__(self, start: Any, stop: Any, step: Any) -> None:
+        self._key = (start, stop, step)
+        self.integer = all(isinstance(v, int) for v in (start, stop, step))
+        if self.integer:
+            self._ints = range(start, stop, step)
+            self._len = len(self._ints)
+        else:  # Hydra's FloatRange steps in Decimal from the floats' exact values
+            self._start, self._step = decimal.Decimal(start), decimal.Decimal(step)
+            span = (decimal.Decimal(stop) - self._start) / self._step
+            self._len = max(0, math.ceil(span))
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(index)
+        if self.integer:
+            return str(self._ints[index])
+        return str(float(self._start + index * self._step))
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(self._len))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RangeValues) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return f"RangeValues({self[0] if self._len else ''}..., {self._len} values)"
 
 
 @dataclass(frozen=True)
 class Choice:
     key: str  # the override's key element: params.lr, +params.x, compute, db@pkg
-    values: tuple[str, ...]  # each as it is written in an override
+    values: Sequence[str]  # each as it is written in an override (a tuple, or RangeValues for a long range)
 
 
 @dataclass(frozen=True)
@@ -68,17 +123,37 @@ class Space:
         """Only the overrides that vary: what names a trial in a table."""
         return [f"{d.key}={values[d.key]}" for d in self.dimensions]
 
-    def grid(self) -> list[dict[str, str]]:
-        """Every combination, the last key varying fastest (the order Hydra's basic sweeper launches)."""
+    def _choices(self) -> list[Choice]:
         intervals = [d.key for d in self.dimensions if isinstance(d, Interval)]
         if intervals:
             raise ConfigError(
                 f"{intervals[0]}: interval() needs sweep.sampler=random or tpe (a grid takes lists, choice() "
                 "and range())"
             )
-        choices = [d for d in self.dimensions if isinstance(d, Choice)]
-        return [dict(zip([c.key for c in choices], combo, strict=True))
-                for combo in itertools.product(*(c.values for c in choices))]
+        return [d for d in self.dimensions if isinstance(d, Choice)]
+
+    def grid_size(self) -> int:
+        """How many combinations the grid has: a product of counts, nothing listed."""
+        return math.prod(len(c.values) for c in self._choices())
+
+    def grid_shape(self) -> str:
+        """``params.a 100 x params.b 3``: where a grid's size comes from, for a message."""
+        return " x ".join(f"{c.key} {len(c.values):,}" for c in self._choices())
+
+    def grid(self, limit: int | None = None) -> list[dict[str, str]]:
+        """The first ``limit`` (default: all) combinations, the last key varying fastest (the order Hydra's
+        basic sweeper launches). Built by index, so a cut-off grid costs only the combinations it returns."""
+        choices = self._choices()
+        size = self.grid_size()
+        keys = [c.key for c in choices]
+        combos = []
+        for number in range(size if limit is None else min(size, limit)):
+            picked = []
+            for choice in reversed(choices):
+                number, index = divmod(number, len(choice.values))
+                picked.append(choice.values[index])
+            combos.append(dict(zip(keys, reversed(picked), strict=True)))
+        return combos
 
     def sample(self, rng: random.Random) -> dict[str, str]:
         """One uniform draw (log-uniform for ``tag(log, ...)``) from every dimension."""
@@ -143,7 +218,24 @@ def _dimension(key: str, override: Any) -> Dimension:
         if log and low <= 0:
             raise ConfigError(f"{key}: a log interval needs a lower bound above 0, got {low}")
         return Interval(key, float(low), float(high), log=log, integer=integer)
-    values = tuple(override.sweep_string_iterator())
+    values: Sequence[str] | None = _range_values(key, value)
+    if values is None:
+        values = tuple(override.sweep_string_iterator())
     if not values:
         raise ConfigError(f"{key}: the sweep has no values")
     return Choice(key, values)
+
+
+def _range_values(key: str, value: Any) -> RangeValues | None:
+    """A long ``range()`` as values computed on demand; None for anything Hydra should list itself."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    if not isinstance(value, RangeSweep) or value.start is None or value.stop is None or not value.step:
+        return None
+    values = RangeValues(value.start, value.stop, value.step)
+    if len(values) <= LISTED_MAX:
+        return None
+    if value.shuffle:
+        raise ConfigError(f"{key}: shuffle(range(...)) of {len(values):,} values is too many to shuffle "
+                          f"(at most {LISTED_MAX:,}); use a shorter range, or sweep.sampler=random")
+    return values

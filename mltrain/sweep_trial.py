@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,20 @@ class PreparedTrial:
     cfg: DictConfig
     container: dict[str, Any]  # ``cfg`` as plain data, interpolations kept: what the trial's fingerprint hashes
 
-    def run(self) -> Any:
-        """Submit and wait, with no sweep around it; raises RunFailed unless the run completed."""
+    def run(self, report: Callable[[str], None] | None = None, name: str = "") -> Any:
+        """Submit and wait, with no sweep around it; raises RunFailed unless the run completed.
+
+        ``report`` hears a line when the run starts and when it ends (``name`` says which trial it is).
+        """
         from mltrain.run import submit_spec
 
-        record = submit_spec(self.spec).wait()
+        run = submit_spec(self.spec)
+        if report is not None:
+            report(f"{name} started as run {run.id}")
+        record = run.wait()
+        if report is not None:
+            took = f" in {record.duration:.1f}s" if record.duration is not None else ""
+            report(f"{name} {record.status}{took}" + (f": {record.reason}" if record.reason else ""))
         if record.status != "Completed":
             raise RunFailed(f"run {record.id} {record.status.lower()}: {record.reason}")
         return record
@@ -88,9 +98,18 @@ class TrialTask:
         return validated
 
     def __call__(self, cfg: DictConfig) -> Any:
+        """A trial run by a launcher other than mltrain's (``hydra/launcher=basic``, ...): there and then."""
         from hydra.core.hydra_config import HydraConfig
 
-        return self.prepare_trial(cfg, list(HydraConfig.get().overrides.task)).run()
+        from mltrain.sweep_report import shown_params
+        from mltrain.sweep_session import current
+
+        session = current()
+        hydra = HydraConfig.get()
+        overrides = list(hydra.overrides.task)
+        prepared = self.prepare_trial(cfg, overrides)
+        report = session.report if session is not None else None
+        return prepared.run(report, f"trial {hydra.job.num} ({shown_params(overrides)})")
 
 
 class MetricMonitor:

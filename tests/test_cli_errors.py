@@ -19,6 +19,8 @@ from conftest import Project, assert_one_line_error
         (["script=train.py", "+compute.cancel_grce=3"], ["compute.cancel_grce", "valid keys", "cancel_grace"]),
         (["script=train.py", "compute.cancel_grace=soon"], ["compute.cancel_grace", "soon"]),
         (["script=train.py", "snapshot.max_files=many"], ["snapshot.max_files"]),
+        (["script=train.py", "snapshot.max_files=0"], ["snapshot.max_files=0: must be at least 1"]),
+        (["script=train.py", "snapshot.max_bytes=-1"], ["snapshot.max_bytes=-1: must be at least 1"]),
         (["params.lr=0.1"], ["missing required value: script", "script=train.py"]),
         (["script=nothere.py"], ["nothere.py not found"]),
         (["script=../outside.py"], ["outside source_dir"]),
@@ -102,3 +104,27 @@ def test_failing_environment_keeps_a_failed_record(project: Project) -> None:
     (record,) = project.runs()
     assert record["status"] == "Failed"
     assert "/no/such/python" in str(record["reason"])
+
+
+def test_a_whole_file_system_or_home_as_source_dir_is_refused(project: Project, tmp_path: Path) -> None:
+    inside_root = str(project.root.relative_to("/") / "train.py")
+    assert_one_line_error(project.run("script=" + inside_root, "source_dir=/"),
+                          "source_dir / is the file system root", "snapshot.allow_large_root=true")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "train.py").write_text("print('from home')\n")
+    as_home = {"HOME": str(home)}
+    assert_one_line_error(project.run("script=train.py", f"source_dir={home}", env=as_home),
+                          f"source_dir {home} is your home directory", "snapshot.allow_large_root=true")
+    assert_one_line_error(project.run("script=" + str((home / "train.py").relative_to(tmp_path)),
+                                      f"source_dir={tmp_path}", env=as_home),
+                          "a folder that holds your home directory")
+    # a mount point: its st_dev differs from its parent's (/proc is its own file system on Linux)
+    assert_one_line_error(project.run("script=version", "source_dir=/proc"), "the root of a mounted file system")
+    assert_one_line_error(project.run("plan", "script=version", "source_dir=/proc"), "mounted file system")
+    assert_one_line_error(project.run("-m", "script=version", "source_dir=/proc", "params.a=1,2"),
+                          "mounted file system")
+    # asked for on purpose, it runs
+    result = project.run("script=train.py", f"source_dir={home}", "snapshot.allow_large_root=true", env=as_home)
+    assert result.returncode == 0, result.stderr
+    assert "from home" in result.stdout

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from typing import Any
 
@@ -232,13 +233,50 @@ def test_early_termination_stops_the_bad_trials(project: Project) -> None:
     assert stopped["duration"] < 1.5  # a full curve takes 1.8 s
 
 
+def test_a_trial_stopped_early_is_reused_like_a_completed_one(project: Project) -> None:
+    project.write("curves.py", CURVES)
+    args = ("-m", "script=curves.py", "params.quality=0,0.01,5,6", "sweep.max_concurrent=4",
+            "sweep.primary_metric=loss")
+    policy = ("sweep.early_termination.policy=bandit", "sweep.early_termination.slack_factor=0.5",
+              "sweep.early_termination.delay_evaluation=3", "sweep.early_termination.min_trials=2")
+    project.run(*args, *policy, check=True)
+    first = _show(project, _sweeps(project)[0]["id"])
+    stopped = [t["params"] for t in first["trials"] if t["reason"] == "early termination"]
+    assert stopped  # (the test above pins which)
+    again = project.run(*args, *policy, check=True)
+    assert again.stderr.count("already stopped early as run") == len(stopped)
+    assert again.stderr.count("already completed as run") == 4 - len(stopped)
+    assert len(project.runs()) == 4  # nothing ran again
+    second = _show(project, _sweeps(project)[0]["id"])
+    assert second["id"] != first["id"] and second["status"] == "Completed"
+    assert all(t["reused"] for t in second["trials"]) and second["best_trial"] == first["best_trial"]
+    # Without the policy that stopped them, they run to the end this time
+    project.run(*args, check=True)
+    assert len(project.runs()) == 4 + len(stopped)
+
+
+GATED = """
+import os, sys, time
+gate = sys.argv[sys.argv.index("--gate") + 1]
+while not os.path.exists(gate):  # held open until the test lets it end (no race with the resuming controller)
+    time.sleep(0.05)
+print("::metric loss=1.0", flush=True)
+"""
+
+
 def test_attach_resumes_a_sweep_whose_controller_died(project: Project) -> None:
-    project.write("slow.py", SLOW)
-    sweep_id = project.run("--detach", "-m", "script=slow.py", "params.steps=4,3", "sweep.max_concurrent=1",
-                           check=True).stdout.strip()
+    project.write("gated.py", GATED)
+    gate = project.root / "gate"
+    sweep_id = project.run("--detach", "-m", "script=gated.py", f"params.gate={gate}", "params.n=1,2",
+                           "sweep.max_concurrent=1", check=True).stdout.strip()
     _wait_for(lambda: any(t["status"] == "Running" for t in _show(project, sweep_id)["trials"]))
     os.kill(_show(project, sweep_id)["controller"]["pid"], signal.SIGKILL)
-    attached = project.run("sweeps", "attach", sweep_id, timeout=120)
+    attach = project.popen("sweeps", "attach", sweep_id)
+    log = project.workspace / "sweeps" / sweep_id / "controller.log"
+    _wait_for(lambda: log.exists() and "still running as run" in log.read_text())
+    gate.touch()
+    out, err = attach.communicate(timeout=120)
+    attached = subprocess.CompletedProcess(attach.args, attach.returncode, out, err)
     assert attached.returncode == 0, attached.stderr
     assert "resuming it" in attached.stderr and f"sweep {sweep_id} Completed" in attached.stdout
     assert "still running as run" in attached.stdout  # the trial the dead controller started was followed

@@ -105,3 +105,27 @@ def test_tpe_restores_earlier_trials_and_counts_them() -> None:
     sampler.restore(["params.other=1"], Outcome(FAILED))  # another space: ignored
     assert sampler.ask() is not None and sampler.ask() is not None
     assert sampler.ask() is None
+
+
+def test_a_long_range_is_counted_and_indexed_not_listed() -> None:
+    import itertools
+
+    step = 2.0**-20  # exact in binary, so the count is plain arithmetic
+    space = parse_space(["params.a=range(0,1000000000)", f"params.b=range(0.0,1.0,{step!r})", "params.c=x,y"], {})
+    assert space.grid_size() == 1_000_000_000 * 2**20 * 2
+    first = space.grid(limit=3)
+    assert [c["params.c"] for c in first] == ["x", "y", "x"]
+    assert [c["params.b"] for c in first] == ["0.0", "0.0", repr(step)]
+    assert [c["params.a"] for c in first] == ["0", "0", "0"]
+    # a short grid is exactly itertools.product, the order Hydra's basic sweeper uses
+    small = parse_space(["params.a=1,2,3", "params.b=range(0,4)", "params.c=x,y"], {})
+    assert [tuple(c.values()) for c in small.grid()] == list(
+        itertools.product(("1", "2", "3"), ("0", "1", "2", "3"), ("x", "y")))
+    with pytest.raises(ConfigError, match="too many to shuffle"):
+        parse_space(["params.a=shuffle(range(0,1000000000))"], {})
+
+
+def test_tpe_refuses_a_categorical_longer_than_max_trials() -> None:
+    space = parse_space(["params.a=range(0,1000000)"], {})
+    with pytest.raises(ConfigError, match=r"1,000,000 choices are too many for sweep\.sampler=tpe"):
+        make_sampler("tpe", space, n_trials=5, goal="min", seed=0)
