@@ -54,4 +54,4 @@ def masked(argv: list[str], python: str, secrets: Sequence[str], *,
     if not values:
         return list(argv), {}
     mode = "forward" if forward_signals else "wrap"
-    return [python, "-S", "-c", masker_source(), mode, *argv], {ENV: encode_values(values)}
+    return [python, "-I", "-S", "-c", masker_source(), mode, *argv], {ENV: encode_values(values)}
