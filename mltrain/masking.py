@@ -87,12 +87,13 @@ def _base64_forms(raw: bytes) -> list[bytes]:
 def patterns(values: list[bytes]) -> list[bytes]:
     """Everything to replace for ``values``, longest first (a longer match wins where several start)."""
     found: set[bytes] = set()
-    for raw in values:
-        if len(raw.decode("utf-8", "surrogateescape")) < MIN_LENGTH:
-            continue
-        found.add(raw)
-        found.update(line.rstrip(b"\r") for line in raw.split(b"\n"))
-        found.update(_base64_forms(raw))
+    for value in values:
+        for raw in {value, value.strip()}:  # a value read from a file often ends in a newline its uses lack
+            if len(raw.decode("utf-8", "surrogateescape")) < MIN_LENGTH:
+                continue
+            found.add(raw)
+            found.update(line.rstrip(b"\r") for line in raw.split(b"\n"))
+            found.update(_base64_forms(raw))
     kept = [p for p in found if len(p.decode("utf-8", "surrogateescape")) >= MIN_LENGTH]
     return sorted(kept, key=lambda p: (-len(p), p))
 
@@ -112,9 +113,6 @@ class Masker:
         for pattern in self.patterns:
             self._by_head.setdefault(pattern[:4], []).append(pattern)
         self._held = b""
-
-    def __bool__(self) -> bool:
-        return bool(self.patterns)
 
     def _hold_from(self, buf: bytes, pos: int) -> int:
         """The first index >= pos from which the rest of ``buf`` could still grow into a pattern.
@@ -239,7 +237,7 @@ def run(mode: str, argv: list[str]) -> int:
         if mode != "forward":
             return  # the job's process group got it too
         if not child:
-            pending.append(signum)
+            pending.append(signum)  # not started yet (or already reaped: then nothing is sent)
             return
         try:
             os.kill(child[0], signum)
@@ -286,6 +284,7 @@ def run(mode: str, argv: list[str]) -> int:
             break  # quiet since the job ended: whatever still holds the pipe is not the job
         done, code = os.waitpid(pid, os.WNOHANG)
         if done:
+            child.clear()  # reaped: its pid may be anyone's now, so no signal goes there
             status, drain_until = code, time.monotonic() + DRAIN_LIMIT
     write(masker.flush())
     os.close(read_end)

@@ -38,6 +38,8 @@ def test_value_lines_of_a_multiline_value_and_short_values() -> None:
     assert masker.mask(b"<third-line> <first-line> <xy>") == b"<***> <***> <xy>"  # a line of 2: too short alone
     assert masker.mask(b"abc abcd abcde") == b"abc *** ***e"  # 3 characters: never masked
     assert patterns([b"abc", b"\xc3\xa9\xc3\xa9\xc3\xa9"]) == []  # "ééé": 3 characters in 6 bytes
+    from_file = Masker([b"file-token\n"])  # read from a file: its newline is not part of what gets printed
+    assert from_file.mask(b"t=file-token; b=" + base64.b64encode(b"file-token")) == b"t=***; b=***"
 
 
 def test_any_cut_of_the_stream_gives_the_whole_texts_result() -> None:
