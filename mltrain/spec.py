@@ -31,18 +31,20 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 _OC_ENV = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
-_CREDENTIAL = re.compile(r"(^|_)(password|passphrase|passwd|secret|token|api_?key)(_|$)", re.IGNORECASE)
+_CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
 
 
-def _credential_settings(node: Any, name: str = "") -> list[str]:
-    """String values under keys that name a credential, in a config dataclass and the dicts it holds."""
+def _credential_settings(node: Any, name: str = "", inside: bool = False) -> list[str]:
+    """String values under keys that name a credential (or below such a key), in a config dataclass
+    and the dicts and lists it holds: ``password``, ``NPM_TOKEN``, ``spark.hadoop.fs.s3a.secret.key``."""
+    inside = inside or bool(_CREDENTIAL.search(name))
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
     if isinstance(node, Mapping):
-        return [v for key, value in node.items() for v in _credential_settings(value, str(key))]
+        return [v for key, value in node.items() for v in _credential_settings(value, str(key), inside)]
     if isinstance(node, list | tuple):
-        return [v for item in node for v in _credential_settings(item, name)]
-    return [node] if isinstance(node, str) and _CREDENTIAL.search(name) else []
+        return [v for item in node for v in _credential_settings(item, name, inside)]
+    return [node] if isinstance(node, str) and inside else []
 
 
 def _render(value: Any) -> str:

@@ -219,8 +219,10 @@ def test_secrets_of_a_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         key_passphrase: str | None = None
         tokenizer: str = "bert-base"  # a word that merely starts like one
         ssh: dict[str, object] = field(default_factory=lambda: {"api_key": "k-value", "nested": {"SECRET": "s"}})
+        conf: dict[str, object] = field(default_factory=lambda: {
+            "spark.hadoop.fs.s3a.secret.key": "flat", "fs": {"s3a": {"secret": {"key": "nested"}, "endpoint": "e"}}})
 
-    assert sorted(_credential_settings(Settings())) == ["k-value", "pw-value", "s"]
+    assert sorted(_credential_settings(Settings())) == ["flat", "k-value", "nested", "pw-value", "s"]
 
 
 def test_secret_env_names_are_checked(project: Project) -> None:
