@@ -286,6 +286,7 @@ class PrimarySchema:
     args: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
+    secret_env: list[str] = field(default_factory=list)  # variables whose values are masked in the run's output
     environment: Any = MISSING
     compute: Any = MISSING
     framework: Any = MISSING
@@ -319,6 +320,7 @@ class MltrainConfig:
     framework: Any
     snapshot: SnapshotConfig
     workspace: WorkspaceConfig
+    secret_env: list[str] = field(default_factory=list)
 
 
 def register_configs() -> None:
@@ -417,6 +419,7 @@ def validate(cfg: Any) -> MltrainConfig:
         args = [str(a) for a in OmegaConf.to_container(merged.args, resolve=True)]  # type: ignore[union-attr]
         params = OmegaConf.to_container(merged.params, resolve=True)
         env_vars = {str(k): str(v) for k, v in OmegaConf.to_container(merged.env_vars, resolve=True).items()}  # type: ignore[union-attr]
+        secret_env = [str(n) for n in OmegaConf.to_container(merged.secret_env, resolve=True)]  # type: ignore[union-attr]
         snapshot = OmegaConf.to_object(merged.snapshot)
         workspace = OmegaConf.to_object(merged.workspace)
     except ConfigKeyError as exc:
@@ -432,6 +435,10 @@ def validate(cfg: Any) -> MltrainConfig:
     for name in env_vars:
         if not ENV_NAME.match(name):
             raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")
+    for name in secret_env:
+        if not ENV_NAME.match(name):
+            raise ConfigError(f"secret_env: {name!r} is not an environment variable name (letters, digits, _); "
+                              "list the names of variables, e.g. secret_env=[MY_TOKEN]")
     groups = {g: _validate_group(g, merged.get(g)) for g in GROUP_SCHEMAS}
     framework = groups["framework"]
     if getattr(framework, "args_style", "argparse") not in ARGS_STYLES:
@@ -461,6 +468,7 @@ def validate(cfg: Any) -> MltrainConfig:
         framework=framework,
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
+        secret_env=secret_env,
     )
 
 

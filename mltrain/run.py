@@ -132,6 +132,7 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     from mltrain.executors import executor_for
     from mltrain.executors.base import LaunchRequest
     from mltrain.frameworks import framework_for
+    from mltrain.masking import mask_text
     from mltrain.plan import compile_plan
     from mltrain.snapshot import SnapshotLimits, take_snapshot
     from mltrain.spec import check_source
@@ -193,7 +194,9 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
                     paths.environment_freeze.write_text(prepared.freeze + "\n")
                 plan = compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor,
                                     prepared=prepared)
-                paths.plan.write_text(plan.to_json())
+                secrets = spec.secrets()
+                escaped = [json.dumps(v)[1:-1] for v in secrets]  # as the JSON spells them
+                paths.plan.write_text(mask_text(plan.to_json(), [*secrets, *escaped]))  # its argv may hold one
                 code_dir = executor.stage_code(snapshot.manifest.id)
                 request = LaunchRequest(
                     run_id=record.id,
@@ -203,6 +206,8 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
                     paths=paths,
                     experiment=spec.experiment,
                     image=prepared.image,
+                    interpreter=prepared.interpreter,
+                    secrets=secrets,
                 )
                 offset = log_file.tell()
                 handle = executor.launch(request)

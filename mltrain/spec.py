@@ -6,8 +6,11 @@ exist?) happen when the spec is compiled into a plan.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +28,23 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             items.append((name, value))
     return items
+
+
+_OC_ENV = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
+_CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
+
+
+def _credential_settings(node: Any, name: str = "", inside: bool = False) -> list[str]:
+    """String values under keys that name a credential (or below such a key), in a config dataclass
+    and the dicts and lists it holds: ``password``, ``NPM_TOKEN``, ``spark.hadoop.fs.s3a.secret.key``."""
+    inside = inside or bool(_CREDENTIAL.search(name))
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    if isinstance(node, Mapping):
+        return [v for key, value in node.items() for v in _credential_settings(value, str(key), inside)]
+    if isinstance(node, list | tuple):
+        return [v for item in node for v in _credential_settings(item, name, inside)]
+    return [node] if isinstance(node, str) and inside else []
 
 
 def _render(value: Any) -> str:
@@ -50,6 +70,7 @@ class RunSpec:
     workspace_dir: str | None
     overrides: tuple[str, ...]
     config_yaml: str  # as composed, interpolations unresolved (secrets stay references)
+    secret_env: tuple[str, ...] = ()  # names of variables whose values are masked in the run's output
 
     @classmethod
     def from_config(cls, cfg: MltrainConfig, config_yaml: str, overrides: tuple[str, ...] | list[str],
@@ -85,7 +106,28 @@ class RunSpec:
             workspace_dir=cfg.workspace.dir,
             overrides=tuple(overrides),
             config_yaml=config_yaml,
+            secret_env=tuple(cfg.secret_env),
         )
+
+    def secrets(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The values the run's output must not show (its log is masked where it is written).
+
+        * every ``${oc.env:NAME}`` anywhere in the config (env_vars, params, compute, ...): the value
+          of ``NAME`` in ``environ`` (this process's environment, which resolved the config);
+        * every name in ``secret_env``: its ``env_vars`` entry, else the variable in ``environ``
+          (a local job inherits this environment);
+        * ``compute`` / ``environment`` settings named like a credential (``password``,
+          ``passphrase``, ``token``, ``secret``, ``api_key`` as a word of the name), at any depth.
+
+        Values shorter than 4 characters are left to the filter to skip. The values live only in
+        memory: the stored config keeps the references, and the launch hands them to the filter.
+        """
+        environ = os.environ if environ is None else environ
+        found = [environ[name] for name in _OC_ENV.findall(self.config_yaml) if name in environ]
+        env_vars = dict(self.env_vars)
+        found += [env_vars.get(name, environ.get(name, "")) for name in self.secret_env]
+        found += _credential_settings(self.compute) + _credential_settings(self.environment)
+        return tuple(sorted({v for v in found if v}))
 
     def param_args(self) -> list[str]:
         """Params as the script receives them: ``--key value`` or, for Hydra scripts, ``key=value``."""

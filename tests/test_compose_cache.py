@@ -75,11 +75,11 @@ def test_a_new_option_file_is_seen(project: Project, tmp_path: Path) -> None:
 
 def test_interpolations_resolve_afresh_on_every_run(project: Project, tmp_path: Path) -> None:
     env = {"MLTRAIN_CACHE_DIR": str(tmp_path / "own-cache")}
-    project.write("show.py", "import os\nprint('token=' + os.environ['TOKEN'])\n")
+    project.write("show.py", "import os\nprint('token=' + os.environ['TOKEN'][::-1])\n")  # as is, it shows ***
     for value in ("first", "second"):
         done = project.run("script=show.py", "+env_vars.TOKEN=${oc.env:MY_TOKEN}",
                            env={**env, "MY_TOKEN": value}, check=True)
-        assert f"token={value}" in done.stdout
+        assert f"token={value[::-1]}" in done.stdout
     assert len(_entries(tmp_path / "own-cache")) == 1  # the second run was a hit
 
 

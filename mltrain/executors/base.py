@@ -15,7 +15,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +59,9 @@ class LaunchRequest:
     paths: RunPaths  # the run's folder in the local workspace
     experiment: str = ""
     image: str | None = None  # the container image, when the environment made one
+    interpreter: str | None = None  # the environment's Python (inside ``image`` when there is one)
+    # values the job's output must not show; each target masks them where the log is written
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Handle(ABC):

@@ -65,6 +65,7 @@ from mltrain.dockerutil import (
 )
 from mltrain.errors import ConfigError, TargetError
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.executors.wrapper import masked
 from mltrain.workspace import RunPaths
 
 log = logging.getLogger(__name__)
@@ -449,7 +450,10 @@ class DockerExecutor(Executor):
         _warn(request.paths.log, warnings)
         user = self.config.user or f"{os.getuid()}:{os.getgid()}"
         owner = _parse_user(user)
-        env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE}
+        # secrets: the image's Python masks the output inside the container, before the engine keeps it
+        argv, mask_env = masked(list(request.argv), request.interpreter or "python3", request.secrets,
+                                forward_signals=True)
+        env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE, **mask_env}
         env.setdefault("HOME", HOME_DIR)
         binds = list(self.volumes)
         mounted = self._code[0] == "mount" and owner == (os.getuid(), os.getgid())
@@ -461,7 +465,7 @@ class DockerExecutor(Executor):
             binds += [f"{request.paths.outputs}:{OUTPUT_DIR}:rw", f"{request.paths.metrics}:{METRICS_FILE}:rw"]
         name = f"mltrain-{request.run_id}"
         labels = {"mltrain.run_id": request.run_id, "mltrain.experiment": request.experiment, **self.config.labels}
-        body = container_body(self.config, image=request.image, argv=list(request.argv), env=env, user=user,
+        body = container_body(self.config, image=request.image, argv=argv, env=env, user=user,
                               labels=labels, binds=binds, tmpfs={HOME_DIR: "mode=1777"} if mounted else None)
         try:
             container = engine.create_container(body, name)

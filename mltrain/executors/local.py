@@ -22,13 +22,14 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
-from mltrain.executors.wrapper import wrapper_argv
+from mltrain.executors.wrapper import masked, wrapper_argv
 from mltrain.remote_agent import start_time as process_start_time  # the same /proc reading the remote helper does
 from mltrain.workspace import RunPaths, Workspace
 
@@ -166,10 +167,11 @@ class LocalExecutor(Executor):
         paths = request.paths
         paths.outputs.mkdir(parents=True, exist_ok=True)
         cwd = self._working_dir(request)
-        env = {**os.environ, **request.env}
+        argv, mask_env = masked(request.argv, sys.executable, request.secrets)
+        env = {**os.environ, **request.env, **mask_env}
         try:
             process = subprocess.Popen(
-                wrapper_argv(str(paths.log), str(paths.exit_code), request.argv),
+                wrapper_argv(str(paths.log), str(paths.exit_code), argv),
                 cwd=cwd, env=env, start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )

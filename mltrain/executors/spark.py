@@ -39,6 +39,7 @@ from mltrain.environments.base import PreparedEnvironment, digest
 from mltrain.errors import ConfigError
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest
 from mltrain.executors.local import LocalExecutor
+from mltrain.masking import mask_text
 from mltrain.spark_app import (
     SCAN_LIMIT,
     AppInfo,
@@ -255,7 +256,8 @@ class SparkExecutor(Executor):
             check_master(self.settings.master, timeout)
         argv = [request.argv[0], *self._run_options(request), *request.argv[1:]]
         with open(request.paths.log, "ab") as log_file:  # the exact command, for the record and to rerun by hand
-            log_file.write(f"[mltrain] $ {shlex.join(argv)}\n".encode(errors="replace"))
+            line = mask_text(f"[mltrain] $ {shlex.join(argv)}\n", list(request.secrets))  # a param may be one
+            log_file.write(line.encode(errors="replace"))
         env = dict(request.env)
         if self.config.spark_home:  # spark-submit follows $SPARK_HOME over its own folder: make them agree
             env["SPARK_HOME"] = posixpath.dirname(posixpath.dirname(self._spark_submit))

@@ -35,7 +35,7 @@ from typing import Any
 
 from mltrain.errors import ConfigError, TargetError
 from mltrain.executors.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
-from mltrain.executors.wrapper import wrapper_argv
+from mltrain.executors.wrapper import masked, wrapper_argv
 from mltrain.remote import Link, RemoteRunner
 from mltrain.sshconn import LinkDown, SshSettings
 from mltrain.workspace import RunPaths
@@ -290,11 +290,15 @@ class SshExecutor(Executor):
             argv = _docker_run(request, env, run_dir, f"{hello['uid']}:{hello['gid']}", container)
             touch = ["metrics.jsonl"]  # a bind-mounted file must exist first
         log_base = request.paths.log.stat().st_size if request.paths.log.exists() else 0
+        # secrets: the helper's Python masks the output on the host, where the log is written
+        python = str(hello.get("python") or self.settings.python)
+        argv, mask_env = masked(argv, python, request.secrets)
         wrapped = wrapper_argv(f"{run_dir}/output.log", f"{run_dir}/exit_code", argv)
+        launch_env = {**env, **mask_env}
         cwd = request.cwd
         try:
             for _ in range(3):
-                info = link.request({"op": "launch", "run_id": request.run_id, "cwd": cwd, "env": env,
+                info = link.request({"op": "launch", "run_id": request.run_id, "cwd": cwd, "env": launch_env,
                                      "touch": touch, "argv": wrapped}, retry=True)
                 if not info.maybe("missing_code", bool):
                     break
@@ -303,8 +307,9 @@ class SshExecutor(Executor):
                 if request.image:
                     self._check_mounts(link, [cwd])
                     wrapped = wrapper_argv(f"{run_dir}/output.log", f"{run_dir}/exit_code",
-                                           _docker_run(replace(request, cwd=cwd), env, run_dir,
-                                                       f"{hello['uid']}:{hello['gid']}", str(container)))
+                                           masked(_docker_run(replace(request, cwd=cwd), env, run_dir,
+                                                              f"{hello['uid']}:{hello['gid']}", str(container)),
+                                                  python, request.secrets)[0])
             else:
                 raise TargetError(f"could not start run {request.run_id}: its code keeps disappearing on "
                                   f"{self.settings.host}; submit again")

@@ -441,3 +441,39 @@ def test_tcp_engine_gets_the_code_copied_in(dproject: DockerProject, tcp_engine:
     assert (dproject.workspace / "runs" / run_id / "outputs" / "model.txt").read_text() == "weights"
     handle = dproject.show(run_id)["handle"]
     assert handle["engine"]["base_url"] == tcp_engine and handle["mounted"] is False
+
+
+# ----------------------------------------------------------------- secrets
+def test_secrets_are_masked_inside_the_container(dproject: DockerProject) -> None:
+    """The image's Python masks the output before the engine keeps it: the stream, the run log, the engine's own
+    log (read from the kept container) and a later attach show *** only."""
+    from maskcheck import JOB, SECRET, SECRET_ARGS, SECRET_ENV, assert_masked
+
+    dproject.write("job.py", JOB)
+    result = dproject.submit(*SECRET_ARGS, "compute.keep_container=true", build=False, env=SECRET_ENV)
+    assert result.returncode == 1
+    assert_masked(result.stdout + result.stderr)
+    record = dproject.record()
+    assert record["status"] == "Failed" and record["exit_code"] == 1
+    assert_masked(dproject.log(str(record["id"])))
+    (kept,) = dproject.containers()
+    assert_masked(kept.logs().decode())  # what the engine stored
+    assert SECRET not in json.dumps(dproject.show(str(record["id"])))
+    run_id = dproject.submit(*SECRET_ARGS, build=False, env=SECRET_ENV, flags=("--detach",), check=True).stdout.strip()
+    attached = dproject.run("runs", "attach", run_id)
+    assert attached.returncode == 1
+    assert_masked(attached.stdout + attached.stderr)
+
+
+def test_cancel_reaches_the_job_behind_the_filter(dproject: DockerProject) -> None:
+    """In a container only the filter hears init's TERM: it passes it on, so the job ends gracefully."""
+    from maskcheck import SECRET_ENV, TRAP
+
+    dproject.write("trap.py", TRAP)
+    run_id = dproject.submit("script=trap.py", "+env_vars.TOK=${oc.env:MY_TOKEN}", "compute.cancel_grace=60",
+                             build=False, env=SECRET_ENV, flags=("--detach",), check=True).stdout.strip()
+    _wait_for(lambda: "ready" in dproject.run("runs", "logs", run_id).stdout)
+    assert "Canceled" in dproject.run("runs", "cancel", run_id, check=True).stdout
+    assert "got TERM ***" in dproject.log(run_id)  # the job's own handler ran, long before the 60 s grace
+    record = dproject.record(run_id)
+    assert record["status"] == "Canceled" and record["exit_code"] == 143

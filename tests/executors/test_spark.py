@@ -321,6 +321,24 @@ def test_failing_job_fails_with_the_python_error(sproject: SparkProject) -> None
 
 
 @pytest.mark.integration
+def test_a_secret_in_the_error_and_the_arguments_is_masked_in_the_reason(sproject: SparkProject) -> None:
+    """The reason is read from the log, which was masked as it was written; the spark-submit line mltrain
+    writes itself (a param may hold a secret) is masked too, as is the stored plan."""
+    secret = "spark-s3cret-value"
+    sproject.write("leak.py", "import sys\nraise ValueError('bad key ' + sys.argv[-1])\n")
+    result = sproject.submit("compute=spark", "compute.master='local[1]'", "script=leak.py",
+                             "+params.key=${oc.env:SPARK_KEY}", env={"SPARK_KEY": secret}, timeout=240)
+    assert result.returncode != 0 and secret not in result.stdout + result.stderr
+    record = sproject.record()
+    assert record["status"] == "Failed"
+    assert record["reason"] == "ValueError: bad key ***", record["reason"]
+    log = (Path(record["folder"]) / "output.log").read_text()
+    command = next(ln for ln in log.splitlines() if ln.startswith("[mltrain] $ "))
+    assert command.endswith("leak.py --key ***") and secret not in log
+    assert secret not in (Path(record["folder"]) / "plan.json").read_text()
+
+
+@pytest.mark.integration
 def test_pyspark_on_compute_local_is_spark_submit_in_local_mode(sproject: SparkProject) -> None:
     sproject.write("count.py", "from pyspark.sql import SparkSession\n"
                                "print('rows', SparkSession.builder.getOrCreate().range(7).count())\n")

@@ -817,6 +817,35 @@ def test_a_peer_breaking_the_handshake_prints_no_traceback(project: Project, tmp
     assert_one_line_error(result, fragment)
 
 
+# ------------------------------------------------------------------- secrets
+def test_secrets_are_masked_on_the_host(sproject: SshProject) -> None:
+    """The helper's Python masks the output where the host writes the log: the host's file, the local copy,
+    the stream and a later attach (a process that never had the values) show *** only."""
+    from maskcheck import JOB, SECRET, SECRET_ARGS, SECRET_ENV, TRAP, assert_masked
+
+    sproject.write("job.py", JOB)
+    result = sproject.submit(*SECRET_ARGS, env=SECRET_ENV)
+    assert result.returncode == 1
+    assert_masked(result.stdout + result.stderr)
+    (record,) = sproject.runs()
+    assert record["status"] == "Failed" and record["exit_code"] == 1
+    run_id = str(record["id"])
+    assert_masked(sproject.log(run_id))
+    assert_masked(sproject.host.sh(f"cat {sproject.remote_dir}/runs/{run_id}/output.log"))
+    assert SECRET not in sproject.host.sh(f"cat {sproject.remote_dir}/runs/{run_id}/launch.json")
+    run_id = sproject.submit(*SECRET_ARGS, env=SECRET_ENV, flags=("--detach",), check=True).stdout.strip()
+    attached = sproject.run("runs", "attach", run_id)
+    assert attached.returncode == 1
+    assert_masked(attached.stdout + attached.stderr)
+    sproject.write("trap.py", TRAP)  # cancel: the group's TERM still reaches the job; its last words are masked
+    run_id = sproject.submit("script=trap.py", "+env_vars.TOK=${oc.env:MY_TOKEN}", env=SECRET_ENV,
+                             flags=("--detach",), check=True).stdout.strip()
+    wait_for(lambda: "ready" in sproject.run("runs", "logs", run_id).stdout)
+    assert "Canceled" in sproject.run("runs", "cancel", run_id, check=True).stdout
+    assert "got TERM ***" in sproject.log(run_id)
+    assert sproject.show(run_id)["exit_code"] == 143
+
+
 # -------------------------------------------- docker on the host's own engine
 @pytest.fixture
 def local_sshd(tmp_path: Path) -> Iterator[SshHost]:
@@ -865,11 +894,14 @@ def test_docker_environment_on_the_hosts_engine(local_sshd: SshHost, project: Pr
     sproject.write("d.py", textwrap.dedent("""
         import os, sys
         print("in container", os.path.exists("/.dockerenv"), os.getcwd(), sys.argv[1:])
+        print("token", os.environ["TOK"], "mask var", os.environ.get("MLTRAIN_MASK"))
         open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "o.txt"), "w").write(os.environ["MY_VAR"])
     """))
     result = sproject.submit("script=d.py", "args=[a b]", "+env_vars.MY_VAR='x y'", "environment=docker",
-                             f"environment.image={SSHD_IMAGE}", check=True)
+                             "+env_vars.TOK=${oc.env:MY_TOKEN}", f"environment.image={SSHD_IMAGE}",
+                             env={"MY_TOKEN": "host-docker-secret"}, check=True)
     assert "in container True /mltrain/code ['a b']" in result.stdout
+    assert "token *** mask var None" in result.stdout  # masked on the host, around `docker run`
     (record,) = sproject.runs()
     assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "o.txt").read_text() == "x y"
     leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=mltrain-{record['id']}"],
