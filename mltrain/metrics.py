@@ -40,6 +40,7 @@ import logging
 import math
 import numbers
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ PROTOCOL_PREFIX = "::metric"
 RESERVED_NAME = "step"
 
 _CHUNK = 1 << 20
+MAX_LINE = 64 * 1024
+MAX_POINTS = 1_000_000
+"""Metric points read from one file in one call; past this a job's output is flooding, not logging."""
+"""A longer line (in the log or the metrics file) is skipped, never parsed."""
 _T = TypeVar("_T")
 
 
@@ -231,14 +236,26 @@ def _parse_json_line(raw: bytes) -> Metric | None:
 
 
 def _scan(path: Path, offset: int, final: bool, parse: Callable[[bytes], _T | None]) -> tuple[list[_T], int]:
-    """Apply ``parse`` to each complete line from ``offset``; keep the non-``None`` results."""
+    """Apply ``parse`` to each complete line from ``offset``; keep the non-``None`` results.
+
+    The file is the job's (hostile input): it is opened without following a link and without
+    blocking, and read only if it is a regular file -- a fifo or a link left in its place by the
+    job must not hang the client or make it read another file.
+    """
     results: list[_T] = []
     try:
-        handle = path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return results, offset
-    with handle:
-        size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:  # ELOOP: a link in its place
+        log.warning("not reading %s: %s (it is not a regular file)", path, exc.strerror)
+        return results, offset
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            log.warning("not reading %s: it is not a regular file", path)
+            return results, offset
+        size = info.st_size
         if offset > size:
             log.warning(
                 "%s shrank below offset %d (now %d bytes); reading it again from the start",
@@ -248,17 +265,28 @@ def _scan(path: Path, offset: int, final: bool, parse: Callable[[bytes], _T | No
             )
             offset = 0
         handle.seek(offset)
+        dropped = 0
         for line, end in _complete_lines(handle, offset, final):
             item = parse(line)
             if item is not None:
-                results.append(item)
+                if len(results) < MAX_POINTS:
+                    results.append(item)
+                else:
+                    dropped += 1
             offset = end
+        if dropped:
+            log.warning("kept the first %d metric points of %s; %d more were dropped", MAX_POINTS, path, dropped)
     return results, offset
 
 
 def _complete_lines(handle: BinaryIO, offset: int, final: bool) -> Iterator[tuple[bytes, int]]:
-    """Yield ``(line, offset after it)`` for each newline-terminated line, reading in chunks."""
+    """Yield ``(line, offset after it)`` for each newline-terminated line, reading in chunks.
+
+    A line longer than ``MAX_LINE`` is no metric: it is skipped whole without being held in memory
+    (yielded as an empty line, so the caller's offset moves past it).
+    """
     pending = b""
+    skipping = False
     while True:
         chunk = handle.read(_CHUNK)
         if not chunk:
@@ -270,8 +298,14 @@ def _complete_lines(handle: BinaryIO, offset: int, final: bool) -> Iterator[tupl
             if newline < 0:
                 break
             offset += newline + 1 - start
-            yield pending[start:newline], offset
+            yield (b"" if skipping else pending[start:newline]), offset
+            skipping = False
             start = newline + 1
         pending = pending[start:]
+        if len(pending) > MAX_LINE:
+            offset += len(pending)
+            pending = b""
+            skipping = True
+            yield b"", offset
     if final and pending:
-        yield pending, offset + len(pending)
+        yield (b"" if skipping else pending), offset + len(pending)

@@ -357,6 +357,12 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group of ours; gone already is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def write_atomic(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -526,15 +532,28 @@ class Agent:
                     beat = time.monotonic() + self.heartbeat
 
     def op_run(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Run argv to its end, streaming stdout (D) and stderr (E); heartbeats while it is quiet."""
+        """Run argv to its end, streaming stdout (D) and stderr (E); heartbeats while it is quiet.
+
+        The command runs in a process group of its own that goes with this step: a client that
+        dies mid-build (the wire breaks) or a timeout takes pip and its build hooks down too
+        (killed before the child is reaped, so its pid cannot name someone else's group yet).
+        """
         env = dict(os.environ)
         env.update(msg.get("env") or {})
         try:
             proc = subprocess.Popen(msg["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT if msg.get("merge") else subprocess.PIPE,
-                                    env=env, cwd=msg.get("cwd"), close_fds=True)
+                                    env=env, cwd=msg.get("cwd"), close_fds=True, start_new_session=True)
         except OSError as exc:
             return {"exit": None, "start_error": exc.strerror or str(exc)}
+        try:
+            return self._follow_run(proc, msg)
+        except BaseException:
+            kill_group(proc.pid)
+            proc.wait()
+            raise
+
+    def _follow_run(self, proc: Any, msg: dict[str, Any]) -> dict[str, Any]:
         streams = {proc.stdout.fileno(): b"D"} if proc.stdout else {}
         if proc.stderr is not None:
             streams[proc.stderr.fileno()] = b"E"
@@ -551,7 +570,7 @@ class Agent:
                 else:
                     del streams[fd]
             if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
+                kill_group(proc.pid)
                 proc.wait()
                 return {"exit": None, "timed_out": True}
         return {"exit": proc.wait()}
@@ -1104,7 +1123,8 @@ class FrameWriter:
 
 
 def main() -> None:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGPIPE stays ignored (Python's default): a client that vanishes shows up as BrokenPipeError on the
+    # next write, so a step can stop what it started (``op_run``'s process group) before the helper exits.
     for fd in (0, 1):  # room for 1 MiB in the pipes from and to sshd, so neither side waits on 64 KiB
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
@@ -1112,8 +1132,11 @@ def main() -> None:
     heartbeat = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
     wire = Wire(sys.stdin.buffer, sys.stdout.buffer)
     agent = Agent(root, wire, heartbeat)
-    wire.reply(agent.op_hello({}))
-    agent.serve()
+    try:
+        wire.reply(agent.op_hello({}))
+        agent.serve()
+    except BrokenPipeError:  # the client is gone: nobody to tell
+        os._exit(0)
 
 
 if __name__ == "__main__":

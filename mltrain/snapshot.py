@@ -157,13 +157,22 @@ def _refuse_large_root(root: str) -> None:
         why = "your home directory"
     elif home.startswith(real + "/"):
         why = f"a folder that holds your home directory ({show(home)})"
-    elif os.path.ismount(real):  # its st_dev differs from its parent's
-        why = "the root of a mounted file system"
+    elif os.path.ismount(real) and not _looks_like_a_project(real):  # its st_dev differs from its parent's
+        why = "the root of a mounted file system with no project marker (.git, pyproject.toml, ...)"
         fix = ("point source_dir at your project folder; if this mount is your project (a folder mounted into "
                "a container), set snapshot.allow_large_root=true")
     else:
         return
     raise SnapshotError(f"source_dir {show(root)} is {why}; {fix}")
+
+
+PROJECT_MARKERS = (".git", ".mltrainignore", ".amlignore", ".gitignore", "pyproject.toml", "setup.py",
+                   "setup.cfg", "requirements.txt", "environment.yml", "conf", "Dockerfile")
+"""A mounted folder holding one of these is a project (a dev container's /workspace), not a whole disk."""
+
+
+def _looks_like_a_project(folder: str) -> bool:
+    return any(os.path.lexists(os.path.join(folder, name)) for name in PROJECT_MARKERS)
 
 
 def _inside(root_real: str, *paths: Path | None) -> frozenset[str]:

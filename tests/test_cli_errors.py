@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,22 @@ def test_a_whole_file_system_or_home_as_source_dir_is_refused(project: Project, 
     result = project.run("script=train.py", f"source_dir={home}", "snapshot.allow_large_root=true", env=as_home)
     assert result.returncode == 0, result.stderr
     assert "from home" in result.stdout
+
+
+def test_a_mounted_project_folder_is_not_a_large_root(project: Project, tmp_path: Path) -> None:
+    """A dev container's /workspace is a mount point too: with a project marker in it, it runs as is."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted = tmp_path / "workspace"
+    mounted.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mounted)], check=True)
+    try:
+        (mounted / "train.py").write_text("print('from the mount')\n")
+        refused = project.run("script=train.py", f"source_dir={mounted}")
+        assert_one_line_error(refused, "the root of a mounted file system", "snapshot.allow_large_root=true")
+        (mounted / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+        result = project.run("script=train.py", f"source_dir={mounted}")
+        assert result.returncode == 0, result.stderr
+        assert "from the mount" in result.stdout
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)

@@ -303,3 +303,18 @@ def test_terminal_codes_stream_but_are_not_stored(project: Project) -> None:
     assert b"\x1b" not in stored and b"green plain\n" in stored
     logs = project.run("runs", "logs", str(record["id"]), check=True).stdout
     assert "green plain" in logs and "\x1b" not in logs
+
+
+def test_a_fifo_left_as_the_metrics_file_does_not_hang_the_client(project: Project) -> None:
+    """The metrics file is the job's: a fifo (or a link) in its place is not read, the run still ends."""
+    project.write(
+        "fifo.py",
+        "import os\npath = os.environ['MLTRAIN_METRICS_FILE']\n"
+        "if os.path.exists(path):\n    os.remove(path)\nos.mkfifo(path)\nprint('::metric ok=1')\n",
+    )
+    result = project.run("script=fifo.py", timeout=60)
+    assert result.returncode == 0, result.stderr
+    (record,) = project.runs()
+    assert record["status"] == "Completed"
+    shown = json.loads(project.run("runs", "show", str(record["id"]), "--json", check=True).stdout)
+    assert shown["metrics"] == {"ok": 1.0}

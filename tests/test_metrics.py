@@ -6,6 +6,7 @@ import ast
 import json
 import logging
 import math
+import os
 import random
 import subprocess
 import sys
@@ -413,3 +414,43 @@ def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
         assert steps == list(range(1000))
     metrics, offset = read_metrics_file(out)
     assert len(metrics) == 2000 and offset == out.stat().st_size
+
+
+# ------------------------------------------------------------- hostile files
+def test_a_fifo_in_place_of_the_metrics_file_does_not_hang_the_reader(tmp_path: Path) -> None:
+    """A job can leave a fifo where its metrics file was; opening one for reading would block for ever."""
+    fifo = tmp_path / "metrics.jsonl"
+    os.mkfifo(fifo)
+    assert read_metrics_file(fifo, final=True) == ([], 0)
+    assert scan_log(fifo, final=True) == ([], 0)
+
+
+def test_a_link_in_place_of_the_metrics_file_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"name": "leaked", "value": 1.0}) + "\n")
+    link = tmp_path / "metrics.jsonl"
+    link.symlink_to(elsewhere)
+    assert read_metrics_file(link, final=True)[0] == []
+
+
+def test_an_endless_line_is_skipped_without_holding_it(tmp_path: Path) -> None:
+    log_file = tmp_path / "output.log"
+    with open(log_file, "wb") as fh:
+        fh.write(b"::metric a=1\n")
+        fh.write(b"x" * (3 * mltrain.metrics.MAX_LINE) + b" ::metric b=2\n")
+        fh.write(b"::metric c=3\n")
+        fh.write(b"y" * (2 * mltrain.metrics.MAX_LINE))  # unterminated, never a metric
+    metrics, offset = scan_log(log_file, final=True)
+    assert [m.name for m in metrics] == ["a", "c"]
+    assert offset == log_file.stat().st_size
+
+
+def test_a_flood_of_metric_lines_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(mltrain.metrics, "MAX_POINTS", 5)  # the real cap is a million; the rule is the same
+    log_file = tmp_path / "output.log"
+    log_file.write_text("".join(f"::metric loss={i}\n" for i in range(12)))
+    metrics, offset = scan_log(log_file, final=True)
+    assert [m.value for m in metrics] == [0, 1, 2, 3, 4]
+    assert offset == log_file.stat().st_size
+    assert "7 more were dropped" in caplog.text

@@ -176,6 +176,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 LogLevel ERROR
+SetEnv HOME={folder}/home
 """
 
 
@@ -195,6 +196,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (folder / "authorized_keys").write_text(Path(f"{client}.pub").read_text())
     port = _free_port()
     (folder / "sshd_config").write_text(SSHD_CONFIG.format(port=port, folder=folder))
+    (folder / "home").mkdir()  # the helper and remote_dir land here, not in this machine's /root
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
     sshd = _start(["/usr/sbin/sshd", "-D", "-e", "-f", str(folder / "sshd_config")], folder / "sshd.log",
                   dict(os.environ))

@@ -907,3 +907,32 @@ def test_docker_environment_on_the_hosts_engine(local_sshd: SshHost, project: Pr
     leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=mltrain-{record['id']}"],
                               capture_output=True, text=True).stdout.split()
     assert leftover == []  # --rm: the container went with the run
+
+
+def test_a_client_killed_mid_build_leaves_no_build_running_on_the_host(sproject: SshProject, tmp_path: Path) -> None:
+    """pip runs on the host under the helper; when the client dies the helper's wire breaks and it stops the
+    command's whole process group (pip's build hook is a grandchild), instead of leaving it to run on."""
+    from conftest import MLTRAIN
+    from test_preparing import SlowBuild
+
+    slow = SlowBuild(tmp_path / "slowpkg")
+    host = sproject.host
+    host.sh(f"mkdir -p {slow.folder.parent}")
+    subprocess.run(["docker", "cp", str(slow.folder), f"{host.container}:{slow.folder}"], check=True)
+    overrides = host.overrides(remote_dir=sproject.remote_dir, keepalive=2)
+    client = subprocess.Popen([MLTRAIN, *overrides, *slow.args()], cwd=sproject.root, env=sproject.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        started = wait_for(lambda: host.sh(f"cat {slow.marker} 2>/dev/null || true").split(), 120)
+        hook_pid = int(started[0])
+        client.kill()
+        client.wait()
+
+        def hook_gone() -> bool:
+            return host.sh(f"kill -0 {hook_pid} 2>/dev/null && echo alive || echo gone").strip() == "gone"
+
+        assert wait_for(hook_gone, 30), f"pip's build hook {hook_pid} still runs on the host"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
