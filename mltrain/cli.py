@@ -64,6 +64,7 @@ def _info(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    _keep_sigint_ignored()
     try:
         if not args or args[0] in ("-h", "--help", "help"):
             sys.stdout.write(USAGE)
@@ -97,6 +98,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return translated.exit_code
         _err(f"internal error: {type(exc).__name__}: {exc} (set MLTRAIN_FULL_ERROR=1 for the traceback)")
         return 3
+
+
+def _ignored(signum: int, frame: Any) -> None:
+    """SIGINT while mltrain was started with it ignored: still ignored."""
+
+
+def _keep_sigint_ignored() -> None:
+    """Started with SIGINT ignored (``mltrain ... &`` from a script, ``nohup``, some CI runners): keep ignoring it.
+
+    A job started that way is not meant to die of a Ctrl-C in the terminal, so mltrain does not either. But an
+    ignored signal stays ignored across ``exec`` and would reach the run's script; a handler that does nothing
+    is reset to the default there, so the script starts with SIGINT as it would from a terminal.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _ignored)
 
 
 # --------------------------------------------------------------- submitting
