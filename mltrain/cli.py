@@ -128,12 +128,12 @@ def _plain_submit(args: list[str]) -> argparse.Namespace | None:
     Anything else (``-m``, ``--cfg``, ``--info``, help, completion, a typo'd flag) returns
     None and goes through Hydra's own parser, which knows every flag and error message.
     """
-    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False)
+    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False, quiet=False)
     rest = iter(args)
     for arg in rest:
         name, eq, value = arg.partition("=")
-        if arg == "--detach":
-            parsed.detach = True
+        if arg in ("--detach", "--quiet"):
+            setattr(parsed, arg[2:], True)
         elif name in _PLAIN_OPTIONS:
             value = value if eq else next(rest, "")
             if not value or value.startswith("-"):
@@ -154,6 +154,7 @@ def _submit_command(args: list[str]) -> int:
         parser = get_args_parser()
         parser.error = lambda message: _raise_usage("mltrain", message)  # type: ignore[method-assign]
         parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
+        parser.add_argument("--quiet", action="store_true", help="no progress display")
         parsed = parser.parse_args(args)
         _use_config_dir(parsed)
         hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
@@ -161,12 +162,16 @@ def _submit_command(args: list[str]) -> int:
             return _through_hydra(parsed, parser)
         if parsed.multirun:
             from mltrain.sweep_cli import run_multirun
+            from mltrain.sweep_session import CONTROLLER_ENV
 
-            return run_multirun(parsed, parser, args)
+            # a detached controller writes to its log: the trial lines say it all there
+            with _progress(parsed.quiet or bool(os.environ.get(CONTROLLER_ENV))):
+                return run_multirun(parsed, parser, [a for a in args if a != "--quiet"])
     _use_config_dir(parsed)
     from mltrain.run import submit
 
-    run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach)
+    with _progress(parsed.quiet):
+        run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach)
     if parsed.detach:
         sys.stdout.write(run.id + "\n")
         return 0
@@ -176,6 +181,13 @@ def _submit_command(args: list[str]) -> int:
     except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
         record = run.cancel()
     return _report_end(record)
+
+
+def _progress(quiet: bool) -> Any:
+    """The one choice of progress display for this command (``mltrain.progress``)."""
+    from mltrain import progress
+
+    return progress.installed(progress.choose(sys.stderr, quiet=quiet))
 
 
 def _use_config_dir(parsed: argparse.Namespace) -> None:

@@ -37,10 +37,11 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mltrain import progress
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
 from mltrain.remote import Link, RemoteError
@@ -126,9 +127,14 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
     if not missing:
         link.request({"op": "put_blobs", "stream": True}, body=iter([(b"J", b'{"end":true}')]))
         return
+    rows: list[list[Any]] = missing
+    total = sum(sizes[d] - _resume_at(have, sizes[d]) for d, have in rows)
+    sent_before = stats.bytes
     try:
-        reply = link.request({"op": "put_blobs", "stream": True},
-                             body=_blob_frames(store, missing, sizes, stats))
+        with progress.current().task(f"upload to {link.where}", total=total, unit="bytes") as task:
+            reply = link.request({"op": "put_blobs", "stream": True}, body=_blob_frames(
+                store, missing, sizes, stats, lambda: task.advance(stats.bytes - sent_before)))
+            task.close(f"uploaded {progress.size(stats.bytes - sent_before)} to {link.where}")
     except RemoteError as exc:
         if exc.errno in ENOSPC:
             raise TargetError(f"the disk holding {link.hello()['root']} on {link.where} is full ({exc}); nothing "
@@ -139,8 +145,11 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
 
 
 def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, int],
-                stats: UploadStats) -> Iterator[tuple[bytes, bytes]]:
-    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends."""
+                 stats: UploadStats, sent: Callable[[], None] = lambda: None) -> Iterator[tuple[bytes, bytes]]:
+    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends.
+
+    ``sent`` is told after each body frame went out (``stats.bytes`` counts it): the progress display.
+    """
     rows: list[list[Any]] = []
     body: list[bytes] = []
     batched = 0
@@ -156,9 +165,10 @@ def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, in
                 yield b"D", b"".join(body)
                 stats.blobs += len(rows)
                 stats.bytes += batched
+                sent()
                 rows, body, batched = [], [], 0
             continue
-        offset = int(have) if 0 <= int(have) <= size else 0
+        offset = _resume_at(have, size)
         yield b"J", json.dumps({"blob": digest, "offset": offset, "size": size}).encode()
         hasher = hashlib.sha256()
         with open(store.path(digest), "rb") as fh:
@@ -169,6 +179,7 @@ def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, in
                 hasher.update(chunk)
                 yield b"D", chunk
                 stats.bytes += len(chunk)
+                sent()
         yield b"J", json.dumps({"sha256": hasher.hexdigest()}).encode()
         stats.blobs += 1
     if rows:
@@ -176,7 +187,13 @@ def _blob_frames(store: BlobStore, missing: list[list[Any]], sizes: dict[str, in
         yield b"D", b"".join(body)
         stats.blobs += len(rows)
         stats.bytes += batched
+        sent()
     yield b"J", b'{"end":true}'
+
+
+def _resume_at(have: Any, size: int) -> int:
+    """Where a blob's upload starts: the end of the host's part, if it is a sane one."""
+    return int(have) if 0 <= int(have) <= size else 0
 
 
 def _read_small(path: os.PathLike[str], size: int) -> bytes:
