@@ -19,19 +19,26 @@ from typing import Any
 from mltrain.errors import MltrainError, UsageError
 
 USAGE = """\
-usage: mltrain [--detach] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (or a sweep with -m)
-       mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...                show what a submit would do
-       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
-       mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
-       mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]     free workspace space
+usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
+       mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...     show what a submit would do
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history (runs --help)
+       mltrain sweeps list|show|cancel|attach ...                   sweeps and their trials (sweeps --help)
+       mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]  free workspace space
 
-examples:
-  mltrain script=train.py                                  run on this machine, stream output
-  mltrain script=train.py compute=docker environment=venv args='[--lr,0.01]'
-  mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep (--detach: in the background)
-  mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \
-      sweep.primary_metric=loss                            Bayesian search
-  mltrain runs list --status Failed
+  --detach  print the run (or sweep) id and return; `mltrain runs attach ID` follows it later
+  --quiet   hide the progress of environment builds, uploads and sweeps (on stderr; redrawn in place on a terminal)
+
+examples (in examples/quickstart):
+  mltrain script=train.py                                   run on this machine, stream output
+  mltrain script=train.py params.lr=0.01 params.epochs=20   the script gets --lr 0.01 --epochs 20
+  mltrain script=train.py compute=docker environment=docker_python args='[--lr,0.01]'
+                                                            in a container (python:3.11-slim)
+  mltrain plan script=train.py environment=sklearn          what a submit would do (pinned scikit-learn venv)
+  mltrain -m script=train.py params.lr=0.1,0.01,0.001       a sweep (--detach: in the background)
+  mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \\
+      sweep.primary_metric=loss                             Bayesian search
+  mltrain runs list --status Failed                         the runs that failed
+  mltrain sweeps list                                       the newest sweeps, with their best trial
 
 config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
 compute (local, docker, ssh, spark), framework (python, pyspark);
@@ -241,24 +248,24 @@ def _subcommand(args: list[str]) -> int:
     runs = sub.add_parser("runs", help="the run history")
     runs.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
     rsub = runs.add_subparsers(dest="action", required=True)
-    lst = rsub.add_parser("list")
+    lst = rsub.add_parser("list", help="the newest runs: id, status, when, duration, target, script")
     lst.add_argument("--experiment")
     lst.add_argument("--status", choices=["Queued", "Preparing", "Running", "Finalizing", "Completed",
                                           "Failed", "Canceled"])
     lst.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
     lst.add_argument("--json", action="store_true")
-    show = rsub.add_parser("show")
+    show = rsub.add_parser("show", help="one run: status, timings, config, git state, metrics, snapshot")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
-    logs = rsub.add_parser("logs")
+    logs = rsub.add_parser("logs", help="a run's output (-f: follow it while it runs)")
     logs.add_argument("run_id")
     logs.add_argument("-f", "--follow", action="store_true")
-    for name in ("attach", "cancel"):
-        rsub.add_parser(name).add_argument("run_id")
-    metrics = rsub.add_parser("metrics")
+    rsub.add_parser("attach", help="stream a run's output until it ends (Ctrl-C cancels it)").add_argument("run_id")
+    rsub.add_parser("cancel", help="stop a run: TERM, then KILL after compute.cancel_grace").add_argument("run_id")
+    metrics = rsub.add_parser("metrics", help="every metric value a run logged: name, step, value")
     metrics.add_argument("run_id")
     metrics.add_argument("--json", action="store_true")
-    outputs = rsub.add_parser("outputs")
+    outputs = rsub.add_parser("outputs", help="the files a run wrote to $MLTRAIN_OUTPUT_DIR (--download: copy them)")
     outputs.add_argument("run_id")
     outputs.add_argument("--download", metavar="DEST", help="copy the outputs into DEST")
     rerun = rsub.add_parser("rerun", help="run again from the stored snapshot and config")
