@@ -12,7 +12,7 @@ mkdir -p .mltrain
 bold='' plain=''
 if [ -t 1 ]; then bold=$(printf '\033[1m') plain=$(printf '\033[0m'); fi
 say() { printf '\n%s== %s%s\n$ mltrain %s\n' "$bold" "$1" "$plain" "$2"; }
-hint() { printf '  %-48s %s\n' "mltrain $1" "$2"; }
+hint() { printf '  %-48s  %s\n' "mltrain $1" "$2"; }
 newest() {  # the id of the newest run (or sweep) in the history
     "$MLTRAIN" "$1" list --limit 1 --json | sed -n 's/^ *"id": "\([0-9a-f]*\)".*/\1/p' | head -n 1
 }
