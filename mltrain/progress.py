@@ -25,6 +25,7 @@ one process-wide choice the CLI makes with :func:`installed`.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -263,10 +264,13 @@ class TerminalProgress:
             def render(self, task: Any) -> Any:
                 return super().render(task) if task.total is not None else Text("")
 
-        # soft_wrap: lines printed above the display (build output) are wrapped by the terminal, not split
+        # soft_wrap: lines printed above the display (build output) are wrapped by the terminal, not split.
+        # stdout is routed above the display only when it is the terminal too: redirected elsewhere, what a
+        # command prints must stay in that file, not move to stderr.
         console = Console(file=self.stream, highlight=False, soft_wrap=True)
         live = Progress(SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), Bar(bar_width=24),
-                        TextColumn("{task.fields[detail]}"), console=console, transient=True)
+                        TextColumn("{task.fields[detail]}"), console=console, transient=True,
+                        redirect_stdout=_isatty(sys.stdout))
         live.start()
         return live
 
@@ -341,13 +345,16 @@ def choose(stream: IO[str], *, quiet: bool = False) -> Progress:
     """``--quiet``: nothing; a terminal: redrawn in place; anything else: plain lines."""
     if quiet:
         return NullProgress()
-    try:
-        tty = stream.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    if tty and os.environ.get("TERM", "") != "dumb":
+    if _isatty(stream) and os.environ.get("TERM", "") != "dumb":
         return TerminalProgress(stream)
     return LinesProgress(stream)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed, or not a file at all
+        return False
 
 
 _current: list[Progress] = []
