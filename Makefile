@@ -1,22 +1,34 @@
 # mltrain: `make demo` runs the quickstart, `make test` provisions what the suite needs and runs it.
+#
+# Two installs into one .venv: the demo needs only mltrain and its own dependencies (seconds); the suite,
+# lint and benchmarks add the dev tools and pyspark (the spark extra: a ~490 MB wheel). `make install` is
+# the full one; `make demo` never pays for it.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+BASE   := $(VENV)/.installed-base
+DEV    := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint bench provision clean
+.PHONY: install install-base demo test lint bench lock provision clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(BASE): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,spark]'
-	touch $(STAMP)
+	touch $(BASE) $@
 
-install: $(STAMP)
+install-base: $(BASE)
 
-demo: install
-	cd examples/quickstart && ../../$(VENV)/bin/mltrain script=train.py params.epochs=5 params.lr=0.05
-	cd examples/quickstart && ../../$(VENV)/bin/mltrain runs list --limit 5
+install: $(DEV)
+
+demo: $(BASE)
+	MLTRAIN=$(CURDIR)/$(VENV)/bin/mltrain sh examples/quickstart/demo.sh
 
 provision:
 	bash .ci/provision.sh
@@ -27,11 +39,15 @@ test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check mltrain hydra_plugins tests benchmarks examples
+	$(VENV)/bin/ruff check mltrain hydra_plugins tests benchmarks examples scripts
 	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The curated venv presets' full pins (conf/environment/*.lock.txt), resolved anew; see scripts/lock_presets.py.
+lock: install
+	$(PY) scripts/lock_presets.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info examples/quickstart/.mltrain

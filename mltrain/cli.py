@@ -19,20 +19,27 @@ from typing import Any
 from mltrain.errors import MltrainError, UsageError
 
 USAGE = """\
-usage: mltrain [--detach] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (or a sweep with -m)
-       mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...                show what a submit would do
-       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history
-       mltrain sweeps list|show|cancel|attach ...                              sweeps and their trials
-       mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]     free workspace space
+usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
+       mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...     show what a submit would do
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history (runs --help)
+       mltrain sweeps list|show|cancel|attach ...                   sweeps and their trials (sweeps --help)
+       mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]  free workspace space
 
-examples:
-  mltrain script=train.py                                  run on this machine, stream output
-  mltrain script=train.py compute=docker environment=venv args='[--lr,0.01]'
-  mltrain -m script=train.py params.lr=0.1,0.01,0.001      a sweep (--detach: in the background)
-  mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \
-      sweep.primary_metric=loss                            Bayesian search
-  mltrain runs list --status Failed
-  mltrain --idempotency-key ci-42 script=train.py          a retry gets the run the first try started
+  --detach  print the run (or sweep) id and return; `mltrain runs attach ID` follows it later
+  --quiet   hide the progress of environment builds, uploads and sweeps (on stderr; redrawn in place on a terminal)
+
+examples (in examples/quickstart):
+  mltrain script=train.py                                   run on this machine, stream output
+  mltrain script=train.py params.lr=0.01 params.epochs=20   the script gets --lr 0.01 --epochs 20
+  mltrain script=train.py compute=docker environment=docker_python args='[--lr,0.01]'
+                                                            in a container (python:3.11-slim)
+  mltrain plan script=train.py environment=sklearn          what a submit would do (pinned scikit-learn venv)
+  mltrain -m script=train.py params.lr=0.1,0.01,0.001       a sweep (--detach: in the background)
+  mltrain -m script=train.py 'params.lr=tag(log,interval(1e-4,0.1))' sweep.sampler=tpe sweep.n_trials=20 \\
+      sweep.primary_metric=loss                             Bayesian search
+  mltrain runs list --status Failed                         the runs that failed
+  mltrain sweeps list                                       the newest sweeps, with their best trial
+  mltrain --idempotency-key ci-42 script=train.py           a retry gets the run the first try started
 
 config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
 compute (local, docker, ssh, spark), framework (python, pyspark);
@@ -65,6 +72,7 @@ def _info(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    _keep_sigint_ignored()
     try:
         if not args or args[0] in ("-h", "--help", "help"):
             sys.stdout.write(USAGE)
@@ -100,6 +108,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def _ignored(signum: int, frame: Any) -> None:
+    """SIGINT while mltrain was started with it ignored: still ignored."""
+
+
+def _keep_sigint_ignored() -> None:
+    """Started with SIGINT ignored (``mltrain ... &`` from a script, ``nohup``, some CI runners): keep ignoring it.
+
+    A job started that way is not meant to die of a Ctrl-C in the terminal, so mltrain does not either. But an
+    ignored signal stays ignored across ``exec`` and would reach the run's script; a handler that does nothing
+    is reset to the default there, so the script starts with SIGINT as it would from a terminal.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _ignored)
+
+
 # --------------------------------------------------------------- submitting
 _PLAIN_OPTIONS = {"-cn": "config_name", "--config-name": "config_name",
                   "-cd": "config_dir", "--config-dir": "config_dir", "--idempotency-key": "idempotency_key"}
@@ -112,12 +137,13 @@ def _plain_submit(args: list[str]) -> argparse.Namespace | None:
     Anything else (``-m``, ``--cfg``, ``--info``, help, completion, a typo'd flag) returns
     None and goes through Hydra's own parser, which knows every flag and error message.
     """
-    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False, idempotency_key=None)
+    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False, quiet=False,
+                                idempotency_key=None)
     rest = iter(args)
     for arg in rest:
         name, eq, value = arg.partition("=")
-        if arg == "--detach":
-            parsed.detach = True
+        if arg in ("--detach", "--quiet"):
+            setattr(parsed, arg[2:], True)
         elif name in _PLAIN_OPTIONS:
             value = value if eq else next(rest, "")
             if not value or value.startswith("-"):
@@ -140,6 +166,7 @@ def _submit_command(args: list[str]) -> int:
         parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
         parser.add_argument("--idempotency-key", metavar="K",
                             help="if a run was submitted with K before, return that run instead of a new one")
+        parser.add_argument("--quiet", action="store_true", help="no progress display")
         parsed = parser.parse_args(args)
         _use_config_dir(parsed)
         hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
@@ -152,16 +179,20 @@ def _submit_command(args: list[str]) -> int:
                 raise UsageError("--idempotency-key is for single runs; to retry a sweep, run the same "
                                  "mltrain -m command again: it resumes and re-runs no completed trial")
             from mltrain.sweep_cli import run_multirun
+            from mltrain.sweep_session import CONTROLLER_ENV
 
-            return run_multirun(parsed, parser, args)
+            # a detached controller writes to its log: the trial lines say it all there
+            with _progress(parsed.quiet or bool(os.environ.get(CONTROLLER_ENV))):
+                return run_multirun(parsed, parser, [a for a in args if a != "--quiet"])
     _use_config_dir(parsed)
     key = parsed.idempotency_key
     if key is not None and (not key.strip() or len(key) > MAX_KEY or not key.isprintable()):
         raise UsageError(f"--idempotency-key must be 1 to {MAX_KEY} printable characters, e.g. the CI job's id")
     from mltrain.run import submit
 
-    run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
-                 idempotency_key=key)
+    with _progress(parsed.quiet):
+        run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
+                     idempotency_key=key)
     if parsed.detach:
         sys.stdout.write(run.id + "\n")
         return 0
@@ -175,6 +206,13 @@ def _submit_command(args: list[str]) -> int:
     except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
         record = run.cancel()
     return _report_end(record)
+
+
+def _progress(quiet: bool) -> Any:
+    """The one choice of progress display for this command (``mltrain.progress``)."""
+    from mltrain import progress
+
+    return progress.installed(progress.choose(sys.stderr, quiet=quiet))
 
 
 def _use_config_dir(parsed: argparse.Namespace) -> None:
@@ -228,24 +266,24 @@ def _subcommand(args: list[str]) -> int:
     runs = sub.add_parser("runs", help="the run history")
     runs.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
     rsub = runs.add_subparsers(dest="action", required=True)
-    lst = rsub.add_parser("list")
+    lst = rsub.add_parser("list", help="the newest runs: id, status, when, duration, target, script")
     lst.add_argument("--experiment")
     lst.add_argument("--status", choices=["Queued", "Preparing", "Running", "Finalizing", "Completed",
                                           "Failed", "Canceled"])
     lst.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
     lst.add_argument("--json", action="store_true")
-    show = rsub.add_parser("show")
+    show = rsub.add_parser("show", help="one run: status, timings, config, git state, metrics, snapshot")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
-    logs = rsub.add_parser("logs")
+    logs = rsub.add_parser("logs", help="a run's output (-f: follow it while it runs)")
     logs.add_argument("run_id")
     logs.add_argument("-f", "--follow", action="store_true")
-    for name in ("attach", "cancel"):
-        rsub.add_parser(name).add_argument("run_id")
-    metrics = rsub.add_parser("metrics")
+    rsub.add_parser("attach", help="stream a run's output until it ends (Ctrl-C cancels it)").add_argument("run_id")
+    rsub.add_parser("cancel", help="stop a run: TERM, then KILL after compute.cancel_grace").add_argument("run_id")
+    metrics = rsub.add_parser("metrics", help="every metric value a run logged: name, step, value")
     metrics.add_argument("run_id")
     metrics.add_argument("--json", action="store_true")
-    outputs = rsub.add_parser("outputs")
+    outputs = rsub.add_parser("outputs", help="the files a run wrote to $MLTRAIN_OUTPUT_DIR (--download: copy them)")
     outputs.add_argument("run_id")
     outputs.add_argument("--download", metavar="DEST", help="copy the outputs into DEST")
     rerun = rsub.add_parser("rerun", help="run again from the stored snapshot and config")

@@ -37,10 +37,11 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mltrain import progress
 from mltrain.blobstore import BlobStore
 from mltrain.errors import TargetError
 from mltrain.remote import Link, RemoteError, Reply
@@ -133,9 +134,13 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
     if not missing:
         link.request({"op": "put_blobs", "stream": True}, body=iter([(b"J", b'{"end":true}')]))
         return
+    total = sum(sizes[d] - have for d, have in missing)
+    sent_before = stats.bytes
     try:
-        reply = link.request({"op": "put_blobs", "stream": True},
-                             body=_blob_frames(store, missing, sizes, stats))
+        with progress.current().task(f"upload to {link.where}", total=total, unit="bytes") as task:
+            reply = link.request({"op": "put_blobs", "stream": True}, body=_blob_frames(
+                store, missing, sizes, stats, lambda: task.advance(stats.bytes - sent_before)))
+            task.close(f"uploaded {progress.size(stats.bytes - sent_before)} to {link.where}")
     except RemoteError as exc:
         if exc.errno in ENOSPC:
             raise TargetError(f"the disk holding {link.hello()['root']} on {link.where} is full ({exc}); nothing "
@@ -158,8 +163,11 @@ def _missing(reply: Reply, sizes: dict[str, int], asked: set[str]) -> list[tuple
 
 
 def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
-                stats: UploadStats) -> Iterator[tuple[bytes, bytes]]:
-    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends."""
+                 stats: UploadStats, sent: Callable[[], None] = lambda: None) -> Iterator[tuple[bytes, bytes]]:
+    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends.
+
+    ``sent`` is told after each body frame went out (``stats.bytes`` counts it): the progress display.
+    """
     rows: list[list[Any]] = []
     body: list[bytes] = []
     batched = 0
@@ -175,6 +183,7 @@ def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[s
                 yield b"D", b"".join(body)
                 stats.blobs += len(rows)
                 stats.bytes += batched
+                sent()
                 rows, body, batched = [], [], 0
             continue
         offset = have
@@ -188,6 +197,7 @@ def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[s
                 hasher.update(chunk)
                 yield b"D", chunk
                 stats.bytes += len(chunk)
+                sent()
         yield b"J", json.dumps({"sha256": hasher.hexdigest()}).encode()
         stats.blobs += 1
     if rows:
@@ -195,6 +205,7 @@ def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[s
         yield b"D", b"".join(body)
         stats.blobs += len(rows)
         stats.bytes += batched
+        sent()
     yield b"J", b'{"end":true}'
 
 

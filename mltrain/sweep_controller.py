@@ -34,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mltrain.errors import MltrainError, StoreError
+from mltrain.progress import TrialBoard
 from mltrain.store import CANCELED, COMPLETED, FAILED, RUNNING, RunRecord, Store, SweepRecord, TrialRecord, new_run_id
 from mltrain.sweep_launcher import Supervisor
 from mltrain.sweep_process import alive, command, controller_log, spawn, sweep_dir, this_process
@@ -162,6 +163,7 @@ class SweepController(Supervisor):
         self._report_lock = threading.Lock()
         self._log_file: Any = None
         self._first_alone = FirstAlone()
+        self.board: TrialBoard | None = None  # the progress display's tally, once the sweep runs here
 
     # ------------------------------------------------------------- opening
     def open(self) -> int:
@@ -224,6 +226,8 @@ class SweepController(Supervisor):
         verb = "resumed" if self.old or (self.existing and self.store.trials(self.sweep_id)) else "started"
         self.report(f"sweep {self.sweep_id} {verb}: {self.sampler.planned} trials, up to {self.max_concurrent} at "
                     f"once (mltrain sweeps show {self.sweep_id})")
+        self.board = TrialBoard(f"sweep {self.sweep_id}", self.sampler.planned, self.settings.primary_metric,
+                                self.settings.goal)
         return True
 
     def _key(self) -> str:
@@ -297,6 +301,12 @@ class SweepController(Supervisor):
 
     # ---------------------------------------------------------------- trials
     def body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
+        work = self._body(job_return, suggestion)
+        if work is not None and self.board is not None:
+            self.board.started(int(job_return.hydra_cfg.hydra.job.num))
+        return work
+
+    def _body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
         prepared: PreparedTrial = job_return._return_value
         idx = int(job_return.hydra_cfg.hydra.job.num)
         spec = prepared.spec
@@ -406,6 +416,13 @@ class SweepController(Supervisor):
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
+        outcome = self._finished(job_return, suggestion)
+        if self.board is not None:
+            self.board.ended(int(job_return.hydra_cfg.hydra.job.num),
+                             outcome.value if outcome.state == COMPLETE else None)
+        return outcome
+
+    def _finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
         from hydra.core.utils import JobStatus
 
         idx = int(job_return.hydra_cfg.hydra.job.num)
@@ -490,6 +507,8 @@ class SweepController(Supervisor):
 
     def close(self, error: BaseException | None = None) -> None:
         try:
+            if self.board is not None:
+                self.board.close()  # the closing report line says how the sweep ended
             if self.started:
                 self._finish(error)
         finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,44 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if ON_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true (not allowed): {report.longrepr}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give SIGINT its usual Python handler when the suite was started with it ignored.
+
+    A shell without job control starts a background job (``make test &``, ``nohup``, some CI runners) with
+    SIGINT ignored, and an ignored signal stays ignored across ``exec`` (``restore_signals`` resets only
+    SIGPIPE and SIGXFSZ): every CLI a test starts would ignore it too, and a Ctrl-C test would wait for
+    an exit that never comes. A *handled* signal is reset to its default in the child at ``exec``, so with
+    a handler here every process the suite starts begins with SIGINT at its default, however the suite was
+    started (cheaper than a ``preexec_fn`` in each child, which also rules out vfork).
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_STARTED: list[tuple[subprocess.Popen[str], Project]] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_started() -> Iterator[None]:
+    """Every ``Project.popen`` process is gone after its test, whatever the test did.
+
+    A test that failed half-way (a timeout) leaves its CLI running: kill it by pid, reap it (an unreaped
+    ``Popen`` raises ResourceWarning later, in whichever test happens to run then), and cancel the runs it
+    left going, so their scripts (in sessions of their own) do not outlive the test either.
+    """
+    yield
+    started, _STARTED[:] = list(_STARTED), []
+    for proc, proj in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+            proj.cancel_unfinished()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -88,17 +127,31 @@ class Project:
             )
         return result
 
-    def popen(self, *args: str, **kwargs: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
+        """The CLI in the background; the ``reap_started`` fixture kills and reaps it if the test does not."""
+        proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
             [MLTRAIN, *args],
             cwd=self.root,
-            env=self.env,
-            text=True,  # type: ignore[call-overload]
+            env={**self.env, **(env or {})},
+            text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             **kwargs,
         )
+        _STARTED.append((proc, self))
+        return proc
+
+    def cancel_unfinished(self) -> None:
+        """Cancel the runs still going in this project (their scripts run in sessions of their own)."""
+        import json
+
+        listed = self.run("runs", "list", "--json", "--limit", "0")
+        if listed.returncode != 0:
+            return  # no run history: nothing was started
+        for record in json.loads(listed.stdout):
+            if record["status"] not in ("Completed", "Failed", "Canceled"):
+                self.run("runs", "cancel", str(record["id"]))
 
     def runs(self) -> list[dict[str, object]]:
         import json
@@ -117,6 +170,44 @@ def project(tmp_path: Path, base_env: dict[str, str]) -> Project:
     proj = Project(root, base_env)
     proj.write("train.py", TRAIN)
     return proj
+
+
+def run_in_pty(project: Project, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
+               watch: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
+    """The CLI with a pseudo-terminal (``pty``) as stdout and stderr, as in a shell: its exit code and output.
+
+    ``watch`` sees the output so far each time more arrives (to act on what the CLI shows while it runs).
+    """
+    import pty
+    import select
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([MLTRAIN, *args], cwd=project.root, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=follower, env={**project.env, "TERM": "xterm", "COLUMNS": "150", **(env or {})})
+    os.close(follower)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            out += data
+            if watch is not None:
+                watch(bytes(out))
+        return proc.wait(timeout=max(deadline - time.monotonic(), 1)), bytes(out)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

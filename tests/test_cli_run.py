@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import Project
+from conftest import MLTRAIN, Project
 
 
 def test_run_streams_output_and_records_completed(project: Project) -> None:
@@ -125,6 +127,50 @@ def test_ctrl_c_cancels_the_run(project: Project, tmp_path: Path) -> None:
     assert record["status"] == "Canceled"
     assert "Ctrl-C" in str(record["reason"])
     _wait_for(lambda: not _pid_alive(script_pid), timeout=5)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell without job control starts `cmd &`
+
+
+def test_ctrl_c_tests_pass_however_the_suite_was_started(tmp_path: Path) -> None:
+    """The Ctrl-C tests, run by a pytest that was started with SIGINT ignored (`make test &`, nohup, some CI
+    runners): each CLI they start still gets the signal (conftest's pytest_configure), and nothing leaks."""
+    tests = Path(__file__).resolve().parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=120",
+         f"{tests}/test_cli_run.py::test_ctrl_c_cancels_the_run",
+         f"{tests}/test_sweep_local.py::test_ctrl_c_cancels_the_running_trials"],
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, preexec_fn=_ignore_sigint,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout
+
+
+def test_started_with_sigint_ignored(project: Project, tmp_path: Path) -> None:
+    """`nohup mltrain ... &`: mltrain keeps ignoring SIGINT (it was started not to die of one), and the script
+    starts with SIGINT at its default, as it would from a terminal, not with the ignore mltrain inherited."""
+    pidfile = tmp_path / "pid"
+    project.write("slow.py", SLOW.format(pidfile=pidfile).replace(
+        'print("started", flush=True)',
+        'import signal; print("script SIGINT", signal.getsignal(signal.SIGINT), flush=True)'
+    ).replace("range(600)", "range(20)"))
+    proc = subprocess.Popen([MLTRAIN, "script=slow.py"], cwd=project.root, env=project.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            preexec_fn=_ignore_sigint)
+    try:
+        _wait_for(pidfile.exists)
+        proc.send_signal(signal.SIGINT)  # ignored: the run goes on to its end
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "script SIGINT <built-in function default_int_handler>" in out
+    (record,) = project.runs()
+    assert record["status"] == "Completed"
 
 
 def test_cancel_a_detached_run(project: Project, tmp_path: Path) -> None:

@@ -189,7 +189,13 @@ def test_ctrl_c_cancels_the_running_trials(project: Project) -> None:
     def running() -> bool:
         if not db.exists():
             return False
-        count = sqlite3.connect(db).execute("SELECT count(*) FROM runs WHERE status = 'Running'").fetchone()[0]
+        conn = sqlite3.connect(db)
+        try:
+            count = conn.execute("SELECT count(*) FROM runs WHERE status = 'Running'").fetchone()[0]
+        except sqlite3.OperationalError:  # the file is there, its tables not yet
+            return False
+        finally:
+            conn.close()
         return bool(count == 2)
 
     _wait_for(running)

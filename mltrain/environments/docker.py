@@ -36,6 +36,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mltrain import progress
 from mltrain.docker_api import EngineError
 from mltrain.dockerutil import engine_error
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
@@ -287,7 +288,10 @@ class DockerImage(Environment):
                     archive.seek(0)
                     events = engine.build(archive, size, tag=self.tag(), dockerfile=dockerfile_name,
                                           buildargs=dict(cfg.build_args) or None)
-                    image_id = _follow_build(events, log, self.tag(), self._tls_hint())
+                    with progress.current().task(f"building image {self.tag()}") as task:
+                        image_id = _follow_build(events, log, self.tag(), self._tls_hint(),
+                                                 on_step=lambda step: task.step(f"building image: {_line(step, 80)}"))
+                        task.close(f"built image {self.tag()}")
             except EnvironmentBuildError:
                 raise
             except Exception as exc:
@@ -384,8 +388,10 @@ def _quote(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
 
 
-def _follow_build(events: Any, log: LogFn, tag: str, tls_hint: str = "") -> str | None:
-    """Stream the build output to ``log``; a failure names the failing step and the tail of the output.
+def _follow_build(events: Any, log: LogFn, tag: str, tls_hint: str = "",
+                  on_step: LogFn | None = None) -> str | None:
+    """Stream the build output to ``log`` (and each ``Step N/M`` to ``on_step``); a failure names the
+    failing step and the tail of the output.
 
     A failing step whose output shows a certificate check failing says so
     first, with ``tls_hint`` (how to make the build trust the right CAs):
@@ -409,6 +415,8 @@ def _follow_build(events: Any, log: LogFn, tag: str, tls_hint: str = "") -> str 
                     step = line
                     tail.clear()  # the tail that matters is the failing step's own output
                     tls = None
+                    if on_step is not None:
+                        on_step(line)
                 elif not line.lstrip().startswith(("--->", "Removing intermediate container")):
                     tail.append(line.strip())
                     if tls is None and TLS_FAILURE.search(line):

@@ -16,6 +16,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
+from mltrain import progress
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import probe, resolve_interpreter
 from mltrain.errors import ConfigError, EnvironmentBuildError
@@ -116,19 +117,23 @@ class Venv(Environment):
         python = posixpath.join(folder, "bin", "python")
         system = ["--system-site-packages"] if self.config.system_site_packages else []
         if uv:
-            steps = [[uv, "venv", "--quiet", *system, "--python", base, folder]]
+            steps = [("uv venv", [uv, "venv", "--quiet", *system, "--python", base, folder])]
             if packages:
-                steps.append([uv, "pip", "install", "--python", python, *self.config.pip_args, *packages])
+                steps.append(("uv pip install",
+                              [uv, "pip", "install", "--python", python, *self.config.pip_args, *packages]))
         else:
-            steps = [[base, "-m", "venv", *system, folder]]
+            steps = [("python -m venv", [base, "-m", "venv", *system, folder])]
             if packages:
-                steps.append([python, "-m", "pip", "install", "--disable-pip-version-check",
-                              *self.config.pip_args, *packages])
+                steps.append(("pip install", [python, "-m", "pip", "install", "--disable-pip-version-check",
+                                              *self.config.pip_args, *packages]))
         where = "" if runner.shares_files else f" on {runner.name}"
-        log(f"building venv {posixpath.basename(folder)}{where} ({'uv' if uv else 'pip'}): "
-            f"{' '.join(self.config.packages) or '-'}")
-        for step in steps:
-            _run_step(step, log, runner)
+        name = f"venv {posixpath.basename(folder)}{where}"
+        log(f"building {name} ({'uv' if uv else 'pip'}): {' '.join(self.config.packages) or '-'}")
+        with progress.current().task(f"building {name}") as task:
+            for number, (what, step) in enumerate(steps, 1):
+                task.step(f"building venv{where}: step {number}/{len(steps)}, {what}")
+                _run_step(step, log, runner)
+            task.close(f"built {name}")
 
     def describe(self) -> str:
         return f"venv ({len(self.config.packages)} packages{', requirements' if self.config.requirements else ''})"

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -936,3 +937,24 @@ def test_a_client_killed_mid_build_leaves_no_build_running_on_the_host(sproject:
         if client.poll() is None:
             client.kill()
             client.wait()
+
+
+# ------------------------------------------------------------------ progress
+def test_upload_shows_bytes_sent_of_the_total_and_the_rate(sproject: SshProject) -> None:
+    """On a terminal the upload is a line redrawn in place (sent of total, rate); piped, plain lines; --quiet: none."""
+    from conftest import run_in_pty
+
+    (sproject.root / "weights.bin").write_bytes(os.urandom(24 << 20))
+    code, out = run_in_pty(sproject, "script=train.py", *sproject.host.overrides(remote_dir=sproject.remote_dir))
+    assert code == 0, out.decode(errors="replace")
+    assert b"\x1b[2K" in out and b" of 24.0 MiB" in out  # the live line: bytes sent of the total
+    assert re.search(rb"mltrain: uploaded 24\.\d MiB to \S+ \(\d+\.\ds, [\d.]+ [KM]iB/s\)", out), out[-2000:]
+
+    (sproject.root / "weights.bin").write_bytes(os.urandom(2 << 20))
+    piped = sproject.submit("script=train.py", check=True).stderr
+    assert "\x1b" not in piped
+    assert re.search(r"^mltrain: uploaded 2\.\d MiB to \S+ \(\d+\.\ds, [\d.]+ [KM]iB/s\)$", piped, re.MULTILINE)
+    assert "upload" not in sproject.log(str(sproject.runs()[0]["id"]))
+
+    (sproject.root / "weights.bin").write_bytes(os.urandom(1 << 20))
+    assert "upload" not in sproject.submit("script=train.py", flags=("--quiet",), check=True).stderr
