@@ -45,9 +45,9 @@ lint: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The curated venv presets' full pins (conf/environment/*.lock.txt), resolved anew; see scripts/lock_presets.py.
+# The curated venv presets' full pins (conf/environment/*.lock.txt), resolved anew; see .ci/lock_presets.py.
 lock: install
-	$(PY) scripts/lock_presets.py
+	$(PY) .ci/lock_presets.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info examples/quickstart/.mltrain

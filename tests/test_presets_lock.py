@@ -1,5 +1,5 @@
 """The curated venv presets are fully locked: every package pinned with ``==``, and the pins a complete,
-consistent set that resolves to itself on every Python the lock is for (scripts/lock_presets.py).
+consistent set that resolves to itself on every Python the lock is for (.ci/lock_presets.py).
 
 The resolution checks ask the package index through uv (in the dev extra); nothing is installed.
 """
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / ".ci"))
 import lock_presets  # noqa: E402
 
 PRESETS = ROOT / "conf" / "environment"
@@ -74,6 +74,6 @@ def test_pins_resolve_to_themselves(python: str, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_make_lock_is_reproducible() -> None:
     """Resolving again (the index as it was on the lock's date) writes the very same lock and presets."""
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock_presets.py"), "--check"],
+    result = subprocess.run([sys.executable, str(ROOT / ".ci" / "lock_presets.py"), "--check"],
                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
