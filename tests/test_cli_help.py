@@ -34,6 +34,7 @@ HOW = {
     "sweep.primary_metric=loss": AS_IS,  # 20 TPE trials that rank by the loss train.py logs
     "mltrain runs list --status Failed": AS_IS,  # the filter is valid (and there are none)
     "mltrain sweeps list": AS_IS,  # both sweeps above, each with its best trial
+    "mltrain --idempotency-key ci-42 script=train.py": AS_IS,  # a new run under key ci-42 (a retry would get it)
 }
 
 
@@ -80,7 +81,7 @@ def test_the_examples_work_verbatim(project: Project) -> None:
         result = project.run(*argv[1:], timeout=300)
         assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stdout}\n{result.stderr}"
     runs = project.runs()
-    assert len(runs) == 1 + 1 + 3 + 20 and {r["status"] for r in runs} == {"Completed"}
+    assert len(runs) == 1 + 1 + 3 + 20 + 1 and {r["status"] for r in runs} == {"Completed"}
     sweeps = json.loads(project.run("sweeps", "list", "--json", check=True).stdout)
     assert [s["status"] for s in sweeps] == ["Completed", "Completed"]
     assert any(t["best"] for t in sweeps[0]["trials"])  # the TPE sweep ranked its trials by loss
