@@ -56,7 +56,7 @@ def main() -> None:
         report("  plan, composition cache off", plan_cold, hydra_app, "(for reference)")
 
         sys.path.insert(0, str(Path(__file__).parents[1]))
-        from mltrain.store import COMPLETED, RUNNING, Store
+        from mltrain.store.db import COMPLETED, RUNNING, Store
 
         ws = root / "bigws"
         ws.mkdir()
@@ -73,7 +73,7 @@ def main() -> None:
         report("`mltrain runs list` with 10,000 runs (newest 50)", listing, None, "<= 300 ms")
         report("`mltrain runs list --limit 0` with 10,000 runs (all rows)", listing_all, None, "<= 300 ms")
 
-        from mltrain.config import VenvEnvironment
+        from mltrain.config.schema import VenvEnvironment
         from mltrain.environments.venv import Venv
 
         env_cfg = VenvEnvironment(packages=[], installer="auto")

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_medians, report, run_cmd
 
-from mltrain.executors.wrapper import masked, wrapper_argv
+from mltrain.hosts.wrapper import masked, wrapper_argv
 
 MLTRAIN = str(Path(sys.executable).parent / "mltrain")
 SECRET = "s3cr3t-token-value-0123456789"

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_tree import SMALL_SIZE, commit_all, make_tree, small_path
 
-from mltrain.blobstore import BlobStore
-from mltrain.snapshot import materialize, take_snapshot
-from mltrain.snapshot_materialize import make_workdir, remove_tree
+from mltrain.snapshot.blobstore import BlobStore
+from mltrain.snapshot.materialize import make_workdir, remove_tree
+from mltrain.snapshot.take import materialize, take_snapshot
 
 GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 

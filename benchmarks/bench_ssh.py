@@ -38,12 +38,12 @@ def main() -> int:
         print(f"skipped: no engine or no {SSHD_IMAGE} (run `bash .ci/provision-docker.sh; bash .ci/provision-ssh.sh`)")
         return 1
     load_start = os.getloadavg()[0]
-    from mltrain.blobstore import BlobStore
-    from mltrain.config import SshCompute
-    from mltrain.executors.ssh import SshExecutor
-    from mltrain.remote import Link
-    from mltrain.snapshot import take_snapshot
-    from mltrain.workspace import Workspace
+    from mltrain.config.schema import SshCompute
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import take_snapshot
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.ssh.executor import SshExecutor
+    from mltrain.targets.ssh.link import Link
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

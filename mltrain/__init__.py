@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import MltrainError
-from mltrain.metrics import log_metric
+from mltrain.tracking.metrics import log_metric
 
 if TYPE_CHECKING:
     from mltrain.run import Run, submit

@@ -1,5 +1,5 @@
 import sys
 
-from mltrain.cli import main
+from mltrain.cli.main import main
 
 sys.exit(main())

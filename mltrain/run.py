@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mltrain.errors import MltrainError, RunFailed, UsageError
-from mltrain.executors.base import ExitInfo, Handle, cancel_run, finalize, follow, reconcile
-from mltrain.store import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
-from mltrain.workspace import Workspace
+from mltrain.store.db import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
+from mltrain.store.workspace import Workspace
+from mltrain.targets.base import ExitInfo, Handle, cancel_run, finalize, follow, reconcile
 
 
 def _write_stdout(data: bytes) -> None:
@@ -102,8 +102,8 @@ def submit(overrides: Sequence[str] = (), *, config_name: str | None = None, det
     ``idempotency_key``: if a run was submitted with this key before (in this workspace), return that run
     instead of starting another -- ``run.existing`` says so. Reusing a key with other overrides is an error.
     """
-    from mltrain.compose import compose_validated
-    from mltrain.spec import RunSpec
+    from mltrain.config.compose import compose_validated
+    from mltrain.config.spec import RunSpec
 
     cfg, job_yaml = compose_validated(overrides, config_name)
     spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
@@ -120,22 +120,22 @@ def submit_spec(spec: Any, *, show_output: bool = False, parent_id: str | None =
     ``run_id``: the id to record the run under (a sweep names the run before it exists).
     ``idempotency_key``: see ``submit``.
 
-    The row records this process (``mltrain.client``) and preparation runs its commands in a process
+    The row records this process (``mltrain.hosts.client``) and preparation runs its commands in a process
     group that ends with it, so a client that dies before the launch leaves neither a run stuck in
     ``Preparing`` nor a pip running. A run canceled while it is prepared is not launched (or, if the
     cancel came as it launched, its job is stopped at once).
     """
-    from mltrain.blobstore import BlobStore
-    from mltrain.client import PrepGroup, identity
-    from mltrain.env_gc import mark_used
+    from mltrain.config.spec import check_source
     from mltrain.environments import environment_for
-    from mltrain.executors import executor_for
-    from mltrain.executors.base import LaunchRequest
-    from mltrain.frameworks import framework_for
-    from mltrain.masking import mask_text
-    from mltrain.plan import compile_plan
-    from mltrain.snapshot import SnapshotLimits, take_snapshot
-    from mltrain.spec import check_source
+    from mltrain.environments.gc import mark_used
+    from mltrain.frameworks.base import framework_for
+    from mltrain.hosts.client import PrepGroup, identity
+    from mltrain.hosts.masking import mask_text
+    from mltrain.plan.compile import compile_plan
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import SnapshotLimits, take_snapshot
+    from mltrain.targets import executor_for
+    from mltrain.targets.base import LaunchRequest
 
     if snapshot_id is None:
         check_source(spec)
@@ -260,7 +260,7 @@ def _run_env(spec: Any, record: RunRecord, paths: Any) -> dict[str, str]:
 
 
 def _record_git(store: Store, run_id: str, source_dir: Path, patch_file: Path) -> None:
-    from mltrain.gitinfo import capture
+    from mltrain.snapshot.git import capture
 
     info = capture(source_dir)
     data = info.to_dict()
@@ -272,7 +272,7 @@ def _record_git(store: Store, run_id: str, source_dir: Path, patch_file: Path) -
 
 
 def _stored_snapshot(blobs: Any, snapshot_id: str) -> Any:
-    from mltrain.snapshot import SnapshotResult
+    from mltrain.snapshot.take import SnapshotResult
 
     manifest = blobs.load_manifest(snapshot_id)
     return SnapshotResult(manifest=manifest, files=len(manifest.entries), bytes=manifest.total_bytes,

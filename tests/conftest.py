@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,3 +226,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def need_optuna() -> None:
     """Skip (a failure under CI=true) where optuna, the tpe sampler's optional extra, is not installed."""
     pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` seconds pass (an AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"still not true after {timeout} s: {predicate}")

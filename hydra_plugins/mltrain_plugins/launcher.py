@@ -1,7 +1,7 @@
 """mltrain's Hydra launcher (``hydra/launcher=mltrain``): concurrent trials on any compute target.
 
 Thin by design: Hydra only accepts plugin classes defined under ``hydra_plugins``;
-the logic lives in :mod:`mltrain.sweep_launcher`, imported when a sweep starts.
+the logic lives in :mod:`mltrain.sweep.launcher`, imported when a sweep starts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class MltrainLauncher(Launcher):
     core: Any = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        from mltrain.sweep_launcher import LauncherCore
+        from mltrain.sweep.launcher import LauncherCore
 
         self.core = LauncherCore(hydra_context, task_function, config)
 
@@ -30,5 +30,5 @@ class MltrainLauncher(Launcher):
         return self.core.launch(job_overrides, initial_job_idx)  # type: ignore[no-any-return]
 
     def run_sweep(self, sampler: Any, supervisor: Any) -> Sequence[Any]:
-        """mltrain's sweeper hands trials over one free slot at a time (see mltrain.sweep_launcher)."""
+        """mltrain's sweeper hands trials over one free slot at a time (see mltrain.sweep.launcher)."""
         return self.core.run_sweep(sampler, supervisor)  # type: ignore[no-any-return]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-from mltrain.compose_cache import project_conf_dir
+from mltrain.config.cache import project_conf_dir
 
 PACKAGED = "pkg://mltrain.conf"
 

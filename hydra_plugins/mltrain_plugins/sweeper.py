@@ -1,6 +1,6 @@
 """mltrain's Hydra sweeper (``hydra/sweeper=mltrain``): grid, random and TPE over Hydra's sweep syntax.
 
-Thin by design (see launcher.py beside it); the logic lives in :mod:`mltrain.sweep_driver`.
+Thin by design (see launcher.py beside it); the logic lives in :mod:`mltrain.sweep.driver`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class MltrainSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from mltrain.sweep_driver import sweep
+        from mltrain.sweep.driver import sweep
 
         assert self.context is not None
         return sweep(*self.context, self.launcher, arguments)

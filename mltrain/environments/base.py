@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from mltrain.runner import Runner
+    from mltrain.hosts.runner import Runner
 
 LogFn = Callable[[str], None]
 
@@ -54,7 +54,7 @@ class PreparedEnvironment:
 
 
 class Environment(ABC):
-    """One kind of environment; built from its typed config (``mltrain.config``)."""
+    """One kind of environment; built from its typed config (``mltrain.config.schema``)."""
 
     kind: ClassVar[str]
     provides_image: ClassVar[bool] = False  # True: prepare() yields a container image, not a host interpreter
@@ -67,7 +67,7 @@ class Environment(ABC):
 
     def runner(self, target: Any = None) -> Runner:
         """Where this environment's commands run: ``target``'s machine, else the one it was made for."""
-        from mltrain.runner import runner_for
+        from mltrain.hosts.runner import runner_for
 
         return runner_for(target if target is not None else self.target)
 

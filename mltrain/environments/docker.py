@@ -36,11 +36,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mltrain import progress
-from mltrain.docker_api import EngineError
-from mltrain.dockerutil import engine_error
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.errors import ConfigError, EnvironmentBuildError, MltrainError
+from mltrain.targets.docker.engine import EngineError
+from mltrain.targets.docker.util import engine_error
+from mltrain.util import progress
 
 REPOSITORY = "mltrain-env"
 VENV = "/opt/mltrain/venv"
@@ -176,7 +176,7 @@ class DockerImage(Environment):
         return [p for p in patterns if p and not p.startswith("#")]
 
     def _own_recipe(self) -> tuple[str, dict[str, str]]:
-        from mltrain.dockerutil import import_docker
+        from mltrain.targets.docker.util import import_docker
 
         import_docker()
         from docker.utils.build import exclude_paths
@@ -317,7 +317,7 @@ class DockerImage(Environment):
     def _context_tar(self, path: str, dockerfile: str, out: Any) -> str:
         """Write the build context of ``path`` as a tar to ``out`` (``.dockerignore`` applied, as docker-py and
         the docker CLI do); a Dockerfile outside it goes in under a unique name, which is returned."""
-        from mltrain.dockerutil import import_docker
+        from mltrain.targets.docker.util import import_docker
 
         import_docker()
         from docker.utils.build import tar
@@ -460,6 +460,6 @@ def _line(text: str, limit: int = 240) -> str:
 
 
 def _hash_file(path: Path) -> str:
-    from mltrain.snapshot_manifest import hash_bytes
+    from mltrain.snapshot.manifest import hash_bytes
 
     return hash_bytes(path.read_bytes())

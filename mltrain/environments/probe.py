@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mltrain.environments.base import digest
 from mltrain.errors import EnvironmentBuildError
-from mltrain.runner import LOCAL, Runner, StartError
+from mltrain.hosts.runner import LOCAL, Runner, StartError
 
 _PROBE = r"""
 import json, site, sys, sysconfig

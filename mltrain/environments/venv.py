@@ -16,11 +16,11 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from mltrain import progress
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import probe, resolve_interpreter
 from mltrain.errors import ConfigError, EnvironmentBuildError
-from mltrain.runner import LOCAL, Runner, StartError
+from mltrain.hosts.runner import LOCAL, Runner, StartError
+from mltrain.util import progress
 
 MARKER = ".mltrain-complete"
 

@@ -1,0 +1,1 @@
+"""The ``mltrain`` command: argument parsing, subcommands, output, and the one error boundary."""

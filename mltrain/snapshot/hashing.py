@@ -1,0 +1,270 @@
+"""Read files, hash them, store what the store lacks: the only place file contents are read.
+
+The stored bytes are always exactly the hashed bytes: a small file is read
+once into memory that is both hashed and written; a large one is copied by
+the kernel (``copy_file_range``) into a temp blob, which is then hashed from
+the page cache and named only once its digest is known. A file that changes
+meanwhile can make this snapshot see a newer version, but never puts a blob
+under the wrong name.
+
+Everything runs on the calling thread, by measurement (10k x 4 KiB files
+plus 20 x 20 MiB, 2 cores): handing blob writes to writer threads made a
+first snapshot *slower* (1.1-1.4 s against 0.8-1.0 s for the small files)
+because every one of a file's short syscalls hands the GIL over; helper
+processes did no better, as the file system serialises the creates; and a
+separate thread for the large files gained nothing measurable while costing
+GIL hand-offs on a busy machine. blake3 still hashes each large chunk on
+all cores (``max_threads``), outside the GIL.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from blake3 import blake3
+
+from mltrain.errors import SnapshotError
+from mltrain.snapshot.blobstore import BlobStore
+from mltrain.snapshot.walk import gone, ignore_hint, show
+
+SMALL: Final = 1 << 20
+"""Files below this size are read with one syscall and written with one."""
+CHUNK: Final = 8 << 20
+"""Large files stream in chunks this big; blake3 hashes a chunk on several threads."""
+
+
+@dataclass
+class Claims:
+    """Which digests this snapshot has already taken on, so equal files are stored and counted once."""
+
+    seen: set[str] = field(default_factory=set)
+
+    def first(self, digest: str) -> bool:
+        """True the first time a digest is claimed."""
+        if digest in self.seen:
+            return False
+        self.seen.add(digest)
+        return True
+
+    def release(self, digest: str) -> None:
+        """Let the next :meth:`first` for ``digest`` succeed again (its reader will store it)."""
+        self.seen.discard(digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    digest: str
+    size: int
+    new_bytes: int
+    """``size`` if this file's content was missing from the store (counted once per digest), else 0."""
+
+
+Job = tuple[str, str, int]
+"""(relative path, absolute path, size when walked)."""
+
+
+READ_TRIES: Final = 3
+"""A file whose stat moves while it is read is read again, up to this many times in all."""
+
+
+def hash_files(
+    jobs: Sequence[Job], store: BlobStore, claims: Claims, *, dry_run: bool, warnings: list[str] | None = None
+) -> list[Hashed | None]:
+    """Hash every job (and unless ``dry_run`` store missing content); results in job order.
+
+    A file deleted or replaced (by a directory, link or FIFO) since the walk is None, with a line in
+    ``warnings``: the snapshot is of the tree as it was read. So is a file that kept changing while
+    it was read (:data:`READ_TRIES` reads): its last read is kept.
+    """
+    notes = warnings if warnings is not None else []
+    results: list[Hashed | None] = []
+    buffer: bytearray | None = None
+    for rel, path, size in jobs:
+        fd = _open(rel, path)
+        if fd is None:
+            notes.append(gone(rel))
+            results.append(None)
+            continue
+        try:
+            if size >= SMALL:
+                buffer = buffer or bytearray(CHUNK)
+            results.append(_settled_read(rel, fd, size, buffer, store, claims, dry_run, notes))
+        finally:
+            os.close(fd)
+    return results
+
+
+def _settled_read(
+    rel: str, fd: int, size: int, buffer: bytearray | None, store: BlobStore, claims: Claims, dry_run: bool,
+    notes: list[str],
+) -> Hashed:
+    """Read one file until a read starts and ends with the same stat (size, mtime, ctime), or the tries run out.
+
+    A writer that changes the file during the read moves its mtime and ctime; the bytes read
+    may then mix old and new content. Nothing is stored from such a read but the last one.
+    """
+    for attempt in range(1, READ_TRIES + 1):
+        before = _stamp(rel, fd)
+        last = attempt == READ_TRIES
+
+        def settled(before: tuple[int, int, int] = before, last: bool = last) -> bool:
+            if _stamp(rel, fd) == before:
+                return True
+            if last:
+                notes.append(f"{show(rel)} changed while it was read ({READ_TRIES} tries); the snapshot holds "
+                             "its last read, which may mix old and new content: take it again once it is quiet")
+            return last
+
+        if attempt > 1:
+            os.lseek(fd, 0, os.SEEK_SET)
+            size = before[0]
+        if size < SMALL:
+            hashed = _small(rel, fd, size, store, claims, settled, dry_run=dry_run)
+        else:
+            hashed = _stream(rel, fd, b"", buffer or bytearray(CHUNK), store, claims, settled, dry_run=dry_run)
+        if hashed is not None:
+            return hashed
+    raise AssertionError("the last try always settles")
+
+
+def _stamp(rel: str, fd: int) -> tuple[int, int, int]:
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise _read_error(rel, exc) from None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENXIO)
+"""Opening a walked file fails with these when it (or a folder above it) was deleted, or replaced by a
+directory (EISDIR), a symlink (ELOOP: O_NOFOLLOW) or a FIFO with no writer (ENXIO is a socket)."""
+
+
+def _open(rel: str, path: str) -> int | None:
+    """The file opened for reading; None if it is gone or no longer a regular file."""
+    try:
+        # O_NONBLOCK: a FIFO swapped in since the walk must not hang the snapshot.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        raise _read_error(rel, exc) from None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)  # a FIFO or device swapped in since the walk
+    return None
+
+
+def _read(rel: str, fd: int, n: int) -> bytes:
+    try:
+        return os.read(fd, n)
+    except OSError as exc:
+        raise _read_error(rel, exc) from None
+
+
+Settled = Callable[[], bool]
+"""True when the file did not change during the read just made (or it may be kept anyway)."""
+
+
+def _small(
+    rel: str, fd: int, size: int, store: BlobStore, claims: Claims, settled: Settled, *, dry_run: bool
+) -> Hashed | None:
+    data = _read(rel, fd, size + 1)
+    if len(data) > size:  # grew since the walk: take what is there now
+        if len(data) >= SMALL:
+            return _stream(rel, fd, data, bytearray(CHUNK), store, claims, settled, dry_run=dry_run)
+        while more := _read(rel, fd, SMALL):
+            data += more
+    if not settled():
+        return None
+    digest = blake3(data).hexdigest()
+    if not claims.first(digest) or store.has(digest):
+        return Hashed(digest, len(data), 0)
+    if not dry_run:
+        store.put_bytes(digest, data)
+    return Hashed(digest, len(data), len(data))
+
+
+def _stream(
+    rel: str, fd: int, head: bytes, buffer: bytearray, store: BlobStore, claims: Claims, settled: Settled, *,
+    dry_run: bool,
+) -> Hashed | None:
+    """A large file: into a temp blob by the kernel's copy, then hashed from the blob itself.
+
+    The blob is named by the digest of exactly the bytes it holds, read back
+    from the page cache the copy just filled; the source changing meanwhile
+    can make this snapshot see a newer version, never a blob under the wrong
+    name (and a read during which it changed is dropped, see ``settled``).
+    ``copy_file_range`` keeps 440 MB of large files out of Python's
+    memory: 3.5x faster than reading into a buffer, hashing and writing it.
+    """
+    if dry_run:
+        digest, size = _hash_stream(rel, fd, head, buffer)
+        if not settled():
+            return None
+        new = claims.first(digest) and not store.has(digest)
+        return Hashed(digest, size, size if new else 0)
+    writer = store.writer()
+    placed = False
+    try:
+        writer.write(head)
+        writer.copy_from(fd)
+        for chunk in _chunks(rel, fd, buffer):  # where the kernel could not copy (or stopped)
+            writer.write(chunk)
+        if not settled():
+            return None  # the temp blob is dropped below
+        digest, size = writer.digest_written(_hash_fd)
+        new = False  # another file of this snapshot already stored it: the copy is dropped below
+        if claims.first(digest):
+            new, placed = writer.commit(digest), True
+    finally:
+        if not placed:
+            writer.abort()
+    return Hashed(digest, size, size if new else 0)
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    """blake3 of a file we own and nobody truncates (so mapping it is safe), on all cores."""
+    hasher = blake3(max_threads=blake3.AUTO)
+    if size:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            hasher.update(mapped)
+    return str(hasher.hexdigest())
+
+
+def _hash_stream(rel: str, fd: int, head: bytes, buffer: bytearray) -> tuple[str, int]:
+    """Hash a file by reading it (a dry run stores nothing, so there is no blob to hash)."""
+    hasher = blake3(max_threads=blake3.AUTO)
+    hasher.update(head)
+    size = len(head)
+    for chunk in _chunks(rel, fd, buffer):
+        hasher.update(chunk)
+        size += len(chunk)
+    return str(hasher.hexdigest()), size
+
+
+def _chunks(rel: str, fd: int, buffer: bytearray) -> Iterator[memoryview]:
+    """The rest of ``fd`` through ``buffer``, one read at a time (each chunk is valid until the next)."""
+    while True:
+        try:
+            n = os.readv(fd, [buffer])
+        except OSError as exc:
+            raise _read_error(rel, exc) from None
+        if not n:
+            return
+        yield memoryview(buffer)[:n]
+
+
+def _read_error(rel: str, exc: OSError) -> SnapshotError:
+    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+        return SnapshotError(f"{show(rel)} changed while the snapshot was taken; take it again")
+    return SnapshotError(f"cannot read {show(rel)}: {exc.strerror} (fix its permissions or {ignore_hint(rel, False)})")

@@ -1,0 +1,259 @@
+"""The per-file bookkeeping of one snapshot, between the walk and the manifest.
+
+Which digests the stat cache vouches for, which files must be read, which
+contents the store lacks, and what to remember for next time.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import compress
+from operator import ne
+from typing import TYPE_CHECKING, Final, cast
+
+from mltrain.errors import SnapshotError
+from mltrain.snapshot.cache import RACY_WINDOW_NS, Columns, StatCache
+from mltrain.snapshot.hashing import Claims, hash_files
+from mltrain.snapshot.manifest import (
+    ALGORITHM,
+    EXEC_MODE,
+    FILE_MODE,
+    LINK_MODE,
+    Manifest,
+    hash_bytes,
+    row_json,
+    splice_rows,
+)
+from mltrain.snapshot.walk import Found
+
+if TYPE_CHECKING:
+    from mltrain.snapshot.blobstore import BlobStore
+
+_NEVER = -1
+"""An mtime no file has: the row never matches, so the file is hashed again."""
+SPLICE_MAX: Final = 64
+"""Up to this many changed entries, the new manifest's JSON is the remembered one with those rows rewritten."""
+
+
+class Inventory:
+    """The files of one snapshot and what to do with each: take the cached digest, hash, or store.
+
+    Kept as parallel lists (one per field, in path order) so the common case,
+    an unchanged tree, is a handful of whole-list comparisons.
+    """
+
+    def __init__(self, files: list[Found], store: BlobStore, *, dry_run: bool) -> None:
+        self.files = files
+        self.store = store
+        self.dry_run = dry_run
+        rels, _, stats, links = zip(*files, strict=True) if files else ((), (), (), ())
+        self.rels: list[str] = list(rels)
+        self.links: list[str | None] = list(links)
+        self.stat_sizes = [st.st_size for st in stats]
+        self.mtimes = [st.st_mtime_ns for st in stats]
+        self.inodes = [st.st_ino for st in stats]
+        self.modes = [EXEC_MODE if st.st_mode & 0o100 else FILE_MODE for st in stats]
+        self.link_rows = [index for index, link in enumerate(self.links) if link is not None]
+        for index in self.link_rows:
+            self.modes[index] = LINK_MODE
+        self.sizes = list(self.stat_sizes)
+        """Manifest sizes: a link's is its target's byte length; a file's what was read."""
+        self.cache = StatCache("")
+        self.digests: list[str | None] = []
+        self.remembered: list[bool] = []
+        self._unchanged = False
+        self._same_paths = False
+        self._touched: set[int] | None = None
+        self.warnings: list[str] = []
+        """Files skipped or read while changing, as the run's snapshot warnings say."""
+        """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
+
+    def compare(self, cache: StatCache) -> None:
+        """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
+        self.cache = cache
+        old = cache.columns
+        self._same_paths = self.rels == old.rels
+        if (
+            self._same_paths
+            and self.stat_sizes == old.sizes
+            and self.mtimes == old.mtimes
+            and self.inodes == old.inodes
+            and self.modes == old.modes
+        ):
+            self.digests = list(old.digests)
+            self.remembered = list(old.remembered)
+            self._touched = set()
+        else:
+            self.digests, self.remembered = self._lookup()
+        for index in self.link_rows:
+            # A link's text is re-read every time (cheap); its inode may change while the text does not.
+            data = os.fsencode(cast("str", self.links[index]))
+            digest = hash_bytes(data)
+            self.sizes[index] = len(data)
+            if self.digests[index] != digest:
+                j = cache.index.get(self.rels[index])
+                self.remembered[index] = j is not None and old.remembered[j] and old.digests[j] == digest
+                self.digests[index] = digest
+        self._unchanged = (
+            cache.manifest_id is not None
+            and cache.manifest_count == len(self.files)
+            and all(self.remembered)
+            and self.store.has_manifest(cache.manifest_id)
+        )
+
+    def _lookup(self) -> tuple[list[str | None], list[bool]]:
+        """Cache hits file by file (the tree changed somewhere)."""
+        old = self.cache.columns
+        if self._same_paths:
+            # Same paths: compare whole columns (in C), then touch only the rows that differ.
+            rows = range(len(self.rels))
+            stat_changed: set[int] = set()
+            for new, cached in ((self.stat_sizes, old.sizes), (self.mtimes, old.mtimes), (self.inodes, old.inodes)):
+                if new != cached:
+                    stat_changed.update(compress(rows, map(ne, new, cached)))
+            mode_changed = set(compress(rows, map(ne, self.modes, old.modes))) if self.modes != old.modes else set()
+            digests: list[str | None] = list(old.digests)
+            remembered = list(old.remembered)
+            for row in stat_changed:
+                digests[row] = None
+            self._touched = stat_changed | mode_changed
+            for row in self._touched:
+                remembered[row] = False
+            return digests, remembered
+        index = self.cache.index
+        digests, remembered = [], []
+        for i, rel in enumerate(self.rels):
+            j = index.get(rel)
+            if j is None:
+                digests.append(None)
+                remembered.append(False)
+            elif (old.sizes[j], old.mtimes[j], old.inodes[j]) == (self.stat_sizes[i], self.mtimes[i], self.inodes[i]):
+                digests.append(old.digests[j])
+                remembered.append(old.remembered[j] and old.modes[j] == self.modes[i])
+            else:
+                digests.append(None)
+                remembered.append(False)
+        return digests, remembered
+
+    def unchanged(self) -> bool:
+        """The tree is exactly the remembered manifest, which is still complete in the store."""
+        return self._unchanged
+
+    def still_unchanged(self) -> bool:
+        """:meth:`unchanged`, re-checked under the store lock (a gc may have run meanwhile)."""
+        if self._unchanged and self.cache.manifest_id is not None:
+            self._unchanged = self.store.has_manifest(self.cache.manifest_id)
+        return self._unchanged
+
+    def manifest_as_cached(self) -> Manifest:
+        return self._manifest(self.cache.manifest_id)
+
+    def build(self) -> tuple[Manifest, int]:
+        """Hash what is unknown, store what is missing; return the manifest and the new bytes."""
+        store, claims = self.store, Claims()
+        remembered_complete = self.cache.manifest_id is not None and store.has_manifest(self.cache.manifest_id)
+        bytes_new = 0
+        jobs: list[int] = []
+        for index, digest in enumerate(self.digests):
+            if digest is None:
+                jobs.append(index)
+                continue
+            if remembered_complete and self.remembered[index]:
+                continue
+            link = self.links[index]
+            if not claims.first(digest) or store.has(digest):
+                continue
+            if self.dry_run:
+                bytes_new += self.sizes[index]
+            elif link is not None:
+                store.put_bytes(digest, os.fsencode(link))
+                bytes_new += self.sizes[index]
+            else:
+                claims.release(digest)
+                jobs.append(index)
+        work = [(self.rels[i], self.files[i][1], self.stat_sizes[i]) for i in jobs]
+        gone = []
+        hashed_all = hash_files(work, store, claims, dry_run=self.dry_run, warnings=self.warnings)
+        for index, hashed in zip(jobs, hashed_all, strict=True):
+            if hashed is None:
+                gone.append(index)
+                continue
+            self.digests[index] = hashed.digest
+            self.sizes[index] = hashed.size
+            bytes_new += hashed.new_bytes
+        if gone:
+            self._drop(gone)
+        canonical = self._spliced_canonical() if remembered_complete else None
+        return self._manifest(canonical=canonical), bytes_new
+
+    def _drop(self, rows: list[int]) -> None:
+        """Forget files that vanished between the walk and their read (the manifest is of the tree as read)."""
+        doomed = set(rows)
+        keep = [i for i in range(len(self.rels)) if i not in doomed]
+        for name in ("rels", "links", "stat_sizes", "mtimes", "inodes", "modes", "sizes", "digests", "remembered",
+                     "files"):
+            column = getattr(self, name)
+            setattr(self, name, [column[i] for i in keep])
+        self.link_rows = [i for i, link in enumerate(self.links) if link is not None]
+        self._touched = None  # the paths differ from the cache's now: no row-by-row splice
+        self._unchanged = False
+
+    def _spliced_canonical(self) -> bytes | None:
+        """The remembered manifest's JSON with only the changed entries rewritten, when that is exact.
+
+        Exact when the paths are the same and every cached row is what the
+        remembered manifest holds (``remembered``): an entry whose digest,
+        mode and size match its cached row is then byte for byte the old one.
+        A link whose text changed is rebuilt in full (the cache has no link texts).
+        """
+        old = self.cache.columns
+        if self._touched is None or self.cache.manifest_id is None or not all(old.remembered):
+            return None
+        # A row can differ from the remembered manifest only if its stat or mode did, or it is a link.
+        n = len(self.rels)
+        changed = {
+            i for i in self._touched.union(self.link_rows)
+            if self.digests[i] != old.digests[i] or self.modes[i] != old.modes[i] or self.sizes[i] != old.sizes[i]
+        }
+        if len(changed) > SPLICE_MAX or any(old.modes[i] == LINK_MODE for i in changed):
+            return None
+        rels, digests = self.rels, cast("list[str]", self.digests)
+        edits = [
+            (i, row_json(rels[i], old.modes[i], old.sizes[i], old.digests[i], None),
+             row_json(rels[i], self.modes[i], self.sizes[i], digests[i], self.links[i]))
+            for i in sorted(changed)
+        ]
+        try:
+            canonical = self.store.manifest_bytes(self.cache.manifest_id)
+        except SnapshotError:
+            return None
+        return splice_rows(canonical, n, edits)
+
+    def save_cache(self, manifest: Manifest, walk_started_ns: int) -> None:
+        """Remember this snapshot's digests and, unless a dry run, its manifest.
+
+        A racy file (changed too recently to trust its mtime) keeps its row, with an
+        mtime that never matches: it is hashed again next time, and the path lists
+        stay equal so the next comparison is still position by position.
+        """
+        cutoff = walk_started_ns - RACY_WINDOW_NS
+        mtimes = [m if m < cutoff else _NEVER for m in self.mtimes]
+        stored = not self.dry_run
+        if not stored:
+            remembered = list(self.remembered)
+        elif self.sizes == self.stat_sizes:
+            remembered = [True] * len(mtimes)
+        else:  # a file that grew while it was read: its row does not describe the manifest's entry
+            remembered = list(map(int.__eq__, self.sizes, self.stat_sizes))
+        digests = [d or "" for d in self.digests]
+        new = Columns(self.rels, self.stat_sizes, mtimes, self.inodes, self.modes, digests, remembered)
+        if stored:
+            self.cache.save(new, manifest.id, manifest.count)
+        else:
+            self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count)
+
+    def _manifest(self, manifest_id: str | None = None, canonical: bytes | None = None) -> Manifest:
+        """The manifest over this inventory's columns (shared, not copied: the inventory is done with them)."""
+        digests = cast("list[str]", self.digests)  # every digest is known by now
+        return Manifest.of_columns(ALGORITHM, self.rels, self.modes, self.sizes, digests, self.links,
+                                   manifest_id=manifest_id, canonical=canonical)

@@ -1,0 +1,128 @@
+"""Each trial's config exactly as Hydra's ``load_sweep_config`` makes it, at a tenth of the cost.
+
+Composing a config from scratch costs ~55 ms here (defaults tree, file
+loads, schema merges); a 100-trial sweep would spend seconds on it before the
+first trial may start. But trials usually differ only in *values*
+(``params.lr=0.1``), and Hydra itself applies value overrides after the
+defaults list is composed, in order, onto the merged config. So the config
+for a set of *structural* overrides (config groups, ``hydra.*``) is composed
+once by Hydra, and each trial is a copy of it with its value overrides
+applied by Hydra's own ``_apply_overrides_to_config`` (~4 ms). Anything
+unusual falls back to Hydra's full composition, which also reports errors
+in Hydra's words.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+
+class TrialComposer:
+    def __init__(self, config_loader: Any, master: DictConfig) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.loader = config_loader
+        self.master = master
+        self._parser = OverridesParser.create()
+        self._templates: dict[tuple[str, ...], _Template] = {}
+        # The repository as Hydra builds it for a sweep job (hydra.searchpath overrides included),
+        # to tell a config group override from a value override the same way Hydra does.
+        hydra_overrides = list(OmegaConf.to_container(master.hydra.overrides.hydra))  # type: ignore[arg-type]
+        _, self._repo = config_loader._parse_overrides_and_create_caching_repo(
+            master.hydra.job.config_name, hydra_overrides
+        )
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """The trial's whole config, ``hydra`` node included, as ``load_sweep_config`` makes it."""
+        try:
+            parsed, template, values = self._split(overrides)
+            cfg = copy.deepcopy(template.config)
+            self._apply(values, cfg)
+        except Exception:
+            return self._hydra(overrides)
+        self._set_task(cfg, parsed)
+        return cfg
+
+    def for_bookkeeping(self, overrides: Sequence[str], callbacks: Any) -> DictConfig:
+        """A config for a validated trial's bookkeeping (:func:`mltrain.sweep.jobs.begin_job`).
+
+        That bookkeeping reads only the ``hydra`` node, and of it per trial only ``job.id``/``num``
+        (it sets them), ``overrides.task`` and ``job.override_dirname`` (set here). So with no
+        Hydra callbacks -- which would see the whole config -- one scratch copy per template serves
+        every trial, instead of a deep copy each (~6 ms).
+        """
+        if callbacks:
+            return self.compose(overrides)
+        try:
+            parsed, template, _ = self._split(overrides)
+        except Exception:
+            return self.compose(overrides)
+        if template.scratch is None:
+            template.scratch = copy.deepcopy(template.config)
+        self._set_task(template.scratch, parsed)
+        return template.scratch
+
+    @staticmethod
+    def _set_task(cfg: DictConfig, parsed: list[Any]) -> None:
+        """What Hydra records of a job's own overrides: ``hydra.overrides.task``, ``hydra.job.override_dirname``."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+
+        task = [o for o in parsed if not o.is_hydra_override()]
+        dirname = cfg.hydra.job.config.override_dirname
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [o.input_line for o in task]
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
+            )
+
+    def job(self, overrides: Sequence[str]) -> tuple[DictConfig, list[str]] | None:
+        """Only the job's part of the config (what the task sees) and the task's overrides -- a third of the
+        cost of :meth:`compose`, for validating every trial up front. None when that part may refer to the
+        ``hydra`` node (``${hydra:...}``): then compose the whole config and set HydraConfig instead."""
+        if any("hydra" in text for text in overrides):
+            return None
+        try:
+            parsed, template, values = self._split(overrides)
+            if template.refers_to_hydra:
+                return None
+            job = copy.deepcopy(template.job)
+            self._apply(values, job)
+        except Exception:
+            return None
+        return job, [str(o.input_line) for o in parsed if not o.is_hydra_override()]
+
+    def _hydra(self, overrides: Sequence[str]) -> DictConfig:
+        cfg: DictConfig = self.loader.load_sweep_config(self.master, list(overrides))
+        return cfg
+
+    def _structural(self, override: Any) -> bool:
+        return bool(override.is_hydra_override() or self._repo.group_exists(override.key_or_group))
+
+    def _split(self, overrides: Sequence[str]) -> tuple[list[Any], _Template, list[Any]]:
+        """Parsed overrides, the template for their structural part, and their value part."""
+        parsed = self._parser.parse_overrides(list(overrides))
+        structural = tuple(str(o.input_line) for o in parsed if self._structural(o))
+        if structural not in self._templates:
+            self._templates[structural] = _Template(self._hydra(structural))
+        return parsed, self._templates[structural], [o for o in parsed if not self._structural(o)]
+
+    @staticmethod
+    def _apply(values: list[Any], cfg: DictConfig) -> None:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+
+
+class _Template:
+    """A config composed by Hydra for one set of structural overrides, and its job part."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.config = config
+        self.job = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
+        OmegaConf.set_struct(self.job, True)  # as Hydra's root is: a value override may not add keys
+        self.refers_to_hydra = "${hydra" in repr(OmegaConf.to_container(self.job))
+        self.scratch: DictConfig | None = None  # see TrialComposer.for_bookkeeping

@@ -1,0 +1,82 @@
+"""mltrain's Hydra sweeper: the command line's sweep syntax -> a search space -> a sampler -> the launcher.
+
+With mltrain's launcher the trials stream through it one free slot at a
+time; with any other launcher they go in batches of ``sweep.max_concurrent``
+(or one), through Hydra's ordinary ``Launcher.launch``, and a failed job
+raises at the end as it would under Hydra's basic sweeper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mltrain.sweep.samplers import Sampler, Suggestion, check_size, make_sampler
+from mltrain.sweep.space import parse_space
+
+
+def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: Any,
+          arguments: Sequence[str]) -> list[Any]:
+    from mltrain.config.schema import SweepConfig, validate_sweep
+    from mltrain.sweep.controller import SweepController
+    from mltrain.sweep.jobs import takes_prepared
+    from mltrain.sweep.launcher import Supervisor
+    from mltrain.sweep.session import current
+
+    session = current()
+    ours = session is not None and takes_prepared(task_function)
+    settings = validate_sweep(config.get("sweep")) if ours else SweepConfig()
+    space = parse_space(arguments, settings.space, hydra_context.config_loader)
+    check_size(settings.sampler, space, n_trials=settings.n_trials, max_trials=settings.max_trials)  # before a record
+    controller = SweepController(session, config) if ours and session is not None else None
+    if controller is not None and hasattr(launcher, "run_sweep"):
+        seed = controller.open()
+        sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal, seed=seed,
+                               max_trials=settings.max_trials)
+        controller.sampler = sampler
+        _save_config(config)
+        return [list(launcher.run_sweep(sampler, controller))]
+    if controller is not None:
+        controller.close()
+    sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal,
+                           seed=settings.seed or 0, max_trials=settings.max_trials)
+    _save_config(config)
+    if hasattr(launcher, "run_sweep"):
+        return [list(launcher.run_sweep(sampler, Supervisor()))]
+    return _in_batches(launcher, sampler, settings.max_concurrent or 1)
+
+
+def _save_config(config: DictConfig) -> None:
+    """``multirun.yaml`` in the sweep dir: the sweep's own config, as Hydra's basic sweeper saves it."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+
+
+def _in_batches(launcher: Any, sampler: Sampler, size: int) -> list[Any]:
+    from mltrain.sweep.launcher import Supervisor
+
+    judge = Supervisor()
+    returns: list[Any] = []
+    while True:
+        batch: list[Suggestion] = []
+        while len(batch) < size and (suggestion := sampler.ask()) is not None:
+            batch.append(suggestion)
+        if not batch:
+            break
+        results = launcher.launch([s.overrides for s in batch], initial_job_idx=sum(map(len, returns)))
+        for suggestion, result in zip(batch, results, strict=True):
+            sampler.tell(suggestion, judge.finished(result, suggestion))
+        returns.append(list(results))
+    from hydra.core.utils import JobStatus
+
+    for result in (r for batch_results in returns for r in batch_results):
+        if result.status == JobStatus.FAILED:  # the first failed job's error, as Hydra's basic sweeper raises it
+            raise result._return_value  # (``return_value`` would also print a line of its own)
+    return returns

@@ -1,0 +1,262 @@
+"""The SSH helper's upload steps, run in-process on a local folder (no sshd needed): batches of small blobs are
+verified one by one and placed atomically, with or without O_TMPFILE; what is asked about is answered right."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mltrain.hosts import agent as remote_agent
+from mltrain.hosts.agent import HEAD, Agent, Wire
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return HEAD.pack(kind, len(payload)) + payload
+
+
+def request(obj: dict[str, Any]) -> bytes:
+    return frame(b"J", json.dumps(obj).encode())
+
+
+def serve(root: Path, data: bytes, *, tmpfile: bool = True) -> list[dict[str, Any]]:
+    """Feed ``data`` to a helper rooted at ``root``; its JSON replies, heartbeats left out."""
+    out = io.BytesIO()
+    agent = Agent(str(root), Wire(io.BytesIO(data), out), heartbeat=5.0)
+    agent.tmpfile = agent.tmpfile and tmpfile
+    agent.serve()
+    agent._end_upload()  # what the helper's exit does (a fatal error ends it holding the lock)
+    replies, view = [], out.getvalue()
+    while view:
+        kind, size = HEAD.unpack(view[:HEAD.size])
+        payload, view = view[HEAD.size:HEAD.size + size], view[HEAD.size + size:]
+        if kind == b"J" and b'"hb"' not in payload:
+            replies.append(json.loads(payload))
+    return replies
+
+
+def blob(seed: int, size: int = 4096) -> tuple[str, bytes]:
+    data = hashlib.sha256(str(seed).encode()).digest() * (size // 32)
+    return hashlib.sha256(b"digest" + data).hexdigest(), data  # any 64-hex name: the helper only checks sha256
+
+
+def stored(root: Path) -> dict[str, bytes]:
+    """Every file under blobs/ but the upload lock, by path relative to blobs/."""
+    out = {}
+    for path in (root / "blobs").rglob("*"):
+        if path.is_file() and path.name != "upload.lock":
+            out[str(path.relative_to(root / "blobs"))] = path.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
+def test_batch_places_each_blob_read_only(tmp_path: Path, tmpfile: bool) -> None:
+    blobs = [blob(i) for i in range(5)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+              + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
+    assert reply == {"placed": 5, "bytes": 5 * 4096}
+    assert stored(tmp_path) == {f"{d[:2]}/{d[2:]}": b for d, b in blobs}
+    for d, _ in blobs:
+        assert (tmp_path / "blobs" / d[:2] / d[2:]).stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
+def test_a_blob_failing_verification_is_never_placed(tmp_path: Path, tmpfile: bool) -> None:
+    blobs = [blob(i) for i in range(3)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    rows[1][2] = "0" * 64
+    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+              + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
+    assert reply["fatal"] and "failed verification" in reply["error"]
+    assert stored(tmp_path) == {}  # a batch is checked whole before any of it is written; no temp file either
+
+
+def test_a_batch_that_does_not_match_its_header_is_refused(tmp_path: Path) -> None:
+    digest, data = blob(0)
+    stream = (request({"op": "put_blobs", "stream": True})
+              + request({"batch": [[digest, len(data) + 1, hashlib.sha256(data).hexdigest()]]})
+              + frame(b"D", data) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream)
+    assert reply["fatal"] and "does not match" in reply["error"]
+    assert stored(tmp_path) == {}
+
+
+def test_a_cut_batch_leaves_nothing(tmp_path: Path) -> None:
+    blobs = [blob(i) for i in range(3)]
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    body = frame(b"D", b"".join(b for _, b in blobs))
+    assert serve(tmp_path, request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+                 + body[:len(body) // 2]) == []
+    assert stored(tmp_path) == {}
+
+
+def test_begin_upload_lists_what_is_missing_and_how_much_arrived(tmp_path: Path) -> None:
+    # many digests in one folder (answered from one listing) and a few in others (one stat each)
+    same = [f"00{i:062x}" for i in range(40)]
+    other = [f"{i + 1:02x}{i:062x}" for i in range(3)]
+    here = {same[0], same[3], other[1]}
+    for digest in here:
+        path = tmp_path / "blobs" / digest[:2] / digest[2:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (tmp_path / "blobs" / "tmp").mkdir()
+    (tmp_path / "blobs" / "tmp" / f"{same[1]}.part").write_bytes(b"abc")
+    (reply,) = serve(tmp_path, request({"op": "begin_upload", "digests": same + other}))
+    assert reply["missing"] == [[d, 3 if d == same[1] else 0] for d in same + other if d not in here]
+
+
+SOURCE = Path(remote_agent.__file__).read_bytes()
+DIGEST = hashlib.sha256(SOURCE).hexdigest()
+EVIL = "open({marker!r}, 'w').write('ran')\n"
+
+
+def boot(home: Path, *, digest: str = DIGEST) -> tuple[Any, list[dict[str, Any]]]:
+    """Start the helper as the client does (``-I -S -c BOOT``), with ``home`` as HOME and cwd, offering the source.
+
+    Returns BOOT's request for the source (None if it ran its kept copy) and the JSON frames that followed.
+    """
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", remote_agent.BOOT, str(home / "remote"), digest, "5"],
+                          input=frame(b"D", SOURCE), capture_output=True, timeout=60, env=env, cwd=home)
+    frames, view = [], proc.stdout
+    while view:
+        _kind, size = HEAD.unpack(view[:HEAD.size])
+        frames.append(json.loads(view[HEAD.size:HEAD.size + size]))
+        view = view[HEAD.size + size:]
+    assert frames, proc.stderr
+    asked = frames[0] if frames[0].get("need") == "agent" else None
+    return asked, frames[1:] if asked else frames
+
+
+def kept(home: Path) -> Path:
+    return home / ".cache" / "mltrain-agent" / f"agent_{DIGEST[:16]}.py"
+
+
+def test_boot_keeps_a_verified_copy_in_a_private_folder(tmp_path: Path) -> None:
+    """The first start asks for the source and keeps it (0700 folder, outside remote_dir); later starts run it."""
+    asked, frames = boot(tmp_path)
+    assert asked and frames[0]["root"] == str(tmp_path / "remote")
+    assert kept(tmp_path).read_bytes() == SOURCE
+    assert kept(tmp_path).parent.stat().st_mode & 0o777 == 0o700
+    asked, frames = boot(tmp_path)
+    assert not asked and frames[0]["root"] == str(tmp_path / "remote")
+    assert sorted(os.listdir(kept(tmp_path).parent)) == [kept(tmp_path).name]  # no __pycache__, no temp file
+    assert not (tmp_path / "remote" / "agent").exists()
+
+
+@pytest.mark.parametrize("plant", ["source", "bytecode", "home_module"])
+def test_boot_never_runs_what_a_job_planted(tmp_path: Path, plant: str) -> None:
+    """A rewritten copy is noticed by its sha256 and sent again; bytecode and modules planted beside it or in the
+    home folder (the helper's cwd) are never imported."""
+    import importlib.util
+
+    marker = tmp_path / "planted-code-ran"
+    evil = EVIL.format(marker=str(marker))
+    assert boot(tmp_path)[0]
+    copy = kept(tmp_path)
+    if plant == "source":
+        copy.write_text(evil)
+    elif plant == "bytecode":  # what the import system would load for the genuine source's size and mtime
+        stat_ = copy.stat()
+        code = compile(evil, str(copy), "exec")
+        pyc = Path(importlib.util.cache_from_source(str(copy)))
+        pyc.parent.mkdir()
+        pyc.write_bytes(importlib._bootstrap_external._code_to_timestamp_pyc(  # type: ignore[attr-defined]
+            code, int(stat_.st_mtime), stat_.st_size))
+    else:
+        for name in ("json", "hashlib", "struct", "stat"):
+            (tmp_path / f"{name}.py").write_text(evil)
+    asked, frames = boot(tmp_path)
+    assert not marker.exists()
+    assert bool(asked) is (plant == "source")
+    assert frames[0]["root"] == str(tmp_path / "remote")
+    assert copy.read_bytes() == SOURCE
+
+
+def test_boot_repairs_loose_modes_and_refuses_a_folder_not_its_own(tmp_path: Path) -> None:
+    folder = kept(tmp_path).parent
+    folder.mkdir(parents=True, mode=0o777)
+    folder.chmod(0o777)
+    assert boot(tmp_path)[0]
+    assert folder.stat().st_mode & 0o777 == 0o700  # repaired
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    folder.symlink_to(other)  # a link to somewhere else is not the helper's folder
+    asked, frames = boot(tmp_path)
+    assert asked and frames[0]["root"] == str(tmp_path / "remote")  # it still runs, from the verified source
+    assert list(other.iterdir()) == []
+    if os.geteuid() == 0:  # a folder of another user (only root can make one here)
+        folder.unlink()
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 4242, 4242)
+        asked, frames = boot(tmp_path)
+        assert asked and list(folder.iterdir()) == []
+
+
+def test_boot_reports_why_it_keeps_no_copy(tmp_path: Path) -> None:
+    folder = kept(tmp_path).parent
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    asked, frames = boot(tmp_path)
+    assert asked["need"] == "agent" and str(folder) in asked["uncached"]
+    assert frames[0]["root"] == str(tmp_path / "remote")
+
+
+def test_boot_is_not_held_by_a_fifo_in_place_of_its_copy(tmp_path: Path) -> None:
+    """Opening a FIFO for reading would wait for a writer forever; the copy is opened non-blocking."""
+    kept(tmp_path).parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(kept(tmp_path))
+    asked, _frames = boot(tmp_path)  # boot() has a timeout: a hang fails the test
+    assert asked and kept(tmp_path).read_bytes() == SOURCE
+
+
+def test_boot_refuses_a_source_that_does_not_match_its_digest(tmp_path: Path) -> None:
+    asked, frames = boot(tmp_path, digest="0" * 64)
+    assert asked and "damaged" in frames[0]["error"]
+    assert not kept(tmp_path).parent.exists() or list(kept(tmp_path).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("resumed", [0, 300_000], ids=["whole", "resumed"])
+def test_large_blob_in_chunks_verified_before_it_is_placed(tmp_path: Path, resumed: int) -> None:
+    digest, data = blob(7, size=1 << 20)
+    part = tmp_path / "blobs" / "tmp" / f"{digest}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:resumed] + b"junk past the offset")
+    good = hashlib.sha256(data).hexdigest()
+    for trailer, placed in (("0" * 64, False), (good, True)):
+        rest = data[resumed:]
+        stream = (request({"op": "put_blobs", "stream": True})
+                  + request({"blob": digest, "offset": resumed, "size": len(data)})
+                  + frame(b"D", rest[:400_000]) + frame(b"D", rest[400_000:])
+                  + request({"sha256": trailer}) + request({"end": True}))
+        (reply,) = serve(tmp_path, stream)
+        assert ("error" not in reply) is placed
+        assert stored(tmp_path) == ({f"{digest[:2]}/{digest[2:]}": data} if placed else {})
+        if not placed:  # a blob failing its check is dropped whole, so the next try starts from 0
+            resumed = 0
+
+
+def test_have_says_when_the_store_holds_no_blob_nor_part(tmp_path: Path) -> None:
+    ask = request({"op": "have", "manifest": "0" * 64, "bases": []})
+    assert serve(tmp_path, ask)[0]["empty"] is True
+    (tmp_path / "blobs" / "tmp").mkdir(parents=True)
+    (tmp_path / "blobs" / "tmp" / f"{'1' * 64}.part").write_bytes(b"x")
+    assert serve(tmp_path, ask)[0]["empty"] is False  # a cut upload to resume: ask what arrived
+    (tmp_path / "blobs" / "tmp" / f"{'1' * 64}.part").unlink()
+    (tmp_path / "blobs" / "ab").mkdir()
+    assert serve(tmp_path, ask)[0]["empty"] is False

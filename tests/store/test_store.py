@@ -1,0 +1,169 @@
+"""The run history's rules, on a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mltrain.errors import RunNotFound, StoreError
+from mltrain.store.db import Store
+
+
+def _new(store: Store, **kw: str) -> str:
+    return store.create_run(
+        experiment="e", script="s.py", source_dir="/x", compute="local", environment="user_managed", **kw
+    ).id
+
+
+def test_status_moves_forward_only(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        run_id = _new(store)
+        assert store.transition(run_id, "Running")
+        assert not store.transition(run_id, "Preparing")  # backwards
+        assert store.transition(run_id, "Failed", reason="boom")
+        assert not store.transition(run_id, "Completed")  # terminal never changes
+        assert not store.transition(run_id, "Canceled")
+        record = store.get(run_id)
+        assert (record.status, record.reason) == ("Failed", "boom")
+        assert [s for s, _ in store.transitions(run_id)] == ["Queued", "Running", "Failed"]
+        assert record.started is not None and record.ended is not None
+
+
+def test_racing_terminal_writers_leave_one_winner(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with Store(path) as store:
+        run_id = _new(store)
+    wins: list[str] = []
+
+    def finish(status: str) -> None:
+        with Store(path) as own:
+            if own.transition(run_id, status):
+                wins.append(status)
+
+    threads = [threading.Thread(target=finish, args=(s,)) for s in ("Completed", "Failed", "Canceled") * 5]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    with Store(path) as store:
+        assert store.get(run_id).status == wins[0]
+
+
+def test_prefix_lookup(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        a = store.create_run(
+            experiment="e", script="s", source_dir="/", compute="local", environment="u", run_id="abc12345"
+        ).id
+        store.create_run(
+            experiment="e", script="s", source_dir="/", compute="local", environment="u", run_id="abd99999"
+        )
+        assert store.get("abc").id == a
+        with pytest.raises(RunNotFound, match="several"):
+            store.get("ab")
+        with pytest.raises(RunNotFound, match="no run"):
+            store.get("zz")
+        with pytest.raises(RunNotFound):
+            store.get("a%")  # LIKE wildcards are literal
+
+
+def test_replace_metrics_is_idempotent(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        run_id = _new(store)
+        rows = [("loss", 1.0, 0, None), ("loss", 0.5, 1, None), ("acc", 0.9, 1, None)]
+        store.replace_metrics(run_id, rows)
+        store.replace_metrics(run_id, rows)
+        assert len(store.metrics(run_id)) == 3
+        assert store.last_metrics(run_id) == {"acc": 0.9, "loss": 0.5}
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE other (x)")
+    conn.close()
+    with pytest.raises(StoreError, match="not an mltrain run history"):
+        Store(path)
+
+
+def test_idempotency_key_gives_one_run_to_racing_submitters(tmp_path: Path) -> None:
+    """Each key: exactly one creator; every other submitter gets that run (threads with their own connections)."""
+    from mltrain.store.db import IdempotencyHit
+
+    path = tmp_path / "runs.db"
+    Store(path).close()
+    got: dict[str, list[tuple[str, bool]]] = {f"k{i}": [] for i in range(10)}
+    barrier = threading.Barrier(4)
+
+    def submit() -> None:
+        with Store(path) as own:
+            barrier.wait()
+            for key in got:
+                try:
+                    got[key].append((_new(own, idempotency_key=key), True))
+                except IdempotencyHit as hit:
+                    got[key].append((hit.record.id, False))
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for answers in got.values():
+        assert len({run_id for run_id, _ in answers}) == 1
+        assert sum(created for _, created in answers) == 1
+    with Store(path) as store:
+        assert store.count() == 10
+        _new(store)  # runs without a key do not collide with each other
+        _new(store)
+        assert store.count() == 12
+
+
+def test_unlaunched_transition_never_overtakes_a_launch(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        preparing, launched = _new(store), _new(store)
+        for run_id in (preparing, launched):
+            store.transition(run_id, "Preparing")
+        store.transition(launched, "Running", handle={"kind": "local", "pid": 1})
+        assert store.transition(preparing, "Failed", reason="client gone", unlaunched=True)
+        assert not store.transition(launched, "Failed", reason="client gone", unlaunched=True)
+        assert store.get(launched).status == "Running"
+
+
+def test_reasons_are_stored_without_terminal_codes(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        run_id = _new(store)
+        store.transition(run_id, "Failed", reason="\x1b[31mValueError\x1b[0m: bad value 3")
+        assert store.get(run_id).reason == "ValueError: bad value 3"
+
+
+def test_schema_2_history_is_migrated_and_its_runs_left_as_they_were(tmp_path: Path) -> None:
+    """A workspace written before runs recorded their client: it opens, and its unlaunched run is not judged."""
+    import sqlite3
+
+    from mltrain.store import db as store_module
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.base import reconcile
+
+    workspace = Workspace(tmp_path / ".mltrain").ensure()
+    db = sqlite3.connect(workspace.db_path, isolation_level=None)
+    for script in (store_module._SCHEMA, store_module._MIGRATIONS[1]):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO runs (id, experiment, status, created, script, source_dir, compute, environment)"
+               " VALUES ('old00001', 'e', 'Preparing', 1.0, 's.py', '/p', 'local', 'venv')")
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+    with Store(workspace.db_path, create=False) as store:
+        old = store.get("old00001")
+        assert (old.client, old.idempotency_key) == (None, None)
+        assert reconcile(store, workspace, old).status == "Preparing"  # no client recorded: cannot tell
+        run_id = _new(store, idempotency_key="k")
+        assert store.get(run_id).idempotency_key == "k"
+        assert store.integrity_check() == "ok"
+    assert sqlite3.connect(workspace.db_path).execute("PRAGMA user_version").fetchone()[0] == 3

@@ -1,0 +1,38 @@
+"""Hydra's own plugin-author conformance suite, run against mltrain's launcher (and mltrain's sweeper)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.test_utils.launcher_common_tests import LauncherTestSuite
+
+from hydra_plugins.mltrain_plugins.launcher import MltrainLauncher
+from hydra_plugins.mltrain_plugins.sweeper import MltrainSweeper
+from mltrain.sweep.session import register_plugins
+
+register_plugins()
+
+
+# The suite expects Hydra 1.1's job semantics (each job runs in its own output dir), as Hydra's own plugin
+# tests do; Hydra warns about that default on every job. mltrain's own trials refuse chdir (see sweep_jobs).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Future Hydra versions will no longer change working directory:UserWarning"
+)
+
+def test_discovered_by_hydra() -> None:
+    launchers = Plugins.instance().discover(Launcher)
+    sweepers = Plugins.instance().discover(Sweeper)
+    assert MltrainLauncher in launchers
+    assert MltrainSweeper in sweepers
+
+
+@pytest.mark.parametrize(("launcher_name", "overrides"), [("mltrain", [])])
+class TestMltrainLauncher(LauncherTestSuite):
+    """Hydra's basic sweeper driving mltrain's launcher."""
+
+
+@pytest.mark.parametrize(("launcher_name", "overrides"), [("mltrain", ["hydra/sweeper=mltrain"])])
+class TestMltrainLauncherWithMltrainSweeper(LauncherTestSuite):
+    """mltrain's sweeper driving mltrain's launcher (what ``mltrain -m`` uses)."""
