@@ -39,7 +39,7 @@ test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check mltrain hydra_plugins tests benchmarks examples scripts
+	$(VENV)/bin/ruff check mltrain hydra_plugins tests benchmarks examples .ci
 	$(VENV)/bin/mypy
 
 bench: install
