@@ -50,7 +50,7 @@ def _history(root: Path, source: Path) -> Workspace:
         runs = [("r0000001", COMPLETED, 0, None, None, 0.5), ("r0000002", FAILED, 75, "exit code 3", None, 0.25),
                 ("r0000003", COMPLETED, 3725, None, sweep.id, 0.125), ("r0000004", CANCELED, 12.34, "stopped",
                                                                        sweep.id, 1 / 3)]
-        for n, (run_id, status, took, reason, sweep_id, loss) in enumerate(runs):
+        for n, (run_id, status, _, reason, sweep_id, loss) in enumerate(runs):
             store.create_run(run_id=run_id, experiment="exp", script="train.py", source_dir=str(source),
                              compute="local", environment="user_managed", overrides=[f"params.lr={loss}"],
                              sweep_id=sweep_id)
