@@ -57,7 +57,8 @@ def command(parsed: argparse.Namespace) -> int:
 def _gc_engine(url: str | None) -> Any:
     """The engine ``gc --envs`` prunes: the local one (which may be absent), or ``--engine URL``, which must
     answer before anything is deleted."""
-    from mltrain.targets.docker.util import EngineConfig, connect
+    from mltrain.targets.docker.engine import connect
+    from mltrain.targets.docker.util import EngineConfig
 
     try:
         engine = connect(EngineConfig(base_url=url))
