@@ -47,6 +47,8 @@ def main() -> None:
             "plan": run_cmd([MLTRAIN, "plan", "script=noop.py"], **kw),
             "submit_cold": run_cmd([MLTRAIN, "script=noop.py"], **cold),
             "plan_cold": run_cmd([MLTRAIN, "plan", "script=noop.py"], **cold),
+            "help": run_cmd([MLTRAIN, "--help"], **kw),
+            "python": run_cmd([sys.executable, "-c", "pass"], **kw),
         })
         hydra_app, submit, plan = times["hydra_app"], times["submit"], times["plan"]
         submit_cold, plan_cold = times["submit_cold"], times["plan_cold"]
@@ -54,6 +56,7 @@ def main() -> None:
         report("`mltrain plan script=noop.py` vs trivial @hydra.main app", plan, hydra_app, "<= 1.2x")
         report("  submit, composition cache off (first submit)", submit_cold, hydra_app, "(for reference)")
         report("  plan, composition cache off", plan_cold, hydra_app, "(for reference)")
+        report("`mltrain --help` vs `python -c pass`", times["help"], times["python"], "imports no Hydra, no SDK")
 
         sys.path.insert(0, str(Path(__file__).parents[1]))
         from mltrain.store.db import COMPLETED, RUNNING, Store

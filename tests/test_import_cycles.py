@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import mltrain
 
 ROOT = Path(mltrain.__file__).parent
@@ -106,7 +104,6 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="the cycles the restructure issue names; R4 breaks them and removes this mark")
 def test_no_import_cycles() -> None:
     found = cycles(graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)

@@ -9,13 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.plugins.launcher import Launcher
 
-ConfigStore.instance().store(
-    group="hydra/launcher", name="mltrain", provider="mltrain",
-    node={"_target_": "hydra_plugins.mltrain_plugins.launcher.MltrainLauncher"},
-)
+from hydra_plugins.mltrain_plugins import store_configs
+
+store_configs()
 
 
 class MltrainLauncher(Launcher):

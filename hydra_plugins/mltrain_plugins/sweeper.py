@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="mltrain", provider="mltrain",
-    node={"_target_": "hydra_plugins.mltrain_plugins.sweeper.MltrainSweeper"},
-)
+from hydra_plugins.mltrain_plugins import store_configs
+
+store_configs()
 
 
 class MltrainSweeper(Sweeper):

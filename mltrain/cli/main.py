@@ -1,9 +1,12 @@
-"""The ``mltrain`` command: a thin layer over the Python API, with the one error boundary.
+"""The ``mltrain`` command: its usage, its argument parsing, and the one error boundary.
 
-``mltrain <overrides>`` submits (Hydra's usual flags work: ``-cn``, ``--cfg job``,
-``--info``, ``-m``, shell completion); ``mltrain plan|runs|gc ...`` are subcommands.
-Hydra and OmegaConf are imported only on the paths that compose a config, so
-``mltrain runs list`` stays fast.
+``mltrain <overrides>`` submits (``mltrain.cli.submit``; Hydra's usual flags work:
+``-cn``, ``--cfg job``, ``--info``, ``-m``, shell completion); ``mltrain
+plan|runs|sweeps|gc ...`` are subcommands, each in a module of its own
+(``cli.plan``, ``cli.runs``, ``cli.sweeps``, ``cli.gc``), imported only when
+named; what they print is made in ``cli.output``. Hydra and OmegaConf are
+imported only on the paths that compose a config, so ``mltrain --help`` and
+``mltrain runs list`` stay fast.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import argparse
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from mltrain.errors import MltrainError, UsageError
+from mltrain.cli.output import error, info, usage_error
+from mltrain.errors import MltrainError
 
 USAGE = """\
 usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
@@ -54,20 +57,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is mltrain's one error line (usage stays behind --help)."""
 
     def error(self, message: str) -> Any:  # argparse's own prints usage and exits
-        _raise_usage(self.prog, message)
-
-
-def _raise_usage(prog: str, message: str) -> Any:
-    where = prog.removeprefix("mltrain").strip()
-    raise UsageError(f"{where + ': ' if where else ''}{message} (see {prog} --help)")
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(f"mltrain: error: {message}\n")
-
-
-def _info(message: str) -> None:
-    sys.stderr.write(f"mltrain: {message}\n")
+        raise usage_error(self.prog, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,14 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args[0] in SUBCOMMANDS:
             return _subcommand(args)
-        return _submit_command(args)
+        from mltrain.cli import submit
+
+        return submit.command(args)
     except MltrainError as exc:
         if os.environ.get("MLTRAIN_FULL_ERROR") == "1":
             raise
-        _err(str(exc))
+        error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        _info("interrupted")
+        info("interrupted")
         return 130
     except BrokenPipeError:
         return 0
@@ -102,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MLTRAIN_FULL_ERROR") == "1":
             raise
         if isinstance(translated, MltrainError):
-            _err(str(translated))
+            error(str(translated))
             return translated.exit_code
-        _err(f"internal error: {type(exc).__name__}: {exc} (set MLTRAIN_FULL_ERROR=1 for the traceback)")
+        error(f"internal error: {type(exc).__name__}: {exc} (set MLTRAIN_FULL_ERROR=1 for the traceback)")
         return 3
 
 
@@ -123,123 +115,6 @@ def _keep_sigint_ignored() -> None:
 
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, _ignored)
-
-
-# --------------------------------------------------------------- submitting
-_PLAIN_OPTIONS = {"-cn": "config_name", "--config-name": "config_name",
-                  "-cd": "config_dir", "--config-dir": "config_dir", "--idempotency-key": "idempotency_key"}
-MAX_KEY = 200
-
-
-def _plain_submit(args: list[str]) -> argparse.Namespace | None:
-    """The common ``[--detach] [-cn NAME] [-cd DIR] key=value ...`` without importing Hydra (~0.1 s).
-
-    Anything else (``-m``, ``--cfg``, ``--info``, help, completion, a typo'd flag) returns
-    None and goes through Hydra's own parser, which knows every flag and error message.
-    """
-    parsed = argparse.Namespace(overrides=[], config_name=None, config_dir=None, detach=False, quiet=False,
-                                idempotency_key=None)
-    rest = iter(args)
-    for arg in rest:
-        name, eq, value = arg.partition("=")
-        if arg in ("--detach", "--quiet"):
-            setattr(parsed, arg[2:], True)
-        elif name in _PLAIN_OPTIONS:
-            value = value if eq else next(rest, "")
-            if not value or value.startswith("-"):
-                return None
-            setattr(parsed, _PLAIN_OPTIONS[name], value)
-        elif arg.startswith("-"):
-            return None
-        else:
-            parsed.overrides.append(arg)
-    return parsed
-
-
-def _submit_command(args: list[str]) -> int:
-    parsed = _plain_submit(args)
-    if parsed is None:
-        from hydra._internal.utils import get_args_parser
-
-        parser = get_args_parser()
-        parser.error = lambda message: _raise_usage("mltrain", message)  # type: ignore[method-assign]
-        parser.add_argument("--detach", action="store_true", help="print the run (or sweep) id and return at once")
-        parser.add_argument("--idempotency-key", metavar="K",
-                            help="if a run was submitted with K before, return that run instead of a new one")
-        parser.add_argument("--quiet", action="store_true", help="no progress display")
-        parsed = parser.parse_args(args)
-        _use_config_dir(parsed)
-        hydra_only = parsed.cfg or parsed.info or parsed.shell_completion or parsed.hydra_help or parsed.help
-        if hydra_only:
-            return _through_hydra(parsed, parser)
-        if parsed.multirun:
-            if parsed.idempotency_key is not None:
-                # A sweep is already idempotent by its command: running it again resumes it and skips
-                # every trial that completed (README, "Detach, resume, reuse").
-                raise UsageError("--idempotency-key is for single runs; to retry a sweep, run the same "
-                                 "mltrain -m command again: it resumes and re-runs no completed trial")
-            from mltrain.cli.sweeps import run_multirun
-            from mltrain.sweep.session import CONTROLLER_ENV
-
-            # a detached controller writes to its log: the trial lines say it all there
-            with _progress(parsed.quiet or bool(os.environ.get(CONTROLLER_ENV))):
-                return run_multirun(parsed, parser, [a for a in args if a != "--quiet"])
-    _use_config_dir(parsed)
-    key = parsed.idempotency_key
-    if key is not None and (not key.strip() or len(key) > MAX_KEY or not key.isprintable()):
-        raise UsageError(f"--idempotency-key must be 1 to {MAX_KEY} printable characters, e.g. the CI job's id")
-    from mltrain.run import submit
-
-    with _progress(parsed.quiet):
-        run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
-                     idempotency_key=key)
-    if parsed.detach:
-        sys.stdout.write(run.id + "\n")
-        return 0
-    try:
-        if run.existing:
-            _info(f"run {run.id} was submitted before with idempotency key {key}; following it "
-                  f"(mltrain runs show {run.id})")
-        else:
-            _info(f"run {run.id} started (mltrain runs show {run.id})")
-        record = run.wait(show_output=True)
-    except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
-        record = run.cancel()
-    return _report_end(record)
-
-
-def _progress(quiet: bool) -> Any:
-    """The one choice of progress display for this command (``mltrain.util.progress``)."""
-    from mltrain.util import progress
-
-    return progress.installed(progress.choose(sys.stderr, quiet=quiet))
-
-
-def _use_config_dir(parsed: argparse.Namespace) -> None:
-    """``-cd DIR`` is the project's conf dir: the search-path plugin reads it from the environment."""
-    if parsed.config_dir:
-        os.environ["MLTRAIN_CONFIG_DIR"] = os.path.abspath(parsed.config_dir)
-        parsed.config_dir = None
-
-
-def _report_end(record: Any) -> int:
-    took = f" in {record.duration:.1f}s" if record.duration is not None else ""
-    why = f": {record.reason}" if record.reason else ""
-    _info(f"run {record.id} {record.status}{took}{why}")
-    return {"Completed": 0, "Canceled": 130}.get(record.status, 1)
-
-
-def _through_hydra(parsed: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Hydra's own flags (--cfg, --info, completion, help) go through Hydra's runner, which prints and returns."""
-    from hydra._internal.utils import _run_hydra
-
-    from mltrain.config.compose import CONFIG_NAME, CONFIG_PATH, prepare_hydra
-    from mltrain.sweep.trial import TrialTask
-
-    prepare_hydra()
-    _run_hydra(args=parsed, args_parser=parser, task_function=TrialTask(), config_path=CONFIG_PATH,
-               config_name=CONFIG_NAME)
-    return 0
 
 
 # -------------------------------------------------------------- subcommands
@@ -294,10 +169,17 @@ def _subcommand(args: list[str]) -> int:
     diff.add_argument("first")
     diff.add_argument("second")
 
-    if args[0] == "sweeps":  # its module pulls in the store; `plan` and `runs` should not pay for it
-        from mltrain.cli.sweeps import add_parser as add_sweeps_parser
-
-        add_sweeps_parser(sub)
+    sweeps = sub.add_parser("sweeps", help="sweeps (mltrain -m) and their trials")
+    sweeps.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
+    ssub = sweeps.add_subparsers(dest="action", required=True)
+    slist = ssub.add_parser("list", help="the newest sweeps")
+    slist.add_argument("--limit", type=int, default=20, help="newest N (0: all)")
+    slist.add_argument("--json", action="store_true")
+    sshow = ssub.add_parser("show", help="a sweep's trials: params, status, primary metric, duration; best marked")
+    sshow.add_argument("sweep_id")
+    sshow.add_argument("--json", action="store_true")
+    ssub.add_parser("cancel", help="cancel the running trials and start no more").add_argument("sweep_id")
+    ssub.add_parser("attach", help="follow a sweep (resuming it if its controller is gone)").add_argument("sweep_id")
 
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
@@ -312,36 +194,15 @@ def _subcommand(args: list[str]) -> int:
 
     parsed = parser.parse_args(args)
     if parsed.command == "plan":
-        return _plan(parsed)
-    if parsed.command == "gc":
-        from mltrain.cli.commands import gc_command
-
-        if parsed.engine and parsed.envs is None:
-            raise UsageError("gc: --engine says whose images --envs prunes; add --envs DAYS")
-        return gc_command(parsed)
-    if parsed.command == "sweeps":
-        from mltrain.cli.sweeps import command
-
-        return command(parsed)
-    from mltrain.cli import commands
-
-    handler = getattr(commands, f"runs_{parsed.action}")
-    result: int = handler(parsed)
+        from mltrain.cli import plan as handler
+    elif parsed.command == "gc":
+        from mltrain.cli import gc as handler  # type: ignore[no-redef]
+    elif parsed.command == "sweeps":
+        from mltrain.cli import sweeps as handler  # type: ignore[no-redef]
+    else:
+        from mltrain.cli import runs as handler  # type: ignore[no-redef]
+    result: int = handler.command(parsed)
     return result
-
-
-def _plan(parsed: argparse.Namespace) -> int:
-    from mltrain.cli.commands import plan_for
-
-    _use_config_dir(parsed)
-
-    plan = plan_for(parsed.overrides, parsed.config_name)
-    sys.stdout.write((plan.to_json() if parsed.json else plan.render()) + "\n")
-    return 0
-
-
-def _now() -> float:
-    return time.time()
 
 
 if __name__ == "__main__":

@@ -25,11 +25,7 @@ import stat
 import threading
 from typing import TYPE_CHECKING, Final
 
-from hydra._internal.core_plugins.file_config_source import FileConfigSource as _HydraFileSource
-from hydra._internal.core_plugins.importlib_resources_config_source import (
-    ImportlibResourcesConfigSource as _HydraPackageSource,
-)
-
+from mltrain import hydra_compat
 from mltrain.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -130,21 +126,21 @@ def check_file(path: str) -> None:
         _checked[stamp] = None
 
 
-class FileConfigSource(_HydraFileSource):
+class FileConfigSource(hydra_compat.FileConfigSource):
     """Hydra's ``file://`` source, checking each file before loading it (same name: see :func:`install`)."""
 
     def load_config(self, config_path: str) -> ConfigResult:
-        check_file(os.path.realpath(os.path.join(self.path, self._normalize_file_name(config_path))))
+        check_file(os.path.realpath(os.path.join(self.path, hydra_compat.config_file_name(self, config_path))))
         return super().load_config(config_path)
 
 
-class ImportlibResourcesConfigSource(_HydraPackageSource):
+class ImportlibResourcesConfigSource(hydra_compat.ImportlibResourcesConfigSource):
     """Hydra's ``pkg://`` source, checking each file before loading it."""
 
     def load_config(self, config_path: str) -> ConfigResult:
         from importlib import resources
 
-        name = self._normalize_file_name(config_path)
+        name = hydra_compat.config_file_name(self, config_path)
         where = f"pkg://{self.path}/{name}"
         try:
             with resources.files(self.path).joinpath(name).open("rb") as handle:
@@ -161,12 +157,8 @@ class ImportlibResourcesConfigSource(_HydraPackageSource):
 def install() -> None:
     """Make Hydra read config files through the checking sources (idempotent).
 
-    Hydra's ``SourcesRegistry.register`` keeps the first class per scheme, so the
-    registry entry is replaced directly; the classes keep Hydra's names, so a later
-    ``register`` of Hydra's own (a re-created plugin registry) is the no-op it expects.
+    The classes keep Hydra's names, so a later ``register`` of Hydra's own (a re-created
+    plugin registry) is the no-op it expects.
     """
-    from hydra._internal.sources_registry import SourcesRegistry
-
-    registry = SourcesRegistry.instance()
-    registry.types[FileConfigSource.scheme()] = FileConfigSource
-    registry.types[ImportlibResourcesConfigSource.scheme()] = ImportlibResourcesConfigSource
+    hydra_compat.replace_config_source(FileConfigSource)
+    hydra_compat.replace_config_source(ImportlibResourcesConfigSource)

@@ -21,10 +21,11 @@ def prepare_hydra() -> None:
     from hydra.core.plugins import Plugins
     from hydra.core.utils import setup_globals
 
+    from hydra_plugins.mltrain_plugins import store_configs
     from hydra_plugins.mltrain_plugins.searchpath import MltrainSearchPathPlugin
     from mltrain.config.bounds import install as install_bounds
     from mltrain.config.schema import register_configs
-    from mltrain.sweep.session import register_plugins
+    from mltrain.sweep.session import register_resolver
 
     # Hydra's own reporter prints multi-line messages and calls sys.exit; with this set it
     # re-raises instead, and mltrain's single error boundary turns the error into one line.
@@ -35,22 +36,19 @@ def prepare_hydra() -> None:
     # installs hide behind a path hook; registering (idempotent) works for every install.
     Plugins.instance().register(MltrainSearchPathPlugin)
     install_bounds()  # every config file Hydra reads is size- and alias-checked first (mltrain.config.bounds)
-    register_plugins()  # mltrain's launcher and sweeper, and the ${mltrain_sweep_dir:} resolver
+    store_configs()  # hydra/launcher=mltrain, hydra/sweeper=mltrain: the config's defaults name them
+    register_resolver()  # ${mltrain_sweep_dir:}
 
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, multirun: bool = False) -> DictConfig:
     """Compose mltrain's config (packaged groups + the project's ./conf) with ``overrides``."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_automatic_config_search_path
     from hydra.types import RunMode
+
+    from mltrain.hydra_compat import config_loader
 
     prepare_hydra()
     try:
-        # A loader of our own, not Hydra.create_main_hydra2: that sets a process-wide singleton,
-        # and the Python API composes many times in one process (also inside a running sweep).
-        search_path = create_automatic_config_search_path(None, None, CONFIG_PATH)
-        loader = ConfigLoaderImpl(config_search_path=search_path)
-        return loader.load_configuration(
+        return config_loader(CONFIG_PATH).load_configuration(
             config_name=config_name or CONFIG_NAME,
             overrides=list(overrides),
             run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
@@ -61,12 +59,10 @@ def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, mu
 
 def group_options(group: str) -> list[str]:
     """The options a config group has, as Hydra finds them (``hydra/launcher`` -> basic, mltrain)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_automatic_config_search_path
+    from mltrain.hydra_compat import config_loader
 
     prepare_hydra()
-    loader = ConfigLoaderImpl(config_search_path=create_automatic_config_search_path(None, None, CONFIG_PATH))
-    return list(loader.get_group_options(group))
+    return list(config_loader(CONFIG_PATH).get_group_options(group))
 
 
 def strip_hydra(cfg: DictConfig) -> DictConfig:

@@ -176,10 +176,7 @@ class DockerImage(Environment):
         return [p for p in patterns if p and not p.startswith("#")]
 
     def _own_recipe(self) -> tuple[str, dict[str, str]]:
-        from mltrain.targets.docker.util import import_docker
-
-        import_docker()
-        from docker.utils.build import exclude_paths
+        from docker.utils.build import exclude_paths  # docker-py: its .dockerignore rules, exactly
 
         dockerfile, context = self._own_paths()
         rel_dockerfile = os.path.relpath(dockerfile, context)
@@ -317,9 +314,6 @@ class DockerImage(Environment):
     def _context_tar(self, path: str, dockerfile: str, out: Any) -> str:
         """Write the build context of ``path`` as a tar to ``out`` (``.dockerignore`` applied, as docker-py and
         the docker CLI do); a Dockerfile outside it goes in under a unique name, which is returned."""
-        from mltrain.targets.docker.util import import_docker
-
-        import_docker()
         from docker.utils.build import tar
 
         context = Path(path)

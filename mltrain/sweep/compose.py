@@ -7,7 +7,7 @@ first trial may start. But trials usually differ only in *values*
 defaults list is composed, in order, onto the merged config. So the config
 for a set of *structural* overrides (config groups, ``hydra.*``) is composed
 once by Hydra, and each trial is a copy of it with its value overrides
-applied by Hydra's own ``_apply_overrides_to_config`` (~4 ms). Anything
+applied by Hydra's own code for that (~4 ms; ``mltrain.hydra_compat``). Anything
 unusual falls back to Hydra's full composition, which also reports errors
 in Hydra's words.
 """
@@ -25,6 +25,8 @@ class TrialComposer:
     def __init__(self, config_loader: Any, master: DictConfig) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        from mltrain.hydra_compat import caching_repository
+
         self.loader = config_loader
         self.master = master
         self._parser = OverridesParser.create()
@@ -32,9 +34,7 @@ class TrialComposer:
         # The repository as Hydra builds it for a sweep job (hydra.searchpath overrides included),
         # to tell a config group override from a value override the same way Hydra does.
         hydra_overrides = list(OmegaConf.to_container(master.hydra.overrides.hydra))  # type: ignore[arg-type]
-        _, self._repo = config_loader._parse_overrides_and_create_caching_repo(
-            master.hydra.job.config_name, hydra_overrides
-        )
+        self._repo = caching_repository(config_loader, master.hydra.job.config_name, hydra_overrides)
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         """The trial's whole config, ``hydra`` node included, as ``load_sweep_config`` makes it."""
@@ -69,14 +69,14 @@ class TrialComposer:
     @staticmethod
     def _set_task(cfg: DictConfig, parsed: list[Any]) -> None:
         """What Hydra records of a job's own overrides: ``hydra.overrides.task``, ``hydra.job.override_dirname``."""
-        from hydra._internal.config_loader_impl import get_overrides_dirname
+        from mltrain.hydra_compat import overrides_dirname
 
         task = [o for o in parsed if not o.is_hydra_override()]
         dirname = cfg.hydra.job.config.override_dirname
         with read_write(cfg.hydra), open_dict(cfg.hydra):
             cfg.hydra.overrides.task = [o.input_line for o in task]
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
+            cfg.hydra.job.override_dirname = overrides_dirname(
+                task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
             )
 
     def job(self, overrides: Sequence[str]) -> tuple[DictConfig, list[str]] | None:
@@ -112,9 +112,9 @@ class TrialComposer:
 
     @staticmethod
     def _apply(values: list[Any], cfg: DictConfig) -> None:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from mltrain.hydra_compat import apply_value_overrides
 
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        apply_value_overrides(values, cfg)
 
 
 class _Template:

@@ -46,13 +46,13 @@ from mltrain.store.db import (
     new_run_id,
 )
 from mltrain.store.workspace import Workspace
-from mltrain.sweep.launcher import Supervisor
 from mltrain.sweep.process import alive, command, controller_log, spawn, sweep_dir, this_process
 from mltrain.sweep.report import number, shown_params
 from mltrain.sweep.samplers import COMPLETE, PRUNED, Outcome, Sampler, Suggestion
 from mltrain.sweep.samplers import FAILED as FAILED_OUTCOME
 from mltrain.sweep.session import SweepSession, current
 from mltrain.sweep.stopping import policy_for
+from mltrain.sweep.supervisor import Supervisor
 from mltrain.sweep.trial import MetricMonitor, PreparedTrial
 from mltrain.util.progress import TrialBoard
 
@@ -317,7 +317,9 @@ class SweepController(Supervisor):
         return work
 
     def _body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
-        prepared: PreparedTrial = job_return._return_value
+        from mltrain.hydra_compat import job_value
+
+        prepared: PreparedTrial = job_value(job_return)
         idx = int(job_return.hydra_cfg.hydra.job.num)
         spec = prepared.spec
         snap = self._snapshot(spec, {})
@@ -435,16 +437,18 @@ class SweepController(Supervisor):
     def _finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
         from hydra.core.utils import JobStatus
 
+        from mltrain.hydra_compat import job_value
+
         idx = int(job_return.hydra_cfg.hydra.job.num)
         trial = self.trials.get(idx)
         if job_return.status == JobStatus.FAILED:
             self._failed()
-            self.report(f"trial {idx} failed: {job_return._return_value}")
+            self.report(f"trial {idx} failed: {job_value(job_return)}")
             if trial is not None:
                 trial.curve = []
             return Outcome(FAILED_OUTCOME)
         assert trial is not None
-        record: RunRecord = job_return._return_value
+        record: RunRecord = job_value(job_return)
         outcome = self._outcome(record)
         trial.curve = outcome.curve
         if trial.reused:

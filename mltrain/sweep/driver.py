@@ -22,8 +22,8 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     from mltrain.config.schema import SweepConfig, validate_sweep
     from mltrain.sweep.controller import SweepController
     from mltrain.sweep.jobs import takes_prepared
-    from mltrain.sweep.launcher import Supervisor
     from mltrain.sweep.session import current
+    from mltrain.sweep.supervisor import Supervisor
 
     session = current()
     ours = session is not None and takes_prepared(task_function)
@@ -60,7 +60,8 @@ def _save_config(config: DictConfig) -> None:
 
 
 def _in_batches(launcher: Any, sampler: Sampler, size: int) -> list[Any]:
-    from mltrain.sweep.launcher import Supervisor
+    from mltrain.hydra_compat import job_value
+    from mltrain.sweep.supervisor import Supervisor
 
     judge = Supervisor()
     returns: list[Any] = []
@@ -78,5 +79,5 @@ def _in_batches(launcher: Any, sampler: Sampler, size: int) -> list[Any]:
 
     for result in (r for batch_results in returns for r in batch_results):
         if result.status == JobStatus.FAILED:  # the first failed job's error, as Hydra's basic sweeper raises it
-            raise result._return_value  # (``return_value`` would also print a line of its own)
+            raise job_value(result)  # (``return_value`` would also print a line of its own)
     return returns

@@ -14,11 +14,9 @@ the main thread, as it would under Hydra's basic launcher.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 
 @runtime_checkable
@@ -39,11 +37,13 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
 
     A plain task runs here, inside Hydra's own ``run_job``. A trial the task has already
     prepared (``prepared``, validated from ``job_cfg``: ``config`` without ``hydra``) gets
-    ``run_job``'s bookkeeping without its two deep copies of the whole config -- per trial
-    the biggest cost in a sweep's main thread -- and a ``JobReturn`` holding the prepared
+    ``run_job``'s bookkeeping without its two deep copies of the whole config
+    (:func:`mltrain.hydra_compat.job_bookkeeping`) and a ``JobReturn`` holding the prepared
     job; :func:`end_job` fills in its result once the body has run.
     """
     from hydra.core.utils import run_job
+
+    from mltrain.hydra_compat import job_bookkeeping
 
     with read_write(config.hydra), open_dict(config):  # read-only once HydraConfig has seen it
         config.hydra.job.id = idx
@@ -52,52 +52,7 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
         return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     assert job_cfg is not None
-    return _bookkeeping(hydra_context, config, prepared, job_cfg)
-
-
-def _bookkeeping(hydra_context: Any, config: DictConfig, prepared: Any, job_cfg: DictConfig) -> Any:
-    """``hydra.core.utils.run_job`` for a prepared trial (Hydra 1.3), step for step, minus the task call."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import (
-        JobReturn,
-        JobRuntime,
-        JobStatus,
-        _flush_loggers,
-        _save_config,
-        configure_log,
-        env_override,
-    )
-
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)
-    try:
-        output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                  str(OmegaConf.select(config, "hydra.sweep.subdir")))
-        hydra_cfg: Any = HydraConfig.instance().cfg
-        for node in (config.hydra.runtime, hydra_cfg.hydra.runtime):
-            with read_write(node), open_dict(node):
-                node.output_dir = os.path.abspath(output_dir)
-        ret = JobReturn()
-        ret.cfg = job_cfg
-        ret.hydra_cfg = hydra_cfg
-        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        ret.working_dir = os.getcwd()
-        configure_log(config.hydra.job_logging, config.hydra.verbose)
-        if config.hydra.output_subdir is not None:
-            hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
-            _save_config(job_cfg, "config.yaml", hydra_output)
-            _save_config(hydra_cfg, "hydra.yaml", hydra_output)
-            _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
-        with env_override(hydra_cfg.hydra.job.env_set):
-            hydra_context.callbacks.on_job_start(config=config, task_function=prepared.run)
-            ret.return_value = prepared
-            ret.status = JobStatus.COMPLETED
-        ret.task_name = JobRuntime.instance().get("name")
-        _flush_loggers()
-        return ret
-    finally:
-        HydraConfig.instance().cfg = saved
+    return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run)
 
 
 def end_job(hydra_context: Any, config: DictConfig, job_return: Any, result: Any = None,
@@ -105,11 +60,13 @@ def end_job(hydra_context: Any, config: DictConfig, job_return: Any, result: Any
     """Record a prepared job's outcome in its ``JobReturn`` and fire the held-back ``on_job_end``."""
     from hydra.core.utils import JobStatus
 
+    from mltrain.hydra_compat import job_ended
+
     if error is not None:
         job_return.status = JobStatus.FAILED
         job_return.return_value = error
     else:
         job_return.status = JobStatus.COMPLETED
         job_return.return_value = result
-    hydra_context.callbacks.on_job_end(config=config, job_return=job_return)
+    job_ended(hydra_context, config, job_return)
     return job_return

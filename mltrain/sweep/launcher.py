@@ -9,17 +9,16 @@ sampler (TPE) is asked for the next trial only when a slot is free.
 Every trial a sampler knows up front is composed and validated before the
 first one starts (for TPE: a probe set; see :mod:`mltrain.sweep.samplers`).
 
-A :class:`Supervisor` is told what happens and may veto: this base class runs
-any Hydra task the way Hydra's basic launcher would (in the main thread: its
-``JobReturn`` is complete at once), which is what Hydra's conformance suite
-checks. mltrain's :class:`~mltrain.sweep.controller.SweepController` adds the
-sweep record, resume, early termination and cancellation.
+A :class:`~mltrain.sweep.supervisor.Supervisor` is told what happens and may
+veto: the base class runs any Hydra task the way Hydra's basic launcher would,
+which is what Hydra's conformance suite checks. mltrain's
+:class:`~mltrain.sweep.controller.SweepController` adds the sweep record,
+resume, early termination and cancellation.
 """
 
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -29,52 +28,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mltrain.errors import ConfigError, MltrainError
 from mltrain.sweep.compose import TrialComposer
-from mltrain.sweep.jobs import PreparedJob, begin_job, end_job, takes_prepared
-from mltrain.sweep.samplers import COMPLETE, FAILED, ListSampler, Outcome, Sampler, Suggestion
+from mltrain.sweep.jobs import begin_job, end_job, takes_prepared
+from mltrain.sweep.samplers import ListSampler, Sampler, Suggestion
+from mltrain.sweep.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-
-class Supervisor:
-    """What the launcher asks while it runs jobs. This one runs a Hydra task as Hydra would."""
-
-    max_concurrent = 1
-    tick_seconds = 0.1
-
-    @property
-    def first_index(self) -> int:
-        """The number of the first job this supervisor's sampler hands out."""
-        return 0
-
-    def start(self, jobs: Sequence[Any]) -> bool:
-        """Every up-front job is validated (``jobs``: what the task prepared); False: run none (e.g. detached)."""
-        return True
-
-    def body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
-        """What to run in a worker for this job; None when it has run already."""
-        value = job_return._return_value
-        return value.run if isinstance(value, PreparedJob) else None
-
-    def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
-        """A job ended: its outcome, for the sampler."""
-        from hydra.core.utils import JobStatus
-
-        value = job_return._return_value
-        if job_return.status == JobStatus.COMPLETED and isinstance(value, numbers.Real):
-            return Outcome(COMPLETE, float(value))
-        return Outcome(FAILED)
-
-    def may_start(self) -> bool:
-        return True
-
-    def tick(self) -> None:
-        """Called about every ``tick_seconds`` while jobs run."""
-
-    def interrupt(self) -> None:
-        """Ctrl-C: stop what runs; the launcher then waits for the workers."""
-
-    def close(self, error: BaseException | None = None) -> None:
-        """The sweep is over (``error``: it broke off)."""
 
 
 class LauncherCore:
@@ -157,25 +115,25 @@ class LauncherCore:
         """
         from hydra.core.hydra_config import HydraConfig
 
+        from mltrain.hydra_compat import hydra_config_set
+
         quick = self.composer.job(suggestion.overrides)
         cfg = None
-        saved = HydraConfig.instance().cfg
         try:
-            if quick is not None:
-                job, overrides = quick
-            else:  # the job's config may refer to ${hydra:...}: resolve it as it will be when it runs
-                cfg = self.composer.compose(suggestion.overrides)
-                if number is not None:
-                    with open_dict(cfg):
-                        cfg.hydra.job.id = cfg.hydra.job.num = number
-                HydraConfig.instance().set_config(cfg)
-                job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
-                overrides = list(cfg.hydra.overrides.task)
-            return cfg, job, self.task_function.prepare_trial(job, overrides)
+            with hydra_config_set(None):  # what HydraConfig held before is back afterwards
+                if quick is not None:
+                    job, overrides = quick
+                else:  # the job's config may refer to ${hydra:...}: resolve it as it will be when it runs
+                    cfg = self.composer.compose(suggestion.overrides)
+                    if number is not None:
+                        with open_dict(cfg):
+                            cfg.hydra.job.id = cfg.hydra.job.num = number
+                    HydraConfig.instance().set_config(cfg)
+                    job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
+                    overrides = list(cfg.hydra.overrides.task)
+                return cfg, job, self.task_function.prepare_trial(job, overrides)
         except MltrainError as exc:
             raise _in_trial(exc, suggestion) from exc
-        finally:
-            HydraConfig.instance().cfg = saved
 
     def _loop(self, sampler: Sampler, supervisor: Supervisor, ran: dict[int, Any], validated: dict[int, Any],
               index: int) -> list[Any]:

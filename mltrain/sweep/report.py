@@ -1,7 +1,9 @@
 """What a sweep looks like to a person: its trials with params, status, primary metric and duration, best marked.
 
 Built from the run history alone, so ``sweeps show`` in another terminal,
-``sweeps attach`` and the end of ``mltrain -m`` all show the same table.
+``sweeps attach`` and the end of ``mltrain -m`` all show the same table. This
+is the model (and how a number or a parameter is written in a line or a
+table); the table itself is drawn by the CLI (``mltrain.cli.output``).
 """
 
 from __future__ import annotations
@@ -71,13 +73,32 @@ def counts(rows: list[TrialRow]) -> dict[str, int]:
     return out
 
 
+@dataclass
+class SweepReport:
+    """A sweep as shown: its record, the status to show, and its trials (best marked)."""
+
+    sweep: SweepRecord
+    status: str
+    rows: list[TrialRow]
+
+    @property
+    def best(self) -> TrialRow | None:
+        return next((r for r in self.rows if r.best), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return self.sweep.to_dict() | {
+            "status": self.status, "counts": counts(self.rows), "best_trial": best.idx if best else None,
+            "trials": [r.to_dict() for r in self.rows],
+        }
+
+
+def sweep_report(store: Store, workspace: Workspace, sweep: SweepRecord) -> SweepReport:
+    return SweepReport(sweep, shown_status(sweep), trial_rows(store, workspace, sweep))
+
+
 def sweep_dict(store: Store, workspace: Workspace, sweep: SweepRecord) -> dict[str, Any]:
-    rows = trial_rows(store, workspace, sweep)
-    best = next((r for r in rows if r.best), None)
-    return sweep.to_dict() | {
-        "status": shown_status(sweep), "counts": counts(rows), "best_trial": best.idx if best else None,
-        "trials": [r.to_dict() for r in rows],
-    }
+    return sweep_report(store, workspace, sweep).to_dict()
 
 
 _FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
@@ -105,30 +126,3 @@ def shown_param(item: str) -> str:
 
 def shown_params(items: list[str]) -> str:
     return " ".join(shown_param(item) for item in items)
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}s" if value < 60 else f"{int(value) // 60}m{int(value) % 60:02d}s"
-
-
-def render(store: Store, workspace: Workspace, sweep: SweepRecord) -> str:
-    from mltrain.cli.commands import _table
-
-    rows = trial_rows(store, workspace, sweep)
-    metric = sweep.settings.get("primary_metric") or "METRIC"
-    tally = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts(rows).items()))
-    head = [f"sweep {sweep.id}  {shown_status(sweep)}" + (f" ({sweep.reason})" if sweep.reason else ""),
-            f"{len(rows)} of {sweep.planned if sweep.planned is not None else '?'} trials: {tally or 'none yet'}"
-            f"   sampler {sweep.settings.get('sampler', 'grid')}"
-            + (f", goal {sweep.settings.get('goal')} {metric}" if sweep.settings.get("primary_metric") else "")]
-    table = [("TRIAL", "RUN", "STATUS", metric, "DURATION", "PARAMS")]
-    for r in rows:
-        status = r.status + (" (reused)" if r.reused else "") + (" (early)" if r.reason == "early termination" else "")
-        table.append((f"{r.idx}{' *' if r.best else ''}", r.run_id or "-", status,
-                      "-" if r.metric is None else number(r.metric), _seconds(r.duration), shown_params(r.params)))
-    lines = [*head, _table(table)]
-    if any(r.best for r in rows):
-        lines.append(f"* best by {metric} ({sweep.settings.get('goal')})")
-    return "\n".join(lines)

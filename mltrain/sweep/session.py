@@ -55,15 +55,9 @@ def sweep_dir_resolver() -> str:
     return ".mltrain/sweeps/unnamed"
 
 
-def register_plugins() -> None:
-    """Make mltrain's launcher and sweeper known to Hydra (idempotent; see compose.prepare_hydra)."""
-    from hydra.core.plugins import Plugins
+def register_resolver() -> None:
+    """``${mltrain_sweep_dir:}`` (idempotent; see config.compose.prepare_hydra)."""
     from omegaconf import OmegaConf
 
-    from hydra_plugins.mltrain_plugins.launcher import MltrainLauncher
-    from hydra_plugins.mltrain_plugins.sweeper import MltrainSweeper
-
-    Plugins.instance().register(MltrainLauncher)
-    Plugins.instance().register(MltrainSweeper)
     if not OmegaConf.has_resolver("mltrain_sweep_dir"):
         OmegaConf.register_new_resolver("mltrain_sweep_dir", sweep_dir_resolver)

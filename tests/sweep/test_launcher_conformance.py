@@ -10,9 +10,11 @@ from hydra.test_utils.launcher_common_tests import LauncherTestSuite
 
 from hydra_plugins.mltrain_plugins.launcher import MltrainLauncher
 from hydra_plugins.mltrain_plugins.sweeper import MltrainSweeper
-from mltrain.sweep.session import register_plugins
+from mltrain.cli.submit import register_plugins
+from mltrain.sweep.session import register_resolver
 
 register_plugins()
+register_resolver()
 
 
 # The suite expects Hydra 1.1's job semantics (each job runs in its own output dir), as Hydra's own plugin

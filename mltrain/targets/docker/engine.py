@@ -22,7 +22,7 @@ rules as ``compute=ssh``). docker-py is imported only to build an image (its
 * Errors: the engine's refusals are ``EngineError`` (``NotFound`` for 404)
   carrying the engine's message; anything on the way to the engine (no
   socket, refused, TLS, timeout) is the one-line "cannot reach the Docker
-  engine ..." ``TargetError`` of ``dockerutil.unreachable``.
+  engine ..." ``TargetError`` of ``mltrain.targets.docker.util.unreachable``.
 """
 
 from __future__ import annotations
@@ -40,24 +40,15 @@ from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from mltrain.errors import ConfigError, TargetError
-from mltrain.targets.docker.util import EngineConfig, unreachable
+from mltrain.targets.docker.util import EngineConfig, EngineError, NotFound, unreachable
 
 API_VERSION = "1.41"  # Docker 20.10; every engine since 2020 accepts it
 CHUNK = 65536
 STDOUT, STDERR = 1, 2
 
 
-class EngineError(TargetError):
-    """The engine answered a call with an error status."""
-
-    def __init__(self, status: int, explanation: str) -> None:
-        super().__init__(explanation)
-        self.status = status
-        self.explanation = explanation
-
-
-class NotFound(EngineError):
-    """404: no such container or image."""
+__all__ = ["API_VERSION", "Engine", "EngineError", "NotFound", "Stream", "connect", "demux", "json_events",
+           "since_param"]
 
 
 # ------------------------------------------------------------------ framing
@@ -163,6 +154,14 @@ class Stream:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._conn.close()
+
+
+def connect(engine: EngineConfig, *, version: str | None = None) -> Engine:
+    """The ``Engine`` for ``engine`` (no call made yet: the first one finds out if it answers).
+
+    ``version``: the API version a stored run handle recorded; default: the pinned one.
+    """
+    return Engine(engine, version=version)
 
 
 class Engine:

@@ -56,11 +56,11 @@ from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.wrapper import masked
 from mltrain.store.workspace import RunPaths
 from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.targets.docker.engine import connect
 from mltrain.targets.docker.logs import ACTIVE, ContainerLog, start_mirror
 from mltrain.targets.docker.util import (
     EngineConfig,
     add_snapshot,
-    connect,
     dir_entry,
     engine_error,
     engine_sockets,

@@ -3,22 +3,18 @@
 The Docker target (``mltrain.targets.docker.executor``), the Docker environment
 (``mltrain.environments.docker``) and the SSH target (which hands the host's
 engine to the environment) need the same few things: how to reach an engine
-(``EngineConfig``, ``connect`` -> a ``mltrain.targets.docker.engine.Engine``), engine
-errors turned into one-line ``TargetError``s, and tar streams to send. Archives
-pulled back from a container are hostile input, extracted by
-``mltrain.util.archive``.
-
-Nothing here imports docker-py; ``import_docker`` is for building images only.
+(``EngineConfig``; ``mltrain.targets.docker.engine.connect`` makes the client),
+engine errors turned into one-line ``TargetError``s, and tar streams to send.
+Archives pulled back from a container are hostile input, extracted by
+``mltrain.util.archive``. Nothing here imports the engine client or docker-py.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import os
 import posixpath
-import sys
 import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,24 +32,20 @@ START_HINT = (
 )
 
 
-def import_docker() -> Any:
-    """``import docker`` (only to build an image) without paramiko, which docker-py loads for ssh:// alone.
-
-    docker-py imports paramiko eagerly for its optional ssh:// transport, which
-    is 115 of its 210 ms; the import is guarded by ``ImportError`` in docker-py,
-    so hiding paramiko while docker loads skips it. mltrain reaches ssh://
-    engines through its own tunnel (``mltrain.targets.docker.engine``), never docker-py's.
-    """
-    if "docker" in sys.modules or "paramiko" in sys.modules:
-        return importlib.import_module("docker")
-    sys.modules["paramiko"] = None  # type: ignore[assignment]
-    try:
-        return importlib.import_module("docker")
-    finally:
-        del sys.modules["paramiko"]
-
-
 # ------------------------------------------------------------------ the engine
+class EngineError(TargetError):
+    """The engine answered a call with an error status."""
+
+    def __init__(self, status: int, explanation: str) -> None:
+        super().__init__(explanation)
+        self.status = status
+        self.explanation = explanation
+
+
+class NotFound(EngineError):
+    """404: no such container or image."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to reach one engine: the connection fields of ``compute=docker`` (stored on run handles)."""
@@ -140,16 +132,6 @@ def _under(child: str, parent: str) -> bool:
     return child != parent and (parent == "/" or child.startswith(parent + "/"))
 
 
-def connect(engine: EngineConfig, *, version: str | None = None) -> Any:
-    """The ``engine.Engine`` for ``engine`` (no call made yet: the first one finds out if it answers).
-
-    ``version``: the API version a stored run handle recorded; default: the pinned one.
-    """
-    from mltrain.targets.docker.engine import Engine
-
-    return Engine(engine, version=version)
-
-
 def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:
     text = str(exc)
     if isinstance(exc, TargetError):
@@ -182,8 +164,6 @@ def engine_error(what: str, exc: BaseException) -> TargetError:
     :func:`unreachable`); any other ``OSError`` is local (a full disk while
     copying outputs out), so it is named as such, not blamed on the engine.
     """
-    from mltrain.targets.docker.engine import EngineError
-
     if isinstance(exc, EngineError):
         return TargetError(f"Docker engine refused to {what}: {_first_line(exc.explanation)}")
     if isinstance(exc, TargetError):
@@ -196,8 +176,6 @@ def _first_line(text: str) -> str:
 
 
 def is_not_found(exc: BaseException) -> bool:
-    from mltrain.targets.docker.engine import NotFound
-
     return isinstance(exc, NotFound)
 
 

@@ -234,7 +234,8 @@ class SshExecutor(Executor):
     def docker_client(self) -> Any:
         """A ``docker.DockerClient`` for the host's engine, through this SSH connection (no engine port opened)."""
         if self._docker is None:
-            from mltrain.targets.docker.util import EngineConfig, connect
+            from mltrain.targets.docker.engine import connect
+            from mltrain.targets.docker.util import EngineConfig
             from mltrain.targets.ssh.tunnel import DockerTunnel
 
             self._tunnel = DockerTunnel(self.link())

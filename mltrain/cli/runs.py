@@ -1,74 +1,53 @@
-"""What each ``mltrain runs ...`` / ``plan`` / ``gc`` subcommand does; printing happens here, not in the library."""
+"""``mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff``: the run history."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mltrain.errors import ConfigError, MltrainError, StoreError, UsageError
-from mltrain.store.db import TERMINAL, RunRecord, Store
+from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write
+from mltrain.errors import MltrainError, StoreError
+from mltrain.store.db import RunRecord, Store
 from mltrain.store.workspace import Workspace
 from mltrain.targets.base import cancel_run, follow, handle_for, reconcile
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+HINT = "submit a run first, or set MLTRAIN_HOME"
 
 
-def _workspace(parsed: argparse.Namespace) -> Workspace:
-    return Workspace.locate(getattr(parsed, "workspace", None))
-
-
-def _open(parsed: argparse.Namespace) -> tuple[Workspace, Store]:
-    workspace = _workspace(parsed)
+def open_history(parsed: argparse.Namespace, hint: str = HINT) -> tuple[Workspace, Store]:
+    """The workspace ``--workspace`` (or ``$MLTRAIN_HOME``, ``./.mltrain``) names, and its store; it must exist."""
+    workspace = Workspace.locate(getattr(parsed, "workspace", None))
     if not workspace.db_path.exists():
-        raise StoreError(f"no run history at {workspace.root}; submit a run first, or set MLTRAIN_HOME")
+        raise StoreError(f"no run history at {workspace.root}; {hint}")
     return workspace, Store(workspace.db_path, create=False)
 
 
-def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+def command(parsed: argparse.Namespace) -> int:
+    handler = {"list": runs_list, "show": runs_show, "logs": runs_logs, "attach": runs_attach, "cancel": runs_cancel,
+               "metrics": runs_metrics, "outputs": runs_outputs, "rerun": runs_rerun, "diff": runs_diff}
+    return handler[parsed.action](parsed)
 
 
-def _duration(record: RunRecord) -> str:
-    seconds = record.duration
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
-
-
-# --------------------------------------------------------------------- runs
 def runs_list(parsed: argparse.Namespace) -> int:
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         records = store.find(experiment=parsed.experiment, status=parsed.status, limit=parsed.limit or None)
         records = [_reconciled_or_as_is(store, workspace, r) for r in records]
         total = store.count()
     if parsed.json:
-        _out(json.dumps([r.to_dict() for r in records], indent=2))
+        out(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
     if not records:
-        _out("no runs")
+        out("no runs")
         return 0
     rows = [("ID", "EXPERIMENT", "STATUS", "CREATED", "DURATION", "TARGET", "SCRIPT")]
-    rows += [(r.id, r.experiment, r.status, _when(r.created), _duration(r), r.compute, r.script) for r in records]
-    _out(_table(rows))
+    rows += [(r.id, r.experiment, r.status, when(r.created), duration(r.duration), r.compute, r.script)
+             for r in records]
+    out(table(rows))
     if parsed.limit and len(records) == parsed.limit and total > parsed.limit:
-        _out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
+        out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
     return 0
 
 
@@ -79,7 +58,7 @@ def _reconciled_or_as_is(store: Store, workspace: Workspace, record: RunRecord) 
     try:
         return reconcile(store, workspace, record)
     except MltrainError as exc:
-        sys.stderr.write(f"mltrain: warning: run {record.id}: status not refreshed: {exc}\n")
+        warn(f"run {record.id}: status not refreshed: {exc}")
         return record
 
 
@@ -92,12 +71,12 @@ def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[st
 
 
 def runs_show(parsed: argparse.Namespace) -> int:
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         data = _show_dict(store, workspace, record)
     if parsed.json:
-        _out(json.dumps(data, indent=2))
+        out(json.dumps(data, indent=2))
         return 0
     lines = [
         f"run         {record.id}",
@@ -108,7 +87,7 @@ def runs_show(parsed: argparse.Namespace) -> int:
         f"target      {record.compute}   environment {record.environment}"
         + (f" [{record.env_fingerprint[:12]}]" if record.env_fingerprint else ""),
         f"snapshot    {record.snapshot_id or '-'}",
-        f"created     {_when(record.created)}   duration {_duration(record)}",
+        f"created     {when(record.created)}   duration {duration(record.duration)}",
         f"overrides   {' '.join(record.overrides) or '-'}",
     ]
     if record.parent_id:
@@ -121,22 +100,22 @@ def runs_show(parsed: argparse.Namespace) -> int:
         lines.append("git         not a git repository")
     if data["metrics"]:
         lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
-    lines.append("history     " + "  ".join(f"{t['status']} {_when(t['time'])[11:]}" for t in data["transitions"]))
+    lines.append("history     " + "  ".join(f"{t['status']} {when(t['time'])[11:]}" for t in data["transitions"]))
     for label, value in (record.handle or {}).get("display", {}).items():  # target-specific (e.g. Spark app id)
         lines.append(f"{label:<12}{value}")
     lines.append(f"folder      {data['folder']}")
-    _out("\n".join(lines))
+    out("\n".join(lines))
     return 0
 
 
 def runs_logs(parsed: argparse.Namespace) -> int:
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = store.get(parsed.run_id)
         handle = handle_for(record, workspace)
         if parsed.follow and not record.is_terminal:
             try:
-                follow(store, workspace, record, out=_write, handle=handle)
+                follow(store, workspace, record, out=write, handle=handle)
             except KeyboardInterrupt:
                 return 0
             return 0
@@ -145,51 +124,44 @@ def runs_logs(parsed: argparse.Namespace) -> int:
             data = handle.read_log(0)[0]
         else:
             data = paths.log.read_bytes() if paths.log.exists() else b""
-        _write(data)
+        write(data)
         reconcile(store, workspace, record)
     return 0
 
 
-def _write(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-
-
 def runs_attach(parsed: argparse.Namespace) -> int:
-    from mltrain.cli.main import _report_end
-
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = store.get(parsed.run_id)
-        record = follow(store, workspace, record, out=_write)
-    return _report_end(record)
+        record = follow(store, workspace, record, out=write)
+    return run_ended(record)
 
 
 def runs_cancel(parsed: argparse.Namespace) -> int:
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = store.get(parsed.run_id)
         if record.is_terminal:
-            _out(f"run {record.id} already {record.status}")
+            out(f"run {record.id} already {record.status}")
             return 0
         record = cancel_run(store, workspace, record)
-    _out(f"run {record.id} {record.status}" + (f" ({record.reason})" if record.reason else ""))
+    out(ended("run", record.id, record.status, record.reason))
     return 0
 
 
 def runs_metrics(parsed: argparse.Namespace) -> int:
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         rows = store.metrics(record.id)
     if parsed.json:
-        _out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
+        out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
         return 0
     if not rows:
-        _out(f"run {record.id} logged no metrics")
+        out(f"run {record.id} logged no metrics")
         return 0
-    table = [("NAME", "STEP", "VALUE")] + [(n, "-" if s is None else str(s), f"{v:g}") for n, s, v, _ in rows]
-    _out(_table(table))
+    cells = [("NAME", "STEP", "VALUE")] + [(n, "-" if s is None else str(s), f"{v:g}") for n, s, v, _ in rows]
+    out(table(cells))
     return 0
 
 
@@ -197,7 +169,7 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
     """List a run's outputs, or copy them (``--download DEST``) all or nothing, never following a link."""
     from mltrain.util.outputs import Refused, copy_tree, listing
 
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
     outputs = workspace.run_paths(record.id).outputs
@@ -212,29 +184,28 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
             reason = exc.strerror or str(exc)
             raise StoreError(f"cannot copy the outputs of run {record.id} to {dest}: {reason} "
                              "(choose a folder you can write to)") from None
-        _out(f"{files} files of run {record.id} copied to {dest}")
+        out(f"{files} files of run {record.id} copied to {dest}")
         return 0
     found = listing(outputs)
     if not found:
-        _out(f"run {record.id} has no outputs")
+        out(f"run {record.id} has no outputs")
         return 0
     rows = [(str(size) if size is not None else "link", path if target is None else f"{path} -> {target}")
             for path, size, target in found]
-    _out(_table([("SIZE", "PATH"), *rows]))
+    out(table([("SIZE", "PATH"), *rows]))
     return 0
 
 
 def runs_rerun(parsed: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from mltrain.cli.main import _info, _report_end
     from mltrain.config.compose import prepare_hydra
     from mltrain.config.schema import validate
     from mltrain.config.spec import RunSpec
     from mltrain.plan.rerun import apply_overrides
     from mltrain.run import submit_spec
 
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         parent = store.get(parsed.run_id)
     if not parent.snapshot_id:
@@ -248,10 +219,10 @@ def runs_rerun(parsed: argparse.Namespace) -> int:
     run = submit_spec(spec, show_output=not parsed.detach, parent_id=parent.id, snapshot_id=parent.snapshot_id,
                       git=parent.git)
     if parsed.detach:
-        _out(run.id)
+        out(run.id)
         return 0
-    _info(f"run {run.id} started, a rerun of {parent.id}")
-    return _report_end(run.wait(show_output=True))
+    info(f"run {run.id} started, a rerun of {parent.id}")
+    return run_ended(run.wait(show_output=True))
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -279,7 +250,7 @@ def runs_diff(parsed: argparse.Namespace) -> int:
 
     from mltrain.snapshot.blobstore import BlobStore
 
-    workspace, store = _open(parsed)
+    workspace, store = open_history(parsed)
     with store:
         first, second = store.get(parsed.first), store.get(parsed.second)
     configs = []
@@ -305,101 +276,5 @@ def runs_diff(parsed: argparse.Namespace) -> int:
         lines += sorted(diffs, key=lambda line: line[4:]) or ["  (same snapshot)" if a == b else "  (same)"]
     else:
         lines.append("  (a run without a snapshot)")
-    _out("\n".join(lines))
+    out("\n".join(lines))
     return 0
-
-
-# --------------------------------------------------------------------- plan
-def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
-    """Compose, snapshot in dry-run, compile: reads the tree, writes no record, builds nothing."""
-    from mltrain.config.compose import compose_validated
-    from mltrain.config.spec import RunSpec, check_source
-    from mltrain.environments import environment_for
-    from mltrain.plan.compile import compile_plan
-    from mltrain.snapshot.blobstore import BlobStore
-    from mltrain.snapshot.take import SnapshotLimits, take_snapshot
-    from mltrain.targets import executor_for
-
-    cfg, job_yaml = compose_validated(overrides, config_name)
-    spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
-    check_source(spec)
-    workspace = Workspace.locate(spec.workspace_dir)
-    limits = SnapshotLimits.of(spec.snapshot)
-    # The stat cache makes an unchanged tree cheap to plan; use it only where a workspace already
-    # exists, so planning in a fresh project still creates nothing.
-    cache_dir = workspace.cache if workspace.exists() else None
-    snapshot = take_snapshot(spec.source_dir, BlobStore(workspace.blobs), limits=limits, cache_dir=cache_dir,
-                             dry_run=True)
-    executor = executor_for(spec.compute, workspace)
-    environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
-    executor.check_environment(environment)
-    return compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor)
-
-
-# ----------------------------------------------------------------------- gc
-def gc_command(parsed: argparse.Namespace) -> int:
-    from mltrain.snapshot.blobstore import BlobStore
-    from mltrain.snapshot.materialize import remove_tree
-
-    engine = _gc_engine(parsed.engine) if parsed.envs is not None else None  # a bad --engine stops gc first
-    workspace, store = _open(parsed)
-    with store:
-        records = store.find()
-        cutoff = time.time() - parsed.older_than * 86400 if parsed.older_than is not None else None
-        doomed = [
-            r for r in records
-            if r.status in TERMINAL
-            and ((cutoff is not None and r.created < cutoff) or (parsed.failed and r.status in ("Failed", "Canceled")))
-        ]
-        doomed_ids = {r.id for r in doomed}
-        # Active runs keep their snapshot too, even one still being written (no snapshot_id yet:
-        # its blobs are young, and blob gc spares anything newer than the grace period).
-        keep = {r.snapshot_id for r in records if r.snapshot_id and r.id not in doomed_ids}
-        if not parsed.dry_run and doomed:
-            store.delete_runs(doomed_ids)
-            for record in doomed:
-                remove_tree(workspace.run_paths(record.id).dir)
-    blobs = BlobStore(workspace.blobs)
-    removed, freed = blobs.gc(keep, dry_run=parsed.dry_run, grace_seconds=parsed.grace)
-    checkouts = 0
-    if workspace.checkouts.is_dir():
-        for folder in workspace.checkouts.iterdir():
-            in_progress = folder.name.startswith(".tmp-")  # a checkout being built right now
-            if folder.name not in keep and not in_progress and not parsed.dry_run:
-                remove_tree(folder)
-                checkouts += 1
-    verb = "would free" if parsed.dry_run else "freed"
-    _out(f"{verb} {freed / 1e6:.1f} MB: {removed} blobs, {len(doomed)} runs, {checkouts} checkouts")
-    if parsed.envs is not None:
-        active = {r.env_fingerprint for r in records if r.env_fingerprint and r.status not in TERMINAL}
-        _gc_environments(parsed, active, engine)
-    return 0
-
-
-def _gc_engine(url: str | None) -> Any:
-    """The engine ``gc --envs`` prunes: the local one (which may be absent), or ``--engine URL``, which must
-    answer before anything is deleted."""
-    from mltrain.targets.docker.util import EngineConfig, connect
-
-    try:
-        engine = connect(EngineConfig(base_url=url))
-    except ConfigError as exc:
-        raise UsageError(f"gc --engine {url}: {str(exc).split(': ', 1)[-1]}") from None
-    if url:
-        engine.request("GET", "/_ping", versioned=False)  # unreachable: a one-line TargetError naming the URL
-    return engine
-
-
-def _gc_environments(parsed: argparse.Namespace, active: set[str], engine: Any) -> None:
-    """``--envs DAYS``: venvs and mltrain-built images no run on this machine used for DAYS days."""
-    from mltrain.environments.gc import prune
-
-    pruned = prune(parsed.envs, active, engine=engine, engine_required=bool(parsed.engine), dry_run=parsed.dry_run)
-    verb = "would remove" if parsed.dry_run else "removed"
-    _out(f"{verb} {len(pruned.venvs)} venvs ({pruned.freed / 1e6:.1f} MB) and {len(pruned.images)} images "
-         f"not used for {parsed.envs:g} days"
-         + ("" if pruned.images_checked else " (no Docker engine answered: images not checked)"))
-    for name in [*pruned.venvs, *pruned.images]:
-        _out(f"  {name}")
-    for note in pruned.notes:
-        _out(f"  {note}")

@@ -1,0 +1,233 @@
+"""The one module that touches Hydra's private symbols; everything else in mltrain uses Hydra's public API.
+
+mltrain leans on a few things Hydra 1.3 does not promise to keep: running
+Hydra's command line with a task of our own (``_run_hydra``), composing with
+a loader of our own, applying value overrides to a composed config, the steps
+of ``run_job`` (done in the main thread while the job body runs elsewhere),
+the config sources Hydra reads files through, and ``JobReturn``'s raw value.
+Each is wrapped here once, named in :data:`SYMBOLS`, and checked by one
+contract test in ``tests/test_hydra_compat.py`` that names the symbol and the
+Hydra version when a release changes it. Upgrading Hydra means running that
+file, and fixing what it names here, nowhere else.
+
+Importing this module imports Hydra (~130 ms); import it only on paths that
+compose or run a config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra._internal import utils as _hydra_utils
+from hydra._internal.config_loader_impl import ConfigLoaderImpl as _ConfigLoaderImpl
+from hydra._internal.config_loader_impl import get_overrides_dirname as _get_overrides_dirname
+from hydra._internal.core_plugins.file_config_source import FileConfigSource
+from hydra._internal.core_plugins.importlib_resources_config_source import ImportlibResourcesConfigSource
+from hydra._internal.sources_registry import SourcesRegistry as _SourcesRegistry
+from hydra.core import utils as _core_utils
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+HYDRA_VERSION: str = hydra.__version__
+
+SYMBOLS: tuple[str, ...] = (
+    "hydra._internal.utils._run_hydra",
+    "hydra._internal.utils.get_args_parser",
+    "hydra._internal.utils.create_automatic_config_search_path",
+    "hydra._internal.config_loader_impl.ConfigLoaderImpl",
+    "hydra._internal.config_loader_impl.ConfigLoaderImpl._parse_overrides_and_create_caching_repo",
+    "hydra._internal.config_loader_impl.ConfigLoaderImpl._apply_overrides_to_config",
+    "hydra._internal.config_loader_impl.get_overrides_dirname",
+    "hydra._internal.core_plugins.file_config_source.FileConfigSource",
+    "hydra._internal.core_plugins.importlib_resources_config_source.ImportlibResourcesConfigSource",
+    "hydra.plugins.config_source.ConfigSource._normalize_file_name",
+    "hydra._internal.sources_registry.SourcesRegistry.types",
+    "hydra.core.hydra_config.HydraConfig.cfg",
+    "hydra.core.utils.JobReturn._return_value",
+    "hydra.core.utils._save_config",
+    "hydra.core.utils._flush_loggers",
+    "hydra.core.utils.run_job (its bookkeeping)",
+    "hydra._internal.callbacks.Callbacks.on_job_start/on_job_end",
+    "hydra.core.plugins.Plugins.instantiate_sweeper/instantiate_launcher (frame names)",
+)
+"""Every private Hydra symbol mltrain relies on; each has one contract test."""
+
+__all__ = [
+    "HYDRA_VERSION",
+    "SYMBOLS",
+    "FileConfigSource",
+    "ImportlibResourcesConfigSource",
+    "apply_value_overrides",
+    "args_parser",
+    "caching_repository",
+    "config_file_name",
+    "config_loader",
+    "flush_loggers",
+    "hydra_config_set",
+    "job_bookkeeping",
+    "job_ended",
+    "job_value",
+    "overrides_dirname",
+    "plugin_being_set_up",
+    "replace_config_source",
+    "run_hydra",
+    "save_config",
+]
+
+
+# ------------------------------------------------------------ the command line
+def args_parser() -> argparse.ArgumentParser:
+    """Hydra's own command-line parser (``-m``, ``--cfg``, ``--info``, completion, ...), to add flags to."""
+    return _hydra_utils.get_args_parser()
+
+
+def run_hydra(args: argparse.Namespace, parser: argparse.ArgumentParser, task_function: Callable[..., Any],
+              config_path: str, config_name: str) -> None:
+    """What ``@hydra.main`` does with parsed arguments, for a task function mltrain builds (not a decorated one)."""
+    _hydra_utils._run_hydra(args=args, args_parser=parser, task_function=task_function, config_path=config_path,
+                            config_name=config_name)
+
+
+def plugin_being_set_up(exc: BaseException) -> str | None:
+    """``"sweeper"`` or ``"launcher"`` when ``exc`` was raised while Hydra instantiated that plugin, else None.
+
+    Hydra reports a plugin it cannot use as a bare error; which one it was setting up shows only
+    in the traceback, as its ``Plugins.instantiate_sweeper`` / ``instantiate_launcher`` frames (the
+    innermost wins: a sweeper sets up its launcher inside its own setup).
+    """
+    import traceback
+
+    names = [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    found = [name.removeprefix("instantiate_") for name in names
+             if name in ("instantiate_sweeper", "instantiate_launcher")]
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------- composition
+def config_loader(config_path: str) -> ConfigLoader:
+    """A config loader of our own for ``config_path`` (``pkg://...``), with the search-path plugins applied.
+
+    Not ``Hydra.create_main_hydra2``: that sets a process-wide singleton, and mltrain composes many
+    times in one process (the Python API, also inside a running sweep).
+    """
+    search_path = _hydra_utils.create_automatic_config_search_path(None, None, config_path)
+    return _ConfigLoaderImpl(config_search_path=search_path)
+
+
+def caching_repository(loader: ConfigLoader, config_name: str | None, hydra_overrides: list[str]) -> Any:
+    """The config repository as Hydra builds it for a job (``hydra.searchpath`` overrides applied).
+
+    Its ``group_exists(name)`` tells a config-group override from a value override as Hydra does.
+    """
+    _, repo = loader._parse_overrides_and_create_caching_repo(  # type: ignore[attr-defined]
+        config_name, hydra_overrides)
+    return repo
+
+
+def apply_value_overrides(overrides: Sequence[Any], cfg: DictConfig) -> None:
+    """Apply parsed *value* overrides (``key=value``, ``+key``, ``~key``) to a composed config, as Hydra does
+    after composing the defaults list."""
+    _ConfigLoaderImpl._apply_overrides_to_config(list(overrides), cfg)
+
+
+def overrides_dirname(overrides: Sequence[Any], *, kv_sep: str, item_sep: str, exclude_keys: Sequence[str]) -> str:
+    """``hydra.job.override_dirname`` for parsed task overrides."""
+    return str(_get_overrides_dirname(overrides=list(overrides), kv_sep=kv_sep, item_sep=item_sep,
+                                      exclude_keys=list(exclude_keys)))
+
+
+def config_file_name(source: Any, config_path: str) -> str:
+    """The file a config source reads for ``config_path`` (``compute/local`` -> ``compute/local.yaml``)."""
+    return str(source._normalize_file_name(config_path))
+
+
+def replace_config_source(source_class: type) -> None:
+    """Make Hydra read its scheme (``file``, ``pkg``) through ``source_class`` from now on.
+
+    ``SourcesRegistry.register`` keeps the first class per scheme, so the entry is replaced directly.
+    """
+    _SourcesRegistry.instance().types[source_class.scheme()] = source_class  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------- jobs
+@contextlib.contextmanager
+def hydra_config_set(config: DictConfig | None) -> Iterator[None]:
+    """``HydraConfig`` holds ``config`` (``None``: as it was) inside the block, and what it held before after it.
+
+    ``set_config`` refuses None, and Hydra's own ``run_job`` restores the raw attribute: so do we.
+    """
+    saved = HydraConfig.instance().cfg
+    try:
+        if config is not None:
+            HydraConfig.instance().set_config(config)
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
+def job_value(job_return: Any) -> Any:
+    """A ``JobReturn``'s value or error as stored; ``return_value`` would re-raise an error and print a line."""
+    return job_return._return_value
+
+
+def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+    """One of ``.hydra/``'s files, as ``run_job`` writes it."""
+    _core_utils._save_config(cfg, filename, output_dir)
+
+
+def flush_loggers() -> None:
+    _core_utils._flush_loggers()
+
+
+def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig, value: Any,
+                    task_function: Callable[..., Any]) -> Any:
+    """``hydra.core.utils.run_job`` (Hydra 1.3), step for step, minus the task call and ``on_job_end``.
+
+    For a job whose body mltrain runs later in a worker thread: ``config`` is the job's whole
+    config (``hydra`` node included, ``hydra.job.num`` set), ``job_cfg`` its job part (what the
+    task sees), ``value`` what the returned ``JobReturn`` holds until the body ends (see
+    :func:`job_ended`), ``task_function`` what ``on_job_start`` callbacks are told runs. Skips
+    ``run_job``'s two deep copies of the whole config -- per trial the biggest cost in a
+    sweep's main thread. Never changes the working directory (mltrain's launcher refuses
+    ``hydra.job.chdir``).
+    """
+    from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
+
+    with hydra_config_set(config):
+        output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                  str(OmegaConf.select(config, "hydra.sweep.subdir")))
+        hydra_cfg: Any = HydraConfig.instance().cfg
+        for node in (config.hydra.runtime, hydra_cfg.hydra.runtime):
+            with read_write(node), open_dict(node):
+                node.output_dir = os.path.abspath(output_dir)
+        ret = JobReturn()
+        ret.cfg = job_cfg
+        ret.hydra_cfg = hydra_cfg
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        ret.working_dir = os.getcwd()
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if config.hydra.output_subdir is not None:
+            hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+            save_config(job_cfg, "config.yaml", hydra_output)
+            save_config(hydra_cfg, "hydra.yaml", hydra_output)
+            save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+        with env_override(hydra_cfg.hydra.job.env_set):
+            hydra_context.callbacks.on_job_start(config=config, task_function=task_function)
+            ret.return_value = value
+            ret.status = JobStatus.COMPLETED
+        ret.task_name = JobRuntime.instance().get("name")
+        flush_loggers()
+        return ret
+
+
+def job_ended(hydra_context: Any, config: DictConfig, job_return: Any) -> None:
+    """The ``on_job_end`` callbacks ``run_job`` fires, for a job :func:`job_bookkeeping` began."""
+    hydra_context.callbacks.on_job_end(config=config, job_return=job_return)
