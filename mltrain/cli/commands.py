@@ -225,28 +225,13 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
 
 
 def runs_rerun(parsed: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from mltrain.cli.main import _info, _report_end
-    from mltrain.config.compose import prepare_hydra
-    from mltrain.config.schema import validate
-    from mltrain.config.spec import RunSpec
-    from mltrain.plan.rerun import apply_overrides
-    from mltrain.run import submit_spec
+    from mltrain.plan.rerun import rerun
 
     workspace, store = _open(parsed)
     with store:
         parent = store.get(parsed.run_id)
-    if not parent.snapshot_id:
-        raise StoreError(f"run {parent.id} has no stored snapshot (it failed before one was taken); cannot rerun it")
-    prepare_hydra()
-    stored = OmegaConf.load(workspace.run_paths(parent.id).config)
-    cfg = apply_overrides(stored, parsed.overrides)  # type: ignore[arg-type]
-    OmegaConf.update(cfg, "workspace.dir", str(workspace.root), force_add=True)
-    spec = RunSpec.from_config(validate(cfg), OmegaConf.to_yaml(cfg), [*parent.overrides, *parsed.overrides],
-                               cwd=Path(parent.source_dir))
-    run = submit_spec(spec, show_output=not parsed.detach, parent_id=parent.id, snapshot_id=parent.snapshot_id,
-                      git=parent.git)
+    run = rerun(workspace, parent, parsed.overrides, show_output=not parsed.detach)
     if parsed.detach:
         _out(run.id)
         return 0
@@ -311,29 +296,14 @@ def runs_diff(parsed: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- plan
 def plan_for(overrides: Sequence[str], config_name: str | None) -> Any:
-    """Compose, snapshot in dry-run, compile: reads the tree, writes no record, builds nothing."""
+    """Compose, compile (as a submit does), inspect: reads the tree, writes no record, builds nothing."""
     from mltrain.config.compose import compose_validated
-    from mltrain.config.spec import RunSpec, check_source
-    from mltrain.environments import environment_for
-    from mltrain.plan.compile import compile_plan
-    from mltrain.snapshot.blobstore import BlobStore
-    from mltrain.snapshot.take import SnapshotLimits, take_snapshot
-    from mltrain.targets import executor_for
+    from mltrain.config.spec import RunSpec
+    from mltrain.plan.compile import compile
+    from mltrain.plan.inspect import inspect
 
     cfg, job_yaml = compose_validated(overrides, config_name)
-    spec = RunSpec.from_config(cfg, job_yaml, list(overrides))
-    check_source(spec)
-    workspace = Workspace.locate(spec.workspace_dir)
-    limits = SnapshotLimits.of(spec.snapshot)
-    # The stat cache makes an unchanged tree cheap to plan; use it only where a workspace already
-    # exists, so planning in a fresh project still creates nothing.
-    cache_dir = workspace.cache if workspace.exists() else None
-    snapshot = take_snapshot(spec.source_dir, BlobStore(workspace.blobs), limits=limits, cache_dir=cache_dir,
-                             dry_run=True)
-    executor = executor_for(spec.compute, workspace)
-    environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
-    executor.check_environment(environment)
-    return compile_plan(spec, snapshot=snapshot, environment=environment, executor=executor)
+    return inspect(compile(RunSpec.from_config(cfg, job_yaml, list(overrides))))
 
 
 # ----------------------------------------------------------------------- gc
