@@ -1,4 +1,5 @@
-"""Submitting a run and following it: the Python API the CLI is a thin layer over.
+"""Submitting a run: the Python API the CLI is a thin layer over. It compiles the run's plan and carries it
+out (``mltrain.plan``); the ``Run`` it returns (``mltrain.runs``) is how to follow it.
 
     run = mltrain.submit(["script=train.py", "compute=local"])
     run.wait(show_output=True)
