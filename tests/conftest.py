@@ -174,6 +174,16 @@ def project(tmp_path: Path, base_env: dict[str, str]) -> Project:
     return proj
 
 
+@pytest.fixture
+def in_project(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """The Python API in-process, in the project's folder, with the environment the CLI tests give the command."""
+    monkeypatch.chdir(project.root)
+    for key in [k for k in os.environ if k.startswith("MLTRAIN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLTRAIN_CACHE_DIR", project.env["MLTRAIN_CACHE_DIR"])
+    return project
+
+
 def run_in_pty(project: Project, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
                watch: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
     """The CLI with a pseudo-terminal (``pty``) as stdout and stderr, as in a shell: its exit code and output.

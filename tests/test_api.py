@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,6 @@ from conftest import Project
 
 import mltrain
 from mltrain.errors import ConfigError, RunFailed, UsageError
-
-
-@pytest.fixture
-def in_project(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
-    monkeypatch.chdir(project.root)
-    for key in [k for k in os.environ if k.startswith("MLTRAIN_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("MLTRAIN_CACHE_DIR", project.env["MLTRAIN_CACHE_DIR"])
-    return project
 
 
 def test_submit_wait_get(in_project: Project, capfd: pytest.CaptureFixture[str]) -> None:

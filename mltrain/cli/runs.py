@@ -197,27 +197,12 @@ def runs_outputs(parsed: argparse.Namespace) -> int:
 
 
 def runs_rerun(parsed: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from mltrain.config.compose import prepare_hydra
-    from mltrain.config.schema import validate
-    from mltrain.config.spec import RunSpec
-    from mltrain.plan.rerun import apply_overrides
-    from mltrain.run import submit_spec
+    from mltrain.plan.rerun import rerun
 
     workspace, store = open_history(parsed)
     with store:
         parent = store.get(parsed.run_id)
-    if not parent.snapshot_id:
-        raise StoreError(f"run {parent.id} has no stored snapshot (it failed before one was taken); cannot rerun it")
-    prepare_hydra()
-    stored = OmegaConf.load(workspace.run_paths(parent.id).config)
-    cfg = apply_overrides(stored, parsed.overrides)  # type: ignore[arg-type]
-    OmegaConf.update(cfg, "workspace.dir", str(workspace.root), force_add=True)
-    spec = RunSpec.from_config(validate(cfg), OmegaConf.to_yaml(cfg), [*parent.overrides, *parsed.overrides],
-                               cwd=Path(parent.source_dir))
-    run = submit_spec(spec, show_output=not parsed.detach, parent_id=parent.id, snapshot_id=parent.snapshot_id,
-                      git=parent.git)
+    run = rerun(workspace, parent, parsed.overrides, show_output=not parsed.detach)
     if parsed.detach:
         out(run.id)
         return 0

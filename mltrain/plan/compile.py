@@ -1,78 +1,57 @@
-"""The execution plan: the stages a run goes through, each with a fingerprint and its cache state.
+"""Compiling a run spec into its plan: which stages run, with which inputs. Pure: no file system, no network.
 
-This is what makes mltrain a build tool: a stage whose fingerprint is already
-satisfied (snapshot blobs stored, environment built, code staged) is skipped.
-``mltrain plan`` prints it and does nothing else.
+What needs I/O to know -- the snapshot's manifest id, whether the environment is built, whether the code
+is on the target already, the full argv -- is found later, by ``inspect`` (``mltrain plan``) or by
+``execute`` as it goes, and recorded on these same stages.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from mltrain.config.spec import RunSpec
-from mltrain.environments.base import Environment, PreparedEnvironment
-from mltrain.frameworks.base import framework_for
-from mltrain.snapshot.limits import human
-from mltrain.targets.base import Executor
+from mltrain.plan.stages import Plan, Stage, StagePlan
 
-STAGES = ("SNAPSHOT", "ENVIRONMENT", "STAGE_CODE", "LAUNCH", "MONITOR", "COLLECT", "FINALIZE")
+IGNORE_FILES = (".gitignore", ".amlignore", ".mltrainignore")
+"""The files whose rules decide what a snapshot holds (``mltrain.snapshot.ignore``): ``.gitignore`` at any
+depth, the other two at the root of the source directory."""
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    summary: str
-    fingerprint: str | None = None
-    cached: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Plan:
-    experiment: str
-    target: str
-    environment: str
-    stages: tuple[Stage, ...]
-
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
-
-    def render(self) -> str:
-        lines = [f"experiment {self.experiment} on {self.target} with {self.environment}"]
-        for number, stage in enumerate(self.stages, 1):
-            state = "cached" if stage.cached else ("to do" if stage.fingerprint else "")
-            fingerprint = f" [{stage.fingerprint[:12]}]" if stage.fingerprint else ""
-            lines.append(f"{number}. {stage.name:<12}{fingerprint:<15} {state:<7} {stage.summary}")
-        return "\n".join(lines)
-
-
-def compile_plan(spec: RunSpec, *, snapshot: Any, environment: Environment, executor: Executor,
-                 prepared: PreparedEnvironment | None = None) -> Plan:
-    """``snapshot`` is a ``SnapshotResult`` (dry-run for ``mltrain plan``, real for a submit);
-    ``prepared`` is the ready environment when there is one (a plan shows ``<python>`` instead)."""
-    manifest_id = snapshot.manifest.id
-    env_fp = environment.fingerprint()
-    placeholder = PreparedEnvironment(interpreter="<python>", fingerprint=env_fp, description="")
-    argv = framework_for(spec.framework).command(spec, prepared or placeholder, executor)
+def compile(spec: RunSpec) -> Plan:
+    """The plan for ``spec``: every stage, in order, with the inputs it depends on."""
+    script_argv = spec.script_argv()
+    framework = spec.framework.type
     stages = (
-        Stage("SNAPSHOT", f"{snapshot.files} files, {human(snapshot.bytes)}, {human(snapshot.bytes_new)} new",
-              manifest_id, snapshot.bytes_new == 0,
-              {"files": snapshot.files, "bytes": snapshot.bytes, "bytes_new": snapshot.bytes_new,
-               "warnings": list(snapshot.warnings)}),
-        Stage("ENVIRONMENT", environment.describe(), env_fp, environment.is_prepared(executor)),
-        Stage("STAGE_CODE", f"snapshot to {executor.describe()}", manifest_id,
-              executor.code_is_staged(manifest_id)),
-        Stage("LAUNCH", " ".join(argv), None, False, {"argv": argv, "env": [k for k, _ in spec.env_vars]}),
-        Stage("MONITOR", "stream output, record status and metrics"),
-        Stage("COLLECT", "outputs and metrics into the run record"),
-        Stage("FINALIZE", "record exit status, duration"),
+        StagePlan(Stage.SNAPSHOT, f"the files of {spec.source_dir}", {
+            "source_dir": str(spec.source_dir),
+            "ignore_files": list(IGNORE_FILES),
+            "limits": _plain(spec.snapshot),
+            "workspace": spec.workspace_dir,
+        }),
+        StagePlan(Stage.ENVIRONMENT, f"environment={spec.environment.type}", {
+            "kind": spec.environment.type,
+            "definition": _plain(spec.environment),  # with the files it names and the interpreter: the fingerprint
+        }),
+        StagePlan(Stage.STAGE_CODE, f"snapshot to compute={spec.compute.type}", {
+            "target": spec.compute.type, "snapshot": Stage.SNAPSHOT.value,
+        }),
+        StagePlan(Stage.LAUNCH, f"{framework}: {' '.join(script_argv)}", {
+            "framework": framework,  # it puts the interpreter (python) or spark-submit and its options in front
+            "script_argv": script_argv,
+            "env": [name for name, _ in spec.env_vars],
+        }),
+        StagePlan(Stage.MONITOR, "stream output, record status and metrics"),
+        StagePlan(Stage.COLLECT, "outputs and metrics into the run record"),
+        StagePlan(Stage.FINALIZE, "record exit status, duration"),
     )
-    return Plan(spec.experiment, executor.describe(), environment.describe(), stages)
+    return Plan(spec.experiment, spec.compute.type, spec.environment.type, stages, spec=spec)
+
+
+def _plain(value: Any) -> Any:
+    """A config dataclass as JSON-able data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value

@@ -1,4 +1,4 @@
-"""Rerunning a recorded run: its stored config and stored snapshot, not today's files.
+"""Rerunning a recorded run: its stored config and stored snapshot (handed to the plan as given), not today's files.
 
 Overrides apply on top of the stored config: ``key=value`` sets a value,
 ``group=option`` (``compute=my_box``) swaps in that group option from the
@@ -8,12 +8,17 @@ current config search path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mltrain.errors import ConfigError
+from mltrain.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from mltrain.runs import Run
+    from mltrain.store.db import RunRecord
+    from mltrain.store.workspace import Workspace
 
 
 def apply_overrides(stored: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -44,3 +49,31 @@ def apply_overrides(stored: DictConfig, overrides: Sequence[str]) -> DictConfig:
             else:
                 OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
     return cfg
+
+
+def rerun(workspace: Workspace, parent: RunRecord, overrides: Sequence[str], *, show_output: bool = False) -> Run:
+    """Run ``parent`` again: its stored config with ``overrides`` on top, from its stored snapshot.
+
+    The snapshot is handed to the plan as given, with the git state and uncommitted changes recorded with
+    it: today's files in the source directory play no part.
+    """
+    from omegaconf import OmegaConf
+
+    from mltrain.config.compose import prepare_hydra
+    from mltrain.config.schema import validate
+    from mltrain.config.spec import RunSpec
+    from mltrain.plan.compile import compile
+    from mltrain.plan.execute import execute
+    from mltrain.plan.stages import SnapshotRef, Stage
+
+    if not parent.snapshot_id:
+        raise StoreError(f"run {parent.id} has no stored snapshot (it failed before one was taken); cannot rerun it")
+    prepare_hydra()
+    paths = workspace.run_paths(parent.id)
+    cfg = apply_overrides(OmegaConf.load(paths.config), overrides)  # type: ignore[arg-type]
+    OmegaConf.update(cfg, "workspace.dir", str(workspace.root), force_add=True)
+    spec = RunSpec.from_config(validate(cfg), OmegaConf.to_yaml(cfg), [*parent.overrides, *overrides],
+                               cwd=Path(parent.source_dir))
+    patch = str(paths.git_patch) if paths.git_patch.exists() else None
+    given = {Stage.SNAPSHOT: SnapshotRef(parent.snapshot_id, parent.git, patch)}
+    return execute(compile(spec), given=given, show_output=show_output, parent_id=parent.id)

@@ -34,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mltrain.errors import MltrainError, StoreError
+from mltrain.plan.stages import SnapshotRef, Stage
 from mltrain.store.db import (
     CANCELED,
     COMPLETED,
@@ -60,18 +61,6 @@ log = logging.getLogger(__name__)
 
 EARLY = "early termination"
 CANCEL_POLL_SECONDS = 0.5
-
-
-@dataclass
-class Snapshot:
-    """The code every trial from one source_dir runs: taken once per sweep."""
-
-    id: str
-    git: dict[str, Any] | None
-    patch: str | None = None  # a file holding the uncommitted changes, copied into each run folder
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -162,7 +151,7 @@ class SweepController(Supervisor):
         self.existing: SweepRecord | None = None
         self.old: dict[int, TrialRecord] = {}
         self.trials: dict[int, Trial] = {}
-        self.snapshots: dict[str, Snapshot] = {}
+        self.snapshots: dict[str, SnapshotRef] = {}
         self.env_fingerprints: dict[str, str] = {}
         self.stopping: str | None = None
         self.canceled = False
@@ -258,36 +247,22 @@ class SweepController(Supervisor):
                 executor.check_environment(environment)
                 self.env_fingerprints[key] = environment.fingerprint()
 
-    def _snapshot(self, spec: Any, stored: dict[str, Any]) -> Snapshot:
+    def _snapshot(self, spec: Any, stored: dict[str, Any]) -> SnapshotRef:
         key = str(spec.source_dir)
         if key in self.snapshots:
             return self.snapshots[key]
-        snap = Snapshot(**stored[key]) if key in stored else self._take_snapshot(spec)
+        snap = SnapshotRef(**stored[key]) if key in stored else self._take_snapshot(spec)
         self.snapshots[key] = snap
         return snap
 
-    def _take_snapshot(self, spec: Any) -> Snapshot:
+    def _take_snapshot(self, spec: Any) -> SnapshotRef:
+        """The plan's SNAPSHOT stage, once for all trials from this source_dir; each trial is given it."""
         from mltrain.environments.base import digest
-        from mltrain.snapshot.blobstore import BlobStore
-        from mltrain.snapshot.git import capture
-        from mltrain.snapshot.take import SnapshotLimits, take_snapshot
+        from mltrain.plan.snapshot import take
 
-        limits = SnapshotLimits.of(spec.snapshot)
-        result = take_snapshot(spec.source_dir, BlobStore(self.workspace.blobs), limits=limits,
-                               cache_dir=self.workspace.cache)
-        for warning in result.warnings:
-            self.report(f"snapshot: {warning}")
-        info = capture(spec.source_dir)
-        git = info.to_dict()
-        git.pop("patch", None)
-        git["has_patch"] = bool(info.patch)
-        patch = None
-        if info.patch:
-            path = sweep_dir(self.workspace, self.sweep_id) / f"git-{digest(str(spec.source_dir))[:12]}.patch"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(info.patch_bytes())
-            patch = str(path)
-        return Snapshot(result.manifest.id, git, patch)
+        patch = sweep_dir(self.workspace, self.sweep_id) / f"git-{digest(str(spec.source_dir))[:12]}.patch"
+        ref, _ = take(spec, self.workspace, note=self.report, patch_file=patch)
+        return ref
 
     def _resume(self) -> None:
         """Carry on an existing sweep: keep its finished trials, follow its running ones."""
@@ -346,7 +321,7 @@ class SweepController(Supervisor):
         trial.monitor.metrics_file = self.workspace.run_paths(trial.run_id).metrics
         return lambda: self._run(trial, snap)
 
-    def _fingerprint(self, prepared: PreparedTrial, snap: Snapshot) -> str:
+    def _fingerprint(self, prepared: PreparedTrial, snap: SnapshotRef) -> str:
         from mltrain.environments.base import digest
 
         config = {k: v for k, v in prepared.container.items() if k != "sweep"}
@@ -404,11 +379,10 @@ class SweepController(Supervisor):
 
         return body
 
-    def _run(self, trial: Trial, snap: Snapshot) -> RunRecord:
-        """The worker's part: submit with the sweep's snapshot, then follow until the run ends."""
-        import shutil
-
-        from mltrain.run import submit_spec
+    def _run(self, trial: Trial, snap: SnapshotRef) -> RunRecord:
+        """The worker's part: carry out the trial's plan, given the sweep's snapshot; follow it until it ends."""
+        from mltrain.plan.compile import compile
+        from mltrain.plan.execute import execute
 
         spec = trial.prepared.spec
         with Store(self.workspace.db_path) as store:
@@ -416,13 +390,11 @@ class SweepController(Supervisor):
             store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, trial.run_id))
             try:
                 with self._first_alone(_target_key(spec)):
-                    run = submit_spec(spec, sweep_id=self.sweep_id, snapshot_id=snap.id, git=snap.git,
-                                      run_id=trial.run_id)
+                    run = execute(compile(spec), given={Stage.SNAPSHOT: snap}, sweep_id=self.sweep_id,
+                                  run_id=trial.run_id)
             except MltrainError as exc:
                 store.set_trial_error(self.sweep_id, trial.idx, str(exc))
                 raise
-        if snap.patch:
-            shutil.copyfile(snap.patch, run.paths.git_patch)
         self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
         return run.wait(out=trial.monitor.feed, stop=trial.poll_stop)
 

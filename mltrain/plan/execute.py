@@ -1,0 +1,317 @@
+"""Carrying out a plan: the one path every run takes (a submit, a sweep's trial, a rerun).
+
+``execute`` records the run, then goes through the plan's stages in the plan's order, one loop, each
+stage's work a function below. A caller may hand in a stage it has satisfied already: a sweep gives its
+snapshot (taken once for all its trials), a rerun the stored snapshot of the run it repeats. What each
+stage came to -- done, cached, given; its fingerprint; the seconds it took -- is written to the run's
+``plan.json`` (secret values masked), the same plan ``mltrain plan`` prints before a run.
+
+The stages after LAUNCH (MONITOR, COLLECT, FINALIZE) belong to whoever follows the run (``Run.wait``,
+``mltrain runs attach``, a sweep's worker): a submit returns once the job has started, so here they are
+recorded as ``later``.
+
+The run's row records this process (``mltrain.hosts.client``) and preparation runs its commands in a
+process group that ends with it, so a client that dies before the launch leaves neither a run stuck in
+``Preparing`` nor a pip running. A run canceled while it is prepared is not launched (or, if the cancel
+came as it launched, its job is stopped at once).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from mltrain.errors import MltrainError, UsageError
+from mltrain.plan.resolve import Resolved, resolve
+from mltrain.plan.stages import CACHED, DONE, FAILED, GIVEN, LATER, Plan, SnapshotRef, Stage
+from mltrain.runs import Run
+from mltrain.store.db import CANCELED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
+from mltrain.store.db import FAILED as RUN_FAILED
+from mltrain.store.workspace import RunPaths, Workspace
+from mltrain.targets.base import ExitInfo, Handle, finalize
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.environments.base import PreparedEnvironment
+    from mltrain.snapshot.take import SnapshotResult
+
+NOTHING_GIVEN: Mapping[Stage, object] = MappingProxyType({})
+T = TypeVar("T")
+
+
+def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_output: bool = False,
+            parent_id: str | None = None, sweep_id: str | None = None, run_id: str | None = None,
+            idempotency_key: str | None = None) -> Run:
+    """Record a run and carry out ``plan`` up to its launch; returns without waiting for the job.
+
+    ``given``: results of stages the caller satisfied already -- ``{Stage.SNAPSHOT: SnapshotRef(...)}``.
+    ``run_id``: the id to record the run under (a sweep names the run before it exists).
+    ``idempotency_key``: if a run was recorded under this key before (in this workspace), that run is
+    returned instead (``run.existing``); the same key with other overrides is an error.
+    """
+    from mltrain.config.spec import check_source
+    from mltrain.hosts.client import PrepGroup, identity
+
+    spec = plan.spec
+    if spec is None:
+        raise ValueError("a plan read back from JSON has no spec to execute")
+    unknown = set(given) - set(_GIVEN)
+    if unknown:
+        raise ValueError(f"only {sorted(s.value for s in _GIVEN)} can be given, not {sorted(s.value for s in unknown)}")
+    if Stage.SNAPSHOT not in given:
+        check_source(spec)
+    resolved = resolve(spec, Workspace.locate(spec.workspace_dir).ensure())
+    workspace, executor = resolved.workspace, resolved.executor
+    client = identity()
+    with Store(workspace.db_path) as store:
+        try:
+            record = store.create_run(
+                experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
+                compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
+                parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
+                idempotency_key=idempotency_key,
+            )
+        except IdempotencyHit as hit:
+            return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
+        paths = workspace.run_paths(record.id)
+        paths.dir.mkdir(parents=True)
+        paths.config.write_text(spec.config_yaml)
+        paths.overrides.write_text(json.dumps(list(spec.overrides)))
+        work = _Work(plan, resolved, store, record, paths, open(paths.log, "ab"), show_output)  # noqa: SIM115
+
+        def record_group(group: dict[str, Any]) -> None:
+            store.update(record.id, client={**client, "group": group})
+
+        try:
+            with PrepGroup(record_group):
+                store.transition(record.id, PREPARING)
+                _carry_out(work, given)
+        except MltrainError as exc:
+            if store.transition(record.id, RUN_FAILED, reason=str(exc)) or store.get(record.id).status != CANCELED:
+                raise
+            work.handle = None  # canceled while prepared: the cancel stopped the step that failed; nothing to report
+        except KeyboardInterrupt:
+            if work.handle is not None:  # launched already: the job must not outlive the Ctrl-C
+                work.handle.cancel(executor.cancel_grace)
+            store.transition(record.id, CANCELED, reason="canceled by user during preparation")
+            raise
+        except BaseException as exc:
+            store.transition(record.id, RUN_FAILED, reason=f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            work.log_file.close()
+    return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+
+
+@dataclass
+class _Work:
+    """One run being carried out: what its stages share, and what each leaves for the next."""
+
+    plan: Plan
+    resolved: Resolved
+    store: Store
+    record: RunRecord
+    paths: RunPaths
+    log_file: IO[bytes]
+    show_output: bool
+    snapshot_id: str | None = None
+    prepared: PreparedEnvironment | None = None
+    code_dir: str | None = None
+    handle: Handle | None = None
+    offset: int = 0
+
+    @property
+    def spec(self) -> RunSpec:
+        assert self.plan.spec is not None  # execute refuses a plan without one
+        return self.plan.spec
+
+    def note(self, line: str) -> None:
+        """A line of mltrain's own in the run's output log (and on stderr when the output is shown)."""
+        data = f"[mltrain] {line}\n".encode(errors="replace")
+        self.log_file.write(data)
+        self.log_file.flush()
+        if self.show_output:
+            sys.stderr.write(data.decode())
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: str
+    fingerprint: str | None = None
+    cached: bool = False
+    summary: str | None = None
+
+
+def _carry_out(work: _Work, given: Mapping[Stage, object]) -> None:
+    """The plan's stages, in its order; what each came to goes onto the plan, and the plan into plan.json."""
+    work.plan = work.resolved.describe(work.plan)
+    try:
+        for step in work.plan.stages:
+            details: dict[str, Any] = {}
+            started = time.perf_counter()
+            try:
+                if step.stage in given:
+                    outcome = _GIVEN[step.stage](work, given[step.stage], details)
+                else:
+                    outcome = _DO[step.stage](work, details)
+            except BaseException:
+                work.plan = work.plan.record(step.stage, state=FAILED, seconds=_since(started), details=details)
+                raise
+            found: dict[str, Any] = {"state": outcome.state, "cached": outcome.cached, "details": details,
+                                     "seconds": None if outcome.state == LATER else _since(started)}
+            if outcome.fingerprint is not None:
+                found["fingerprint"] = outcome.fingerprint
+            if outcome.summary is not None:
+                found["summary"] = outcome.summary
+            work.plan = work.plan.record(step.stage, **found)
+    finally:
+        work.paths.plan.write_text(work.plan.to_json())  # masked: an argv or an input may hold a secret
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 4)
+
+
+# ------------------------------------------------------------------ the stages
+def _snapshot(work: _Work, details: dict[str, Any]) -> _Outcome:
+    from mltrain.plan.snapshot import take
+
+    ref, result = take(work.spec, work.resolved.workspace, note=work.note, patch_file=work.paths.git_patch)
+    work.store.update(work.record.id, git=ref.git, snapshot_id=ref.id)
+    work.snapshot_id = ref.id
+    details.update(_snapshot_details(result))
+    cached = result.bytes_new == 0
+    return _Outcome(CACHED if cached else DONE, ref.id, cached, _snapshot_summary(result))
+
+
+def _given_snapshot(work: _Work, ref: object, details: dict[str, Any]) -> _Outcome:
+    from mltrain.plan.snapshot import copy_patch, stored
+
+    if not isinstance(ref, SnapshotRef):
+        raise TypeError(f"given[Stage.SNAPSHOT] must be a SnapshotRef, not {type(ref).__name__}")
+    result = stored(work.resolved.workspace, ref)
+    fields: dict[str, Any] = {"snapshot_id": ref.id}
+    if ref.git is not None:
+        fields["git"] = dict(ref.git)
+    work.store.update(work.record.id, **fields)
+    copy_patch(ref, work.paths.git_patch)
+    work.snapshot_id = ref.id
+    details.update(_snapshot_details(result))
+    return _Outcome(GIVEN, ref.id, True, _snapshot_summary(result))
+
+
+def _snapshot_details(result: SnapshotResult) -> dict[str, Any]:
+    return {"files": result.files, "bytes": result.bytes, "bytes_new": result.bytes_new,
+            "warnings": list(result.warnings)}
+
+
+def _snapshot_summary(result: SnapshotResult) -> str:
+    from mltrain.snapshot.limits import human
+
+    return f"{result.files} files, {human(result.bytes)}, {human(result.bytes_new)} new"
+
+
+def _environment(work: _Work, details: dict[str, Any]) -> _Outcome:
+    from mltrain.environments.gc import mark_used
+
+    environment, executor = work.resolved.environment, work.resolved.executor
+    cached = environment.is_prepared(executor)
+    prepared = environment.prepare(work.note, executor)
+    work.prepared = prepared
+    work.store.update(work.record.id, env_fingerprint=prepared.fingerprint)
+    mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
+    if prepared.freeze is not None:
+        work.paths.environment_freeze.write_text(prepared.freeze + "\n")
+    details["interpreter"] = prepared.interpreter
+    if prepared.image is not None:
+        details["image"] = prepared.image
+    return _Outcome(CACHED if cached else DONE, prepared.fingerprint, cached, prepared.description)
+
+
+def _stage_code(work: _Work, details: dict[str, Any]) -> _Outcome:
+    executor = work.resolved.executor
+    snapshot_id = _needs(work.snapshot_id, Stage.STAGE_CODE, Stage.SNAPSHOT)
+    cached = executor.code_is_staged(snapshot_id)
+    work.code_dir = executor.stage_code(snapshot_id)
+    return _Outcome(CACHED if cached else DONE, snapshot_id, cached, f"snapshot to {executor.describe()}")
+
+
+def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
+    from mltrain.frameworks.base import framework_for
+    from mltrain.targets.base import LaunchRequest
+
+    spec, executor, store, record = work.spec, work.resolved.executor, work.store, work.record
+    prepared = _needs(work.prepared, Stage.LAUNCH, Stage.ENVIRONMENT)
+    code_dir = _needs(work.code_dir, Stage.LAUNCH, Stage.STAGE_CODE)
+    argv = framework_for(spec.framework).command(spec, prepared, executor)
+    details.update({"argv": argv, "env": [name for name, _ in spec.env_vars]})
+    request = LaunchRequest(
+        run_id=record.id, argv=argv, cwd=code_dir, env=_run_env(spec, record, work.paths), paths=work.paths,
+        experiment=spec.experiment, image=prepared.image, interpreter=prepared.interpreter,
+        secrets=spec.secrets(),
+    )
+    work.offset = work.log_file.tell()
+    work.handle = handle = executor.launch(request)
+    if not store.transition(record.id, RUNNING, handle=handle.to_dict()):
+        _stop_unwanted(store, work.resolved.workspace, record.id, handle, executor.cancel_grace)
+    return _Outcome(DONE, summary=" ".join(argv))
+
+
+def _later(work: _Work, details: dict[str, Any]) -> _Outcome:
+    return _Outcome(LATER)
+
+
+_DO: dict[Stage, Callable[[_Work, dict[str, Any]], _Outcome]] = {
+    Stage.SNAPSHOT: _snapshot,
+    Stage.ENVIRONMENT: _environment,
+    Stage.STAGE_CODE: _stage_code,
+    Stage.LAUNCH: _launch,
+    Stage.MONITOR: _later,
+    Stage.COLLECT: _later,
+    Stage.FINALIZE: _later,
+}
+
+_GIVEN: dict[Stage, Callable[[_Work, object, dict[str, Any]], _Outcome]] = {
+    Stage.SNAPSHOT: _given_snapshot,
+}
+
+
+def _needs(value: T | None, stage: Stage, before: Stage) -> T:
+    if value is None:
+        raise ValueError(f"the plan has {stage.value} without {before.value} before it")
+    return value
+
+
+# ------------------------------------------------------------------ helpers
+def _existing(record: RunRecord, overrides: tuple[str, ...], workspace: Workspace, key: str) -> Run:
+    """The run an earlier submit started under ``key``, if it was asked for with the same overrides."""
+    if list(record.overrides) != list(overrides):
+        theirs = " ".join(record.overrides) or "no overrides"
+        raise UsageError(f"idempotency key {key!r} was used by run {record.id} with other overrides ({theirs}); "
+                         "use a new key, or the same overrides to get that run")
+    return Run(record.id, workspace, existing=True)
+
+
+def _stop_unwanted(store: Store, workspace: Workspace, run_id: str, handle: Handle, grace: float) -> None:
+    """The run ended (canceled) while it was being prepared, and its job has just started: stop it again."""
+    handle.cancel(grace)
+    info = handle.wait(5.0) or ExitInfo(None)
+    record = store.get(run_id)
+    finalize(store, workspace, record, handle, info, canceled=record.reason or "canceled")
+
+
+def _run_env(spec: RunSpec, record: RunRecord, paths: RunPaths) -> dict[str, str]:
+    env = dict(spec.env_vars)
+    env.update({
+        "MLTRAIN_RUN_ID": record.id,
+        "MLTRAIN_EXPERIMENT": record.experiment,
+        "MLTRAIN_OUTPUT_DIR": str(paths.outputs),
+        "MLTRAIN_METRICS_FILE": str(paths.metrics),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
