@@ -462,6 +462,8 @@ def test_outputs_past_the_byte_limit_stop_cleanly_and_the_link_goes_on(sproject:
 class _HostileLink:
     """Answers ``pack`` with a crafted archive, as a compromised host could."""
 
+    where = "x"
+
     def __init__(self, archive: bytes) -> None:
         self.archive = archive
 
@@ -506,8 +508,8 @@ def test_hostile_archive_from_host_is_refused(tmp_path: Path) -> None:
         add("run/metrics.jsonl", b'{"name": "loss", "value": 1}\n')
     paths = RunPaths(tmp_path / "run")
     paths.dir.mkdir()
-    handle = SshHandle(paths, SshSettings(host="x"), "r1", run_dir="/r", pid=1, start_time=None, boot_id="",
-                       log_base=0, cancel_grace=1, link=_HostileLink(buf.getvalue()))  # type: ignore[arg-type]
+    handle = SshHandle(paths, "r1", "/r", 1, ssh=SshSettings(host="x"), cancel_grace=1,
+                       link=_HostileLink(buf.getvalue()))  # type: ignore[arg-type]
     handle.collect(paths)
     assert (paths.outputs / "good.txt").read_text() == "good"
     assert paths.metrics.exists()
