@@ -268,7 +268,16 @@ class LogMirror:
             state.done = True
             _write_json(self.state_path, state.to_dict())
             return
-        if state.size is not None and self.log_path.exists() and self.log_path.stat().st_size > state.size:
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if state.size is not None and size < state.size:
+            # shorter than what was copied: rewritten since (finalize strips terminal codes once the run ended);
+            # copying on would put the source's bytes at the wrong place, so the log ends as it is
+            with contextlib.suppress(Exception):
+                stream.close()  # type: ignore[attr-defined]
+            state.size, state.done = size, True
+            _write_json(self.state_path, state.to_dict())
+            return
+        if state.size is not None and size > state.size:
             os.truncate(self.log_path, state.size)
         saved = time.monotonic()
         with open(self.log_path, "ab") as out:

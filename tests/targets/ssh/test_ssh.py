@@ -812,6 +812,28 @@ def test_a_peer_breaking_the_handshake_prints_no_traceback(project: Project, tmp
     assert_one_line_error(result, fragment)
 
 
+def test_a_reader_after_finalize_never_copies_the_hosts_log_again(sproject: SshProject) -> None:
+    """Finalize rewrites the run's log without terminal codes, which makes it shorter. A follower in another
+    process that reads once more after that must leave the log as it is (the mirror keeps its own position on the
+    host's log; a position taken from the local file's size would copy the host's tail in again)."""
+    from mltrain.store.db import Store
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.base import handle_for
+
+    sproject.write("colors.py", "for i in range(30):\n    print(f'\\x1b[32mgreen {i}\\x1b[0m', flush=True)\n")
+    sproject.submit("script=colors.py", check=True)
+    run_id = str(sproject.runs()[0]["id"])
+    log = sproject.workspace / "runs" / run_id / "output.log"
+    before = log.read_bytes()
+    assert b"\x1b" not in before and before.count(b"green 29\n") == 1
+    workspace = Workspace(sproject.workspace)
+    with Store(workspace.db_path) as store:
+        handle = handle_for(store.get(run_id), workspace)
+    assert handle is not None
+    data, _ = handle.read_log(0)
+    assert data == before and log.read_bytes() == before
+
+
 # ------------------------------------------------------------------- secrets
 def test_secrets_are_masked_on_the_host(sproject: SshProject) -> None:
     """The helper's Python masks the output where the host writes the log: the host's file, the local copy,
