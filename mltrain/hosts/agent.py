@@ -7,6 +7,11 @@ each step in about a millisecond, gives every reply a deadline the client
 can enforce, and takes argv and environment as data -- nothing it is given
 ever passes through a shell.
 
+Its job steps (``Jobs``: launch, poll, wait, read the log, cancel) are also
+what compute=local runs, in the client's own process
+(``mltrain.hosts.local``): the lifecycle of a detached job is written here,
+once, for every host.
+
 Wire format, both ways: frames of ``kind (1 byte) + length (4 bytes, big
 endian) + payload``. ``J`` frames hold one JSON object (a request, a reply,
 or ``{"hb": 1}``, a heartbeat sent while a long step is busy, so a silent
@@ -35,7 +40,7 @@ Layout under ``remote_dir`` (``~/.mltrain``)::
                           it); small ones are written as unnamed files (O_TMPFILE) and linked in whole
     checkouts/<id>/       a snapshot's tree, built from hardlinks to the blobs
     cache/envs/           environments built on this host (venvs)
-    runs/<run id>/        output.log, exit_code, launch.json, outputs/, metrics.jsonl
+    runs/<run id>/        output.log, exit_code, launch.json (+ launch.lock), outputs/, metrics.jsonl
 """
 
 from __future__ import annotations
@@ -476,13 +481,14 @@ class Jobs:
                container: str | None = None, guard: Any = None) -> dict[str, Any]:
         """Start ``argv`` detached in ``cwd``, once per run folder; a later call returns the first launch's record.
 
-        Launches of one run are serialised by an ``flock`` on its folder, so a
-        launch retried while the first one is still starting (a dropped link)
-        waits for it and finds its record. ``guard`` (a context manager) is held
-        while the job starts. ``{"missing_code": true}`` if ``cwd`` is not there.
+        Launches of one run are serialised by an ``flock`` on its ``launch.lock``
+        (a file: NFS locks only what is open for writing), so a launch retried
+        while the first one is still starting (a dropped link) waits for it and
+        finds its record. ``guard`` (a context manager) is held while the job
+        starts. ``{"missing_code": true}`` if ``cwd`` is not there.
         """
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(folder, "launch.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             flock_waiting(fd, self.tick)
             known = self.record(folder)

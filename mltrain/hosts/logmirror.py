@@ -281,21 +281,22 @@ class LogMirror:
             os.truncate(self.log_path, state.size)
         saved = time.monotonic()
         with open(self.log_path, "ab") as out:
-            wrote = True
+            unsaved = False  # bytes written since the last save
+            failed = False  # a write failed: nothing is saved, the next copier starts from the last save
             try:
                 for data in stream:
-                    wrote = False
+                    failed = unsaved = True
                     out.write(data)
                     if follow:
                         out.flush()
-                    wrote = True
+                    failed = False
                     if time.monotonic() - saved > SAVE_EVERY:
                         self._save(state, out)
-                        saved = time.monotonic()
+                        saved, unsaved = time.monotonic(), False
             finally:
                 with contextlib.suppress(Exception):
                     stream.close()  # type: ignore[attr-defined]
-                if wrote:
+                if unsaved and not failed:
                     self._save(state, out)
 
     def _save(self, state: _State, out: Any) -> None:

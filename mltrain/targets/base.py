@@ -69,7 +69,7 @@ class LaunchRequest:
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
-RUNTIME = {"stored": False}
+RUNTIME = types.MappingProxyType({"stored": False})
 """Metadata of a handle's field that lives with the object but is never stored (a connection, a live cache):
 ``field(default=None, kw_only=True, compare=False, repr=False, metadata=RUNTIME)``, or with
 ``default_factory=dict, init=False`` for a handle's own scratch (what it learnt while polling: fresh in every copy)."""
@@ -462,7 +462,7 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
             stop_group(record.client)
             return store.get(record.id)
         return cancel_run(store, workspace, store.get(record.id), grace=grace, reason=reason)  # it just launched
-    handle.cancel(grace if grace is not None else float((record.handle or {}).get("cancel_grace", 10.0)))
+    handle.cancel(grace if grace is not None else handle.cancel_grace)
     info = handle.wait(5.0) or ExitInfo(None)
     return finalize(store, workspace, record, handle, info, canceled=reason)
 
