@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "tests" / "executors"))
+sys.path.insert(0, str(ROOT / "tests"))
 from common import median_seconds, report, run_cmd  # noqa: E402
 from make_tree import make_tree, small_path  # noqa: E402
 

@@ -7,6 +7,11 @@ each step in about a millisecond, gives every reply a deadline the client
 can enforce, and takes argv and environment as data -- nothing it is given
 ever passes through a shell.
 
+Its job steps (``Jobs``: launch, poll, wait, read the log, cancel) are also
+what compute=local runs, in the client's own process
+(``mltrain.hosts.local``): the lifecycle of a detached job is written here,
+once, for every host.
+
 Wire format, both ways: frames of ``kind (1 byte) + length (4 bytes, big
 endian) + payload``. ``J`` frames hold one JSON object (a request, a reply,
 or ``{"hb": 1}``, a heartbeat sent while a long step is busy, so a silent
@@ -35,7 +40,7 @@ Layout under ``remote_dir`` (``~/.mltrain``)::
                           it); small ones are written as unnamed files (O_TMPFILE) and linked in whole
     checkouts/<id>/       a snapshot's tree, built from hardlinks to the blobs
     cache/envs/           environments built on this host (venvs)
-    runs/<run id>/        output.log, exit_code, launch.json, outputs/, metrics.jsonl
+    runs/<run id>/        output.log, exit_code, launch.json (+ launch.lock), outputs/, metrics.jsonl
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import zlib
 
 TYPE_CHECKING = False  # typing costs ~10 ms of every start on the host; mypy reads this name as true
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import IO, Any
 
 HEAD = struct.Struct(">cI")
@@ -73,7 +79,7 @@ F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on, Linux only
 
 # Which steps may send heartbeats while they wait (a lock, a child): the client takes a heartbeat during any
 # other step as a broken protocol (a host sending them forever would hold the client forever).
-BEATING = frozenset({"lock", "launch", "put_manifest", "begin_upload", "put_blobs", "run", "cancel"})
+BEATING = frozenset({"lock", "launch", "put_manifest", "begin_upload", "put_blobs", "run", "cancel", "wait"})
 
 # Started with ``-I -S``: no site, no PYTHON* variables, no home folder on sys.path (a job could plant a
 # ``json.py`` there). See the module docstring for why the kept copy is hashed before every start.
@@ -348,15 +354,6 @@ def reap() -> None:
         pass
 
 
-def group_alive(pgid: int) -> bool:
-    reap()
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def kill_group(pgid: int) -> None:
     """SIGKILL a process group of ours; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -405,6 +402,279 @@ def link_inside(path: bytes, target: bytes) -> bool:
     return resolved != b".." and not resolved.startswith(b"../")
 
 
+# -------------------------------------------------------------------- jobs
+# The lifecycle of a detached job, written once: this helper runs it on an SSH host (the ``op_`` steps below), and
+# ``mltrain.hosts.local.LocalHost`` runs it in the client's own process for compute=local.
+LAUNCH_RECORD = "launch.json"
+EXIT_FILE = "exit_code"
+LOG_FILE = "output.log"
+
+
+def exit_code(folder: str) -> int | str | None:
+    """The code the wrapper wrote (``"unreadable"`` if it is not a number), None while there is none."""
+    try:
+        with open(os.path.join(folder, EXIT_FILE)) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else "unreadable"
+
+
+def launch_record(folder: str) -> dict[str, Any] | None:
+    """What the launch wrote down (pid, start time, boot id), None if nothing was launched there."""
+    try:
+        with open(os.path.join(folder, LAUNCH_RECORD)) as fh:
+            info: dict[str, Any] = json.load(fh)
+    except FileNotFoundError:
+        return None
+    return info
+
+
+def flock_waiting(fd: int, tick: Callable[[], None]) -> None:
+    """An exclusive ``flock`` on ``fd``, waited for with ``tick`` called while it is held elsewhere."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.05)
+            tick()
+
+
+def _no_tick() -> None:
+    pass
+
+
+class Jobs:
+    """Detached jobs on this machine, one per run folder: launch, poll, wait, read the log, cancel.
+
+    A job is started under the sh wrapper (the caller wraps its argv) in a
+    session and process group of its own, so it outlives whoever started it;
+    ``launch.json`` records its pid, the kernel's start time of that pid and
+    the boot id, which is how any later process tells the job's process from
+    a recycled pid and a running job from one the host's restart ended.
+
+    ``reap_all``: this process exists to run jobs (the helper), so it may
+    reap any child; in a client's process only the children it started here
+    are reaped, by their ``Popen``, never another thread's subprocess.
+    ``tick`` is called at least every ``tick_every`` seconds while a step
+    waits (the helper sends its heartbeats from there).
+    """
+
+    def __init__(self, *, reap_all: bool, tick: Callable[[], None] = _no_tick, tick_every: float = 1.0) -> None:
+        self.reap_all = reap_all
+        self.tick = tick
+        self.tick_every = tick_every
+        self.children: dict[int, Any] = {}  # pid -> Popen of jobs started by this process, until reaped
+        self.records: dict[str, dict[str, Any]] = {}  # launch records read (written once, never changed)
+
+    def record(self, folder: str) -> dict[str, Any] | None:
+        info = self.records.get(folder)
+        if info is None:
+            info = launch_record(folder)
+            if info is not None:
+                self.records[folder] = info
+        return info
+
+    # ---------------------------------------------------------------- launch
+    def launch(self, folder: str, argv: list[str], cwd: str, env: dict[str, str], *, touch: Sequence[str] = (),
+               container: str | None = None, guard: Any = None) -> dict[str, Any]:
+        """Start ``argv`` detached in ``cwd``, once per run folder; a later call returns the first launch's record.
+
+        Launches of one run are serialised by an ``flock`` on its ``launch.lock``
+        (a file: NFS locks only what is open for writing), so a launch retried
+        while the first one is still starting (a dropped link) waits for it and
+        finds its record. ``guard`` (a context manager) is held while the job
+        starts. ``{"missing_code": true}`` if ``cwd`` is not there.
+        """
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, "launch.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            flock_waiting(fd, self.tick)
+            known = self.record(folder)
+            if known is not None:
+                return dict(known, again=True)
+            os.makedirs(os.path.join(folder, "outputs"), exist_ok=True)
+            for name in touch:
+                open(os.path.join(folder, os.path.basename(name)), "ab").close()
+            with guard if guard is not None else contextlib.nullcontext():
+                if not os.path.isdir(cwd):
+                    return {"missing_code": True}
+                full_env = dict(os.environ)
+                full_env.update(env)
+                proc = subprocess.Popen(argv, cwd=cwd, env=full_env, start_new_session=True, close_fds=True,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+            if not self.reap_all:
+                self.children[proc.pid] = proc
+            info: dict[str, Any] = {"pid": proc.pid, "start_time": start_time(proc.pid), "boot_id": boot_id(),
+                                    "run_dir": folder}
+            if container:
+                info["container"] = container
+            write_atomic(os.path.join(folder, LAUNCH_RECORD), json.dumps(info).encode())
+            self.records[folder] = info
+            return info
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ state
+    def _reap(self, pid: int) -> None:
+        if self.reap_all:
+            reap()
+            return
+        child = self.children.get(pid)
+        if child is not None and child.poll() is not None:
+            self.children.pop(pid, None)
+
+    def _running(self, info: dict[str, Any]) -> bool:
+        """The record's process is alive: same boot, same pid, same start time (a zombie is not alive)."""
+        if info.get("boot_id") and info["boot_id"] != boot_id():
+            return False
+        pid = int(info["pid"])
+        self._reap(pid)
+        current = start_time(pid)
+        return current is not None and current == info.get("start_time")
+
+    def poll(self, folder: str) -> dict[str, Any]:
+        """``{"exit_code": n}`` once it ended, else ``{"state": running | rebooted | vanished | unknown}``."""
+        code = exit_code(folder)
+        if code is not None:
+            return {"exit_code": code}
+        info = self.record(folder)
+        if info is None:
+            return {"state": "unknown"}
+        if info.get("boot_id") and info["boot_id"] != boot_id():
+            return {"state": "rebooted"}
+        if self._running(info):
+            return {"state": "running"}
+        code = exit_code(folder)  # it may have written the file just now
+        return {"exit_code": code} if code is not None else {"state": "vanished"}
+
+    def _leader_ended(self, info: dict[str, Any], timeout: float) -> bool | None:
+        """Block until the job's process ends (True) or ``timeout`` passes (False), woken by the end itself.
+
+        A pidfd becomes readable the moment the process exits (sleeping in
+        between costs a sweep of short trials up to 50 ms each); opened first,
+        then checked to be the job's process, so a recycled pid is never
+        waited for. None where there are no pidfds (Python < 3.9, Linux < 5.3).
+        """
+        pid = int(info["pid"])
+        try:
+            fd = os.pidfd_open(pid)
+        except AttributeError:
+            return None
+        except OSError as exc:
+            return None if exc.errno in (errno.ENOSYS, errno.EPERM) else True  # ESRCH: gone already
+        try:
+            child = self.children.get(pid)
+            if child is None and start_time(pid) != info.get("start_time"):
+                return True  # not the job's process (or a zombie): it has ended
+            poller = select.poll()  # not select.select: it fails for fds >= 1024, which a large sweep reaches
+            poller.register(fd, select.POLLIN)
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:
+                left = deadline - time.monotonic()
+                if poller.poll(max(0.0, min(left, self.tick_every)) * 1000):
+                    if child is not None:
+                        child.wait()
+                        self.children.pop(pid, None)
+                    return True
+                if left <= self.tick_every:
+                    return False
+                self.tick()
+        finally:
+            os.close(fd)
+
+    def wait(self, folder: str, timeout: float) -> dict[str, Any]:
+        """``poll``'s answer once the job has ended, or after ``timeout`` seconds."""
+        info = self.record(folder)
+        if info is None or exit_code(folder) is not None:
+            return self.poll(folder)
+        if self._leader_ended(info, timeout) is not None:
+            return self.poll(folder)
+        deadline = time.monotonic() + timeout
+        beat = time.monotonic() + self.tick_every
+        while True:
+            state = self.poll(folder)
+            now = time.monotonic()
+            if state.get("state") != "running" or now >= deadline:
+                return state
+            time.sleep(min(0.05, deadline - now))
+            if now > beat:
+                self.tick()
+                beat = now + self.tick_every
+
+    def read_log(self, folder: str, offset: int, limit: int) -> bytes:
+        try:
+            with open(os.path.join(folder, LOG_FILE), "rb") as fh:
+                fh.seek(max(0, offset))
+                return fh.read(max(0, limit))
+        except FileNotFoundError:
+            return b""
+
+    # ----------------------------------------------------------------- cancel
+    def _group_alive(self, pgid: int) -> bool:
+        self._reap(pgid)  # a zombie leader still counts for killpg
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def cancel(self, folder: str, grace: float, container: str | None = None) -> dict[str, Any]:
+        """TERM the job's process group, wait up to ``grace`` seconds for all of it to end, then KILL the group.
+
+        Nothing is signalled unless the record's process is still the job's
+        (pid + start time + boot id). ``container`` (or the one the launch
+        recorded) is removed afterwards: a container the job ran outlives a
+        killed ``docker run`` client.
+        """
+        info = self.record(folder)
+        if info is None or not self._running(info):
+            return {"signalled": False}
+        pid = int(info["pid"])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return {"signalled": False}
+        deadline = time.monotonic() + grace
+        leader = True  # the job's own process may still end: wait on it, then on the rest of its group
+        beat = time.monotonic() + self.tick_every
+        while self._group_alive(pid):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if leader:
+                ended = self._leader_ended(info, min(0.05, left))
+                if ended is None:
+                    time.sleep(min(0.05, left))
+                leader = ended is False
+            else:
+                time.sleep(min(0.05, left))
+            if time.monotonic() > beat:
+                self.tick()
+                beat = time.monotonic() + self.tick_every
+        killed = False
+        if self._group_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the group, stragglers included
+                killed = True
+            except ProcessLookupError:
+                pass
+        container = container or info.get("container")
+        if container:
+            subprocess.call(["docker", "rm", "-f", str(container)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._reap(pid)
+        return {"signalled": True, "killed": killed}
+
+    def release(self, folder: str) -> None:
+        """Reap the job's process if this process started it and it has ended."""
+        info = self.records.get(folder)
+        if info is not None:
+            self._reap(int(info["pid"]))
+
+
 class Agent:
     def __init__(self, root: str, wire: Wire, heartbeat: float) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
@@ -416,6 +686,8 @@ class Agent:
         self.known: set[str] = set()
         self.tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         self._blobs_fd: int | None = None
+        self.beat_at = time.monotonic() + heartbeat
+        self.jobs = Jobs(reap_all=True, tick=self._tick, tick_every=heartbeat)
 
     # ------------------------------------------------------------ plumbing
     def serve(self) -> None:
@@ -425,6 +697,7 @@ class Agent:
             except EOFError:
                 return
             op = getattr(self, "op_" + str(msg.get("op")), None)
+            self.beat_at = time.monotonic() + self.heartbeat
             try:
                 if op is None:
                     raise Fatal("unknown operation {!r}".format(msg.get("op")))
@@ -520,16 +793,15 @@ class Agent:
     def _flock(self, path: str) -> int:
         """An exclusive lock, waited for with heartbeats (it dies with this process, i.e. with the link)."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        beat = time.monotonic() + self.heartbeat
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                time.sleep(0.05)
-                if time.monotonic() > beat:
-                    self.wire.heartbeat()
-                    beat = time.monotonic() + self.heartbeat
+        flock_waiting(fd, self._tick)
+        return fd
+
+    def _tick(self) -> None:
+        """Send a heartbeat if none went out for ``heartbeat`` seconds (called while a step waits)."""
+        now = time.monotonic()
+        if now >= self.beat_at:
+            self.wire.heartbeat()
+            self.beat_at = now + self.heartbeat
 
     def op_run(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Run argv to its end, streaming stdout (D) and stderr (E); heartbeats while it is quiet.
@@ -888,15 +1160,14 @@ class Agent:
             return False
         for run_id in run_ids:
             folder = self.run_dir(run_id)
-            if self._exit_code(folder) is not None:
+            if exit_code(folder) is not None:
                 continue
             try:
-                with open(os.path.join(folder, "launch.json")) as fh:
-                    info = json.load(fh)
+                info = launch_record(folder)
             except (OSError, ValueError):
-                return True  # being launched, or unreadable: assume it is
-            if info.get("boot_id") == boot_id() and start_time(info["pid"]) == info.get("start_time"):
-                return True
+                return True  # unreadable: assume it is
+            if info is None or self.jobs.poll(folder).get("state") == "running":
+                return True  # being launched, or running
         return False
 
     def _patch_checkout(self, base: str, manifest_id: str, removed: list[Any], added: list[Any]) -> bool:
@@ -983,109 +1254,40 @@ class Agent:
 
     # --------------------------------------------------------------- runs
     def op_launch(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Start argv detached (own session and process group); idempotent per run id."""
-        folder = self.run_dir(msg["run_id"])
-        record = os.path.join(folder, "launch.json")
-        try:
-            with open(record) as fh:
-                return dict(json.load(fh), again=True)
-        except FileNotFoundError:
-            pass
-        os.makedirs(os.path.join(folder, "outputs"), exist_ok=True)
-        for name in msg.get("touch", []):
-            open(os.path.join(folder, name), "ab").close()
-        env = dict(os.environ)
-        env.update(msg["env"])
+        """Start argv detached (own session and process group); idempotent per run id (``Jobs.launch``)."""
+        return self.jobs.launch(self.run_dir(msg["run_id"]), msg["argv"], msg["cwd"], msg["env"],
+                                touch=msg.get("touch", []), container=msg.get("container"),
+                                guard=self._starting(msg["run_id"], msg["cwd"]))
+
+    @contextlib.contextmanager
+    def _starting(self, run_id: str, cwd: str) -> Any:
+        """No checkout is patched while a run starts in it; the run is noted as one of its users."""
         checkouts = os.path.join(self.root, "checkouts")
-        cwd = msg["cwd"]
         os.makedirs(checkouts, exist_ok=True)
-        lock = self._flock(os.path.join(checkouts, ".lock"))  # no checkout is patched while a run starts in it
+        lock = self._flock(os.path.join(checkouts, ".lock"))
         try:
-            if not os.path.isdir(cwd):
-                return {"missing_code": True}
-            if os.path.dirname(cwd) == checkouts:
+            if os.path.dirname(cwd) == checkouts and os.path.isdir(cwd):
                 with open(self._users_file(os.path.basename(cwd)), "a") as fh:
-                    fh.write(msg["run_id"] + "\n")
-            proc = subprocess.Popen(msg["argv"], cwd=cwd, env=env, start_new_session=True, close_fds=True,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            info = {"pid": proc.pid, "start_time": start_time(proc.pid), "boot_id": boot_id(), "run_dir": folder}
-            write_atomic(record, json.dumps(info).encode())
+                    fh.write(run_id + "\n")
+            yield
         finally:
             os.close(lock)
-        return info
-
-    def _exit_code(self, folder: str) -> int | str | None:
-        try:
-            with open(os.path.join(folder, "exit_code")) as fh:
-                text = fh.read().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text.lstrip("-").isdigit() else "unreadable"
 
     def op_poll(self, msg: dict[str, Any]) -> dict[str, Any]:
-        folder = self.run_dir(msg["run_id"])
-        code = self._exit_code(folder)
-        if code is not None:
-            return {"exit_code": code}
-        try:
-            with open(os.path.join(folder, "launch.json")) as fh:
-                info = json.load(fh)
-        except FileNotFoundError:
-            return {"state": "unknown"}
-        if info.get("boot_id") and info["boot_id"] != boot_id():
-            return {"state": "rebooted"}
-        reap()
-        current = start_time(info["pid"])
-        if current is not None and current == info.get("start_time"):
-            return {"state": "running"}
-        code = self._exit_code(folder)
-        return {"exit_code": code} if code is not None else {"state": "vanished"}
+        return self.jobs.poll(self.run_dir(msg["run_id"]))
+
+    def op_wait(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """``poll``'s answer once the run has ended, or after ``timeout`` seconds (heartbeats meanwhile)."""
+        return self.jobs.wait(self.run_dir(msg["run_id"]), min(float(msg.get("timeout", 0)), 600.0))
 
     def op_read_log(self, msg: dict[str, Any]) -> dict[str, Any]:
-        path = os.path.join(self.run_dir(msg["run_id"]), "output.log")
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(int(msg["offset"]))
-                data = fh.read(int(msg.get("limit", 4 * CHUNK)))
-        except FileNotFoundError:
-            data = b""
+        data = self.jobs.read_log(self.run_dir(msg["run_id"]), int(msg["offset"]), int(msg.get("limit", 4 * CHUNK)))
         self.wire.send(b"D", data)
         return {"size": len(data)}
 
     def op_cancel(self, msg: dict[str, Any]) -> dict[str, Any]:
         """TERM the run's process group, wait ``grace`` seconds, then KILL it (and its container)."""
-        folder = self.run_dir(msg["run_id"])
-        try:
-            with open(os.path.join(folder, "launch.json")) as fh:
-                info = json.load(fh)
-        except FileNotFoundError:
-            return {"signalled": False}
-        pid = int(info["pid"])
-        if info.get("boot_id") != boot_id() or start_time(pid) != info.get("start_time"):
-            return {"signalled": False}
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return {"signalled": False}
-        deadline = time.monotonic() + float(msg.get("grace", 10.0))
-        beat = time.monotonic() + self.heartbeat
-        while time.monotonic() < deadline and group_alive(pid):
-            time.sleep(0.05)
-            if time.monotonic() > beat:
-                self.wire.heartbeat()
-                beat = time.monotonic() + self.heartbeat
-        killed = False
-        if group_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-                killed = True
-            except ProcessLookupError:
-                pass
-        if msg.get("container"):
-            subprocess.call(["docker", "rm", "-f", msg["container"]], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        reap()
-        return {"signalled": True, "killed": killed}
+        return self.jobs.cancel(self.run_dir(msg["run_id"]), float(msg.get("grace", 10.0)), msg.get("container"))
 
     def op_pack(self, msg: dict[str, Any]) -> dict[str, Any]:
         """The run's outputs and metrics file as one tar stream (D frames), untrusted by the receiver."""

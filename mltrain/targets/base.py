@@ -10,15 +10,20 @@ streaming, Ctrl-C, finalisation, and reconciling a run nobody is watching.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import signal
 import time
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from mltrain.hosts.base import Host, HostDown, JobState
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.tracking.joblog import clean_log, error_line, read_tail
@@ -64,15 +69,64 @@ class LaunchRequest:
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
+RUNTIME = types.MappingProxyType({"stored": False})
+"""Metadata of a handle's field that lives with the object but is never stored (a connection, a live cache):
+``field(default=None, kw_only=True, compare=False, repr=False, metadata=RUNTIME)``, or with
+``default_factory=dict, init=False`` for a handle's own scratch (what it learnt while polling: fresh in every copy)."""
+
+
+Update = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
 class Handle(ABC):
-    """A launched job. Picklable state lives in ``to_dict``; the rest is rebuilt."""
+    """A launched job: which target, which run. A frozen dataclass, stored as its fields (``to_dict``).
+
+    Every field is stored unless its metadata is ``RUNTIME``; ``from_dict``
+    rebuilds the handle from the stored dict, so any later process can
+    re-attach. A handle never opens the store: what it learns that belongs
+    on the run record (a Spark application's id) goes to ``on_update``, a
+    callback the lifecycle code below passes in (``bound``): a dict of keys
+    to set on the record's ``handle``.
+    """
 
     kind: ClassVar[str]
 
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild this handle later (must include ``kind``)."""
+    paths: RunPaths = field(compare=False, repr=False, metadata=RUNTIME)  # the run's folder in the local workspace
+    cancel_grace: float = field(default=10.0, kw_only=True)
+    on_update: Update | None = field(default=None, kw_only=True, compare=False, repr=False, metadata=RUNTIME)
 
+    # ------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The stored fields (nested dataclasses and handles as dicts), with ``kind``."""
+        data: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            if f.metadata.get("stored", True):
+                data[f.name] = _encode(getattr(self, f.name))
+        return data
+
+    @classmethod
+    def from_dict(cls: type[H], data: Mapping[str, Any], paths: RunPaths, **extra: Any) -> H:
+        """The handle stored as ``data`` (unknown keys ignored, missing ones defaulted); ``extra``: runtime fields."""
+        hints = _hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.init and f.metadata.get("stored", True) and f.name in data:
+                values[f.name] = _decode(hints[f.name], data[f.name], paths)
+        try:
+            return cls(paths, **values, **extra)
+        except (TypeError, ValueError) as exc:
+            from mltrain.errors import TargetError
+
+            raise TargetError(f"run {paths.dir.name}: its stored {cls.kind} handle is incomplete ({exc}); "
+                              "it was written by another version of mltrain") from None
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Put ``changes`` on the run record's ``handle`` (through ``on_update``; dropped when nobody listens)."""
+        if self.on_update is not None:
+            self.on_update(changes)
+
+    # ------------------------------------------------------------ the job
     @abstractmethod
     def poll(self) -> ExitInfo | None:
         """None while the job runs; how it ended once it has (also when it vanished)."""
@@ -100,6 +154,136 @@ class Handle(ABC):
     def collect(self, paths: RunPaths) -> None:  # noqa: B027 (optional hook)
         """Once the job has ended: bring outputs and metrics back into ``paths`` (targets that write
         elsewhere) and clear away what the job needed only while it ran (local: its working directory)."""
+
+
+H = TypeVar("H", bound=Handle)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Handle):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(kind: Any, value: Any, paths: RunPaths) -> Any:
+    """``value`` as JSON stored it, made into ``kind`` (the field's type) again."""
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _decode(options[0], value, paths) if len(options) == 1 else value
+    if origin is tuple:
+        return tuple(value)
+    if isinstance(kind, type):
+        if issubclass(kind, Handle):
+            return _handle_from(value, paths)
+        if is_dataclass(kind):
+            hints = _hints(kind)
+            known = {f.name for f in fields(kind) if f.init}
+            return kind(**{k: _decode(hints[k], v, paths) for k, v in dict(value).items() if k in known})
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return value
+
+
+def _handle_from(data: Mapping[str, Any], paths: RunPaths) -> Handle:
+    from mltrain.targets import executor_class
+
+    return executor_class(str(data["kind"])).handle_from_dict(data, paths)
+
+
+@dataclass(frozen=True)
+class HostHandle(Handle):
+    """A job started on a ``mltrain.hosts.base.Host``: which host (``host()``) and which run; the host does the rest.
+
+    The stored fields are what the launch recorded (``Job``). A host that does
+    not answer (``HostDown``) leaves the run going: ``poll`` says nothing yet.
+    """
+
+    run_id: str
+    run_dir: str
+    pid: int
+    start_time: str | None = None
+    boot_id: str = ""
+    scratch: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False, metadata=RUNTIME)
+
+    @abstractmethod
+    def host(self) -> Host:
+        """The host the job runs on."""
+
+    def _ended(self) -> None:
+        """The host says the job ended: make everything local before anyone hears it (raise HostDown if not now)."""
+
+    def _down(self, exc: HostDown) -> None:
+        if "down_since" not in self.scratch:
+            self.scratch["down_since"] = time.monotonic()
+            log.warning("%s; the run goes on there, reconnecting with backoff", exc)
+
+    def _up(self) -> None:
+        if self.scratch.pop("down_since", None) is not None:
+            log.warning("connection to %s is back", self.host().name)
+
+    def _exit(self, state: JobState) -> ExitInfo | None:
+        if state.running:
+            return None
+        try:
+            self._ended()
+        except HostDown as exc:
+            self._down(exc)
+            return None
+        host = self.host().name
+        if state.lost is None:
+            return ExitInfo(state.exit_code)
+        if state.lost == "unreadable":
+            return ExitInfo(None, f"unreadable exit code file on {host}")
+        if state.lost == "rebooted":
+            return ExitInfo(None, f"host rebooted: {host} restarted (its boot id changed) while the run was going, "
+                                  "which ended it; submit it again")
+        return ExitInfo(None, f"the process disappeared on {host} without recording an exit code")
+
+    def poll(self) -> ExitInfo | None:
+        try:
+            state = self.host().poll(self.run_id)
+        except HostDown as exc:
+            self._down(exc)
+            return None
+        self._up()
+        return self._exit(state)
+
+    def wait(self, timeout: float) -> ExitInfo | None:
+        try:
+            state = self.host().wait(self.run_id, timeout)
+        except HostDown as exc:
+            self._down(exc)
+            time.sleep(min(timeout, 0.05))
+            return None
+        self._up()
+        return self._exit(state)
+
+    def cancel(self, grace: float) -> None:
+        """TERM the job's process group, KILL it after ``grace`` seconds (the host does both)."""
+        try:
+            self.host().cancel(self.run_id, grace)
+        except HostDown as exc:
+            from mltrain.errors import TargetError
+
+            raise TargetError(f"cannot cancel run {self.run_id}: {exc}; it goes on there; try "
+                              f"`mltrain runs cancel {self.run_id}` again once {self.host().name} answers") from exc
+
+    def release(self) -> None:
+        self.host().release(self.run_id)
 
 
 class Executor(ABC):
@@ -153,12 +337,27 @@ class Executor(ABC):
 
 
 # ------------------------------------------------------------------ lifecycle
-def handle_for(record: RunRecord, workspace: Workspace) -> Handle | None:
+def handle_for(record: RunRecord, workspace: Workspace, store: Store | None = None) -> Handle | None:
+    """The handle stored on ``record``; with ``store``, bound to it (what it learns goes on the record)."""
     if not record.handle:
         return None
-    from mltrain.targets import executor_class
+    handle = _handle_from(record.handle, workspace.run_paths(record.id))
+    return handle if store is None else bound(handle, store, record.id)
 
-    return executor_class(record.handle["kind"]).handle_from_dict(record.handle, workspace.run_paths(record.id))
+
+def bound(handle: Handle, store: Store, run_id: str) -> Handle:
+    """``handle`` with its ``on_update`` set: keys it learns are merged into the run record's ``handle``."""
+    if handle.on_update is not None:
+        return handle
+
+    def update(changes: dict[str, Any]) -> None:
+        try:
+            current = store.get(run_id).handle or {}
+            store.update(run_id, handle={**current, **changes})
+        except Exception as exc:  # the run goes on; the next reader tries again
+            log.warning("could not record what the handle of %s learnt: %s", run_id, exc)
+
+    return dataclasses.replace(handle, on_update=update)
 
 
 def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Handle, info: ExitInfo,
@@ -174,6 +373,7 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
     from mltrain.util.outputs import enforce, note_in_log
 
     paths = workspace.run_paths(record.id)
+    handle = bound(handle, store, record.id)
     store.transition(record.id, FINALIZING)
     try:
         handle.collect(paths)
@@ -223,7 +423,7 @@ def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecor
     """Bring an active record up to date with its job (a run is never 'Running' forever)."""
     if record.is_terminal:
         return record
-    handle = handle_for(record, workspace)
+    handle = handle_for(record, workspace, store)
     if handle is None:  # never launched: its client is still preparing it, or died doing so
         return _unlaunched(store, record)
     info = handle.poll()
@@ -252,7 +452,7 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
     record = reconcile(store, workspace, record)
     if record.is_terminal:
         return record
-    handle = handle or handle_for(record, workspace)
+    handle = bound(handle, store, record.id) if handle is not None else handle_for(record, workspace, store)
     if handle is None:
         # Still being prepared: its client sees the status and launches nothing (``run.submit_spec``);
         # its pip or build hook is stopped now rather than left to finish work nobody wants.
@@ -262,7 +462,7 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
             stop_group(record.client)
             return store.get(record.id)
         return cancel_run(store, workspace, store.get(record.id), grace=grace, reason=reason)  # it just launched
-    handle.cancel(grace if grace is not None else float((record.handle or {}).get("cancel_grace", 10.0)))
+    handle.cancel(grace if grace is not None else handle.cancel_grace)
     info = handle.wait(5.0) or ExitInfo(None)
     return finalize(store, workspace, record, handle, info, canceled=reason)
 
@@ -277,7 +477,7 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
     A run still being prepared is followed too: its log so far, then the job's once it launches.
     An ended run's log is read from the run folder, never through its handle (complete since it ended).
     """
-    handle = handle or handle_for(record, workspace)
+    handle = bound(handle, store, record.id) if handle is not None else handle_for(record, workspace, store)
     try:
         if handle is None:
             record, handle, offset = _until_launched(store, workspace, record, out=out, offset=offset, stop=stop)
@@ -325,7 +525,7 @@ def _until_launched(store: Store, workspace: Workspace, record: RunRecord, *, ou
         record = store.get(record.id)
         if record.is_terminal:
             return _rest_of_log(workspace, record, out, offset), None, offset
-        handle = handle_for(record, workspace)
+        handle = handle_for(record, workspace, store)
         if handle is not None:
             return record, handle, offset
         reason = stop() if stop is not None else None

@@ -1,6 +1,7 @@
 """``compute=docker``: the job is one container on a Docker engine (the local one, or any at ``base_url``).
 
-A run's container, and why it looks the way it does:
+A run's container, and why it looks the way it does (set up by
+``mltrain.hosts.container.RunContainer``, which compute=ssh uses too):
 
 * **image**: what the environment prepared (``environment=docker``); a host
   interpreter cannot run here, so other environments are refused up front.
@@ -23,7 +24,8 @@ A run's container, and why it looks the way it does:
 * labels ``mltrain.run_id`` / ``mltrain.experiment``, name ``mltrain-<run id>``.
 
 The handle stores the container id and how to reach the engine, so any later
-process can poll, read the log (``mltrain.targets.docker.logs``), cancel and collect.
+process can poll, read the log (``mltrain.targets.docker.logs``, a source for
+``mltrain.hosts.logmirror.LogMirror``), cancel and collect.
 At start a small detached process mirrors the container's log into the run's
 ``output.log`` until the container ends, watched or not: a container removed
 behind mltrain's back (``docker rm -f``) leaves its log up to then, and the
@@ -31,7 +33,7 @@ run fails saying the container vanished.
 
 Every engine call goes through ``mltrain.targets.docker.engine.Engine`` (the standard
 library's HTTP client: no docker-py on a run's path). The create request is
-written here (``container_body``), sizes checked when the executor is made.
+``RunContainer.engine_body`` with this target's ``limits``, sizes checked when the executor is made.
 A run's calls after the image inspect: create, start, a blocking ``wait`` on
 a local engine (polling elsewhere), the log stream, one inspect once it has
 stopped (kept: a stopped container's state no longer changes), remove.
@@ -49,15 +51,30 @@ import re
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mltrain.errors import ConfigError, TargetError
+from mltrain.hosts.container import (
+    CODE_DIR,
+    HOME_DIR,
+    OUTPUT_DIR,
+    ROOT,
+    RUN_DIR,
+    RunContainer,
+    check_own_mounts,
+    root_warning,
+    socket_exposure,
+    volume_policy,
+    warn_in_log,
+)
+from mltrain.hosts.logmirror import LogMirror
 from mltrain.hosts.wrapper import masked
 from mltrain.store.workspace import RunPaths
-from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.targets.docker import logs
 from mltrain.targets.docker.engine import connect
-from mltrain.targets.docker.logs import ACTIVE, ContainerLog, start_mirror
 from mltrain.targets.docker.util import (
     EngineConfig,
     add_snapshot,
@@ -65,17 +82,10 @@ from mltrain.targets.docker.util import (
     engine_error,
     engine_sockets,
     is_not_found,
-    socket_exposure,
 )
 
 log = logging.getLogger(__name__)
 
-ROOT = "/mltrain"
-CODE_DIR = f"{ROOT}/code"
-RUN_DIR = f"{ROOT}/run"
-OUTPUT_DIR = f"{RUN_DIR}/outputs"
-METRICS_FILE = f"{RUN_DIR}/metrics.jsonl"
-HOME_DIR = f"{ROOT}/home"
 TRANSFERS = ("auto", "mount", "copy")
 
 
@@ -151,21 +161,6 @@ def _exposures(volumes: list[str], engine: EngineConfig, resolve: Callable[[str]
     return found
 
 
-def _warn(log_path: Path, warnings: list[str]) -> None:
-    """Warnings of this run into its log, before the container's output: shown once, with the run's stream."""
-    if warnings:
-        with open(log_path, "ab") as fh:
-            fh.write("".join(f"[mltrain] warning: {w}\n" for w in warnings).encode(errors="replace"))
-
-
-def _refuse(exposed: list[str]) -> None:
-    if exposed:
-        raise ConfigError(
-            f"compute.volumes: {exposed[0]}, and with it root on the engine's host; mount a narrower folder, "
-            "or set compute.allow_engine_socket=true if the job must drive the engine"
-        )
-
-
 def _device_requests(gpus: str | None) -> list[dict[str, Any]]:
     """``all``, a count (``2``) or device ids (``device=0,1`` or ``0,1``), as ``docker run --gpus`` takes them."""
     if not gpus:
@@ -196,15 +191,9 @@ def parse_size(key: str, value: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def container_body(cfg: Any, *, image: str, argv: list[str], env: Mapping[str, str], user: str,
-                   labels: Mapping[str, str], binds: list[str],
-                   tmpfs: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The create-container request (Engine API ``POST /containers/create``) for a run, from ``compute`` config."""
-    host: dict[str, Any] = {
-        "Binds": binds, "Init": True, "SecurityOpt": ["no-new-privileges"], "Privileged": False,
-    }
-    if tmpfs:
-        host["Tmpfs"] = dict(tmpfs)
+def limits(cfg: Any) -> dict[str, Any]:
+    """The ``HostConfig`` limits of ``compute`` config (memory, CPUs, shm, network, GPUs) for the create request."""
+    host: dict[str, Any] = {}
     if cfg.mem_limit:
         host["Memory"] = host["MemorySwap"] = parse_size("mem_limit", cfg.mem_limit)  # no swap beyond the limit
     if cfg.cpus:
@@ -216,11 +205,7 @@ def container_body(cfg: Any, *, image: str, argv: list[str], env: Mapping[str, s
     requests = _device_requests(cfg.gpus)
     if requests:
         host["DeviceRequests"] = requests
-    return {
-        "Image": image, "Entrypoint": argv[:1], "Cmd": argv[1:], "WorkingDir": CODE_DIR,
-        "Env": [f"{k}={v}" for k, v in env.items()], "User": user, "Labels": dict(labels),
-        "Tty": False, "OpenStdin": False, "AttachStdin": False, "HostConfig": host,
-    }
+    return host
 
 
 def exit_info(attrs: Mapping[str, Any], mem_limit: str | None) -> ExitInfo:
@@ -247,53 +232,52 @@ def _bytes(n: int) -> str:
     return ""
 
 
+@dataclass(frozen=True)
 class DockerHandle(Handle):
+    """A run's container on an engine: which engine, which container."""
+
     kind = "docker"
 
-    def __init__(self, paths: RunPaths, engine: EngineConfig, container_id: str, name: str, *,
-                 cancel_grace: float, keep_container: bool, mem_limit: str | None, mounted: bool = False,
-                 api_version: str | None = None, client: Any = None) -> None:
-        self.paths = paths
-        self.engine = engine
-        self.container_id = container_id
-        self.name = name
-        self.cancel_grace = cancel_grace
-        self.keep_container = keep_container
-        self.mem_limit = mem_limit
-        self.mounted = mounted  # outputs and metrics are bind mounts: nothing to pull back
-        self.api_version = api_version
-        self._client_obj = client
-        self._log_obj: ContainerLog | None = None
-        self._ended: dict[str, Any] | None = None  # the stopped container's inspect: it no longer changes
+    container_id: str
+    name: str = ""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    keep_container: bool = False
+    mem_limit: str | None = None
+    mounted: bool = False  # outputs and metrics are bind mounts: nothing to pull back
+    api_version: str | None = None
+    client: Any = field(default=None, kw_only=True, compare=False, repr=False, metadata=RUNTIME)  # the launch's
+    scratch: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False, metadata=RUNTIME)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "container_id": self.container_id, "name": self.name,
-                "engine": self.engine.to_dict(), "api_version": self.api_version,
-                "cancel_grace": self.cancel_grace, "keep_container": self.keep_container,
-                "mem_limit": self.mem_limit, "mounted": self.mounted}
+    @property
+    def label(self) -> str:
+        return self.name or self.container_id[:12]
 
     def _api(self) -> Any:
-        """The ``docker_api.Engine`` (made once; no call until one is needed)."""
-        if self._client_obj is None:
-            self._client_obj = connect(self.engine, version=self.api_version)
-        return self._client_obj
+        """The ``docker.engine.Engine`` (made once; no call until one is needed)."""
+        if self.client is not None:
+            return self.client
+        if "api" not in self.scratch:
+            self.scratch["api"] = connect(self.engine, version=self.api_version)
+        return self.scratch["api"]
 
-    def _log(self) -> ContainerLog:
-        if self._log_obj is None:
-            self._log_obj = ContainerLog(self.paths.log, self.paths.dir, self.container_id, self._api())
-        return self._log_obj
+    def _log(self) -> LogMirror:
+        if "log" not in self.scratch:
+            self.scratch["log"] = logs.container_log(self.paths.log, self.paths.dir, self.container_id, self._api())
+        mirror: LogMirror = self.scratch["log"]
+        return mirror
 
     def _inspect(self) -> dict[str, Any] | None:
-        if self._ended is not None:
-            return self._ended
+        ended: dict[str, Any] | None = self.scratch.get("ended")  # a stopped container's inspect no longer changes
+        if ended is not None:
+            return ended
         try:
             attrs: dict[str, Any] | None = self._api().inspect_container(self.container_id)
         except Exception as exc:
-            raise engine_error(f"inspect container {self.name}", exc) from exc
+            raise engine_error(f"inspect container {self.label}", exc) from exc
         if attrs is not None and attrs["State"].get("Status") == "removing":
             return None  # on its way out: as good as gone (mltrain's own removal wrote docker-exit.json first)
-        if attrs is not None and attrs["State"].get("Status") not in ACTIVE:
-            self._ended = attrs
+        if attrs is not None and attrs["State"].get("Status") not in logs.ACTIVE:
+            self.scratch["ended"] = attrs
         return attrs
 
     @property
@@ -308,9 +292,9 @@ class DockerHandle(Handle):
                 data = json.loads(self._exit_file.read_text())
                 return ExitInfo(data.get("exit_code"), data.get("reason"))
             except (OSError, ValueError):
-                return ExitInfo(None, f"container {self.name} vanished before its results were collected "
+                return ExitInfo(None, f"container {self.label} vanished before its results were collected "
                                       "(removed outside mltrain?); its log up to then is kept")
-        if attrs["State"].get("Status") in ACTIVE:
+        if attrs["State"].get("Status") in logs.ACTIVE:
             return None
         self._log().finish()  # the whole log is in the file before anyone hears the run ended
         return exit_info(attrs, self.mem_limit)
@@ -324,7 +308,7 @@ class DockerHandle(Handle):
                 return None  # still running
         except Exception as exc:
             if not is_not_found(exc):
-                raise engine_error(f"wait for container {self.name}", exc) from exc
+                raise engine_error(f"wait for container {self.label}", exc) from exc
         return self.poll()
 
     def read_log(self, offset: int) -> tuple[bytes, int]:
@@ -336,15 +320,15 @@ class DockerHandle(Handle):
             self._api().stop(self.container_id, max(0, math.ceil(grace)))
         except Exception as exc:
             if not is_not_found(exc):
-                raise engine_error(f"stop container {self.name}", exc) from exc
+                raise engine_error(f"stop container {self.label}", exc) from exc
 
     def collect(self, paths: RunPaths) -> None:
         """Pull outputs and metrics back, then remove the container (kept on failure if asked)."""
         attrs = self._inspect()
         if attrs is None:
             return  # collected (and removed) already, by this or another process
-        if attrs["State"].get("Status") in ACTIVE:
-            raise TargetError(f"container {self.name} is still running; not collecting it")
+        if attrs["State"].get("Status") in logs.ACTIVE:
+            raise TargetError(f"container {self.label} is still running; not collecting it")
         self._log().finish()
         api = self._api()
         if not self.mounted:  # hostile input: extracted by fd, bounded (mltrain.util.archive)
@@ -356,18 +340,18 @@ class DockerHandle(Handle):
                                  folders={"run/outputs": paths.outputs}, files={"run/metrics.jsonl": paths.metrics})
             except Exception as exc:
                 if not is_not_found(exc):
-                    raise engine_error(f"copy the outputs out of container {self.name}", exc) from exc
+                    raise engine_error(f"copy the outputs out of container {self.label}", exc) from exc
             else:
                 note_in_log(paths.log, report.lines())  # the log is finished: nothing is copied into it after
         info = exit_info(attrs, self.mem_limit)
         self._exit_file.write_text(json.dumps({"exit_code": info.exit_code, "reason": info.reason}))
         if not info.succeeded and self.keep_container:
-            log.info("keeping container %s of a failed run (compute.keep_container)", self.name)
+            log.info("keeping container %s of a failed run (compute.keep_container)", self.label)
             return
         try:
             api.remove(self.container_id)
         except Exception as exc:
-            raise engine_error(f"remove container {self.name}", exc) from exc
+            raise engine_error(f"remove container {self.label}", exc) from exc
 
 
 class DockerExecutor(Executor):
@@ -382,9 +366,8 @@ class DockerExecutor(Executor):
         self.allow_socket = bool(config.allow_engine_socket)
         # the engine's host is this machine: its links resolve here (remote ones at launch, through the engine)
         exposed = _exposures(list(config.volumes), self.engine, os.path.realpath if self.engine.is_local else None)
-        if not self.allow_socket:
-            _refuse(exposed)
-        container_body(config, image="", argv=[], env={}, user="", labels={}, binds=[])  # bad sizes fail now
+        volume_policy(exposed, allow=self.allow_socket)
+        self.limits = limits(config)  # bad sizes fail now
         self._client: Any = None
         self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
 
@@ -438,57 +421,53 @@ class DockerExecutor(Executor):
         engine = self.docker_client()
         # again where the engine can tell: links on a remote engine's host, named volumes that are binds
         resolve = os.path.realpath if self.engine.is_local else engine.host_realpath
-        exposed = _exposures(list(self.config.volumes), self.engine, resolve, api=engine)
-        if not self.allow_socket:
-            _refuse(exposed)
-        warnings = [f"compute.allow_engine_socket=true: {what}; the job can take root on the engine's host"
-                    for what in exposed]
-        if self.config.user is None and os.getuid() == 0:
-            warnings.append("the job runs as root in the container, because mltrain runs as root and "
-                            "compute.user is not set; set compute.user=UID:GID (e.g. compute.user=1000:1000) "
-                            "or a user name the image knows")
-        _warn(request.paths.log, warnings)
+        warnings = volume_policy(_exposures(list(self.config.volumes), self.engine, resolve, api=engine),
+                                 allow=self.allow_socket)
         user = self.config.user or f"{os.getuid()}:{os.getgid()}"
+        root = root_warning(user, chosen=self.config.user is not None, because="mltrain runs as root and "
+                            "compute.user is not set", fix="set compute.user=UID:GID (e.g. compute.user=1000:1000) "
+                            "or a user name the image knows")
+        warn_in_log(request.paths.log, [*warnings, *([root] if root else [])])
         owner = _parse_user(user)
         # secrets: the image's Python masks the output inside the container, before the engine keeps it
         argv, mask_env = masked(list(request.argv), request.interpreter or "python3", request.secrets,
                                 forward_signals=True)
-        env = {**request.env, "MLTRAIN_OUTPUT_DIR": OUTPUT_DIR, "MLTRAIN_METRICS_FILE": METRICS_FILE, **mask_env}
-        env.setdefault("HOME", HOME_DIR)
-        binds = list(self.volumes)
         mounted = self._code[0] == "mount" and owner == (os.getuid(), os.getgid())
-        if self._code[0] == "mount":
-            binds.insert(0, f"{self._code[1]}:{CODE_DIR}:ro")
         if mounted:  # the job writes straight into the run folder, as the caller
             request.paths.outputs.mkdir(parents=True, exist_ok=True)
             request.paths.metrics.touch()
-            binds += [f"{request.paths.outputs}:{OUTPUT_DIR}:rw", f"{request.paths.metrics}:{METRICS_FILE}:rw"]
-        name = f"mltrain-{request.run_id}"
-        labels = {"mltrain.run_id": request.run_id, "mltrain.experiment": request.experiment, **self.config.labels}
-        body = container_body(self.config, image=request.image, argv=argv, env=env, user=user,
-                              labels=labels, binds=binds, tmpfs={HOME_DIR: "mode=1777"} if mounted else None)
+        spec = RunContainer(
+            image=request.image, argv=argv, user=user, run_id=request.run_id, experiment=request.experiment,
+            env={**request.env, **mask_env}, code=self._code[1] if self._code[0] == "mount" else None,
+            outputs=str(request.paths.outputs) if mounted else None,
+            metrics=str(request.paths.metrics) if mounted else None,
+            volumes=self.volumes, labels=self.config.labels, home_tmpfs=mounted,
+        )
+        check_own_mounts([m for m in (spec.code, spec.outputs, spec.metrics) if m], engine_sockets(self.engine),
+                         resolve, where="compute=docker",
+                         hint="check the workspace folder (MLTRAIN_HOME) and the links under it")
         try:
-            container = engine.create_container(body, name)
+            container = engine.create_container(spec.engine_body(self.limits), spec.name)
         except Exception as exc:
             raise engine_error(f"create the container for run {request.run_id} (image {request.image})",
                                exc) from exc
         try:
             if not mounted:
                 self._put_files(engine, container, owner)
-            ContainerLog.begin(request.paths.log, request.paths.dir)
+            logs.begin(request.paths.log, request.paths.dir)
             engine.start(container)
         except BaseException as exc:
             try:
                 engine.remove(container)
             except Exception as cleanup:
-                log.warning("could not remove container %s: %s", name, cleanup)
+                log.warning("could not remove container %s: %s", spec.name, cleanup)
             if isinstance(exc, Exception):
                 raise engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
-        start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
-        return DockerHandle(request.paths, self.engine, container, name, cancel_grace=self.cancel_grace,
-                            keep_container=self.config.keep_container, mem_limit=self.config.mem_limit,
-                            mounted=mounted, api_version=engine.api_version, client=engine)
+        logs.start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
+        return DockerHandle(request.paths, container, spec.name, self.engine, keep_container=self.config.keep_container,
+                            mem_limit=self.config.mem_limit, mounted=mounted, api_version=engine.api_version,
+                            cancel_grace=self.cancel_grace, client=engine)
 
     def _put_files(self, engine: Any, container: str, owner: tuple[int, int] | None) -> None:
         """The run's folders (owned by the job's user) and, for a remote engine, the code -- one archive."""
@@ -513,10 +492,4 @@ class DockerExecutor(Executor):
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
-        return DockerHandle(
-            paths, EngineConfig.from_dict(data.get("engine", {})), str(data["container_id"]),
-            str(data.get("name") or data["container_id"][:12]), cancel_grace=float(data.get("cancel_grace", 10.0)),
-            keep_container=bool(data.get("keep_container", False)), mem_limit=data.get("mem_limit"),
-            mounted=bool(data.get("mounted", False)), api_version=data.get("api_version"),
-        )
-
+        return DockerHandle.from_dict(data, paths)

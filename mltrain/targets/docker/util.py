@@ -14,18 +14,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-import posixpath
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mltrain.errors import TargetError
+from mltrain.hosts.container import SOCKET_PATHS
 
 log = logging.getLogger(__name__)
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
-SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
 START_HINT = (
     "start one (as root: `systemctl start docker`, or `dockerd > /tmp/dockerd.log 2>&1 &`) "
     "or point at one with compute.base_url=unix:///path.sock|tcp://host:2376|ssh://user@host (or $DOCKER_HOST)"
@@ -93,43 +92,6 @@ def engine_sockets(engine: EngineConfig) -> list[str]:
     if path and path not in sockets:
         sockets.append(path)
     return sockets
-
-
-def socket_exposure(source: str, sockets: Iterable[str], resolve: Callable[[str], str | None] | None = None,
-                    ) -> tuple[str, str] | None:
-    """``(socket, how)`` when bind-mounting host path ``source`` hands a container the engine's socket, else None.
-
-    A bind exposes the socket when it is the socket, holds it (``/``, ``/var``,
-    ``/run``, ``/var/run``) or lies inside it. Both sides are compared as
-    written and, through ``resolve`` (symlinks resolved on the engine's host,
-    None where that host's files cannot be seen), as the engine will see them:
-    the engine follows links in a bind's source, and ``/var/run`` is usually a
-    link to ``/run``.
-    """
-
-    def forms(path: str) -> list[str]:
-        out = [_clean(path)]
-        real = resolve(path) if resolve is not None else None
-        if real and _clean(real) not in out:
-            out.append(_clean(real))
-        return out
-
-    for sock in sockets:
-        for s in forms(sock):
-            for src in forms(source):
-                how = "is" if src == s else "holds" if _under(s, src) else "lies inside" if _under(src, s) else ""
-                if how:
-                    said = source if src == _clean(source) else f"{source} (a link to {src})"
-                    return sock, f"{said} is the socket" if said == s else f"{said} {how} {s}"
-    return None
-
-
-def _clean(path: str) -> str:
-    return "/" + posixpath.normpath(path).lstrip("/")
-
-
-def _under(child: str, parent: str) -> bool:
-    return child != parent and (parent == "/" or child.startswith(parent + "/"))
 
 
 def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:

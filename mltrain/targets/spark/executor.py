@@ -31,6 +31,7 @@ import os
 import posixpath
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -39,7 +40,7 @@ from mltrain.environments.base import PreparedEnvironment, digest
 from mltrain.errors import ConfigError
 from mltrain.hosts.masking import mask_text
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest
 from mltrain.targets.local.executor import LocalExecutor
 from mltrain.targets.spark.app import (
     SCAN_LIMIT,
@@ -83,57 +84,55 @@ def _driver_executor(config: Any, workspace: Workspace) -> Executor:
     return executor_for(edge, workspace)
 
 
+@dataclass(frozen=True)
 class SparkHandle(Handle):
     """The driver's job (a local or an SSH handle) plus what is known of its Spark application."""
 
     kind = "spark"
 
-    def __init__(self, driver: Handle, spark: Mapping[str, Any], app: AppInfo | None = None, *,
-                 paths: RunPaths) -> None:
-        self.driver = driver
-        self.spark = dict(spark)  # master, deploy_mode, master_ui, spark_submit, name, ssh
-        self.app = app or AppInfo()
-        self.paths = paths
-        self._scanner = LogScanner(self.master_kind, self.app, self.spark.get("master_ui"))
-        self._scanned = 0
-        self._ended: ExitInfo | None = None
+    driver: Handle
+    spark: dict[str, Any] = field(default_factory=dict)  # master, deploy_mode, master_ui, spark_submit, name, ssh
+    scratch: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False, metadata=RUNTIME)
 
     @property
     def master_kind(self) -> str:
         return master_kind(str(self.spark.get("master", "")))
 
-    def to_dict(self) -> dict[str, Any]:
-        driver = self.driver.to_dict()
-        data = {"kind": self.kind, "cancel_grace": driver.get("cancel_grace", 10.0), "driver": driver,
-                "spark": self.spark | self.app.to_dict()}
-        if self.app.app_id:
-            data["display"] = {"spark app": " ".join(filter(None, (self.app.app_id, self.app.ui_url)))}
-        return data
+    @property
+    def app(self) -> AppInfo:
+        """What is known of the application: what the record said, and what the log told this process since."""
+        return self._scanner().info
+
+    def _scanner(self) -> LogScanner:
+        scanner = self.scratch.get("scanner")
+        if scanner is None:
+            scanner = LogScanner(self.master_kind, AppInfo.from_dict(self.spark), self.spark.get("master_ui"))
+            self.scratch["scanner"] = scanner
+        return scanner
 
     # ------------------------------------------------------------ the app
     def _scan(self) -> None:
         """Read what the log gained since the last look; record the app's id/UI once they show up."""
-        if self.app.complete or self._scanned >= SCAN_LIMIT:
+        scanned = self.scratch.get("scanned", 0)
+        if self.app.complete or scanned >= SCAN_LIMIT:
             return
-        data, self._scanned = self.driver.read_log(self._scanned)  # an edge node's log is copied here first
-        if data and self._scanner.feed(data):
+        data, self.scratch["scanned"] = self.driver.read_log(scanned)  # an edge node's log is copied here first
+        if data and self._scanner().feed(data):
             self._remember()
 
     def _remember(self) -> None:
-        """Put the application's id and UI on the run record (the handle column), from any process."""
-        from mltrain.store.db import Store
-
-        workspace = Workspace(self.paths.dir.parent.parent)  # RunPaths are <workspace>/runs/<id>
-        try:
-            with Store(workspace.db_path, create=False) as store:
-                store.update(self.paths.dir.name, handle=self.to_dict())
-        except Exception as exc:  # the run goes on; the next reader tries again
-            log.warning("could not record the Spark application of %s: %s", self.paths.dir.name, exc)
+        """Put the application's id and UI on the run record (the handle column), through ``on_update``."""
+        app = self.app
+        changes: dict[str, Any] = {"spark": {**self.spark, **app.to_dict()}}
+        if app.app_id:
+            changes["display"] = {"spark app": " ".join(filter(None, (app.app_id, app.ui_url)))}
+        self.update(changes)
 
     def _explain(self, info: ExitInfo) -> ExitInfo:
         """A vanished driver's reason: what the master saw of the application. (A failed driver's Python
-        error is read from the log like every target's, in ``executors.base.finalize``.)"""
-        if self._ended is None:
+        error is read from the log like every target's, in ``targets.base.finalize``.)"""
+        ended: ExitInfo | None = self.scratch.get("ended")
+        if ended is None:
             self._scan()
             reason = None
             if info.exit_code is None and self.spark.get("master_ui"):
@@ -141,8 +140,8 @@ class SparkHandle(Handle):
                 if state:
                     reason = (f"{info.reason or 'the driver process disappeared'}; "
                               f"the master reports the application {state}")
-            self._ended = ExitInfo(info.exit_code, reason or info.reason)
-        return self._ended
+            ended = self.scratch["ended"] = ExitInfo(info.exit_code, reason or info.reason)
+        return ended
 
     # ------------------------------------------------------- Handle API
     def poll(self) -> ExitInfo | None:
@@ -273,17 +272,8 @@ class SparkExecutor(Executor):
                  "master_ui": master_ui(self.settings.master, self.config.master_ui),
                  "spark_submit": self._spark_submit, "ssh": self.config.ssh,
                  "name": self.settings.conf.get("spark.app.name") or f"mltrain-{request.run_id}"}
-        return SparkHandle(driver, spark, paths=request.paths)
+        return SparkHandle(request.paths, driver, spark, cancel_grace=driver.cancel_grace)
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
-        from mltrain.targets import executor_class
-
-        inner = dict(data["driver"])
-        driver = executor_class(inner["kind"]).handle_from_dict(inner, paths)
-        spark = dict(data.get("spark") or {})
-        app = AppInfo.from_dict(spark)
-        for key in app.to_dict():
-            spark.pop(key, None)
-        return SparkHandle(driver, spark, app, paths=paths)
-
+        return SparkHandle.from_dict(data, paths)

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mltrain.errors import ConfigError, TargetError
+from mltrain.hosts.base import HostDown
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 NUDGES = 25
 
 
-class LinkDown(TargetError):
+class LinkDown(HostDown):
     """The host did not answer in time, or the connection broke: worth retrying later."""
 
 

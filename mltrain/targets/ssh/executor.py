@@ -9,13 +9,17 @@ How each concept maps onto the host (see ``mltrain.hosts.agent`` for its layout)
 * **environment**: built or probed *on the host*: ``runner()`` gives the
   environments a remote command runner; ``docker_client()`` gives the Docker
   environment a client for the host's engine (through this connection).
-* **job**: started by the helper under the sh wrapper in its own session
-  (``setsid``), so it outlives the connection and the client. The helper
-  records pid, kernel start time and boot id; the wrapper writes the exit
-  code. With a container image the job is ``docker run`` on the host.
+* **job**: the host is a ``mltrain.targets.ssh.host.SshHost``: its helper runs
+  the same job code as compute=local (``mltrain.hosts.agent.Jobs``), under the
+  sh wrapper in its own session (``setsid``), so the job outlives the
+  connection and the client. The helper records pid, kernel start time and
+  boot id; the wrapper writes the exit code. With a container image the job is
+  ``docker run`` on the host, of the container compute=docker would make
+  (``mltrain.hosts.container.RunContainer``).
 * **log**: the host's ``output.log`` is copied, by byte offset, to the end
-  of the local run log (after the lines mltrain wrote while preparing), so
-  any process reads it by offset, with nothing duplicated or lost.
+  of the local run log (after the lines mltrain wrote while preparing) by a
+  ``mltrain.hosts.logmirror.LogMirror`` that keeps its own position, so any
+  process reads it by offset, with nothing duplicated or lost.
 * **outputs, metrics**: ``$MLTRAIN_OUTPUT_DIR`` / ``$MLTRAIN_METRICS_FILE``
   point into ``<remote_dir>/runs/<id>/``; ``collect`` brings them back as a
   tar extracted safely (the host is not trusted with our file system).
@@ -24,145 +28,57 @@ How each concept maps onto the host (see ``mltrain.hosts.agent`` for its layout)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from mltrain.errors import ConfigError, TargetError
-from mltrain.hosts.wrapper import masked, wrapper_argv
+from mltrain.hosts.base import CodeMissing
+from mltrain.hosts.container import SOCKET_PATHS, RunContainer, check_own_mounts, root_warning, warn_in_log
+from mltrain.hosts.logmirror import HostLogSource, LogMirror
 from mltrain.store.workspace import RunPaths
-from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
+from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest
 from mltrain.targets.ssh.conn import LinkDown, SshSettings
+from mltrain.targets.ssh.host import SshHost
 from mltrain.targets.ssh.link import Link, RemoteRunner
 
 log = logging.getLogger(__name__)
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LOG_CHUNK = 4 << 20
-SYNC_STATE = "ssh-log.lock"
-CONTAINER_CODE = "/mltrain/code"
-CONTAINER_OUTPUTS = "/mltrain/run/outputs"
-CONTAINER_METRICS = "/mltrain/run/metrics.jsonl"
-CONTAINER_HOME = "/mltrain/home"
+LOG_MIRROR = "ssh-log"  # ssh-log.json (the mirror's state) and ssh-log.lock in the run folder
 
 
-class SshHandle(Handle):
+@dataclass(frozen=True)
+class SshHandle(HostHandle):
+    """A run on an SSH host: the host's connection settings, and the run there (its log mirrored here)."""
+
     kind = "ssh"
 
-    def __init__(self, paths: RunPaths, settings: SshSettings, run_id: str, *, run_dir: str, pid: int,
-                 start_time: str | None, boot_id: str, log_base: int, cancel_grace: float,
-                 container: str | None = None, link: Link | None = None) -> None:
-        self.paths = paths
-        self.settings = settings
-        self.run_id = run_id
-        self.run_dir = run_dir
-        self.pid = pid
-        self.start_time = start_time
-        self.boot_id = boot_id
-        self.log_base = log_base  # the local log's size at launch: the host's byte 0 goes there
-        self.cancel_grace = cancel_grace
-        self.container = container
-        self._link = link
-        self._down_since: float | None = None
+    ssh: SshSettings = field(kw_only=True)
+    container: str | None = None  # the container the job runs with an image (``docker run`` on the host)
+    link: Link | None = field(default=None, kw_only=True, compare=False, repr=False, metadata=RUNTIME)  # the launch's
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ssh": self.settings.to_dict(), "run_id": self.run_id, "run_dir": self.run_dir,
-                "pid": self.pid, "start_time": self.start_time, "boot_id": self.boot_id, "log_base": self.log_base,
-                "cancel_grace": self.cancel_grace, "container": self.container}
+    def host(self) -> SshHost:
+        host = self.scratch.get("host")
+        if host is None:
+            host = self.scratch["host"] = SshHost(self.link or Link.shared(self.ssh))
+        return host
 
-    @property
-    def link(self) -> Link:
-        if self._link is None:
-            self._link = Link.shared(self.settings)
-        return self._link
+    def _mirror(self) -> LogMirror:
+        mirror = self.scratch.get("mirror")
+        if mirror is None:
+            source = HostLogSource(self.host(), self.run_id)
+            mirror = self.scratch["mirror"] = LogMirror(self.paths.log, self.paths.dir, LOG_MIRROR, source)
+        return mirror
 
-    def _note_down(self, exc: LinkDown) -> None:
-        if self._down_since is None:
-            import time
-
-            self._down_since = time.monotonic()
-            log.warning("%s; the run goes on there, reconnecting with backoff", exc)
-
-    def _note_up(self) -> None:
-        if self._down_since is not None:
-            log.warning("connection to %s is back", self.settings.host)
-            self._down_since = None
-
-    # ----------------------------------------------------------------- state
-    def poll(self) -> ExitInfo | None:
-        try:
-            reply = self.link.call("poll", run_id=self.run_id)
-        except LinkDown as exc:
-            self._note_down(exc)
-            return None
-        self._note_up()
-        if "exit_code" in reply:
-            code = reply["exit_code"]
-            self._sync(block=True)  # the whole log is local before anyone hears the run ended
-            if not isinstance(code, int) or isinstance(code, bool):
-                return ExitInfo(None, "unreadable exit code file on the host")
-            return ExitInfo(code)
-        state = reply.maybe("state", str)
-        if state == "rebooted":
-            return ExitInfo(None, f"host rebooted: {self.settings.host} restarted (its boot id changed) while the "
-                                  "run was going, which ended it; submit it again")
-        if state in ("vanished", "unknown"):
-            self._sync(block=True)
-            return ExitInfo(None, f"the process disappeared on {self.settings.host} without recording an exit code")
-        return None
-
-    # ------------------------------------------------------------------- log
     def read_log(self, offset: int) -> tuple[bytes, int]:
-        self._sync(block=False)
-        return read_from(self.paths.log, offset)
+        return self._mirror().read(offset)
 
-    def _sync(self, *, block: bool) -> None:
-        """Append what the host's log has beyond ours; one copier at a time (an flock), by byte offset."""
-        self.paths.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.dir / SYNC_STATE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-            except BlockingIOError:
-                return  # another process is copying: read what it has written
-            with open(self.paths.log, "ab") as out:
-                while True:
-                    remote_offset = max(0, out.tell() - self.log_base)
-                    chunks: list[bytes] = []
-
-                    def keep(_kind: bytes, data: bytes, sink: list[bytes] = chunks) -> None:
-                        sink.append(data)
-
-                    try:
-                        reply = self.link.request({"op": "read_log", "run_id": self.run_id, "offset": remote_offset,
-                                                   "limit": LOG_CHUNK}, on_data=keep, max_data=LOG_CHUNK)
-                    except LinkDown as exc:
-                        self._note_down(exc)
-                        return
-                    data = b"".join(chunks)
-                    if reply.take("size", int) != len(data):
-                        raise reply.bad(f"'size' says {reply['size']} bytes of log, {len(data)} came")
-                    out.write(data)
-                    out.flush()
-                    if len(data) < LOG_CHUNK:
-                        return
-        finally:
-            os.close(fd)
-
-    # ---------------------------------------------------------------- cancel
-    def cancel(self, grace: float) -> None:
-        """TERM the remote process group, KILL it after ``grace`` seconds (the helper does both)."""
-        try:
-            self.link.request({"op": "cancel", "run_id": self.run_id, "grace": grace, "container": self.container},
-                              retry=True, deadline=grace + 2 * self.settings.link_timeout)
-        except LinkDown as exc:
-            raise TargetError(f"cannot cancel run {self.run_id}: {exc}; it goes on there; try "
-                              f"`mltrain runs cancel {self.run_id}` again once {self.settings.host} answers") from exc
+    def _ended(self) -> None:
+        self._mirror().finish()  # the whole log is local before anyone hears the run ended
 
     # --------------------------------------------------------------- collect
     def collect(self, paths: RunPaths) -> None:
@@ -188,10 +104,11 @@ class SshHandle(Handle):
                 failed.append(exc)
                 raise _StopPack from exc  # an EOFError: the link closes this channel, the rest is never read
 
+        link = self.host().link
         try:
             for attempt in (0, 1):
                 try:
-                    self.link.request({"op": "pack", "run_id": self.run_id}, on_data=feed)
+                    link.request({"op": "pack", "run_id": self.run_id}, on_data=feed)
                     break
                 except LinkDown as exc:
                     if failed:
@@ -202,8 +119,8 @@ class SshHandle(Handle):
                     log.warning("%s; retrying once", exc)
         finally:
             report = extractor.close()
-        self._sync(block=True)
-        note_in_log(paths.log, report.lines())  # after the last copy of the host's log: its offsets stay right
+        self._mirror().finish()
+        note_in_log(paths.log, report.lines())  # once the host's log is all here: nothing is copied after it
         if failed and not isinstance(failed[0], StreamStopped):
             raise failed[0]  # a local error (a full disk), not the host's
 
@@ -277,103 +194,70 @@ class SshExecutor(Executor):
             if not ENV_NAME.match(name):
                 raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")
         link = self.link()
-        hello = link.hello()
-        run_dir = f"{hello['root']}/runs/{request.run_id}"
-        env = {**request.env, "MLTRAIN_OUTPUT_DIR": f"{run_dir}/outputs",
-               "MLTRAIN_METRICS_FILE": f"{run_dir}/metrics.jsonl"}
-        argv = list(request.argv)
-        touch: list[str] = []
-        container = None
-        if request.image:
-            self._check_mounts(link, [request.cwd, f"{run_dir}/outputs", f"{run_dir}/metrics.jsonl"])
-            container = f"mltrain-{request.run_id}"
-            env.update({"MLTRAIN_OUTPUT_DIR": CONTAINER_OUTPUTS, "MLTRAIN_METRICS_FILE": CONTAINER_METRICS})
-            argv = _docker_run(request, env, run_dir, f"{hello['uid']}:{hello['gid']}", container)
-            touch = ["metrics.jsonl"]  # a bind-mounted file must exist first
-        log_base = request.paths.log.stat().st_size if request.paths.log.exists() else 0
-        # secrets: the helper's Python masks the output on the host, where the log is written
-        python = str(hello.get("python") or self.settings.python)
-        argv, mask_env = masked(argv, python, request.secrets)
-        wrapped = wrapper_argv(f"{run_dir}/output.log", f"{run_dir}/exit_code", argv)
-        launch_env = {**env, **mask_env}
-        cwd = request.cwd
+        host = SshHost(link)
         try:
+            run_dir = host.run_dir(request.run_id)
+            if request.image:
+                self._warn_root(request, link)
+            LogMirror.begin(request.paths.log, request.paths.dir, LOG_MIRROR)  # the host's byte 0 goes after these
+            cwd = request.cwd
             for _ in range(3):
-                info = link.request({"op": "launch", "run_id": request.run_id, "cwd": cwd, "env": launch_env,
-                                     "touch": touch, "argv": wrapped}, retry=True)
-                if not info.maybe("missing_code", bool):
+                argv, env, container = self._command(request, link, cwd, run_dir)
+                try:
+                    job = host.launch(request.run_id, argv, cwd=cwd, env=env, secrets=request.secrets,
+                                      touch=["metrics.jsonl"] if container else [], container=container)
                     break
-                # another submit turned this checkout into its own (none of its runs was using it): stage again
-                cwd = self.stage_code(posixpath.basename(cwd))
-                if request.image:
-                    self._check_mounts(link, [cwd])
-                    wrapped = wrapper_argv(f"{run_dir}/output.log", f"{run_dir}/exit_code",
-                                           masked(_docker_run(replace(request, cwd=cwd), env, run_dir,
-                                                              f"{hello['uid']}:{hello['gid']}", str(container)),
-                                                  python, request.secrets)[0])
+                except CodeMissing:
+                    # another submit turned this checkout into its own (none of its runs was using it): stage again
+                    cwd = self.stage_code(posixpath.basename(cwd))
             else:
                 raise TargetError(f"could not start run {request.run_id}: its code keeps disappearing on "
                                   f"{self.settings.host}; submit again")
         except LinkDown as exc:
             raise TargetError(f"could not start run {request.run_id} on {self.settings.host}: {exc}") from exc
-        pid = info.take("pid", int)
-        if pid <= 0:
-            raise info.bad(f"pid {pid}")
-        return SshHandle(request.paths, self.settings, request.run_id, run_dir=info.take("run_dir", str), pid=pid,
-                         start_time=info.maybe("start_time", str), boot_id=info.maybe("boot_id", str) or "",
-                         log_base=log_base, cancel_grace=self.cancel_grace, container=container, link=link)
+        return SshHandle(request.paths, job.run_id, job.run_dir, job.pid, job.start_time, job.boot_id,
+                         ssh=self.settings, container=container, cancel_grace=self.cancel_grace, link=link)
 
-    def _check_mounts(self, link: Link, sources: list[str]) -> None:
-        """The container's bind mounts never hand the job the host's Docker socket (nor a folder holding it).
+    def _command(self, request: LaunchRequest, link: Link, cwd: str,
+                 run_dir: str) -> tuple[list[str], dict[str, str], str | None]:
+        """What the host starts: the argv itself, or ``docker run`` of the run's container; its env; the container.
 
-        They are mltrain's own folders under ``compute.remote_dir``, but a link
-        there (a checkout replaced by a link to ``/run``) would carry the socket
-        along: each is resolved on the host, by its helper, and compared with
-        the socket's usual paths (``/var/run/docker.sock``, ``/run/docker.sock``).
+        A container's bind mounts never hand the job the host's Docker socket
+        (nor a folder holding it): they are mltrain's own folders under
+        ``compute.remote_dir``, but a link there (a checkout replaced by a link
+        to ``/run``) would carry the socket along, so each is resolved on the
+        host, by its helper.
         """
-        from mltrain.targets.docker.util import SOCKET_PATHS, socket_exposure
+        env = {**request.env, "MLTRAIN_OUTPUT_DIR": f"{run_dir}/outputs",
+               "MLTRAIN_METRICS_FILE": f"{run_dir}/metrics.jsonl"}
+        if not request.image:
+            return list(request.argv), env, None
+        hello = link.hello()
+        spec = RunContainer(image=request.image, argv=request.argv, user=f"{hello['uid']}:{hello['gid']}",
+                            run_id=request.run_id, experiment=request.experiment, env=request.env, code=cwd,
+                            outputs=f"{run_dir}/outputs", metrics=f"{run_dir}/metrics.jsonl")
 
-        try:
-            real = {source: str(link.call("realpath", path=source)["path"]) for source in sources}
-        except LinkDown as exc:
-            raise TargetError(f"could not start the container on {self.settings.host}: {exc}") from exc
-        for source in sources:
-            exposed = socket_exposure(source, SOCKET_PATHS, real.get)
-            if exposed is not None:
-                raise ConfigError(
-                    f"compute=ssh: the container's mount {exposed[1]} on {self.settings.host} would hand the job "
-                    "the Docker engine's socket (root on the host); mltrain never does that: check "
-                    "compute.remote_dir and the links under it"
-                )
+        def resolve(path: str) -> str:
+            return link.call("realpath", path=path).take("path", str)
+
+        check_own_mounts([cwd, f"{run_dir}/outputs", f"{run_dir}/metrics.jsonl"], SOCKET_PATHS, resolve,
+                         where="compute=ssh", on=f" on {self.settings.host}",
+                         hint="check compute.remote_dir and the links under it")
+        return spec.run_argv(), spec.job_env(), spec.name
+
+    def _warn_root(self, request: LaunchRequest, link: Link) -> None:
+        user = f"{link.hello()['uid']}:{link.hello()['gid']}"
+        root = root_warning(user, chosen=False, because=f"mltrain logs in to {self.settings.host} as root and the "
+                            "container runs as the login's uid", fix="set compute.user to an unprivileged user there")
+        if root:
+            warn_in_log(request.paths.log, [root])
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
-        return SshHandle(
-            paths, SshSettings.from_dict(dict(data["ssh"])), str(data["run_id"]), run_dir=str(data["run_dir"]),
-            pid=int(data["pid"]), start_time=data.get("start_time"), boot_id=str(data.get("boot_id", "")),
-            log_base=int(data.get("log_base", 0)), cancel_grace=float(data.get("cancel_grace", 10.0)),
-            container=data.get("container"),
-        )
+        return SshHandle.from_dict(data, paths)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             if self._tunnel is not None:
                 self._tunnel.close()
 
-
-def _docker_run(request: LaunchRequest, env: Mapping[str, str], run_dir: str, user: str, name: str) -> list[str]:
-    """``docker run`` on the host, set up as the Docker target sets up its containers.
-
-    Values of the variables never appear on the command line: ``-e NAME``
-    passes each from the environment the helper gives the docker client.
-    """
-    assert request.image is not None
-    labels = ["--label", f"mltrain.run_id={request.run_id}", "--label", f"mltrain.experiment={request.experiment}"]
-    variables = [w for name_ in sorted(env) for w in ("-e", name_)]
-    return [
-        "docker", "run", "--rm", "--init", "--name", name, *labels, "--user", user,
-        "--security-opt", "no-new-privileges", "--tmpfs", f"{CONTAINER_HOME}:mode=1777",
-        "-v", f"{request.cwd}:{CONTAINER_CODE}:ro", "-v", f"{run_dir}/outputs:{CONTAINER_OUTPUTS}:rw",
-        "-v", f"{run_dir}/metrics.jsonl:{CONTAINER_METRICS}:rw", "-w", CONTAINER_CODE,
-        "-e", f"HOME={CONTAINER_HOME}", *variables, "--entrypoint", request.argv[0], request.image, *request.argv[1:],
-    ]

@@ -262,6 +262,26 @@ def test_named_volume_binding_the_socket_folder_is_refused(dproject: DockerProje
     assert dproject.record()["status"] == "Failed"
 
 
+def test_a_checkout_that_leads_to_the_socket_is_never_mounted(dproject: DockerProject, tmp_path: Path) -> None:
+    """mltrain's own mounts are checked as compute=ssh checks them: a checkout replaced by a link to /var/run
+    (a job on compute=local can do that) does not hand a later container the engine, allowed or not."""
+    dproject.write("d.py", "print('in the container')\n")
+    assert "in the container" in dproject.submit("script=d.py", build=False, check=True).stdout
+    checkout = dproject.workspace / "checkouts" / str(dproject.record()["snapshot_id"])
+    checkout.rename(tmp_path / "aside")
+    checkout.symlink_to("/var/run")
+    try:
+        result = dproject.submit("script=d.py", "compute.allow_engine_socket=true", build=False)
+    finally:
+        checkout.unlink()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"mltrain: error: compute=docker: the container's mount {checkout} (a link to "), error
+    assert "would hand the job the Docker engine's socket" in error and "MLTRAIN_HOME" in error
+    assert dproject.containers() == []  # nothing was created for it
+    assert dproject.record()["status"] == "Failed"
+
+
 def test_allow_engine_socket_mounts_it_and_warns_every_run(dproject: DockerProject) -> None:
     import os
 

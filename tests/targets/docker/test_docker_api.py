@@ -17,8 +17,9 @@ import pytest
 
 from mltrain.config.schema import DockerCompute
 from mltrain.errors import ConfigError, TargetError
+from mltrain.hosts.container import CODE_DIR, RunContainer
 from mltrain.targets.docker.engine import Engine, EngineError, NotFound, demux, json_events, since_param
-from mltrain.targets.docker.executor import CODE_DIR, container_body, parse_size
+from mltrain.targets.docker.executor import limits, parse_size
 from mltrain.targets.docker.util import EngineConfig
 
 
@@ -61,15 +62,22 @@ def test_since_is_exact_to_the_nanosecond() -> None:
 
 
 # --------------------------------------------------------- the create request
+def _container(**extra: Any) -> RunContainer:
+    values: dict[str, Any] = {"image": "img:1", "argv": ["/venv/bin/python", "t.py", "a b", "$(id)"],
+                              "user": "1000:1000", "run_id": "r1", "experiment": "e",
+                              "env": {"A": "1", "B": "x=y\nz"}, "code": "/snap"}
+    return RunContainer(**{**values, **extra})
+
+
 def test_create_body_carries_every_option() -> None:
     cfg = DockerCompute(mem_limit="4g", cpus=1.5, shm_size="512m", gpus="device=0, 1", network="my-net")
-    body = container_body(cfg, image="img:1", argv=["/venv/bin/python", "t.py", "a b", "$(id)"],
-                          env={"A": "1", "B": "x=y\nz"}, user="1000:1000", labels={"mltrain.run_id": "r1"},
-                          binds=["/snap:/mltrain/code:ro"], tmpfs={"/mltrain/home": "mode=1777"})
+    body = _container().engine_body(limits(cfg))
     assert body["Image"] == "img:1"
     assert body["Entrypoint"] == ["/venv/bin/python"] and body["Cmd"] == ["t.py", "a b", "$(id)"]
     assert body["WorkingDir"] == CODE_DIR and body["User"] == "1000:1000"
-    assert body["Env"] == ["A=1", "B=x=y\nz"] and body["Labels"] == {"mltrain.run_id": "r1"}
+    assert body["Env"] == ["HOME=/mltrain/home", "A=1", "B=x=y\nz", "MLTRAIN_OUTPUT_DIR=/mltrain/run/outputs",
+                           "MLTRAIN_METRICS_FILE=/mltrain/run/metrics.jsonl"]
+    assert body["Labels"] == {"mltrain.run_id": "r1", "mltrain.experiment": "e"}
     assert body["Tty"] is False and body["OpenStdin"] is False
     host = body["HostConfig"]
     assert host["Binds"] == ["/snap:/mltrain/code:ro"] and host["Tmpfs"] == {"/mltrain/home": "mode=1777"}
@@ -83,14 +91,35 @@ def test_create_body_carries_every_option() -> None:
 
 
 def test_create_body_defaults_add_nothing_optional() -> None:
-    host = container_body(DockerCompute(), image="i", argv=["p"], env={}, user="0:0", labels={}, binds=[])[
-        "HostConfig"]
+    host = _container(home_tmpfs=False).engine_body(limits(DockerCompute()))["HostConfig"]
     assert set(host) == {"Binds", "Init", "SecurityOpt", "Privileged"}
+
+
+def test_docker_run_says_what_the_create_body_says() -> None:
+    """compute=ssh with an image starts the same container with ``docker run``: the same user, init,
+    no-new-privileges, mounts, labels, working directory and entrypoint; values of variables stay off the argv."""
+    spec = _container(outputs="/r/outputs", metrics="/r/metrics.jsonl", env={"SECRET": "s3cr3t-value"})
+    argv, body = spec.run_argv(), spec.engine_body()
+    assert argv[:3] == ["docker", "run", "--rm"] and "--privileged" not in argv
+    assert "--init" in argv and body["HostConfig"]["Init"] is True
+
+    def values(flag: str) -> list[str]:
+        return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == flag]
+
+    assert values("--user") == [body["User"]]
+    assert values("--security-opt") == body["HostConfig"]["SecurityOpt"]
+    assert values("-v") == body["HostConfig"]["Binds"]
+    assert values("--tmpfs") == [f"{k}:{v}" for k, v in body["HostConfig"]["Tmpfs"].items()]
+    assert values("--label") == [f"{k}={v}" for k, v in body["Labels"].items()]
+    assert values("-w") == [body["WorkingDir"]]
+    assert values("--entrypoint") == body["Entrypoint"] and argv[-4:] == [body["Image"], *body["Cmd"]]
+    assert sorted(values("-e")) == sorted(["HOME=/mltrain/home", *spec.job_env()])  # names only: no value
+    assert not any("s3cr3t-value" in word for word in argv)
 
 
 @pytest.mark.parametrize(("gpus", "count", "ids"), [("all", -1, []), ("2", 2, []), ("0,1", 0, ["0", "1"])])
 def test_gpus_become_device_requests(gpus: str, count: int, ids: list[str]) -> None:
-    body = container_body(DockerCompute(gpus=gpus), image="i", argv=["p"], env={}, user="", labels={}, binds=[])
+    body = _container().engine_body(limits(DockerCompute(gpus=gpus)))
     (request,) = body["HostConfig"]["DeviceRequests"]
     assert (request["Count"], request["DeviceIDs"], request["Capabilities"]) == (count, ids, [["gpu"]])
 
@@ -104,7 +133,7 @@ def test_sizes() -> None:
         with pytest.raises(ConfigError, match=r"compute\.mem_limit"):
             parse_size("mem_limit", bad)
     with pytest.raises(ConfigError, match=r"compute\.gpus"):
-        container_body(DockerCompute(gpus="device=,"), image="i", argv=["p"], env={}, user="", labels={}, binds=[])
+        limits(DockerCompute(gpus="device=,"))
 
 
 # ------------------------------------------------------- the HTTP client itself

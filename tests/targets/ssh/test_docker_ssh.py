@@ -114,6 +114,19 @@ def test_ssh_target_never_mounts_a_checkout_that_leads_to_the_socket(local_sshd:
     assert leftover == []
 
 
+def test_a_container_run_as_root_on_the_host_says_so(local_sshd: SshHost, project: Project, tmp_path: Path) -> None:
+    """compute=ssh with an image runs the container as the login's uid:gid, as compute=docker runs it as the
+    caller's: root there gets the same warning in the run's log (the checks are written once)."""
+    from sshtest import SSHD_IMAGE
+
+    sproject = SshProject(project, local_sshd, str(tmp_path / "remote"))
+    sproject.write("d.py", "import os\nprint('uid', os.getuid())\n")
+    result = sproject.submit("script=d.py", "environment=docker", f"environment.image={SSHD_IMAGE}", check=True)
+    assert "uid 0" in result.stdout
+    log = sproject.log(str(sproject.runs()[0]["id"]))
+    assert "[mltrain] warning: the job runs as root in the container, because mltrain logs in to" in log
+
+
 def test_ssh_engine_detached_log_is_mirrored_without_a_client(local_sshd: SshHost, project: Project,
                                                               tmp_path: Path) -> None:
     """The log mirror of a remote engine's container reaches it through its own SSH connection."""

@@ -462,6 +462,8 @@ def test_outputs_past_the_byte_limit_stop_cleanly_and_the_link_goes_on(sproject:
 class _HostileLink:
     """Answers ``pack`` with a crafted archive, as a compromised host could."""
 
+    where = "x"
+
     def __init__(self, archive: bytes) -> None:
         self.archive = archive
 
@@ -506,8 +508,8 @@ def test_hostile_archive_from_host_is_refused(tmp_path: Path) -> None:
         add("run/metrics.jsonl", b'{"name": "loss", "value": 1}\n')
     paths = RunPaths(tmp_path / "run")
     paths.dir.mkdir()
-    handle = SshHandle(paths, SshSettings(host="x"), "r1", run_dir="/r", pid=1, start_time=None, boot_id="",
-                       log_base=0, cancel_grace=1, link=_HostileLink(buf.getvalue()))  # type: ignore[arg-type]
+    handle = SshHandle(paths, "r1", "/r", 1, ssh=SshSettings(host="x"), cancel_grace=1,
+                       link=_HostileLink(buf.getvalue()))  # type: ignore[arg-type]
     handle.collect(paths)
     assert (paths.outputs / "good.txt").read_text() == "good"
     assert paths.metrics.exists()
@@ -808,6 +810,28 @@ def test_a_peer_breaking_the_handshake_prints_no_traceback(project: Project, tmp
         result = project.run("script=train.py", *_peer_overrides(port, tmp_path), env={"HOME": str(tmp_path)},
                              timeout=60)
     assert_one_line_error(result, fragment)
+
+
+def test_a_reader_after_finalize_never_copies_the_hosts_log_again(sproject: SshProject) -> None:
+    """Finalize rewrites the run's log without terminal codes, which makes it shorter. A follower in another
+    process that reads once more after that must leave the log as it is (the mirror keeps its own position on the
+    host's log; a position taken from the local file's size would copy the host's tail in again)."""
+    from mltrain.store.db import Store
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.base import handle_for
+
+    sproject.write("colors.py", "for i in range(30):\n    print(f'\\x1b[32mgreen {i}\\x1b[0m', flush=True)\n")
+    sproject.submit("script=colors.py", check=True)
+    run_id = str(sproject.runs()[0]["id"])
+    log = sproject.workspace / "runs" / run_id / "output.log"
+    before = log.read_bytes()
+    assert b"\x1b" not in before and before.count(b"green 29\n") == 1
+    workspace = Workspace(sproject.workspace)
+    with Store(workspace.db_path) as store:
+        handle = handle_for(store.get(run_id), workspace)
+    assert handle is not None
+    data, _ = handle.read_log(0)
+    assert data == before and log.read_bytes() == before
 
 
 # ------------------------------------------------------------------- secrets
