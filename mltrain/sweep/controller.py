@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
 
 from mltrain.errors import MltrainError, StoreError
 from mltrain.store.db import (
@@ -54,6 +56,7 @@ from mltrain.sweep.samplers import FAILED as FAILED_OUTCOME
 from mltrain.sweep.session import SweepSession, current
 from mltrain.sweep.stopping import policy_for
 from mltrain.sweep.trial import MetricMonitor, PreparedTrial
+from mltrain.targets import executor_class
 from mltrain.util.progress import TrialBoard
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,7 @@ class FirstAlone:
         yield
 
 
-def _target_key(spec: Any) -> str:
+def _target_key(spec: RunSpec) -> str:
     """Trials that share this share a target, an environment on it, and their fingerprint's environment part."""
     return repr((spec.compute, spec.environment, spec.source_dir))
 
@@ -153,8 +156,8 @@ class SweepController(Supervisor):
         self.settings = validate_sweep(master.get("sweep"))
         self.workspace = Workspace.locate(OmegaConf.select(master, "workspace.dir")).ensure()
         self.store = Store(self.workspace.db_path)
-        local = OmegaConf.select(master, "compute.type") == "local"
-        self.max_concurrent = self.settings.max_concurrent or ((os.cpu_count() or 1) if local else 4)
+        self.max_concurrent = self.settings.max_concurrent or executor_class(
+            str(OmegaConf.select(master, "compute.type"))).default_concurrency()  # the target's answer
         self.policy = policy_for(self.settings.early_termination, self.settings.goal)
         self.sampler: Sampler | None = None
         self.sweep_id = ""
@@ -258,7 +261,7 @@ class SweepController(Supervisor):
                 executor.check_environment(environment)
                 self.env_fingerprints[key] = environment.fingerprint()
 
-    def _snapshot(self, spec: Any, stored: dict[str, Any]) -> Snapshot:
+    def _snapshot(self, spec: RunSpec, stored: dict[str, Any]) -> Snapshot:
         key = str(spec.source_dir)
         if key in self.snapshots:
             return self.snapshots[key]
@@ -266,7 +269,7 @@ class SweepController(Supervisor):
         self.snapshots[key] = snap
         return snap
 
-    def _take_snapshot(self, spec: Any) -> Snapshot:
+    def _take_snapshot(self, spec: RunSpec) -> Snapshot:
         from mltrain.environments.base import digest
         from mltrain.snapshot.blobstore import BlobStore
         from mltrain.snapshot.git import capture

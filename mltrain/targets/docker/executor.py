@@ -50,12 +50,13 @@ import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.wrapper import masked
-from mltrain.store.workspace import RunPaths
-from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.store.workspace import RunPaths, Workspace
+from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest, Resources
+from mltrain.targets.docker.config import DockerCompute
 from mltrain.targets.docker.logs import ACTIVE, ContainerLog, start_mirror
 from mltrain.targets.docker.util import (
     EngineConfig,
@@ -65,8 +66,14 @@ from mltrain.targets.docker.util import (
     engine_error,
     engine_sockets,
     is_not_found,
+    shared_engine,
     socket_exposure,
 )
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.environments.base import Environment
+    from mltrain.targets.docker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +203,7 @@ def parse_size(key: str, value: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def container_body(cfg: Any, *, image: str, argv: list[str], env: Mapping[str, str], user: str,
+def container_body(cfg: DockerCompute, *, image: str, argv: list[str], env: Mapping[str, str], user: str,
                    labels: Mapping[str, str], binds: list[str],
                    tmpfs: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The create-container request (Engine API ``POST /containers/create``) for a run, from ``compute`` config."""
@@ -372,8 +379,10 @@ class DockerHandle(Handle):
 
 class DockerExecutor(Executor):
     kind = "docker"
+    config_class = DockerCompute
+    config: DockerCompute
 
-    def __init__(self, config: Any, workspace: Any) -> None:
+    def __init__(self, config: DockerCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self.engine = EngineConfig.from_config(config)
         if config.code_transfer not in TRANSFERS:
@@ -385,20 +394,24 @@ class DockerExecutor(Executor):
         if not self.allow_socket:
             _refuse(exposed)
         container_body(config, image="", argv=[], env={}, user="", labels={}, binds=[])  # bad sizes fail now
-        self._client: Any = None
         self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
 
     # ---------------------------------------------------------- capabilities
-    def docker_client(self) -> Any:
-        """The engine's ``docker_api.Engine`` (made once; unreachable is a one-line TargetError on the first call)."""
-        if self._client is None:
-            self._client = connect(self.engine)
-        return self._client
+    def docker_engine(self) -> EngineConfig:
+        return self.engine
+
+    def resources(self, spec: RunSpec) -> Resources:
+        return Resources(cpus=self.config.cpus, gpus=self.config.gpus, memory=self.config.mem_limit)
+
+    def docker_client(self) -> Engine:
+        """The engine's ``Engine`` (shared with the environment; unreachable is a one-line TargetError on the first
+        call)."""
+        return shared_engine(self.engine)
 
     def describe(self) -> str:
         return f"docker ({self.engine.describe()})"
 
-    def check_environment(self, environment: Any) -> None:
+    def check_environment(self, environment: Environment) -> None:
         if not environment.provides_image:
             raise ConfigError(
                 f"compute=docker runs a container image, and environment={environment.kind} makes none; "

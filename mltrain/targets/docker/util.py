@@ -20,11 +20,18 @@ import os
 import posixpath
 import sys
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import TargetError
+
+if TYPE_CHECKING:
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.manifest import Manifest
+    from mltrain.targets.docker.config import DockerCompute
+    from mltrain.targets.docker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,10 @@ class EngineConfig:
     timeout: float = 60.0
 
     @classmethod
-    def from_config(cls, config: Any) -> EngineConfig:
-        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)})
+    def from_config(cls, config: DockerCompute) -> EngineConfig:
+        return cls(base_url=config.base_url, tls_verify=config.tls_verify, tls_ca_cert=config.tls_ca_cert,
+                   tls_client_cert=config.tls_client_cert, tls_client_key=config.tls_client_key,
+                   timeout=config.timeout)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
@@ -140,7 +149,7 @@ def _under(child: str, parent: str) -> bool:
     return child != parent and (parent == "/" or child.startswith(parent + "/"))
 
 
-def connect(engine: EngineConfig, *, version: str | None = None) -> Any:
+def connect(engine: EngineConfig, *, version: str | None = None) -> Engine:
     """The ``engine.Engine`` for ``engine`` (no call made yet: the first one finds out if it answers).
 
     ``version``: the API version a stored run handle recorded; default: the pinned one.
@@ -148,6 +157,23 @@ def connect(engine: EngineConfig, *, version: str | None = None) -> Any:
     from mltrain.targets.docker.engine import Engine
 
     return Engine(engine, version=version)
+
+
+_SHARED: dict[EngineConfig, Engine] = {}
+_SHARED_MAX = 16  # engines of SSH tunnels that have closed fall out (their socket path is never reused)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(engine: EngineConfig) -> Engine:
+    """One ``Engine`` per engine in this process (it is thread-safe), whoever asks: the target that runs the
+    containers and the environment that builds the image share its connections (one TLS handshake, not two)."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(engine)
+        if found is None:
+            found = _SHARED[engine] = connect(engine)
+            while len(_SHARED) > _SHARED_MAX:
+                del _SHARED[next(iter(_SHARED))]
+        return found
 
 
 def unreachable(engine: EngineConfig, exc: BaseException) -> TargetError:
@@ -222,7 +248,7 @@ def tar_bytes(entries: Iterable[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def add_snapshot(tar: tarfile.TarFile, manifest: Any, blobs: Any, prefix: str) -> None:
+def add_snapshot(tar: tarfile.TarFile, manifest: Manifest, blobs: BlobStore, prefix: str) -> None:
     """Add a snapshot's files (from the blob store) under ``prefix/``, root-owned and not writable by others."""
     made: set[str] = set()
     for entry in manifest.entries:

@@ -32,6 +32,7 @@ from mltrain.hosts.agent import start_time as process_start_time  # the same /pr
 from mltrain.hosts.wrapper import masked, wrapper_argv
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest, read_from
+from mltrain.targets.local.config import LocalCompute
 
 if TYPE_CHECKING:
     from mltrain.snapshot.manifest import Manifest
@@ -146,11 +147,19 @@ class LocalHandle(Handle):
 
 class LocalExecutor(Executor):
     kind = "local"
+    config_class = LocalCompute
+    config: LocalCompute
+    frameworks = ("python", "pyspark")  # pyspark: spark-submit --master local[*] here, as a plain local job
 
-    def __init__(self, config: Any, workspace: Workspace) -> None:
+    def __init__(self, config: LocalCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self._manifests: dict[str, Manifest] = {}
         """Manifests loaded by ``stage_code``, reused by ``launch`` to build the working directory."""
+
+    @classmethod
+    def default_concurrency(cls) -> int:
+        """One trial per CPU: the trials share this machine."""
+        return os.cpu_count() or 1
 
     def code_is_staged(self, snapshot_id: str) -> bool:
         return (self.workspace.checkouts / snapshot_id).is_dir()

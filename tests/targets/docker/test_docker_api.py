@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mltrain.config.schema import DockerCompute
 from mltrain.errors import ConfigError, TargetError
+from mltrain.targets.docker.config import DockerCompute
 from mltrain.targets.docker.engine import Engine, EngineError, NotFound, demux, json_events, since_param
 from mltrain.targets.docker.executor import CODE_DIR, container_body, parse_size
 from mltrain.targets.docker.util import EngineConfig
