@@ -9,11 +9,9 @@ module: a target's SDK (docker, paramiko, pyspark) never slows down ``mltrain --
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from mltrain.errors import ConfigError
 
@@ -24,8 +22,7 @@ C = TypeVar("C", bound="GroupConfig")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     config: str  # "module:Class" of the config dataclass (a light module: validation imports it)
     impl: str  # "module:Class" of the implementation (an Executor, an Environment, a Framework)
 
@@ -96,6 +93,8 @@ class Registry(Mapping[str, "type[C]"], Generic[C, T]):
     def config_class(self, kind: str) -> type[C]:
         """The config dataclass of ``kind`` (imports its config module only)."""
         if kind not in self._configs:
+            import dataclasses
+
             cls, base = load(self._entry(kind).config), load(self._config_base)
             if not (dataclasses.is_dataclass(cls) and issubclass(cls, base)):
                 raise TypeError(f"{self.group} type {kind!r}: {cls.__qualname__} is not a {base.__name__} dataclass")
