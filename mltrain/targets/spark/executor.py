@@ -41,8 +41,6 @@ from mltrain.hosts.masking import mask_text
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets import TARGETS, executor_for
 from mltrain.targets.base import Executor, ExitInfo, Handle, LaunchRequest
-from mltrain.targets.local.config import LocalCompute
-from mltrain.targets.local.executor import LocalExecutor
 from mltrain.targets.spark.app import (
     SCAN_LIMIT,
     AppInfo,
@@ -83,9 +81,8 @@ def edge_config(config: SparkCompute) -> ComputeConfig | None:
 
 
 def _driver_executor(config: SparkCompute, workspace: Workspace) -> Executor:
-    edge = edge_config(config)
-    if edge is None:
-        return LocalExecutor(LocalCompute(cancel_grace=config.cancel_grace), workspace)
+    """The target whose job spark-submit is: this machine's, or the edge node's (built through the registry)."""
+    edge = edge_config(config) or TARGETS.config_class("local")(cancel_grace=config.cancel_grace)
     return executor_for(edge, workspace)
 
 
