@@ -76,8 +76,7 @@ def main() -> None:
         report("`mltrain runs list` with 10,000 runs (newest 50)", listing, None, "<= 300 ms")
         report("`mltrain runs list --limit 0` with 10,000 runs (all rows)", listing_all, None, "<= 300 ms")
 
-        from mltrain.config.schema import VenvEnvironment
-        from mltrain.environments.venv import Venv
+        from mltrain.environments.venv import Venv, VenvEnvironment
 
         env_cfg = VenvEnvironment(packages=[], installer="auto")
         os.environ["MLTRAIN_CACHE_DIR"] = str(root / "cache")

@@ -38,10 +38,10 @@ def main() -> int:
         print(f"skipped: no engine or no {SSHD_IMAGE} (run `bash .ci/provision-docker.sh; bash .ci/provision-ssh.sh`)")
         return 1
     load_start = os.getloadavg()[0]
-    from mltrain.config.schema import SshCompute
     from mltrain.snapshot.blobstore import BlobStore
     from mltrain.snapshot.take import take_snapshot
     from mltrain.store.workspace import Workspace
+    from mltrain.targets.ssh.config import SshCompute
     from mltrain.targets.ssh.executor import SshExecutor
     from mltrain.targets.ssh.link import Link
 

@@ -6,6 +6,7 @@ the logic lives in :mod:`mltrain.sweep.launcher`, imported when a sweep starts.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,16 @@ from hydra_plugins.mltrain_plugins import store_configs
 store_configs()
 
 
-class MltrainLauncher(Launcher):
+class TrialStreamLauncher(Launcher):
+    """A launcher that takes a sweep's trials from mltrain's sweeper one free slot at a time (``run_sweep``);
+    the sweeper hands any other launcher batches, through Hydra's ``launch``. Declared, never probed for."""
+
+    @abstractmethod
+    def run_sweep(self, sampler: Any, supervisor: Any) -> Sequence[Any]:
+        """Run the trials ``sampler`` hands out as slots free up, told what to do by ``supervisor``."""
+
+
+class MltrainLauncher(TrialStreamLauncher):
     core: Any = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:

@@ -26,7 +26,9 @@ class MltrainSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from hydra_plugins.mltrain_plugins.launcher import TrialStreamLauncher
         from mltrain.sweep.driver import sweep
 
         assert self.context is not None
-        return sweep(*self.context, self.launcher, arguments)
+        return sweep(*self.context, self.launcher, arguments,
+                     streams=isinstance(self.launcher, TrialStreamLauncher))  # declared, not probed for

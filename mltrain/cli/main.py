@@ -44,11 +44,30 @@ examples (in examples/quickstart):
   mltrain sweeps list                                       the newest sweeps, with their best trial
   mltrain --idempotency-key ci-42 script=train.py           a retry gets the run the first try started
 
-config groups: environment (user_managed, venv, docker, presets: sklearn, docker_python, docker_sklearn),
-compute (local, docker, ssh, spark), framework (python, pyspark);
+config groups: {groups};
 a project's ./conf (or $MLTRAIN_CONFIG_DIR) overrides and adds options.
 Set MLTRAIN_FULL_ERROR=1 to see tracebacks.
 """
+
+
+def usage() -> str:
+    """``--help``: the config groups' types come from their registries, and the presets from the packaged conf."""
+    from importlib.util import find_spec
+
+    from mltrain.environments import ENVIRONMENTS
+    from mltrain.frameworks import FRAMEWORKS
+    from mltrain.targets import TARGETS
+
+    spec = find_spec("mltrain.conf")  # the packaged conf (a folder of the repository in an editable install)
+    packaged = list(spec.submodule_search_locations or []) if spec is not None else []
+    shown = []
+    for registry in (ENVIRONMENTS, TARGETS, FRAMEWORKS):
+        folders = [os.path.join(path, registry.group) for path in packaged]
+        presets = sorted({name[:-5] for folder in folders if os.path.isdir(folder) for name in os.listdir(folder)
+                          if name.endswith(".yaml")} - set(registry))
+        choices = [*registry.kinds(), *([f"presets: {', '.join(presets)}"] if presets else [])]
+        shown.append(f"{registry.group} ({', '.join(choices)})")
+    return USAGE.format(groups=",\n".join(shown))
 
 SUBCOMMANDS = ("plan", "runs", "sweeps", "gc")
 
@@ -65,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_sigint_ignored()
     try:
         if not args or args[0] in ("-h", "--help", "help"):
-            sys.stdout.write(USAGE)
+            sys.stdout.write(usage())
             return 0
         if args[0] == "--version":
             from importlib.metadata import version

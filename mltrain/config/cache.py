@@ -4,7 +4,8 @@ Composition is a pure function of the config files, the overrides and the code
 that composes (Hydra, mltrain's schema). The key hashes exactly those: every
 file under the project's conf dir and mltrain's packaged conf (path, size,
 mtime_ns), the resolved project conf dir, the config name, the overrides, and
-the stat of mltrain's schema module and Hydra's package. Any edit, added or
+the stat of mltrain's schema modules (``schema_files``: the schema and every
+registered kind's config dataclass) and Hydra's package. Any edit, added or
 removed file, or upgrade changes the key; an entry is never updated in place.
 A file changed in the last two seconds could change again without moving its
 mtime, so such a composition is used but not stored (git's "racily clean" rule).
@@ -41,7 +42,6 @@ from mltrain.errors import ConfigError
 FORMAT = 2
 MAX_ENTRIES = 512  # each is a few KiB; past this the oldest half goes
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def enabled() -> bool:
@@ -112,7 +112,9 @@ def key(overrides: Sequence[str], config_name: str | None) -> CacheKey:
     hydra_spec = importlib.util.find_spec("hydra")
     project_files = _files(project) if project else []
     packaged_files = [f for folder in _packaged_conf_dirs() for f in _files(folder)]
-    code = [_stat(str(_PACKAGE_DIR / "schema.py")), _stat(hydra_spec.origin if hydra_spec else None)]
+    from mltrain.config.schema import schema_files
+
+    code = [*(_stat(path) for path in schema_files()), _stat(hydra_spec.origin if hydra_spec else None)]
     material = {
         "format": FORMAT,
         "config_name": config_name,

@@ -6,166 +6,39 @@ key fails while Hydra composes. Group options (``environment``, ``compute``,
 the matching dataclass right after composition -- which also covers options a
 project adds under its own ``./conf`` without naming a schema. Either way the
 error names the key and lists what is valid, before anything runs.
+
+The group schemas are not kept here: each kind's config dataclass lives beside
+its code and is found through its group's registry (``GROUP_SCHEMAS``, derived
+from ``mltrain.targets``, ``mltrain.environments`` and ``mltrain.frameworks``),
+which imports a kind's config module only when a config of that kind is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mltrain.config.groups import MISSING, ComputeConfig, EnvironmentConfig, FrameworkConfig, GroupConfig
+from mltrain.environments import ENVIRONMENTS
 from mltrain.errors import ConfigError
+from mltrain.frameworks import FRAMEWORKS
+from mltrain.targets import TARGETS
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
-# omegaconf.MISSING (a required value), spelled out so that importing the schemas does not
-# import OmegaConf: a submit whose config comes whole from the composition cache never needs it.
-MISSING: Any = "???"
+    from mltrain.util.registry import Registry
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-
-# ---------------------------------------------------------------- environment
-@dataclass
-class UserManagedEnvironment:
-    """Use an existing interpreter as is; nothing is installed, ``pip freeze`` is recorded."""
-
-    type: str = "user_managed"
-    interpreter: str | None = None  # default: the interpreter running mltrain
-
-
-@dataclass
-class VenvEnvironment:
-    """A virtualenv built once per content hash (packages + requirements) and reused."""
-
-    type: str = "venv"
-    python: str | None = None  # base interpreter; default: the one running mltrain
-    packages: list[str] = field(default_factory=list)
-    requirements: str | None = None  # path relative to source_dir
-    pip_args: list[str] = field(default_factory=list)
-    installer: str = "auto"  # auto (uv when installed, else pip) | uv | pip
-    system_site_packages: bool = False
-
-
-@dataclass
-class DockerEnvironment:
-    """A container image: prebuilt (``image``), generated (``base_image`` + pip), or the user's ``dockerfile``.
-
-    Built images are tagged by content hash and reused; exactly one of
-    ``image``, ``base_image``, ``dockerfile`` must be set.
-    """
-
-    type: str = "docker"
-    image: str | None = None  # used as is (pulled if missing)
-    base_image: str | None = None  # mltrain writes the Dockerfile: FROM base_image + ENV + pip install
-    packages: list[str] = field(default_factory=list)
-    requirements: str | None = None  # relative to source_dir
-    env: dict[str, str] = field(default_factory=dict)  # ENV baked into the image
-    dockerfile: str | None = None  # the user's own, relative to source_dir
-    context: str | None = None  # build context for ``dockerfile`` (default: the Dockerfile's folder)
-    build_args: dict[str, str] = field(default_factory=dict)
-    python: str = "python3"  # interpreter inside the image
-    pip_args: list[str] = field(default_factory=list)
-    pip_index_url: str | None = None  # a private index / mirror
-    ca_bundle: str | None = None  # host CA bundle trusted during the build (TLS-intercepting proxies)
-    wheels: str | None = None  # folder of wheels (relative to source_dir) copied into the build, --find-links
-    labels: dict[str, str] = field(default_factory=dict)  # on the built image
-
-
-# -------------------------------------------------------------------- compute
-@dataclass
-class LocalCompute:
-    """This machine; the script runs in its own process group."""
-
-    type: str = "local"
-    cancel_grace: float = 10.0  # seconds between TERM and KILL on cancel
-
-
-@dataclass
-class DockerCompute:
-    """A Docker engine: the local one by default, or any engine at ``base_url``."""
-
-    type: str = "docker"
-    base_url: str | None = None  # unix://, tcp://host:2376, ssh://user@host; default: $DOCKER_HOST or local socket
-    tls_verify: bool = False
-    tls_ca_cert: str | None = None
-    tls_client_cert: str | None = None
-    tls_client_key: str | None = None
-    user: str | None = None  # default: the caller's uid:gid
-    mem_limit: str | None = None  # e.g. 4g
-    cpus: float | None = None
-    shm_size: str | None = None  # e.g. 1g
-    gpus: str | None = None  # "all", a count ("2") or device ids ("0,1")
-    volumes: list[str] = field(default_factory=list)  # host:container[:ro|rw]
-    allow_engine_socket: bool = False  # let compute.volumes hand the job the engine's socket (root on its host)
-    network: str | None = None  # default: the engine's default bridge
-    keep_container: bool = False  # keep a failed run's container for inspection
-    cancel_grace: float = 10.0
-    timeout: float = 60.0  # seconds for one engine API call
-    code_transfer: str = "auto"  # auto: bind mount on a local (unix://) engine, copy on a remote one | mount | copy
-    labels: dict[str, str] = field(default_factory=dict)  # extra container labels
-
-
-@dataclass
-class SshCompute:
-    """A remote machine reached over SSH; nothing to install there but Python (or Docker)."""
-
-    type: str = "ssh"
-    host: str = MISSING  # a hostname, an address, or a Host alias from ~/.ssh/config
-    port: int | None = None  # default: ~/.ssh/config, else 22
-    user: str | None = None  # default: ~/.ssh/config, else the local user
-    key_file: str | None = None  # default: ~/.ssh/config IdentityFile, else the SSH agent and default keys
-    known_hosts: str | None = None  # default: ~/.ssh/known_hosts
-    host_key_policy: str = "strict"  # strict: unknown or changed keys refused | accept_new
-    fingerprint: str | None = None  # pin the host key: SHA256:... (as `ssh-keygen -lf` prints it)
-    ssh_config: str | None = None  # default: ~/.ssh/config
-    connect_timeout: float = 10.0
-    keepalive: float = 10.0  # seconds between keepalives; a dead link is noticed within a few of these
-    remote_dir: str = "~/.mltrain"  # blob cache, environments and run folders on the remote
-    cancel_grace: float = 10.0
-    python: str = "python3"  # the host's Python 3 that runs mltrain's helper there (stdlib only, >= 3.8)
-
-
-@dataclass
-class SparkCompute:
-    """A Spark master: local[*] by default, or spark://, yarn, k8s://; optionally submitted from an edge node."""
-
-    type: str = "spark"
-    master: str = "local[*]"
-    deploy_mode: str = "client"  # client | cluster
-    conf: dict[str, Any] = field(default_factory=dict)  # each becomes --conf key=value (nested keys are joined by dots)
-    driver_memory: str | None = None
-    driver_cores: int | None = None
-    executor_memory: str | None = None
-    executor_cores: int | None = None
-    num_executors: int | None = None
-    packages: list[str] = field(default_factory=list)
-    jars: list[str] = field(default_factory=list)
-    archives: list[str] = field(default_factory=list)
-    spark_home: str | None = None  # default: $SPARK_HOME, else the environment's pyspark
-    master_ui: str | None = None  # standalone master's web UI (status, app links); default: http://<master host>:8080
-    connect_timeout: float = 10.0  # seconds to reach the master's port before giving up
-    ssh: dict[str, Any] | None = None  # submit from an edge node: the keys of compute=ssh (host, user, ...)
-    cancel_grace: float = 10.0
-
-
-# ------------------------------------------------------------------ framework
-@dataclass
-class PythonFramework:
-    """``<interpreter> script args --param value``."""
-
-    type: str = "python"
-    args_style: str = "argparse"  # argparse: --key value | hydra: key=value
-
-
-@dataclass
-class PySparkFramework:
-    """``spark-submit [options] script args``: the script is a Spark driver."""
-
-    type: str = "pyspark"
-    args_style: str = "argparse"
+# config group -> {type -> config dataclass}: the registries themselves (read lazily, one kind at a time)
+GROUP_SCHEMAS: Mapping[str, Registry[Any, Any]] = {
+    "environment": ENVIRONMENTS, "compute": TARGETS, "framework": FRAMEWORKS,
+}
 
 
 # ---------------------------------------------------------------------- sweep
@@ -214,7 +87,7 @@ def _at_least(value: float | None, low: float, key: str) -> None:
         raise ConfigError(f"sweep.{key}={value}: must be at least {low}")
 
 
-def validate_sweep(node: Any) -> SweepConfig:
+def validate_sweep(node: DictConfig | None) -> SweepConfig:
     """The ``sweep`` block as a checked SweepConfig (defaults when the config has none)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -295,16 +168,6 @@ class PrimarySchema:
     sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
 
 
-GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "environment": {"user_managed": UserManagedEnvironment, "venv": VenvEnvironment, "docker": DockerEnvironment},
-    "compute": {"local": LocalCompute, "docker": DockerCompute, "ssh": SshCompute, "spark": SparkCompute},
-    "framework": {"python": PythonFramework, "pyspark": PySparkFramework},
-}
-
-ARGS_STYLES = ("argparse", "hydra")
-INSTALLERS = ("auto", "uv", "pip")
-
-
 @dataclass(frozen=True)
 class MltrainConfig:
     """The validated configuration: plain values, interpolations resolved."""
@@ -315,9 +178,9 @@ class MltrainConfig:
     args: list[str]
     params: dict[str, Any]
     env_vars: dict[str, str]
-    environment: Any
-    compute: Any
-    framework: Any
+    environment: EnvironmentConfig
+    compute: ComputeConfig
+    framework: FrameworkConfig
     snapshot: SnapshotConfig
     workspace: WorkspaceConfig
     secret_env: list[str] = field(default_factory=list)
@@ -341,7 +204,29 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return msg.rstrip(".")
 
 
-def _validate_group(group: str, node: Any) -> Any:
+def _unknown_key(group: str, kind: str, key: object) -> ConfigError:
+    valid = ", ".join(f.name for f in dataclasses.fields(GROUP_SCHEMAS[group][kind]))
+    return ConfigError(f"{group}.{key}: unknown key for {group} type {kind!r} (valid keys: {valid})")
+
+
+def _check_group_keys(cfg: DictConfig) -> None:
+    """A key no option of its kind has is named first: a typo (``hots:``) must not read as a missing ``host``."""
+    from omegaconf import DictConfig
+
+    for group, registry in GROUP_SCHEMAS.items():
+        node = cfg.get(group) if isinstance(cfg, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            continue
+        kind = node.get("type")
+        if isinstance(kind, str) and kind in registry:
+            valid = {f.name for f in dataclasses.fields(registry[kind])}
+            for key in node:
+                if key not in valid:
+                    raise _unknown_key(group, kind, key)
+
+
+def validate_group(group: str, node: object) -> GroupConfig:
+    """One group's composed node as its kind's checked config dataclass (the kind from ``node.type``)."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
@@ -353,60 +238,42 @@ def _validate_group(group: str, node: Any) -> Any:
         raise ConfigError(f"{group}.type is missing; set it to one of: {', '.join(sorted(choices))}")
     if kind not in choices:
         raise ConfigError(f"{group}.type={kind!r} is not known; valid types: {', '.join(sorted(choices))}")
-    schema = OmegaConf.structured(choices[kind])
+    cls = choices[kind]
     try:
-        merged = OmegaConf.merge(schema, node)
-        return OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+        config = OmegaConf.to_object(merged)
     except ConfigKeyError as exc:
-        key = getattr(exc, "key", None) or "?"
-        valid = ", ".join(f.name for f in dataclasses.fields(choices[kind]))
-        raise ConfigError(
-            f"{group}.{key}: unknown key for {group} type {kind!r} (valid keys: {valid})"
-        ) from exc
+        # OmegaConf's exceptions carry the key as an optional attribute
+        raise _unknown_key(group, kind, getattr(exc, "key", None) or "?") from exc
     except ValidationError as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         raise ConfigError(f"{group}.{key}: {_describe(exc)}") from exc
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{group}.{exc.full_key}: missing required value") from exc
-
-
-_GENERATED, _OWN = ("base_image",), ("dockerfile",)
-DOCKER_ONLY_WITH: dict[str, tuple[str, ...]] = {  # keys that act only with some ways of making the image
-    "packages": _GENERATED, "requirements": _GENERATED, "env": _GENERATED, "pip_args": _GENERATED,
-    "pip_index_url": _GENERATED, "ca_bundle": _GENERATED, "wheels": _GENERATED,
-    "context": _OWN, "build_args": _OWN, "labels": _GENERATED + _OWN,
-}
-
-
-def _check_docker_keys(env: DockerEnvironment, source: str) -> None:
-    """A key that would be silently ignored with this ``source`` is an error that says where it belongs."""
-    for key, allowed in DOCKER_ONLY_WITH.items():
-        if getattr(env, key) and source not in allowed:
-            hint = (
-                "do that in your Dockerfile" if source == "dockerfile"
-                else f"it needs environment.{' or environment.'.join(allowed)} instead of environment.{source}"
-            )
-            raise ConfigError(f"environment.{key} has no effect with environment.{source}; {hint}")
-
-
-PYSPARK_TARGETS = ("local", "spark")
+    if not isinstance(config, GroupConfig):
+        raise TypeError(f"{group} type {kind!r}: OmegaConf made a {type(config).__name__}, not a {cls.__name__}")
+    config.check()
+    return config
 
 
 def _check_framework_target(framework: str, compute: str) -> None:
-    """compute=spark starts only Spark applications; spark-submit runs only where mltrain can start it."""
-    if compute == "spark" and framework != "pyspark":
-        raise ConfigError(f"compute=spark submits Spark applications with spark-submit: add framework=pyspark "
-                          f"(framework={framework} is not one)")
-    if framework == "pyspark" and compute not in PYSPARK_TARGETS:
-        raise ConfigError(f"framework=pyspark cannot run on compute={compute}: use compute=spark (with compute.ssh "
-                          "for a cluster's edge node) or compute=local")
+    """The target says which frameworks it can start (``Executor.supports``); the message lists the ways out."""
+    if TARGETS.impl(compute).supports(framework):
+        return
+    others = [k for k in TARGETS.kinds() if TARGETS.impl(k).supports(framework)]
+    own = [f for f in FRAMEWORKS.kinds() if TARGETS.impl(compute).supports(f)]
+    fixes = [f"add framework={own[0]}" if len(own) == 1 else f"use one of framework={', framework='.join(own)}"]
+    if others:
+        fixes.append(f"use compute={' or compute='.join(others)}")
+    raise ConfigError(f"framework={framework} cannot run on compute={compute}: {', or '.join(fixes)}")
 
 
-def validate(cfg: Any) -> MltrainConfig:
+def validate(cfg: DictConfig) -> MltrainConfig:
     """Turn a composed config (hydra node already removed) into typed, checked values."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+    _check_group_keys(cfg)
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:
         hint = "e.g. mltrain script=train.py" if missing[0] == "script" else f"e.g. {missing[0]}=VALUE"
@@ -439,22 +306,12 @@ def validate(cfg: Any) -> MltrainConfig:
         if not ENV_NAME.match(name):
             raise ConfigError(f"secret_env: {name!r} is not an environment variable name (letters, digits, _); "
                               "list the names of variables, e.g. secret_env=[MY_TOKEN]")
-    groups = {g: _validate_group(g, merged.get(g)) for g in GROUP_SCHEMAS}
-    framework = groups["framework"]
-    if getattr(framework, "args_style", "argparse") not in ARGS_STYLES:
-        raise ConfigError(f"framework.args_style={framework.args_style!r}: choose one of {', '.join(ARGS_STYLES)}")
-    _check_framework_target(framework.type, groups["compute"].type)
-    env = groups["environment"]
-    if isinstance(env, VenvEnvironment) and env.installer not in INSTALLERS:
-        raise ConfigError(f"environment.installer={env.installer!r}: choose one of {', '.join(INSTALLERS)}")
-    if isinstance(env, DockerEnvironment):
-        sources = [k for k in ("image", "base_image", "dockerfile") if getattr(env, k)]
-        if len(sources) != 1:
-            raise ConfigError(
-                "environment: set exactly one of environment.image (prebuilt), environment.base_image "
-                f"(mltrain writes the Dockerfile) or environment.dockerfile (your own); got {sources or 'none'}"
-            )
-        _check_docker_keys(env, sources[0])
+    environment = validate_group("environment", merged.get("environment"))
+    compute = validate_group("compute", merged.get("compute"))
+    framework = validate_group("framework", merged.get("framework"))
+    assert isinstance(environment, EnvironmentConfig) and isinstance(compute, ComputeConfig)
+    assert isinstance(framework, FrameworkConfig)
+    _check_framework_target(framework.type, compute.type)
     assert isinstance(params, dict)
     return MltrainConfig(
         experiment=top["experiment"],
@@ -463,13 +320,30 @@ def validate(cfg: Any) -> MltrainConfig:
         args=args,
         params={str(k): v for k, v in params.items()},
         env_vars=env_vars,
-        environment=env,
-        compute=groups["compute"],
+        environment=environment,
+        compute=compute,
         framework=framework,
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
         secret_env=secret_env,
     )
+
+
+def schema_files() -> list[str | None]:
+    """The source files that say what a valid config is: this module, the group bases, every registered kind's
+    config module (found, not imported). The composition cache keys on them: an edited schema recomposes."""
+    import importlib.util
+
+    modules = [__name__, "mltrain.config.groups",
+               *(m for registry in GROUP_SCHEMAS.values() for m in registry.config_modules())]
+    found = []
+    for module in dict.fromkeys(modules):
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        found.append(spec.origin if spec is not None else None)
+    return found
 
 
 def config_to_plain(cfg: MltrainConfig) -> dict[str, Any]:
@@ -479,6 +353,6 @@ def config_to_plain(cfg: MltrainConfig) -> dict[str, Any]:
 
 def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
     """The inverse of :func:`config_to_plain`; groups are rebuilt by their ``type``."""
-    groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}
+    groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}  # the registries' classes
     return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
                             "workspace": WorkspaceConfig(**data["workspace"])})

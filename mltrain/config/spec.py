@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mltrain.config.groups import ComputeConfig, EnvironmentConfig, FrameworkConfig
 from mltrain.config.schema import MltrainConfig, SnapshotConfig
 from mltrain.errors import SourceError
 
@@ -63,9 +64,9 @@ class RunSpec:
     args: tuple[str, ...]
     params: tuple[tuple[str, Any], ...]  # flattened: ("model.depth", 4)
     env_vars: tuple[tuple[str, str], ...]
-    environment: Any
-    compute: Any
-    framework: Any
+    environment: EnvironmentConfig
+    compute: ComputeConfig
+    framework: FrameworkConfig
     snapshot: SnapshotConfig
     workspace_dir: str | None
     overrides: tuple[str, ...]
@@ -131,7 +132,7 @@ class RunSpec:
 
     def param_args(self) -> list[str]:
         """Params as the script receives them: ``--key value`` or, for Hydra scripts, ``key=value``."""
-        if getattr(self.framework, "args_style", "argparse") == "hydra":
+        if self.framework.args_style == "hydra":
             return [f"{key}={_render(value)}" for key, value in self.params]
         out: list[str] = []
         for key, value in self.params:

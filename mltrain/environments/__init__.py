@@ -1,31 +1,46 @@
-"""Environment kinds, keyed by the ``type`` of the ``environment`` config group (one registry)."""
+"""Environment kinds, keyed by the ``type`` of the ``environment`` config group: the one registry, one line a kind.
+
+A kind is one module here: its config dataclass (an ``EnvironmentConfig``) and its
+``Environment``. Adding one is that module, one line below, and a preset in
+``conf/environment/`` (docs/architecture.md, "How to add an environment kind").
+"""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from mltrain.environments.base import Environment, PreparedEnvironment
+from mltrain.util.registry import Registry
 
-_KINDS = {
-    "user_managed": "mltrain.environments.user_managed:UserManaged",
-    "venv": "mltrain.environments.venv:Venv",
-    "docker": "mltrain.environments.docker:DockerImage",
-}
+if TYPE_CHECKING:
+    from mltrain.config.groups import EnvironmentConfig
+    from mltrain.environments.base import Environment
+    from mltrain.targets.base import Executor
+
+ENVIRONMENTS: Registry[EnvironmentConfig, Environment] = Registry(
+    "environment", config_base="mltrain.config.groups:EnvironmentConfig",
+    impl_base="mltrain.environments.base:Environment")
 
 
-def environment_for(config: Any, *, source_dir: Path, cache_dir: Path | None = None,
-                    target: Any = None) -> Environment:
+def register(kind: str, module: str, *, config: str, impl: str) -> None:
+    """Add an environment kind: ``module`` holds its config dataclass ``config`` and its ``Environment`` ``impl``."""
+    ENVIRONMENTS.add(kind, config=f"{module}:{config}", impl=f"{module}:{impl}")
+
+
+register("user_managed", "mltrain.environments.user_managed", config="UserManagedEnvironment", impl="UserManaged")
+register("venv", "mltrain.environments.venv", config="VenvEnvironment", impl="Venv")
+register("docker", "mltrain.environments.docker", config="DockerEnvironment", impl="DockerImage")
+
+
+def environment_for(config: EnvironmentConfig, *, source_dir: Path, cache_dir: Path | None = None,
+                    target: Executor | None = None) -> Environment:
     """``target``: the executor it will run on (its machine is where a remote environment is probed and built)."""
-    module_name, _, class_name = _KINDS[config.type].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    env: Environment = cls(config, source_dir=source_dir, cache_dir=cache_dir, target=target)
-    return env
+    cls = ENVIRONMENTS.impl(config.type)
+    return cls(config, source_dir=source_dir, cache_dir=cache_dir, target=target)
 
 
 def kinds() -> tuple[str, ...]:
-    return tuple(_KINDS)
+    return ENVIRONMENTS.kinds()
 
 
-__all__ = ["Environment", "PreparedEnvironment", "environment_for", "kinds"]
+__all__ = ["ENVIRONMENTS", "environment_for", "kinds", "register"]

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from mltrain.config.groups import EnvironmentConfig
     from mltrain.hosts.runner import Runner
+    from mltrain.targets.base import Executor
 
 LogFn = Callable[[str], None]
 
@@ -54,37 +56,45 @@ class PreparedEnvironment:
 
 
 class Environment(ABC):
-    """One kind of environment; built from its typed config (``mltrain.config.schema``)."""
+    """One kind of environment, built from its typed config (an ``EnvironmentConfig`` beside it).
+
+    A subclass declares its ``kind`` (its key in ``mltrain.environments``) and ``config_class``.
+    """
 
     kind: ClassVar[str]
+    config_class: ClassVar[type[EnvironmentConfig]]
     provides_image: ClassVar[bool] = False  # True: prepare() yields a container image, not a host interpreter
 
-    def __init__(self, config: Any, *, source_dir: Path, cache_dir: Path | None = None, target: Any = None) -> None:
+    def __init__(self, config: EnvironmentConfig, *, source_dir: Path, cache_dir: Path | None = None,
+                 target: Executor | None = None) -> None:
         self.config = config
         self.source_dir = source_dir
         self.cache_dir = cache_dir or default_cache_dir()
         self.target = target  # the executor it is for (None: this machine); fingerprint() needs it
 
-    def runner(self, target: Any = None) -> Runner:
+    def runner(self, target: Executor | None = None) -> Runner:
         """Where this environment's commands run: ``target``'s machine, else the one it was made for."""
-        from mltrain.hosts.runner import runner_for
+        chosen = target if target is not None else self.target
+        if chosen is None:
+            from mltrain.hosts.runner import LOCAL
 
-        return runner_for(target if target is not None else self.target)
+            return LOCAL
+        return chosen.runner()
 
     @abstractmethod
     def fingerprint(self) -> str:
         """Content hash of everything that decides what gets installed."""
 
     @abstractmethod
-    def is_prepared(self, target: Any) -> bool:
+    def is_prepared(self, target: Executor | None) -> bool:
         """Cheap check (no build): is the environment for this fingerprint ready on ``target``?"""
 
     @abstractmethod
-    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
+    def prepare(self, log: LogFn, target: Executor | None) -> PreparedEnvironment:
         """Make it ready on ``target`` (build when needed, under a lock) and say how to use it.
 
-        ``target`` is the executor; an environment asks it for what it needs
-        (e.g. ``target.docker_client()``) and never asks which kind it is.
+        ``target`` is the executor (None: this machine); an environment asks it for what it
+        needs (``target.runner()``, ``target.docker_engine()``) and never asks which kind it is.
         """
 
     def describe(self) -> str:

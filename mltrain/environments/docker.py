@@ -18,8 +18,9 @@ its word: a moved ``python:3.11-slim`` does not rebuild (pin a digest for that).
 What the image holds is asked once per image id, by running its interpreter
 (``PreparedEnvironment.freeze``), and remembered in the cache folder.
 
-The engine is the target's ``docker_api.Engine`` (``target.docker_client()``,
-the local or a remote engine, or an SSH host's through its tunnel). A cached
+The engine is the target's (``target.docker_engine()``: the local or a remote
+engine, or an SSH host's through its tunnel), reached through the ``Engine``
+the target shares (``mltrain.targets.docker.engine.shared_engine``). A cached
 run costs one image inspect, remembered for the plan. Only a build imports
 docker-py, for its ``.dockerignore`` rules and context tar.
 """
@@ -33,14 +34,20 @@ import re
 import shlex
 import tempfile
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+from mltrain.config.groups import EnvironmentConfig
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.errors import ConfigError, EnvironmentBuildError, MltrainError
-from mltrain.targets.docker.engine import EngineError
+from mltrain.targets.docker.engine import Engine, EngineError, shared_engine
 from mltrain.targets.docker.util import engine_error
 from mltrain.util import progress
+
+if TYPE_CHECKING:
+    from mltrain.targets.base import Executor
 
 REPOSITORY = "mltrain-env"
 VENV = "/opt/mltrain/venv"
@@ -55,13 +62,70 @@ TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|S
                          r"server certificate verification failed|x509: certificate", re.IGNORECASE)
 TLS_DETAIL = re.compile(r"\[SSL: [A-Z_]+\][^'\")(]*|certificate verify failed[^'\")(]*|x509: [^'\")(]*")
 HOST_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+SOURCES = ("image", "base_image", "dockerfile")
+
+
+@dataclass
+class DockerEnvironment(EnvironmentConfig):
+    """A container image: prebuilt (``image``), generated (``base_image`` + pip), or the user's ``dockerfile``.
+
+    Built images are tagged by content hash and reused; exactly one of
+    ``image``, ``base_image``, ``dockerfile`` must be set.
+    """
+
+    type: str = "docker"
+    image: str | None = None  # used as is (pulled if missing)
+    base_image: str | None = None  # mltrain writes the Dockerfile: FROM base_image + ENV + pip install
+    packages: list[str] = field(default_factory=list)
+    requirements: str | None = None  # relative to source_dir
+    env: dict[str, str] = field(default_factory=dict)  # ENV baked into the image
+    dockerfile: str | None = None  # the user's own, relative to source_dir
+    context: str | None = None  # build context for ``dockerfile`` (default: the Dockerfile's folder)
+    build_args: dict[str, str] = field(default_factory=dict)
+    python: str = "python3"  # interpreter inside the image
+    pip_args: list[str] = field(default_factory=list)
+    pip_index_url: str | None = None  # a private index / mirror
+    ca_bundle: str | None = None  # host CA bundle trusted during the build (TLS-intercepting proxies)
+    wheels: str | None = None  # folder of wheels (relative to source_dir) copied into the build, --find-links
+    labels: dict[str, str] = field(default_factory=dict)  # on the built image
+
+    def check(self) -> None:
+        """Exactly one way of making the image; no key that this way would silently ignore."""
+        sources = [k for k, v in (("image", self.image), ("base_image", self.base_image),
+                                  ("dockerfile", self.dockerfile)) if v]
+        if len(sources) != 1:
+            raise ConfigError(
+                "environment: set exactly one of environment.image (prebuilt), environment.base_image "
+                f"(mltrain writes the Dockerfile) or environment.dockerfile (your own); got {sources or 'none'}"
+            )
+        source = sources[0]
+        used = {"packages": self.packages, "requirements": self.requirements, "env": self.env,
+                "pip_args": self.pip_args, "pip_index_url": self.pip_index_url, "ca_bundle": self.ca_bundle,
+                "wheels": self.wheels, "context": self.context, "build_args": self.build_args, "labels": self.labels}
+        for key, allowed in ONLY_WITH.items():
+            if used[key] and source not in allowed:
+                hint = (
+                    "do that in your Dockerfile" if source == "dockerfile"
+                    else f"it needs environment.{' or environment.'.join(allowed)} instead of environment.{source}"
+                )
+                raise ConfigError(f"environment.{key} has no effect with environment.{source}; {hint}")
+
+
+_GENERATED, _OWN = ("base_image",), ("dockerfile",)
+ONLY_WITH: dict[str, tuple[str, ...]] = {  # keys that act only with some ways of making the image
+    "packages": _GENERATED, "requirements": _GENERATED, "env": _GENERATED, "pip_args": _GENERATED,
+    "pip_index_url": _GENERATED, "ca_bundle": _GENERATED, "wheels": _GENERATED,
+    "context": _OWN, "build_args": _OWN, "labels": _GENERATED + _OWN,
+}
 
 
 class DockerImage(Environment):
     kind = "docker"
+    config_class = DockerEnvironment
+    config: DockerEnvironment
     provides_image = True
     _fingerprint: str | None = None
-    _found: tuple[Any, str] | None = None  # (engine, image id) of the last lookup that found the image
+    _found: tuple[Engine, str] | None = None  # (engine, image id) of the last lookup that found the image
 
     # ------------------------------------------------------------ what it is
     @property
@@ -164,6 +228,7 @@ class DockerImage(Environment):
         return files
 
     def _own_paths(self) -> tuple[Path, Path]:
+        assert self.config.dockerfile is not None  # mode "dockerfile"
         dockerfile = self._source_path("dockerfile", self.config.dockerfile)
         context = self._source_path("context", self.config.context) if self.config.context else dockerfile.parent
         if not context.is_dir():
@@ -190,13 +255,22 @@ class DockerImage(Environment):
         return dockerfile.read_text(), files
 
     # ------------------------------------------------------------ preparing
-    def is_prepared(self, target: Any) -> bool:
-        engine = target.docker_client()
+    def _engine(self, target: Executor | None) -> Engine:
+        """The engine ``target`` runs its containers on (the one it uses itself, shared)."""
+        engine = target.docker_engine() if target is not None else None
+        if engine is None:
+            where = f"compute={target.kind}" if target is not None else "this machine, without a target,"
+            raise ConfigError(f"environment=docker makes a container image, which {where} has no Docker engine "
+                              "to run; use compute=docker, or compute=ssh to a host with Docker")
+        return shared_engine(engine)
+
+    def is_prepared(self, target: Executor | None) -> bool:
+        engine = self._engine(target)
         if self._found is not None and self._found[0] is engine:
             return True  # prepare() just found or made it: no second inspect
         return self._image_id(engine) is not None
 
-    def _image_id(self, engine: Any) -> str | None:
+    def _image_id(self, engine: Engine) -> str | None:
         try:
             attrs = engine.inspect_image(self.tag())
         except Exception as exc:
@@ -206,8 +280,8 @@ class DockerImage(Environment):
         self._found = (engine, str(attrs["Id"]))
         return str(attrs["Id"])
 
-    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
-        engine = target.docker_client()
+    def prepare(self, log: LogFn, target: Executor | None) -> PreparedEnvironment:
+        engine = self._engine(target)
         tag = self.tag()
         image_id = self._image_id(engine)
         if image_id is not None:
@@ -224,7 +298,7 @@ class DockerImage(Environment):
             freeze=info["freeze"], image=tag,
         )
 
-    def _pull(self, engine: Any, log: LogFn) -> str:
+    def _pull(self, engine: Engine, log: LogFn) -> str:
         image = str(self.config.image)
         log(f"environment: pulling {image}")
         repository, tag = parse_repository_tag(image)
@@ -251,7 +325,7 @@ class DockerImage(Environment):
             raise EnvironmentBuildError(f"pulled image {image} but the engine does not list it; pull it by hand")
         return image_id
 
-    def _build_locked(self, engine: Any, log: LogFn) -> str:
+    def _build_locked(self, engine: Engine, log: LogFn) -> str:
         """Build under a file lock: two runs wanting the same image build it once."""
         locks = self.cache_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
@@ -263,7 +337,7 @@ class DockerImage(Environment):
                 return image_id
             return self._build(engine, log)
 
-    def _build(self, engine: Any, log: LogFn) -> str:
+    def _build(self, engine: Engine, log: LogFn) -> str:
         cfg = self.config
         labels = {"mltrain.environment": self.fingerprint(), "mltrain.managed": "true", **cfg.labels}
         label_line = "LABEL " + " ".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(labels.items()))
@@ -311,7 +385,7 @@ class DockerImage(Environment):
         return (f"behind a TLS-intercepting proxy or with a private index, set environment.ca_bundle={bundle} "
                 "(this host's CA bundle, or one holding the proxy's or index's CA)")
 
-    def _context_tar(self, path: str, dockerfile: str, out: Any) -> str:
+    def _context_tar(self, path: str, dockerfile: str, out: IO[bytes]) -> str:
         """Write the build context of ``path`` as a tar to ``out`` (``.dockerignore`` applied, as docker-py and
         the docker CLI do); a Dockerfile outside it goes in under a unique name, which is returned."""
         from docker.utils.build import tar
@@ -345,7 +419,7 @@ class DockerImage(Environment):
             shutil.copytree(self._source_path("wheels", cfg.wheels), folder / "wheels")
 
     # --------------------------------------------------------------- probing
-    def _probe(self, engine: Any, image_id: str) -> dict[str, str]:
+    def _probe(self, engine: Engine, image_id: str) -> dict[str, str]:
         """Interpreter path, version and installed distributions inside the image, once per image id."""
         from mltrain.environments.probe import _PROBE
 
@@ -382,7 +456,7 @@ def _quote(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
 
 
-def _follow_build(events: Any, log: LogFn, tag: str, tls_hint: str = "",
+def _follow_build(events: Iterable[dict[str, Any]], log: LogFn, tag: str, tls_hint: str = "",
                   on_step: LogFn | None = None) -> str | None:
     """Stream the build output to ``log`` (and each ``Step N/M`` to ``on_step``); a failure names the
     failing step and the tail of the output.

@@ -21,10 +21,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.environments.base import default_cache_dir
 from mltrain.errors import TargetError
+
+if TYPE_CHECKING:
+    from mltrain.targets.docker.engine import Engine
 
 VENV_PREFIX = "venv-"
 VENV_KEY = 24  # a venv folder carries the first 24 hex digits of its fingerprint
@@ -70,7 +73,7 @@ class Pruned:
     images_checked: bool = True  # False: no engine answered (and none was asked for by name)
 
 
-def prune(days: float, keep: Iterable[str], *, engine: Any, engine_required: bool, dry_run: bool) -> Pruned:
+def prune(days: float, keep: Iterable[str], *, engine: Engine, engine_required: bool, dry_run: bool) -> Pruned:
     """Remove venvs and images not used for ``days``; ``keep``: fingerprints that must stay.
 
     An engine that does not answer is an error only if the user named it (``engine_required``).
@@ -126,7 +129,7 @@ def _remove_unlocked(folder: Path) -> bool:
     return True
 
 
-def _prune_images(engine: Any, images: list[dict[str, Any]], cutoff: float, kept: set[str],
+def _prune_images(engine: Engine, images: list[dict[str, Any]], cutoff: float, kept: set[str],
                   uses: dict[str, float], dry_run: bool, result: Pruned) -> None:
     for image in images:
         fingerprint = (image.get("Labels") or {}).get(FINGERPRINT_LABEL)

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from mltrain.config.groups import EnvironmentConfig
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import InterpreterInfo, probe
+
+if TYPE_CHECKING:
+    from mltrain.targets.base import Executor
+
+
+@dataclass
+class UserManagedEnvironment(EnvironmentConfig):
+    """Use an existing interpreter as is; nothing is installed, ``pip freeze`` is recorded."""
+
+    type: str = "user_managed"
+    interpreter: str | None = None  # default: the interpreter running mltrain
 
 
 class UserManaged(Environment):
     kind = "user_managed"
+    config_class = UserManagedEnvironment
+    config: UserManagedEnvironment
     _info: InterpreterInfo | None = None
 
-    def _probe(self, target: Any = None) -> InterpreterInfo:
+    def _probe(self, target: Executor | None = None) -> InterpreterInfo:
         if self._info is None:
             runner = self.runner(target)
             self._info = probe(self.config.interpreter or runner.default_python(), self.cache_dir, runner=runner)
@@ -22,10 +37,10 @@ class UserManaged(Environment):
         info = self._probe()
         return digest({"kind": self.kind, "executable": info.executable, "freeze": info.freeze})
 
-    def is_prepared(self, target: Any) -> bool:
+    def is_prepared(self, target: Executor | None) -> bool:
         return True
 
-    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
+    def prepare(self, log: LogFn, target: Executor | None) -> PreparedEnvironment:
         info = self._probe(target)
         return PreparedEnvironment(
             interpreter=info.executable,

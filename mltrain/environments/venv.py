@@ -13,16 +13,39 @@ from __future__ import annotations
 
 import json
 import posixpath
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from mltrain.config.groups import EnvironmentConfig
 from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
 from mltrain.environments.probe import probe, resolve_interpreter
 from mltrain.errors import ConfigError, EnvironmentBuildError
 from mltrain.hosts.runner import LOCAL, Runner, StartError
 from mltrain.util import progress
 
+if TYPE_CHECKING:
+    from mltrain.targets.base import Executor
+
 MARKER = ".mltrain-complete"
+INSTALLERS = ("auto", "uv", "pip")
+
+
+@dataclass
+class VenvEnvironment(EnvironmentConfig):
+    """A virtualenv built once per content hash (packages + requirements) and reused."""
+
+    type: str = "venv"
+    python: str | None = None  # base interpreter; default: the one running mltrain
+    packages: list[str] = field(default_factory=list)
+    requirements: str | None = None  # path relative to source_dir
+    pip_args: list[str] = field(default_factory=list)
+    installer: str = "auto"  # auto (uv when installed, else pip) | uv | pip
+    system_site_packages: bool = False
+
+    def check(self) -> None:
+        if self.installer not in INSTALLERS:
+            raise ConfigError(f"environment.installer={self.installer!r}: choose one of {', '.join(INSTALLERS)}")
 
 
 def find_uv() -> str | None:
@@ -31,6 +54,8 @@ def find_uv() -> str | None:
 
 class Venv(Environment):
     kind = "venv"
+    config_class = VenvEnvironment
+    config: VenvEnvironment
     _fingerprints: dict[str, str]
 
     def _base_python(self, runner: Runner) -> str:
@@ -47,7 +72,7 @@ class Venv(Environment):
                 f"environment.requirements: cannot read {path} ({exc.strerror}); give a path relative to source_dir"
             ) from exc
 
-    def fingerprint(self, target: Any = None) -> str:
+    def fingerprint(self, target: Executor | None = None) -> str:
         runner = self.runner(target)
         cache = self.__dict__.setdefault("_fingerprints", {})
         if runner.key not in cache:
@@ -62,14 +87,14 @@ class Venv(Environment):
             })
         return str(cache[runner.key])
 
-    def directory(self, target: Any = None) -> str:
+    def directory(self, target: Executor | None = None) -> str:
         runner = self.runner(target)
         return posixpath.join(runner.env_root(self.cache_dir), "envs", f"venv-{self.fingerprint(target)[:24]}")
 
-    def is_prepared(self, target: Any) -> bool:
+    def is_prepared(self, target: Executor | None) -> bool:
         return self.runner(target).read_text(posixpath.join(self.directory(target), MARKER)) is not None
 
-    def _prepared(self, folder: str, marker_text: str, target: Any) -> PreparedEnvironment:
+    def _prepared(self, folder: str, marker_text: str, target: Executor | None) -> PreparedEnvironment:
         return PreparedEnvironment(
             interpreter=posixpath.join(folder, "bin", "python"),
             fingerprint=self.fingerprint(target),
@@ -77,7 +102,7 @@ class Venv(Environment):
             freeze=json.loads(marker_text).get("freeze", ""),
         )
 
-    def prepare(self, log: LogFn, target: Any) -> PreparedEnvironment:
+    def prepare(self, log: LogFn, target: Executor | None) -> PreparedEnvironment:
         runner = self.runner(target)
         folder = self.directory(target)
         marker = posixpath.join(folder, MARKER)

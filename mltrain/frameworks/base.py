@@ -1,43 +1,43 @@
 """How a script is started on the target (the seed's ``run_config.framework``), keyed by ``framework.type``.
 
 A framework turns the spec and the prepared environment into the job's argv;
-it knows nothing about where the job runs.
+it knows nothing about where the job runs. A target that starts some framework
+its own way says so (``Executor.framework_argv``: Spark's spark-submit); which
+targets can run a framework at all is theirs to say (``Executor.supports``).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from mltrain.environments.base import PreparedEnvironment
+if TYPE_CHECKING:
+    from mltrain.config.groups import FrameworkConfig
+    from mltrain.config.spec import RunSpec
+    from mltrain.environments.base import PreparedEnvironment
+    from mltrain.targets.base import Executor
 
 
 class Framework(ABC):
-    kind: ClassVar[str]
+    """One framework; a subclass declares its ``kind`` (its key in ``mltrain.frameworks``) and ``config_class``."""
 
-    def __init__(self, config: Any) -> None:
+    kind: ClassVar[str]
+    config_class: ClassVar[type[FrameworkConfig]]
+
+    def __init__(self, config: FrameworkConfig) -> None:
         self.config = config
 
+    def command(self, spec: RunSpec, environment: PreparedEnvironment, target: Executor) -> list[str]:
+        """The complete argv, relative to the staged code directory: the target's own way, else this framework's."""
+        own = target.framework_argv(self.kind, spec, environment)
+        return own if own is not None else self.default_command(spec, environment, target)
+
     @abstractmethod
-    def command(self, spec: Any, environment: PreparedEnvironment, target: Any) -> list[str]:
-        """The complete argv, relative to the staged code directory."""
+    def default_command(self, spec: RunSpec, environment: PreparedEnvironment, target: Executor) -> list[str]:
+        """The argv on a target with no way of its own."""
 
 
-class PythonFramework(Framework):
-    kind = "python"
+def framework_for(config: FrameworkConfig) -> Framework:
+    from mltrain.frameworks import FRAMEWORKS
 
-    def command(self, spec: Any, environment: PreparedEnvironment, target: Any) -> list[str]:
-        return [environment.interpreter, *spec.script_argv()]
-
-
-_FRAMEWORKS = {
-    "python": "mltrain.frameworks.base:PythonFramework",
-    "pyspark": "mltrain.frameworks.pyspark:PySparkFramework",
-}
-
-
-def framework_for(config: Any) -> Framework:
-    module_name, _, class_name = _FRAMEWORKS[config.type].partition(":")
-    cls: type[Framework] = getattr(importlib.import_module(module_name), class_name)
-    return cls(config)
+    return FRAMEWORKS.impl(config.type)(config)

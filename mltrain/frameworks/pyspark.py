@@ -3,26 +3,40 @@
 The argv is ``spark-submit <target's options> <interpreter settings> [--py-files zip] script args``.
 Where the options come from is the target's answer, never a guess made here:
 
-* ``compute=spark`` offers ``spark_submit(spec, environment)`` (master, resources, conf, the snapshot's
-  modules as ``--py-files``; with ``compute.ssh``, the spark-submit of the edge node).
-* ``compute=local`` runs ``spark-submit --master local[*]`` on this machine, as a plain local job: the
-  code folder is the working directory and the script's folder is on the driver's path, as with
-  ``framework=python``. (``compute=spark`` -- its default master is also ``local[*]`` -- adds the
-  application id on the run record, conf, resources and ``--py-files``.)
+* ``compute=spark`` has its own argv (``Executor.framework_argv``: master, resources, conf, the
+  snapshot's modules as ``--py-files``; with ``compute.ssh``, the spark-submit of the edge node).
+* any other target that ``supports("pyspark")`` (``compute=local``) runs ``spark-submit --master
+  local[*]`` on its machine, as a plain job: the code folder is the working directory and the
+  script's folder is on the driver's path, as with ``framework=python``. (``compute=spark`` -- its
+  default master is also ``local[*]`` -- adds the application id on the run record, conf, resources
+  and ``--py-files``.)
 
-Other targets are refused when the config is validated (``mltrain.config.schema``).
+Targets that do not support it are refused when the config is validated (``mltrain.config.schema``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mltrain.config.schema import SparkCompute
+from mltrain.config.groups import FrameworkConfig
 from mltrain.environments.base import PreparedEnvironment, default_cache_dir
 from mltrain.frameworks.base import Framework
-from mltrain.hosts.runner import Runner, runner_for
+from mltrain.hosts.runner import Runner
+from mltrain.targets.spark.config import SparkCompute
 from mltrain.targets.spark.submit import SparkSettings, find_spark_submit
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.targets.base import Executor
+
+
+@dataclass
+class PySparkFrameworkConfig(FrameworkConfig):
+    """``spark-submit [options] script args``: the script is a Spark driver."""
+
+    type: str = "pyspark"
 
 
 def spark_submit_for(runner: Runner, environment: PreparedEnvironment, spark_home: str | None,
@@ -39,12 +53,9 @@ def spark_submit_for(runner: Runner, environment: PreparedEnvironment, spark_hom
 
 class PySparkFramework(Framework):
     kind = "pyspark"
+    config_class = PySparkFrameworkConfig
 
-    def command(self, spec: Any, environment: PreparedEnvironment, target: Any) -> list[str]:
-        own = getattr(target, "spark_submit", None)
-        if own is not None:
-            argv: list[str] = own(spec, environment)
-            return argv
+    def default_command(self, spec: RunSpec, environment: PreparedEnvironment, target: Executor) -> list[str]:
         settings = SparkSettings.from_config(SparkCompute())  # the defaults: local[*], client mode
-        submit = spark_submit_for(runner_for(target), environment, None, dict(spec.env_vars))
+        submit = spark_submit_for(target.runner(), environment, None, dict(spec.env_vars))
         return [submit, *settings.options, *settings.python_options(environment.interpreter), *spec.script_argv()]

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mltrain.errors import SnapshotError
 from mltrain.snapshot.walk import Found, ignore_hint, show
+
+if TYPE_CHECKING:
+    from mltrain.config.schema import SnapshotConfig
 
 SHOWN: Final = 3
 DRILL_SHARE: Final = 0.5
@@ -28,7 +31,7 @@ class SnapshotLimits:
     """Allow a source directory that is ``/``, a mount point, or (holds) the home directory."""
 
     @classmethod
-    def of(cls, config: Any) -> SnapshotLimits:
+    def of(cls, config: SnapshotConfig) -> SnapshotLimits:
         """The limits a run's ``snapshot`` settings (:class:`mltrain.config.schema.SnapshotConfig`) ask for."""
         return cls(max_files=config.max_files, max_bytes=config.max_bytes,
                    allow_large_root=config.allow_large_root)

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
 
 from mltrain.errors import MltrainError, StoreError
 from mltrain.plan.stages import SnapshotRef, Stage
@@ -55,6 +57,7 @@ from mltrain.sweep.session import SweepSession, current
 from mltrain.sweep.stopping import policy_for
 from mltrain.sweep.supervisor import Supervisor
 from mltrain.sweep.trial import MetricMonitor, PreparedTrial
+from mltrain.targets import executor_class
 from mltrain.util.progress import TrialBoard
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,7 @@ class FirstAlone:
         yield
 
 
-def _target_key(spec: Any) -> str:
+def _target_key(spec: RunSpec) -> str:
     """Trials that share this share a target, an environment on it, and their fingerprint's environment part."""
     return repr((spec.compute, spec.environment, spec.source_dir))
 
@@ -142,8 +145,8 @@ class SweepController(Supervisor):
         self.settings = validate_sweep(master.get("sweep"))
         self.workspace = Workspace.locate(OmegaConf.select(master, "workspace.dir")).ensure()
         self.store = Store(self.workspace.db_path)
-        local = OmegaConf.select(master, "compute.type") == "local"
-        self.max_concurrent = self.settings.max_concurrent or ((os.cpu_count() or 1) if local else 4)
+        self.max_concurrent = self.settings.max_concurrent or executor_class(
+            str(OmegaConf.select(master, "compute.type"))).default_concurrency()  # the target's answer
         self.policy = policy_for(self.settings.early_termination, self.settings.goal)
         self.sampler: Sampler | None = None
         self.sweep_id = ""
@@ -247,7 +250,7 @@ class SweepController(Supervisor):
                 executor.check_environment(environment)
                 self.env_fingerprints[key] = environment.fingerprint()
 
-    def _snapshot(self, spec: Any, stored: dict[str, Any]) -> SnapshotRef:
+    def _snapshot(self, spec: RunSpec, stored: dict[str, Any]) -> SnapshotRef:
         key = str(spec.source_dir)
         if key in self.snapshots:
             return self.snapshots[key]
@@ -255,7 +258,7 @@ class SweepController(Supervisor):
         self.snapshots[key] = snap
         return snap
 
-    def _take_snapshot(self, spec: Any) -> SnapshotRef:
+    def _take_snapshot(self, spec: RunSpec) -> SnapshotRef:
         """The plan's SNAPSHOT stage, once for all trials from this source_dir; each trial is given it."""
         from mltrain.environments.base import digest
         from mltrain.plan.snapshot import take

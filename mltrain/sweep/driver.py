@@ -18,7 +18,8 @@ from mltrain.sweep.space import parse_space
 
 
 def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: Any,
-          arguments: Sequence[str]) -> list[Any]:
+          arguments: Sequence[str], *, streams: bool) -> list[Any]:
+    """``streams``: the launcher declares ``run_sweep`` (a ``TrialStreamLauncher``, as mltrain's does)."""
     from mltrain.config.schema import SweepConfig, validate_sweep
     from mltrain.sweep.controller import SweepController
     from mltrain.sweep.jobs import takes_prepared
@@ -31,7 +32,7 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     space = parse_space(arguments, settings.space, hydra_context.config_loader)
     check_size(settings.sampler, space, n_trials=settings.n_trials, max_trials=settings.max_trials)  # before a record
     controller = SweepController(session, config) if ours and session is not None else None
-    if controller is not None and hasattr(launcher, "run_sweep"):
+    if controller is not None and streams:
         seed = controller.open()
         sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal, seed=seed,
                                max_trials=settings.max_trials)
@@ -43,7 +44,7 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     sampler = make_sampler(settings.sampler, space, n_trials=settings.n_trials, goal=settings.goal,
                            seed=settings.seed or 0, max_trials=settings.max_trials)
     _save_config(config)
-    if hasattr(launcher, "run_sweep"):
+    if streams:
         return [list(launcher.run_sweep(sampler, Supervisor()))]
     return _in_batches(launcher, sampler, settings.max_concurrent or 1)
 

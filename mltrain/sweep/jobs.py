@@ -14,6 +14,7 @@ the main thread, as it would under Hydra's basic launcher.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, open_dict, read_write
@@ -27,8 +28,16 @@ class PreparedJob(Protocol):
         """The body: safe in a worker thread (no Hydra, no cwd, no logging set-up)."""
 
 
+class PreparingTask(ABC):
+    """A task function that validates a trial before any runs (mltrain's ``TrialTask``): declared, never probed."""
+
+    @abstractmethod
+    def prepare_trial(self, cfg: DictConfig, overrides: list[str]) -> PreparedJob:
+        """Validate the trial's config in the main thread; the job returned runs later, in a worker."""
+
+
 def takes_prepared(task_function: Any) -> bool:
-    return callable(getattr(task_function, "prepare_trial", None))
+    return isinstance(task_function, PreparingTask)
 
 
 def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: int, prepared: Any = None,

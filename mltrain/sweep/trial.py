@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from mltrain.config.spec import RunSpec
 from mltrain.errors import RunFailed
+from mltrain.sweep.jobs import PreparingTask
 
 FILE_POLL_SECONDS = 0.2
 
@@ -52,7 +53,7 @@ class PreparedTrial:
         return record
 
 
-class TrialTask:
+class TrialTask(PreparingTask):
     """The Hydra task function of ``mltrain -m``.
 
     Trials of one sweep mostly differ in ``params`` alone. When a trial's config,

@@ -1,4 +1,10 @@
-"""Compute targets, keyed by the ``type`` of the ``compute`` config group (one registry).
+"""Compute targets, keyed by the ``type`` of the ``compute`` config group: the one registry, one line a target.
+
+A target is one folder, ``mltrain/targets/<name>/``: ``config.py`` (its config dataclass, a
+``ComputeConfig``; nothing heavy imported there) and ``executor.py`` (its ``Executor``, which
+declares what it can do). Adding one is that folder, one line below (or ``register`` from a
+plugin), and ``conf/compute/<name>.yaml``; the schemas, the CLI's help and the error messages
+follow from here (docs/architecture.md, "How to add a target").
 
 Modules are imported only when their target is used: a target's SDK (docker,
 paramiko, pyspark) must never slow down ``mltrain --help`` or another target.
@@ -6,33 +12,37 @@ paramiko, pyspark) must never slow down ``mltrain --help`` or another target.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-from mltrain.errors import ConfigError
-from mltrain.store.workspace import Workspace
-from mltrain.targets.base import Executor
+from mltrain.util.registry import Registry
 
-_TARGETS = {
-    "local": "mltrain.targets.local.executor:LocalExecutor",
-    "docker": "mltrain.targets.docker.executor:DockerExecutor",
-    "ssh": "mltrain.targets.ssh.executor:SshExecutor",
-    "spark": "mltrain.targets.spark.executor:SparkExecutor",
-}
+if TYPE_CHECKING:
+    from mltrain.config.groups import ComputeConfig
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.base import Executor
+
+TARGETS: Registry[ComputeConfig, Executor] = Registry(
+    "compute", config_base="mltrain.config.groups:ComputeConfig", impl_base="mltrain.targets.base:Executor")
+
+
+def register(kind: str, package: str, *, config: str, executor: str) -> None:
+    """Add a target: folder ``package`` holds ``config.py`` (class ``config``) and ``executor.py`` (``executor``)."""
+    TARGETS.add(kind, config=f"{package}.config:{config}", impl=f"{package}.executor:{executor}")
+
+
+register("local", "mltrain.targets.local", config="LocalCompute", executor="LocalExecutor")
+register("docker", "mltrain.targets.docker", config="DockerCompute", executor="DockerExecutor")
+register("ssh", "mltrain.targets.ssh", config="SshCompute", executor="SshExecutor")
+register("spark", "mltrain.targets.spark", config="SparkCompute", executor="SparkExecutor")
 
 
 def executor_class(kind: str) -> type[Executor]:
-    try:
-        module_name, _, class_name = _TARGETS[kind].partition(":")
-    except KeyError:
-        raise ConfigError(f"compute type {kind!r} is not known; valid: {', '.join(_TARGETS)}") from None
-    cls: type[Executor] = getattr(importlib.import_module(module_name), class_name)
-    return cls
+    return TARGETS.impl(kind)
 
 
-def executor_for(config: Any, workspace: Workspace) -> Executor:
+def executor_for(config: ComputeConfig, workspace: Workspace) -> Executor:
     return executor_class(config.type)(config, workspace)
 
 
 def kinds() -> tuple[str, ...]:
-    return tuple(_TARGETS)
+    return TARGETS.kinds()

@@ -21,12 +21,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mltrain.hosts.base import Host, HostDown, JobState
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.tracking.joblog import clean_log, error_line, read_tail
+
+if TYPE_CHECKING:
+    from mltrain.config.groups import ComputeConfig
+    from mltrain.config.spec import RunSpec
+    from mltrain.environments.base import Environment, PreparedEnvironment
+    from mltrain.hosts.runner import Runner
+    from mltrain.targets.docker.util import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +293,33 @@ class HostHandle(Handle):
         self.host().release(self.run_id)
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What a job is given on its target, as the target maps a resource request; None: no limit asked for.
+
+    A stub for now: targets report what their own config sets. The scale-out work adds a
+    request (GPUs, CPUs, memory) to the run spec that every target maps here.
+    """
+
+    cpus: float | None = None
+    gpus: str | None = None  # "all", a count, or device ids
+    memory: str | None = None  # e.g. 4g
+
+
 class Executor(ABC):
-    """One compute target, built from its typed ``compute`` config."""
+    """One compute target, built from its typed ``compute`` config.
+
+    What a target can do is declared here, and answered by each target: generic code asks
+    ``supports(framework)``, ``docker_engine()``, ``default_concurrency()``, ``resources(spec)``,
+    never which kind a target is. A subclass declares its ``kind`` (its registry key) and
+    ``config_class`` (its config dataclass); both are checked against the registry.
+    """
 
     kind: ClassVar[str]
+    config_class: ClassVar[type[ComputeConfig]]
+    frameworks: ClassVar[tuple[str, ...]] = ("python",)  # what ``supports`` says yes to
 
-    def __init__(self, config: Any, workspace: Workspace) -> None:
+    def __init__(self, config: ComputeConfig, workspace: Workspace) -> None:
         self.config = config
         self.workspace = workspace
 
@@ -312,7 +340,34 @@ class Executor(ABC):
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
         """Rebuild the handle stored on a run record."""
 
-    def check_environment(self, environment: Any) -> None:
+    # ---------------------------------------------------------- capabilities
+    @classmethod
+    def supports(cls, framework: str) -> bool:
+        """Can this target start a ``framework=<framework>`` job? (Asked when the config is validated.)"""
+        return framework in cls.frameworks
+
+    def framework_argv(self, framework: str, spec: RunSpec, environment: PreparedEnvironment) -> list[str] | None:
+        """This target's own argv for a ``framework`` job (Spark: its spark-submit); None: the framework's own."""
+        return None
+
+    def docker_engine(self) -> EngineConfig | None:
+        """The Docker engine this target runs containers on (environment=docker builds there); None: it has none."""
+        return None
+
+    @classmethod
+    def default_concurrency(cls) -> int:
+        """How many sweep trials run at once when ``sweep.max_concurrent`` is not set.
+
+        Asked before any trial's config is checked (the sweep's own config may leave values to its
+        trials), so it is the kind's answer, not its settings'.
+        """
+        return 4
+
+    def resources(self, spec: RunSpec) -> Resources:
+        """What the job is given here (see ``Resources``; a stub until runs carry a resource request)."""
+        return Resources()
+
+    def check_environment(self, environment: Environment) -> None:
         """Refuse, before anything runs, an environment this target cannot use (a ConfigError)."""
         if environment.provides_image:
             from mltrain.errors import ConfigError
@@ -323,9 +378,10 @@ class Executor(ABC):
             )
 
     def describe(self) -> str:
+        """One line for plans and logs: the target and where it is."""
         return self.kind
 
-    def runner(self) -> Any:
+    def runner(self) -> Runner:
         """Where environments run their commands for this target (``mltrain.hosts.runner``): this machine by default."""
         from mltrain.hosts.runner import LOCAL
 
@@ -333,7 +389,7 @@ class Executor(ABC):
 
     @property
     def cancel_grace(self) -> float:
-        return float(getattr(self.config, "cancel_grace", 10.0))
+        return float(self.config.cancel_grace)
 
 
 # ------------------------------------------------------------------ lifecycle

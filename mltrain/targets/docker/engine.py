@@ -164,6 +164,23 @@ def connect(engine: EngineConfig, *, version: str | None = None) -> Engine:
     return Engine(engine, version=version)
 
 
+_SHARED: dict[EngineConfig, Engine] = {}
+_SHARED_MAX = 16  # engines of SSH tunnels that have closed fall out (their socket path is never reused)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(engine: EngineConfig) -> Engine:
+    """One ``Engine`` per engine in this process (it is thread-safe), whoever asks: the target that runs the
+    containers and the environment that builds the image share its connections (one TLS handshake, not two)."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(engine)
+        if found is None:
+            found = _SHARED[engine] = connect(engine)
+            while len(_SHARED) > _SHARED_MAX:
+                del _SHARED[next(iter(_SHARED))]
+        return found
+
+
 class Engine:
     """One Docker engine, reached as ``config`` says; safe to share between threads."""
 

@@ -53,7 +53,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.container import (
@@ -71,10 +71,11 @@ from mltrain.hosts.container import (
 )
 from mltrain.hosts.logmirror import LogMirror
 from mltrain.hosts.wrapper import masked
-from mltrain.store.workspace import RunPaths
-from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.store.workspace import RunPaths, Workspace
+from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest, Resources
 from mltrain.targets.docker import logs
-from mltrain.targets.docker.engine import connect
+from mltrain.targets.docker.config import DockerCompute
+from mltrain.targets.docker.engine import connect, shared_engine
 from mltrain.targets.docker.util import (
     EngineConfig,
     add_snapshot,
@@ -83,6 +84,11 @@ from mltrain.targets.docker.util import (
     engine_sockets,
     is_not_found,
 )
+
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.environments.base import Environment
+    from mltrain.targets.docker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +197,7 @@ def parse_size(key: str, value: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def limits(cfg: Any) -> dict[str, Any]:
+def limits(cfg: DockerCompute) -> dict[str, Any]:
     """The ``HostConfig`` limits of ``compute`` config (memory, CPUs, shm, network, GPUs) for the create request."""
     host: dict[str, Any] = {}
     if cfg.mem_limit:
@@ -356,8 +362,10 @@ class DockerHandle(Handle):
 
 class DockerExecutor(Executor):
     kind = "docker"
+    config_class = DockerCompute
+    config: DockerCompute
 
-    def __init__(self, config: Any, workspace: Any) -> None:
+    def __init__(self, config: DockerCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self.engine = EngineConfig.from_config(config)
         if config.code_transfer not in TRANSFERS:
@@ -368,20 +376,24 @@ class DockerExecutor(Executor):
         exposed = _exposures(list(config.volumes), self.engine, os.path.realpath if self.engine.is_local else None)
         volume_policy(exposed, allow=self.allow_socket)
         self.limits = limits(config)  # bad sizes fail now
-        self._client: Any = None
         self._code: tuple[str, str] | None = None  # ("mount", host folder) or ("copy", snapshot id)
 
     # ---------------------------------------------------------- capabilities
-    def docker_client(self) -> Any:
-        """The engine's ``docker_api.Engine`` (made once; unreachable is a one-line TargetError on the first call)."""
-        if self._client is None:
-            self._client = connect(self.engine)
-        return self._client
+    def docker_engine(self) -> EngineConfig:
+        return self.engine
+
+    def resources(self, spec: RunSpec) -> Resources:
+        return Resources(cpus=self.config.cpus, gpus=self.config.gpus, memory=self.config.mem_limit)
+
+    def docker_client(self) -> Engine:
+        """The engine's ``Engine`` (shared with the environment; unreachable is a one-line TargetError on the first
+        call)."""
+        return shared_engine(self.engine)
 
     def describe(self) -> str:
         return f"docker ({self.engine.describe()})"
 
-    def check_environment(self, environment: Any) -> None:
+    def check_environment(self, environment: Environment) -> None:
         if not environment.provides_image:
             raise ConfigError(
                 f"compute=docker runs a container image, and environment={environment.kind} makes none; "

@@ -17,10 +17,15 @@ import os
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import TargetError
 from mltrain.hosts.container import SOCKET_PATHS
+
+if TYPE_CHECKING:
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.manifest import Manifest
+    from mltrain.targets.docker.config import DockerCompute
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,10 @@ class EngineConfig:
     timeout: float = 60.0
 
     @classmethod
-    def from_config(cls, config: Any) -> EngineConfig:
-        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)})
+    def from_config(cls, config: DockerCompute) -> EngineConfig:
+        return cls(base_url=config.base_url, tls_verify=config.tls_verify, tls_ca_cert=config.tls_ca_cert,
+                   tls_client_cert=config.tls_client_cert, tls_client_key=config.tls_client_key,
+                   timeout=config.timeout)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
@@ -162,7 +169,7 @@ def tar_bytes(entries: Iterable[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def add_snapshot(tar: tarfile.TarFile, manifest: Any, blobs: Any, prefix: str) -> None:
+def add_snapshot(tar: tarfile.TarFile, manifest: Manifest, blobs: BlobStore, prefix: str) -> None:
     """Add a snapshot's files (from the blob store) under ``prefix/``, root-owned and not writable by others."""
     made: set[str] = set()
     for entry in manifest.entries:

@@ -18,6 +18,7 @@ cancels the whole group on purpose; and the run goes on if mltrain exits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mltrain.hosts.local import LocalHost
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import Executor, Handle, HostHandle, LaunchRequest, read_from
+from mltrain.targets.local.config import LocalCompute
 
 if TYPE_CHECKING:
     from mltrain.snapshot.manifest import Manifest
@@ -52,11 +54,19 @@ class LocalHandle(HostHandle):
 
 class LocalExecutor(Executor):
     kind = "local"
+    config_class = LocalCompute
+    config: LocalCompute
+    frameworks = ("python", "pyspark")  # pyspark: spark-submit --master local[*] here, as a plain local job
 
-    def __init__(self, config: Any, workspace: Workspace) -> None:
+    def __init__(self, config: LocalCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self._manifests: dict[str, Manifest] = {}
         """Manifests loaded by ``stage_code``, reused by ``launch`` to build the working directory."""
+
+    @classmethod
+    def default_concurrency(cls) -> int:
+        """One trial per CPU: the trials share this machine."""
+        return os.cpu_count() or 1
 
     def code_is_staged(self, snapshot_id: str) -> bool:
         return (self.workspace.checkouts / snapshot_id).is_dir()

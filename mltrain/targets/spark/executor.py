@@ -33,15 +33,15 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mltrain.config.schema import SparkCompute, SshCompute
+from mltrain.config.groups import ComputeConfig
 from mltrain.environments.base import PreparedEnvironment, digest
 from mltrain.errors import ConfigError
 from mltrain.hosts.masking import mask_text
 from mltrain.store.workspace import RunPaths, Workspace
+from mltrain.targets import TARGETS, executor_for
 from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest
-from mltrain.targets.local.executor import LocalExecutor
 from mltrain.targets.spark.app import (
     SCAN_LIMIT,
     AppInfo,
@@ -50,6 +50,7 @@ from mltrain.targets.spark.app import (
     kill_cluster_app,
     standalone_state,
 )
+from mltrain.targets.spark.config import SparkCompute
 from mltrain.targets.spark.submit import (
     CONNECT_SCRIPT,
     SparkSettings,
@@ -59,28 +60,30 @@ from mltrain.targets.spark.submit import (
     pyfiles_zip,
 )
 
+if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.hosts.runner import Runner
+
 log = logging.getLogger(__name__)
 
 
-def edge_config(config: Any) -> Any:
+def edge_config(config: SparkCompute) -> ComputeConfig | None:
     """``compute.ssh`` as a checked ``compute=ssh`` config (the edge node), or None."""
     if not config.ssh:
         return None
-    valid = {f.name for f in dataclasses.fields(SshCompute)} - {"type", "cancel_grace"}
+    ssh = TARGETS.config_class("ssh")  # the SSH target's own schema, through the registry
+    valid = {f.name for f in dataclasses.fields(ssh)} - {"type", "cancel_grace"}
     unknown = sorted(set(config.ssh) - valid)
     if unknown:
         raise ConfigError(f"compute.ssh.{unknown[0]}: unknown key (valid keys: {', '.join(sorted(valid))})")
     if not config.ssh.get("host"):
         raise ConfigError("compute.ssh.host is missing: the edge node to submit from, e.g. compute.ssh.host=edge1")
-    return SshCompute(**dict(config.ssh), cancel_grace=config.cancel_grace)
+    return ssh(**{**dict(config.ssh), "cancel_grace": config.cancel_grace})
 
 
-def _driver_executor(config: Any, workspace: Workspace) -> Executor:
-    edge = edge_config(config)
-    if edge is None:
-        return LocalExecutor(config, workspace)
-    from mltrain.targets import executor_for
-
+def _driver_executor(config: SparkCompute, workspace: Workspace) -> Executor:
+    """The target whose job spark-submit is: this machine's, or the edge node's (built through the registry)."""
+    edge = edge_config(config) or TARGETS.config_class("local")(cancel_grace=config.cancel_grace)
     return executor_for(edge, workspace)
 
 
@@ -170,7 +173,7 @@ class SparkHandle(Handle):
             return
         kill_cluster_app(self._driver_runner(), argv, timeout=max(grace, 30.0))
 
-    def _driver_runner(self) -> Any:
+    def _driver_runner(self) -> Runner:
         """Where commands for this application run: this machine, or the edge node."""
         config = SparkCompute(ssh=self.spark.get("ssh"))
         return _driver_executor(config, Workspace(self.paths.dir.parent.parent)).runner()
@@ -185,8 +188,11 @@ class SparkHandle(Handle):
 
 class SparkExecutor(Executor):
     kind = "spark"
+    config_class = SparkCompute
+    config: SparkCompute
+    frameworks = ("pyspark",)  # it starts Spark applications, with spark-submit
 
-    def __init__(self, config: Any, workspace: Workspace) -> None:
+    def __init__(self, config: SparkCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self.settings = SparkSettings.from_config(config)  # a bad conf entry fails before a run is recorded
         self.driver = _driver_executor(config, workspace)
@@ -197,13 +203,13 @@ class SparkExecutor(Executor):
 
     @property
     def on_edge_node(self) -> bool:
-        return self.driver.kind != "local"
+        return bool(self.config.ssh)
 
     def describe(self) -> str:
         via = f" from {self.driver.describe()}" if self.on_edge_node else ""
         return f"spark {self.settings.master} ({self.settings.deploy_mode} mode){via}"
 
-    def runner(self) -> Any:
+    def runner(self) -> Runner:
         return self.driver.runner()  # environments are prepared where the driver runs
 
     def code_is_staged(self, snapshot_id: str) -> bool:
@@ -214,7 +220,10 @@ class SparkExecutor(Executor):
         self._checkout = (snapshot_id, code)
         return code
 
-    def spark_submit(self, spec: Any, environment: PreparedEnvironment) -> list[str]:
+    def framework_argv(self, framework: str, spec: RunSpec, environment: PreparedEnvironment) -> list[str] | None:
+        return self.spark_submit(spec, environment) if framework == "pyspark" else None
+
+    def spark_submit(self, spec: RunSpec, environment: PreparedEnvironment) -> list[str]:
         """The pyspark framework's argv on this target (``mltrain.frameworks.pyspark``)."""
         from mltrain.frameworks.pyspark import spark_submit_for
 

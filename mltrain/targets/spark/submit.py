@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, EnvironmentBuildError, TargetError
 from mltrain.hosts.runner import Runner, StartError
+
+if TYPE_CHECKING:
+    from mltrain.targets.spark.config import SparkCompute
 
 DEPLOY_MODES = ("client", "cluster")
 JAVA_HINT = "install it with `apt-get install openjdk-17-jre-headless` (or set JAVA_HOME)"
@@ -101,7 +104,7 @@ class SparkSettings:
         return self.deploy_mode == "client"
 
     @classmethod
-    def from_config(cls, config: Any) -> SparkSettings:
+    def from_config(cls, config: SparkCompute) -> SparkSettings:
         master = str(config.master or "").strip()
         if not master:
             raise ConfigError("compute.master is empty; e.g. local[*], spark://host:7077, yarn or k8s://https://host")
@@ -114,7 +117,7 @@ class SparkSettings:
                               "use compute.deploy_mode=client, or a yarn / k8s:// master")
         conf = flatten_conf(config.conf or {})
         for key, own in _OWN_KEYS.items():
-            if key in conf and getattr(config, own, None):
+            if key in conf and getattr(config, own):  # a field named in _OWN_KEYS
                 raise ConfigError(f"compute.conf.{key} and compute.{own} set the same thing; keep one")
         options = ["--master", master, "--deploy-mode", config.deploy_mode]
         for flag, value in (("--driver-memory", config.driver_memory), ("--driver-cores", config.driver_cores),

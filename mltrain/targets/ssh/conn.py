@@ -36,10 +36,13 @@ import os
 import socket
 import threading
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.base import HostDown
+
+if TYPE_CHECKING:
+    from mltrain.targets.ssh.config import SshCompute
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,8 @@ class SshSettings:
     python: str = "python3"
 
     @classmethod
-    def from_config(cls, config: Any) -> SshSettings:
-        values = {f.name: getattr(config, f.name) for f in fields(cls) if getattr(config, f.name, None) is not None}
+    def from_config(cls, config: SshCompute) -> SshSettings:
+        values = {f.name: getattr(config, f.name) for f in fields(cls) if getattr(config, f.name) is not None}
         settings = cls(**values)
         settings.check()
         return settings

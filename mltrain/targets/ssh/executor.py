@@ -7,8 +7,8 @@ How each concept maps onto the host (see ``mltrain.hosts.agent`` for its layout)
 * **code**: the snapshot's blobs the host lacks, in one stream, then a
   checkout of hardlinks under ``<remote_dir>/checkouts/<id>`` (``mltrain.targets.ssh.upload``).
 * **environment**: built or probed *on the host*: ``runner()`` gives the
-  environments a remote command runner; ``docker_client()`` gives the Docker
-  environment a client for the host's engine (through this connection).
+  environments a remote command runner; ``docker_engine()`` gives the Docker
+  environment the host's engine (through this connection).
 * **job**: the host is a ``mltrain.targets.ssh.host.SshHost``: its helper runs
   the same job code as compute=local (``mltrain.hosts.agent.Jobs``), under the
   sh wrapper in its own session (``setsid``), so the job outlives the
@@ -33,17 +33,24 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.base import CodeMissing
 from mltrain.hosts.container import SOCKET_PATHS, RunContainer, check_own_mounts, root_warning, warn_in_log
 from mltrain.hosts.logmirror import HostLogSource, LogMirror
-from mltrain.store.workspace import RunPaths
+from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest
+from mltrain.targets.ssh.config import SshCompute
 from mltrain.targets.ssh.conn import LinkDown, SshSettings
 from mltrain.targets.ssh.host import SshHost
 from mltrain.targets.ssh.link import Link, RemoteRunner
+
+if TYPE_CHECKING:
+    from mltrain.environments.base import Environment
+    from mltrain.targets.docker.util import EngineConfig
+    from mltrain.targets.ssh.tunnel import DockerTunnel
+    from mltrain.targets.ssh.upload import UploadStats
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +138,16 @@ class _StopPack(EOFError):
 
 class SshExecutor(Executor):
     kind = "ssh"
+    config_class = SshCompute
+    config: SshCompute
 
-    def __init__(self, config: Any, workspace: Any) -> None:
+    def __init__(self, config: SshCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
         self.settings = SshSettings.from_config(config)
         self._code_dir: str | None = None
         self._seen_staged: str | None = None
-        self._docker: Any = None
-        self._tunnel: Any = None
-        self.upload: Any = None  # UploadStats of the last stage_code (benchmarks and tests read it)
+        self._tunnel: DockerTunnel | None = None
+        self.upload: UploadStats | None = None  # of the last stage_code (benchmarks and tests read it)
 
     # ---------------------------------------------------------- capabilities
     def link(self) -> Link:
@@ -148,23 +156,22 @@ class SshExecutor(Executor):
     def runner(self) -> RemoteRunner:
         return RemoteRunner(self.link())
 
-    def docker_client(self) -> Any:
-        """A ``docker.DockerClient`` for the host's engine, through this SSH connection (no engine port opened)."""
-        if self._docker is None:
-            from mltrain.targets.docker.engine import connect
-            from mltrain.targets.docker.util import EngineConfig
+    def docker_engine(self) -> EngineConfig:
+        """The host's engine, through this SSH connection (no engine port opened): a local socket that leads there."""
+        from mltrain.targets.docker.util import EngineConfig
+
+        if self._tunnel is None:
             from mltrain.targets.ssh.tunnel import DockerTunnel
 
             self._tunnel = DockerTunnel(self.link())
-            self._docker = connect(EngineConfig(base_url=f"unix://{self._tunnel.path}"))
-        return self._docker
+        return EngineConfig(base_url=f"unix://{self._tunnel.path}")
 
     def describe(self) -> str:
         user = f"{self.settings.user}@" if self.settings.user else ""
         port = f":{self.settings.port}" if self.settings.port else ""
         return f"ssh ({user}{self.settings.host}{port})"
 
-    def check_environment(self, environment: Any) -> None:
+    def check_environment(self, environment: Environment) -> None:
         """Every environment kind works here: interpreters and venvs on the host, images on its engine."""
 
     # ------------------------------------------------------------------ code

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from mltrain.config.schema import DockerCompute
 from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.container import CODE_DIR, RunContainer
+from mltrain.targets.docker.config import DockerCompute
 from mltrain.targets.docker.engine import Engine, EngineError, NotFound, demux, json_events, since_param
 from mltrain.targets.docker.executor import limits, parse_size
 from mltrain.targets.docker.util import EngineConfig

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from conftest import Project, assert_one_line_error, wait_for
 
-from mltrain.config.schema import SparkCompute
 from mltrain.errors import ConfigError, EnvironmentBuildError, TargetError
 from mltrain.hosts.runner import LOCAL
 from mltrain.targets.spark.app import AppInfo, LogScanner, cluster_kill_argv
+from mltrain.targets.spark.config import SparkCompute
 from mltrain.targets.spark.submit import SparkSettings, check_master, find_spark_submit, flatten_conf, pyfiles_zip
 from mltrain.tracking.joblog import error_line as python_error
 

@@ -199,8 +199,8 @@ def _tree(root: Path, files: int, size: int = 4096, big: int = 0, big_size: int 
 
 
 def _executor(host: SshHost, workspace: Path, **compute: Any) -> Any:
-    from mltrain.config.schema import SshCompute
     from mltrain.store.workspace import Workspace
+    from mltrain.targets.ssh.config import SshCompute
     from mltrain.targets.ssh.executor import SshExecutor
 
     return SshExecutor(SshCompute(**host.compute(**compute)), Workspace(workspace).ensure())
