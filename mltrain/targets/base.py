@@ -10,8 +10,11 @@ streaming, Ctrl-C, finalisation, and reconciling a run nobody is watching.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -22,6 +25,7 @@ from typing import Any, ClassVar
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.tracking.joblog import clean_log, error_line, read_tail
+from mltrain.util import safefs
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,7 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
     from mltrain.util.outputs import enforce, note_in_log
 
     paths = workspace.run_paths(record.id)
+    canceled = canceled or _cancel_requested(paths)
     store.transition(record.id, FINALIZING)
     try:
         handle.collect(paths)
@@ -219,6 +224,29 @@ def _failure_reason(info: ExitInfo, paths: RunPaths) -> str:
     return error_line(read_tail(paths.log)) or info.failure_reason()
 
 
+def _request_cancel(paths: RunPaths, reason: str) -> None:
+    """Say a cancel is under way, before signalling: whoever sees the job end while the cancel waits out its
+    grace (a ``runs show`` in another terminal) records it Canceled, not Failed. Best effort."""
+    with contextlib.suppress(OSError):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(paths.cancel_requested, flags, 0o600)
+        try:
+            os.write(fd, reason.encode()[:200])
+        finally:
+            os.close(fd)
+
+
+def _cancel_requested(paths: RunPaths) -> str | None:
+    try:
+        fd = os.open(paths.cancel_requested, safefs.READ_FLAGS)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fh.read(200).decode(errors="replace") or "canceled"
+
+
 def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
     """Bring an active record up to date with its job (a run is never 'Running' forever)."""
     if record.is_terminal:
@@ -262,6 +290,7 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
             stop_group(record.client)
             return store.get(record.id)
         return cancel_run(store, workspace, store.get(record.id), grace=grace, reason=reason)  # it just launched
+    _request_cancel(workspace.run_paths(record.id), reason)
     handle.cancel(grace if grace is not None else float((record.handle or {}).get("cancel_grace", 10.0)))
     info = handle.wait(5.0) or ExitInfo(None)
     return finalize(store, workspace, record, handle, info, canceled=reason)
