@@ -83,7 +83,7 @@ signal.signal(signal.SIGTERM, term)
 # a child in the job's process group, which cancel's signals reach as well
 subprocess.Popen([sys.executable, "-c", "import signal, sys, time\\n"
                   "if sys.argv[2] == 'ignores':\\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
-                  "time.sleep(300)", marker, child])
+                  "time.sleep(300)", marker + "-child", child])
 print("ready", flush=True)
 while True:
     time.sleep(0.1)
@@ -272,7 +272,7 @@ def _start_stubborn(tproject: TargetProject, job: str, child: str, grace: float)
     assert detached.returncode == 0, detached.stderr
     run_id = detached.stdout.strip()
     wait_for(lambda: "ready" in tproject.run("runs", "logs", run_id).stdout, timeout=120, every=0.25)
-    assert marker in tproject.target.processes(), tproject.run("runs", "logs", run_id).stdout
+    assert f"{marker}-child" in tproject.target.processes(), tproject.run("runs", "logs", run_id).stdout
     return run_id, marker
 
 
@@ -309,9 +309,9 @@ def test_a_run_read_while_its_cancel_waits_out_the_grace_ends_canceled(tproject:
     cancel = tproject.popen("runs", "cancel", run_id)
     if target.expect("children_outlive_job", True):
         wait_for(lambda: "got TERM" in tproject.run("runs", "logs", run_id).stdout, timeout=60, every=0.25)
-        assert marker in target.processes()  # the child holds the cancel in its grace ...
+        assert f"{marker}-child" in target.processes()  # the child holds the cancel in its grace ...
         assert tproject.show(run_id)["status"] in ("Running", "Canceled")  # ... while someone reads the run
-        target.kill(marker)  # the child gone, the cancel ends at once
+        target.kill(f"{marker}-child")  # the child gone, the cancel ends at once
     out, err = cancel.communicate(timeout=120)
     assert cancel.returncode == 0, err
     record = tproject.show(run_id)
