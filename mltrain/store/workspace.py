@@ -60,6 +60,11 @@ class RunPaths:
         return self.dir / "exit_code"
 
     @property
+    def cancel_requested(self) -> Path:
+        """Written by ``runs cancel`` before it signals the job: the reason a reader records if the job ends first."""
+        return self.dir / "cancel_requested"
+
+    @property
     def git_patch(self) -> Path:
         return self.dir / "git.patch"
 

@@ -10,10 +10,13 @@ streaming, Ctrl-C, finalisation, and reconciling a run nobody is watching.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import signal
+import stat
 import time
 import types
 import typing
@@ -27,6 +30,7 @@ from mltrain.hosts.base import Host, HostDown, JobState
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.tracking.joblog import clean_log, error_line, read_tail
+from mltrain.util import safefs
 
 if TYPE_CHECKING:
     from mltrain.config.groups import ComputeConfig
@@ -430,6 +434,7 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
 
     paths = workspace.run_paths(record.id)
     handle = bound(handle, store, record.id)
+    canceled = canceled or _cancel_requested(paths)
     store.transition(record.id, FINALIZING)
     try:
         handle.collect(paths)
@@ -475,6 +480,29 @@ def _failure_reason(info: ExitInfo, paths: RunPaths) -> str:
     return error_line(read_tail(paths.log)) or info.failure_reason()
 
 
+def _request_cancel(paths: RunPaths, reason: str) -> None:
+    """Say a cancel is under way, before signalling: whoever sees the job end while the cancel waits out its
+    grace (a ``runs show`` in another terminal) records it Canceled, not Failed. Best effort."""
+    with contextlib.suppress(OSError):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(paths.cancel_requested, flags, 0o600)
+        try:
+            os.write(fd, reason.encode()[:200])
+        finally:
+            os.close(fd)
+
+
+def _cancel_requested(paths: RunPaths) -> str | None:
+    try:
+        fd = os.open(paths.cancel_requested, safefs.READ_FLAGS)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fh.read(200).decode(errors="replace") or "canceled"
+
+
 def reconcile(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
     """Bring an active record up to date with its job (a run is never 'Running' forever)."""
     if record.is_terminal:
@@ -518,6 +546,7 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
             stop_group(record.client)
             return store.get(record.id)
         return cancel_run(store, workspace, store.get(record.id), grace=grace, reason=reason)  # it just launched
+    _request_cancel(workspace.run_paths(record.id), reason)
     handle.cancel(grace if grace is not None else handle.cancel_grace)
     info = handle.wait(5.0) or ExitInfo(None)
     return finalize(store, workspace, record, handle, info, canceled=reason)

@@ -1,4 +1,5 @@
-"""Submitting through the real CLI on the local target: output, exit codes, args, env, records."""
+"""The real CLI on the local target: Ctrl-C, record listings, idempotency keys, logs. What every target does
+(exit codes, argv and env, outputs and metrics, detach/attach, cancel, reasons) is in tests/conformance/."""
 
 from __future__ import annotations
 
@@ -7,64 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import MLTRAIN, Project, wait_for
-
-
-def test_run_streams_output_and_records_completed(project: Project) -> None:
-    result = project.run("script=train.py", "params.lr=0.1", "params.epochs=2", check=True)
-    assert "argv" in result.stdout
-    argv = json.loads(result.stdout.split("argv ", 1)[1].splitlines()[0])
-    assert argv == ["--lr", "0.1", "--epochs", "2"]
-    (record,) = project.runs()
-    assert record["status"] == "Completed"
-    assert record["exit_code"] == 0
-    assert f"run {record['id']}" in result.stdout  # MLTRAIN_RUN_ID reached the script
-    assert record["experiment"] == "proj"
-    run_dir = project.workspace / "runs" / str(record["id"])
-    assert (run_dir / "outputs" / "result.txt").read_text() == "done"
-    assert "argv" in (run_dir / "output.log").read_text()
-    assert "script: train.py" in (run_dir / "config.yaml").read_text()
-    shown = json.loads(project.run("runs", "show", str(record["id"]), "--json", check=True).stdout)
-    assert [t["status"] for t in shown["transitions"]] == ["Queued", "Preparing", "Running", "Finalizing", "Completed"]
-    assert shown["metrics"] == {"loss": 0.5}
-    assert shown["env_fingerprint"]
-
-
-def test_failed_script_gives_nonzero_exit_and_reason(project: Project) -> None:
-    result = project.run("script=train.py", env={"EXIT_WITH": "3"})
-    assert result.returncode == 1
-    (record,) = project.runs()
-    assert record["status"] == "Failed"
-    assert record["exit_code"] == 3
-    assert record["reason"] == "script exited with code 3"
-    assert "Failed" in result.stderr
-
-
-HOSTILE = ["a b", "$(id)", ";", "x\ny", "-x", "--flag=1", "'single'", '"double"', "*", "", "\\"]
-
-
-def test_arguments_arrive_literally(project: Project) -> None:
-    project.write(
-        "conf/hostile.yaml", "defaults:\n  - config\n  - _self_\nscript: train.py\nargs: " + json.dumps(HOSTILE) + "\n"
-    )
-    result = project.run("-cn", "hostile", check=True)
-    argv = json.loads(result.stdout.split("argv ", 1)[1].splitlines()[0])
-    assert argv == HOSTILE
-
-
-def test_env_vars_reach_the_script(project: Project) -> None:
-    project.write(
-        "env.py",
-        "import os\nfor k in ('GREETING', 'MLTRAIN_METRICS_FILE', 'MLTRAIN_OUTPUT_DIR'):\n"
-        "    print(k, os.environ.get(k))\n",
-    )
-    result = project.run("script=env.py", "+env_vars.GREETING=hello world", check=True)
-    assert "GREETING hello world" in result.stdout
-    assert "MLTRAIN_METRICS_FILE /" in result.stdout
-    assert str(project.workspace) in result.stdout
 
 
 def test_invalid_env_var_name_is_refused(project: Project) -> None:
@@ -92,20 +38,6 @@ for i in range(600):
     time.sleep(0.1)
 print("finished", flush=True)
 """
-
-
-
-def test_detach_then_attach(project: Project, tmp_path: Path) -> None:
-    project.write("quick.py", "import time\nprint('hello', flush=True)\ntime.sleep(1.5)\nprint('bye')\n")
-    started = time.monotonic()
-    result = project.run("--detach", "script=quick.py", check=True)
-    assert time.monotonic() - started < 1.4  # returned while the script still sleeps
-    run_id = result.stdout.strip()
-    assert len(run_id) == 8
-    attached = project.run("runs", "attach", run_id)
-    assert attached.returncode == 0
-    assert "hello" in attached.stdout and "bye" in attached.stdout
-    assert project.runs()[0]["status"] == "Completed"
 
 
 def test_ctrl_c_cancels_the_run(project: Project, tmp_path: Path) -> None:
@@ -165,19 +97,6 @@ def test_started_with_sigint_ignored(project: Project, tmp_path: Path) -> None:
     assert "script SIGINT <built-in function default_int_handler>" in out
     (record,) = project.runs()
     assert record["status"] == "Completed"
-
-
-def test_cancel_a_detached_run(project: Project, tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    project.write("slow.py", SLOW.format(pidfile=pidfile))
-    run_id = project.run("--detach", "script=slow.py", check=True).stdout.strip()
-    wait_for(pidfile.exists)
-    result = project.run("runs", "cancel", run_id, check=True)
-    assert "Canceled" in result.stdout
-    assert not _pid_alive(int(pidfile.read_text()))
-    assert project.runs()[0]["status"] == "Canceled"
-    again = project.run("runs", "cancel", run_id, check=True)
-    assert "already Canceled" in again.stdout
 
 
 def test_vanished_process_is_reconciled_to_failed(project: Project, tmp_path: Path) -> None:
@@ -297,38 +216,6 @@ def test_concurrent_submits_with_one_key_make_one_run(project: Project, tmp_path
 
 
 # ------------------------------------------------------------ reasons and logs
-def test_a_failed_run_shows_its_exception_as_the_reason(project: Project) -> None:
-    project.write("bad.py", """
-        def check(value):
-            try:
-                {}["lr"]
-            except KeyError:
-                raise ValueError(f"bad value {value}")
-        check(3)
-        """)
-    result = project.run("script=bad.py")
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert " Failed in " in last and last.endswith(": ValueError: bad value 3"), last
-    (record,) = project.runs()
-    assert (record["status"], record["exit_code"], record["reason"]) == ("Failed", 1, "ValueError: bad value 3")
-
-
-def test_a_killed_run_keeps_the_signal_as_its_reason(project: Project) -> None:
-    """A traceback the script printed and handled earlier is not why it died."""
-    project.write("killed.py", """
-        import os, signal, traceback
-        try:
-            raise KeyError("handled")
-        except KeyError:
-            traceback.print_exc()
-        os.kill(os.getpid(), signal.SIGKILL)
-        """)
-    project.run("script=killed.py")
-    (record,) = project.runs()
-    assert record["reason"] == "killed by SIGKILL (exit code 137)"
-
-
 def test_terminal_codes_stream_but_are_not_stored(project: Project) -> None:
     project.write("colour.py", r"""
         import sys

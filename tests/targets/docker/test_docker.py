@@ -1,5 +1,7 @@
-"""compute=docker on a real engine: literal args, outputs and metrics back, caching, detach/attach,
-cancel, OOM and kill reasons, keep-on-failure, engine down, hostile outputs (copied back or bind-mounted)."""
+"""compute=docker on a real engine: what only this target does (image caching, labels and confinement, the log
+mirror, OOM, keep_container, copy vs mount, engine down, the engine socket, a tcp:// engine, masking). What every
+target does (exit codes, argv and env, outputs and metrics, the outputs policy, detach/attach, cancel, reasons,
+the client killed) is in tests/conformance/, which runs the docker target with the code mounted and copied."""
 
 # ruff: noqa: F811  (the fixtures imported from dockertest are named as the test arguments)
 from __future__ import annotations
@@ -7,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ from conftest import Project, assert_one_line_error, wait_for
 from dockertest import BASE_IMAGE, LABEL, DockerProject, dproject, engine  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
-
-HOSTILE = ["a b", "$(id)", ";", "x\ny", "-x", "--flag=1", "'single'", '"double"', "*", "", "\\"]
 
 SLOW = """
 import os, signal, sys, time
@@ -36,26 +34,12 @@ print("done", flush=True)
 """
 
 
-def _argv(stdout: str) -> list[str]:
-    return json.loads(stdout.split("argv ", 1)[1].splitlines()[0])  # type: ignore[no-any-return]
-
-
-
-def test_literal_args_outputs_metrics_and_cleanup(dproject: DockerProject) -> None:
-    dproject.write("conf/hostile.yaml", "defaults:\n  - config\n  - _self_\nargs: " + json.dumps(HOSTILE) + "\n")
+def test_runs_as_the_caller_in_the_code_dir_and_leaves_no_container(dproject: DockerProject) -> None:
     dproject.write("ids.py", "import os\nprint('ids', os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'])\n")
-    result = dproject.submit("script=train.py", flags=("-cn", "hostile"), check=True)
-    assert _argv(result.stdout) == HOSTILE
-    record = dproject.record()
-    assert record["status"] == "Completed" and record["compute"] == "docker"
-    run_dir = dproject.workspace / "runs" / str(record["id"])
-    assert (run_dir / "outputs" / "result.txt").read_text() == "done"
-    assert dproject.show(str(record["id"]))["metrics"] == {"loss": 0.5}
-    assert dproject.containers() == []  # removed once collected
     ids = dproject.submit("script=ids.py", check=True).stdout
-    import os
-
     assert f"ids {os.getuid()} {os.getgid()} /mltrain/code /mltrain/home" in ids
+    assert dproject.record()["status"] == "Completed"
+    assert dproject.containers() == []  # removed once collected
 
 
 def test_second_run_builds_nothing_and_plan_says_cached(dproject: DockerProject) -> None:
@@ -77,43 +61,18 @@ def test_second_run_builds_nothing_and_plan_says_cached(dproject: DockerProject)
     assert first["env_fingerprint"] == last["env_fingerprint"]
 
 
-def test_detach_labels_and_cancel_graceful_then_kill(dproject: DockerProject) -> None:
+def test_container_is_named_labelled_confined_and_removed_on_cancel(dproject: DockerProject) -> None:
     dproject.write("slow.py", SLOW)
-    result = dproject.submit("script=slow.py", "compute.cancel_grace=1", "+env_vars.IGNORE_TERM=1",
-                             "+env_vars.STEPS=100", build=False, flags=("--detach",), check=True)
+    result = dproject.submit("script=slow.py", "compute.cancel_grace=1", "+env_vars.STEPS=100", build=False,
+                             flags=("--detach",), check=True)
     run_id = result.stdout.strip()
     (container,) = wait_for(lambda: dproject.engine.containers.list(filters={"label": f"mltrain.run_id={run_id}"}))
     assert container.labels["mltrain.experiment"] == "proj"
     assert container.name == f"mltrain-{run_id}"
     assert container.attrs["HostConfig"]["Init"] is True
     assert container.attrs["HostConfig"]["Privileged"] is False
-    wait_for(lambda: "step 1" in dproject.run("runs", "logs", run_id).stdout)
-    started = time.monotonic()
-    cancel = dproject.run("runs", "cancel", run_id, check=True)
-    assert time.monotonic() - started >= 1.0  # the grace period was given
-    assert "Canceled" in cancel.stdout
-    record = dproject.record(run_id)
-    assert record["status"] == "Canceled"
-    assert "got TERM" in dproject.log(run_id)
+    assert "Canceled" in dproject.run("runs", "cancel", run_id, check=True).stdout
     assert dproject.containers() == []
-
-
-def test_client_killed_then_attach_sees_the_end(dproject: DockerProject) -> None:
-    dproject.write("slow.py", SLOW)
-    proc = dproject.popen(*dproject.overrides("script=slow.py", "+env_vars.STEPS=8", build=False))
-    assert proc.stdout is not None
-    while "step 1" not in proc.stdout.readline():
-        pass
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    (record,) = dproject.runs()
-    assert record["status"] == "Running"
-    attached = dproject.run("runs", "attach", str(record["id"]), check=True)
-    assert "done" in attached.stdout and "step 7" in attached.stdout
-    assert "Completed" in attached.stderr
-    log = dproject.log(str(record["id"]))
-    for i in range(8):
-        assert log.count(f"step {i}\n") == 1, log
 
 
 COUNTER = """
@@ -160,13 +119,11 @@ def test_detached_log_survives_container_removal(dproject: DockerProject) -> Non
     wait_for(lambda: _mirror_gone(run_dir))  # the mirror ended with the container
 
 
-def test_attached_run_and_mirror_write_each_line_once(dproject: DockerProject) -> None:
+def test_the_log_mirror_ends_with_the_run(dproject: DockerProject) -> None:
     dproject.write("slow.py", SLOW)
-    result = dproject.submit("script=slow.py", "+env_vars.STEPS=6", "+env_vars.PAUSE=0.2", build=False, check=True)
+    dproject.submit("script=slow.py", "+env_vars.STEPS=6", "+env_vars.PAUSE=0.2", build=False, check=True)
     run_id = str(dproject.record()["id"])
-    for i in range(6):
-        assert result.stdout.count(f"step {i}\n") == 1, result.stdout
-        assert dproject.log(run_id).count(f"step {i}\n") == 1
+    assert dproject.log(run_id).count("step 5\n") == 1
     wait_for(lambda: _mirror_gone(dproject.workspace / "runs" / run_id))
 
 
@@ -179,16 +136,15 @@ def test_out_of_memory_is_named_with_the_limit(dproject: DockerProject) -> None:
     assert record["reason"] == "out of memory (limit 48m)"
 
 
-def test_exit_137_without_oom_and_keep_container(dproject: DockerProject) -> None:
+def test_keep_container_keeps_a_failed_runs_container(dproject: DockerProject) -> None:
     dproject.write("die.py", "import os, signal\nprint('dying', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     result = dproject.submit("script=die.py", "compute.keep_container=true", build=False)
     assert result.returncode == 1
     record = dproject.record()
-    assert record["exit_code"] == 137
-    assert record["reason"] == "killed (possibly out of memory)"
+    assert record["status"] == "Failed"
     (kept,) = dproject.containers()  # a failed run's container is kept when asked
     assert kept.labels["mltrain.run_id"] == record["id"]
-    assert "dying" in dproject.log(str(record["id"]))
+    assert "dying" in kept.logs().decode()
 
 
 WRITER = """
@@ -202,16 +158,12 @@ with open(os.environ['MLTRAIN_METRICS_FILE'], 'a') as fh:
 
 
 @pytest.mark.parametrize("transfer", ["copy", "mount"])
-def test_code_in_outputs_and_metrics_back(dproject: DockerProject, transfer: str) -> None:
+def test_code_is_copied_in_every_time_or_mounted_once(dproject: DockerProject, transfer: str) -> None:
     """copy: what a remote engine gets (code copied in, results pulled back); mount: the local engine's way."""
     dproject.write("data/info.txt", "from the snapshot")
     dproject.write("writer.py", WRITER)
     overrides = ("script=writer.py", f"compute.code_transfer={transfer}")
-    result = dproject.submit(*overrides, build=False, check=True)
-    assert "from the snapshot" in result.stdout
-    run_id = str(dproject.record()["id"])
-    assert (dproject.workspace / "runs" / run_id / "outputs" / "model.txt").read_text() == "weights"
-    assert dproject.show(run_id)["metrics"] == {"acc": 0.9}
+    assert "from the snapshot" in dproject.submit(*overrides, build=False, check=True).stdout
     plan = json.loads(dproject.run("plan", "--json", *dproject.overrides(*overrides, build=False), check=True).stdout)
     assert plan["stages"][2]["cached"] is (transfer == "mount")  # copied in every time
 
@@ -337,35 +289,6 @@ def _tar(members: list[tuple[str, str, str]]) -> list[bytes]:
                 tar.addfile(info, io.BytesIO(data))
     data = buf.getvalue()
     return [data[i:i + 333] for i in range(0, len(data), 333)]
-
-
-HOSTILE_OUTPUTS = """
-import os
-out = os.environ['MLTRAIN_OUTPUT_DIR']
-os.symlink('/root/.ssh', os.path.join(out, 'ssh'))
-os.symlink('../../../../etc/passwd', os.path.join(out, 'passwd'))
-os.makedirs(os.path.join(out, 'models'))
-open(os.path.join(out, 'models', 'best.pt'), 'w').write('weights')
-os.symlink('models/best.pt', os.path.join(out, 'latest.pt'))
-os.mkfifo(os.path.join(out, 'pipe'))
-print('planted', flush=True)
-"""
-
-
-@pytest.mark.parametrize("transfer", ["copy", "mount"])
-def test_outputs_keep_only_files_folders_and_links_inside(dproject: DockerProject, transfer: str) -> None:
-    """mount: the container writes the run's outputs folder itself (no extraction): finalize enforces the policy."""
-    dproject.write("hostile.py", HOSTILE_OUTPUTS)
-    result = dproject.submit("script=hostile.py", f"compute.code_transfer={transfer}", build=False, check=True)
-    assert "planted" in result.stdout
-    run_id = str(dproject.record()["id"])
-    outputs = dproject.workspace / "runs" / run_id / "outputs"
-    found = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*"))
-    assert found == ["latest.pt", "models", "models/best.pt"]
-    assert os.readlink(outputs / "latest.pt") == "models/best.pt"
-    log = dproject.log(run_id)
-    for name in ("ssh", "passwd", "pipe"):
-        assert any(line.startswith("[mltrain] outputs: ") and name in line for line in log.splitlines()), log
 
 
 def test_copied_back_outputs_past_the_entry_limit_stop_cleanly(dproject: DockerProject) -> None:

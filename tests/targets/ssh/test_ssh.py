@@ -1,5 +1,7 @@
-"""compute=ssh against real OpenSSH servers (containers on the local engine): code upload, environments on the
-host, runs that outlive the client and the link, cancel, reboots, host keys, a full disk, hostile archives."""
+"""compute=ssh against real OpenSSH servers (containers on the local engine): what only this target does (code
+upload, environments on the host, a dropped link, reboots, host keys, a full disk, hostile archives and helpers).
+What every target does (exit codes, argv and env, outputs and metrics, the outputs policy, detach/attach, cancel,
+reasons, the client killed) is in tests/conformance/."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import tarfile
@@ -76,34 +77,19 @@ def sproject(project: Project, host: SshHost, tmp_path: Path) -> SshProject:
 
 
 # ------------------------------------------------------------------ the basics
-def test_run_on_host_args_env_outputs_metrics(sproject: SshProject) -> None:
-    hostile = ["a b", "c$HOME", "; touch /tmp/pwned", "'quoted'", "*"]
-    args = "args=[" + ",".join(json.dumps(a) for a in hostile) + "]"
-    result = sproject.submit("script=train.py", args, "+env_vars.MY_VAR='$(id) `x`'", check=True)
+def test_job_runs_from_a_checkout_under_remote_dir_and_the_plan_says_cached(sproject: SshProject) -> None:
+    sproject.submit("script=train.py", check=True)
     (record,) = sproject.runs()
     assert record["status"] == "Completed" and record["compute"] == "ssh"
-    assert f"argv {json.dumps(hostile)}" in result.stdout
-    assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "result.txt").read_text() == "done"
-    assert sproject.host.sh("ls /tmp/pwned 2>/dev/null || echo absent").strip() == "absent"
-    metrics = json.loads(sproject.run("runs", "metrics", str(record["id"]), "--json", check=True).stdout)
-    assert metrics[0]["value"] == 0.5
-    # the job ran on the host, from a checkout under remote_dir
     assert sproject.host.sh(f"ls -d {sproject.remote_dir}/checkouts/*/").split() == [
         f"{sproject.remote_dir}/checkouts/{record['snapshot_id']}/"]
-
-    sproject.write("env.py", "import os\nprint('MY_VAR=' + os.environ['MY_VAR'])\n")
-    out = sproject.submit("script=env.py", "+env_vars.MY_VAR='$(id) `x`'", check=True).stdout
-    assert "MY_VAR=$(id) `x`" in out
-    plan = json.loads(sproject.submit("script=env.py", flags=("plan", "--json"), check=True).stdout)
+    plan = json.loads(sproject.submit("script=train.py", flags=("plan", "--json"), check=True).stdout)
     stages = {s["name"]: s for s in plan["stages"]}
     assert stages["STAGE_CODE"]["cached"] and stages["ENVIRONMENT"]["cached"]
     assert "ssh (root@" in plan["target"]
 
 
-def test_failing_script_and_missing_interpreter(sproject: SshProject) -> None:
-    sproject.submit("script=train.py", "+env_vars.EXIT_WITH=3")
-    (record,) = sproject.runs()
-    assert record["status"] == "Failed" and record["exit_code"] == 3
+def test_missing_interpreter_or_helper_python_is_one_line(sproject: SshProject) -> None:
     assert_one_line_error(sproject.submit("script=train.py", "environment.interpreter=/opt/nope/python"),
                           "/opt/nope/python", "not found on host")
     assert_one_line_error(sproject.submit("script=train.py", compute={"python": "/opt/nope/python3"}),
@@ -285,27 +271,6 @@ def test_disk_full_during_upload_fails_cleanly(tmp_path: Path, project: Project)
 
 
 # ------------------------------------------------------- runs that outlive us
-def test_client_killed_then_attach_sees_the_end(sproject: SshProject) -> None:
-    sproject.write("lines.py", LINES)
-    proc = sproject.popen("script=lines.py", "args=[30,0.1]",
-                          *sproject.host.overrides(remote_dir=sproject.remote_dir))
-    assert proc.stdout is not None
-    seen = ""
-    while "line 3" not in seen:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
-        seen += line
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    (record,) = sproject.runs()
-    assert record["status"] == "Running"
-    attach = sproject.run("runs", "attach", str(record["id"]), check=True)
-    assert "Completed" in attach.stderr
-    log = sproject.log(str(record["id"]))
-    assert [ln for ln in log.splitlines() if ln.startswith("line ")] == [f"line {i}" for i in range(30)]
-    assert (sproject.workspace / "runs" / str(record["id"]) / "outputs" / "done.txt").read_text() == "yes"
-
-
 def test_link_dropped_mid_run_then_recovers(sproject: SshProject) -> None:
     sproject.write("lines.py", LINES)
     run_id = sproject.submit("script=lines.py", "args=[40,0.1]", flags=("--detach",), check=True).stdout.strip()
@@ -354,27 +319,6 @@ def test_dead_link_detected_within_deadline(host: SshHost, tmp_path: Path) -> No
     link.close()
 
 
-def test_cancel_terms_then_kills_the_process_group(sproject: SshProject) -> None:
-    marker = f"stubborn-{sproject.root.parent.name}"
-    sproject.write("stubborn.py", textwrap.dedent("""
-        import signal, subprocess, sys, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        subprocess.Popen(["sleep", "300", sys.argv[1]])
-        print("ready", flush=True)
-        time.sleep(300)
-    """))
-    run_id = sproject.submit("script=stubborn.py", f"args=[{marker}]", flags=("--detach",),
-                             compute={"cancel_grace": 1.0}, check=True).stdout.strip()
-    wait_for(lambda: "ready" in sproject.run("runs", "logs", run_id).stdout)
-    assert marker in sproject.host.sh("ps -eo args")
-    started = time.monotonic()
-    result = sproject.run("runs", "cancel", run_id, check=True)
-    assert "Canceled" in result.stdout
-    assert time.monotonic() - started < 15
-    assert marker not in sproject.host.sh("ps -eo args")
-    assert sproject.show(run_id)["status"] == "Canceled"
-
-
 def test_host_reboot_detected_by_boot_id(sproject: SshProject) -> None:
     host = sproject.host
     marker = f"victim-{sproject.root.parent.name}"
@@ -393,23 +337,6 @@ def test_host_reboot_detected_by_boot_id(sproject: SshProject) -> None:
 
 
 # ------------------------------------------------------------- coming back
-def test_outputs_with_links_out_are_not_brought_back(sproject: SshProject) -> None:
-    sproject.write("evil.py", textwrap.dedent("""
-        import os
-        out = os.environ["MLTRAIN_OUTPUT_DIR"]
-        os.symlink("/etc/passwd", os.path.join(out, "passwd"))
-        os.symlink("..", os.path.join(out, "up"))
-        os.makedirs(os.path.join(out, "sub"))
-        open(os.path.join(out, "sub", "fine.txt"), "w").write("ok")
-    """))
-    sproject.submit("script=evil.py", check=True)
-    (record,) = sproject.runs()
-    outputs = sproject.workspace / "runs" / str(record["id"]) / "outputs"
-    assert (outputs / "sub" / "fine.txt").read_text() == "ok"
-    assert not (outputs / "passwd").exists() and not (outputs / "passwd").is_symlink()
-    assert not (outputs / "up").is_symlink()
-
-
 def test_a_symlinked_folder_to_a_client_path_leaves_the_client_untouched(sproject: SshProject, tmp_path: Path) -> None:
     """The job makes, on the host, the client's own folder and links its outputs to it; plus a chain of links
     that each read as inside but lead out, and a fifo. The client keeps its file; only what stays inside comes back."""
