@@ -32,7 +32,7 @@ from typing import Any
 from mltrain.errors import RunNotFound, StoreError, SweepNotFound
 from mltrain.tracking.joblog import strip_ansi_text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 QUEUED, PREPARING, RUNNING, FINALIZING = "Queued", "Preparing", "Running", "Finalizing"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
@@ -119,14 +119,30 @@ ALTER TABLE runs ADD COLUMN client TEXT;
 ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX runs_idempotency_key ON runs (idempotency_key);
 """,
+    # hardware: what the job saw (GPUs, CPUs, memory); params: the script's params, flat, for queries;
+    # mlflow: the mirror's state (run id, lag, error); metric_last: each metric's latest value, for fast
+    # filtering and sorting of long histories without scanning every step.
+    3: """
+ALTER TABLE runs ADD COLUMN hardware TEXT;
+ALTER TABLE runs ADD COLUMN params TEXT;
+ALTER TABLE runs ADD COLUMN mlflow TEXT;
+CREATE TABLE metric_last (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL NOT NULL,
+    time REAL,
+    PRIMARY KEY (run_id, name)
+);
+""",
 }
 
 _COLUMNS = (
     "id", "experiment", "status", "created", "started", "ended", "exit_code", "reason", "script",
     "source_dir", "compute", "environment", "env_fingerprint", "snapshot_id", "parent_id", "sweep_id",
-    "handle", "git", "overrides", "client", "idempotency_key",
+    "handle", "git", "overrides", "client", "idempotency_key", "hardware", "params", "mlflow",
 )
-_JSON_COLUMNS = ("handle", "git", "overrides", "client")
+_JSON_COLUMNS = ("handle", "git", "overrides", "client", "hardware", "params", "mlflow")
 _UPDATABLE = frozenset(_COLUMNS) - {"id", "status", "created"}
 
 
@@ -153,6 +169,9 @@ class RunRecord:
     overrides: list[str] = field(default_factory=list)
     client: dict[str, Any] | None = None  # who is preparing it (mltrain.hosts.client); set at submit
     idempotency_key: str | None = None
+    hardware: dict[str, Any] | None = None  # what the job saw: GPUs, CPUs, memory
+    params: dict[str, Any] | None = None  # the script's params, flattened to dotted keys
+    mlflow: dict[str, Any] | None = None  # the MLflow mirror's run id and state
 
     @property
     def is_terminal(self) -> bool:

@@ -166,4 +166,6 @@ def test_schema_2_history_is_migrated_and_its_runs_left_as_they_were(tmp_path: P
         run_id = _new(store, idempotency_key="k")
         assert store.get(run_id).idempotency_key == "k"
         assert store.integrity_check() == "ok"
-    assert sqlite3.connect(workspace.db_path).execute("PRAGMA user_version").fetchone()[0] == 3
+        assert (old.hardware, old.params, old.mlflow) == (None, None, None)  # columns of version 4, empty
+    version = sqlite3.connect(workspace.db_path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == store_module.SCHEMA_VERSION
