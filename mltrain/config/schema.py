@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mltrain.config.groups import MISSING, ComputeConfig, EnvironmentConfig, FrameworkConfig, GroupConfig
+from mltrain.config.resources import ResourceRequest, ResourcesConfig
 from mltrain.environments import ENVIRONMENTS
 from mltrain.errors import ConfigError
 from mltrain.frameworks import FRAMEWORKS
@@ -166,6 +167,7 @@ class PrimarySchema:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # GPUs, CPUs, memory for the job
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class MltrainConfig:
     snapshot: SnapshotConfig
     workspace: WorkspaceConfig
     secret_env: list[str] = field(default_factory=list)
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
 
 
 def register_configs() -> None:
@@ -289,6 +292,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         secret_env = [str(n) for n in OmegaConf.to_container(merged.secret_env, resolve=True)]  # type: ignore[union-attr]
         snapshot = OmegaConf.to_object(merged.snapshot)
         workspace = OmegaConf.to_object(merged.workspace)
+        resources_config = OmegaConf.to_object(merged.resources)
     except ConfigKeyError as exc:
         valid = ", ".join(f.name for f in dataclasses.fields(PrimarySchema))
         raise ConfigError(f"{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
@@ -326,6 +330,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
         secret_env=secret_env,
+        resources=ResourceRequest.parse(resources_config),  # type: ignore[arg-type]
     )
 
 
@@ -334,7 +339,7 @@ def schema_files() -> list[str | None]:
     config module (found, not imported). The composition cache keys on them: an edited schema recomposes."""
     import importlib.util
 
-    modules = [__name__, "mltrain.config.groups",
+    modules = [__name__, "mltrain.config.groups", "mltrain.config.resources",
                *(m for registry in GROUP_SCHEMAS.values() for m in registry.config_modules())]
     found = []
     for module in dict.fromkeys(modules):
@@ -355,4 +360,5 @@ def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
     """The inverse of :func:`config_to_plain`; groups are rebuilt by their ``type``."""
     groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}  # the registries' classes
     return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
-                            "workspace": WorkspaceConfig(**data["workspace"])})
+                            "workspace": WorkspaceConfig(**data["workspace"]),
+                            "resources": ResourceRequest.from_dict(data["resources"])})
