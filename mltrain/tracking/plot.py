@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mltrain.errors import MltrainError, UsageError
-from mltrain.store.db import RunRecord, Store
+from mltrain.store.db import COMPLETED, RunRecord, Store
 from mltrain.store.workspace import Workspace
 from mltrain.sweep.report import number
 from mltrain.tracking.sparkline import Point, metric_line, printable, series, thin, value_range
@@ -73,14 +73,16 @@ def differing(params: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def load(store: Store, workspace: Workspace, run_ids: Sequence[str]) -> list[RunCurves]:
-    """The runs (each id resolved as ``runs show`` does, duplicates dropped) with their metrics, thinned."""
+    """The runs (each id resolved as ``runs show`` does, duplicates dropped) with their metrics, thinned;
+    a run that did not complete says its status in its label."""
     records: list[RunRecord] = []
     for ident in run_ids:
         record = store.get(ident)
         if all(r.id != record.id for r in records):
             records.append(record)
     shown = differing([run_params(workspace, r) for r in records]) if len(records) > 1 else [""]
-    return [RunCurves(r, f"{r.id} {extra}".strip(),
+    return [RunCurves(r, " ".join(part for part in (r.id, extra, "" if r.status == COMPLETED else f"({r.status})")
+                                  if part),
                       {name: thin(points) for name, points in series(store.metrics(r.id)).items()})
             for r, extra in zip(records, shown, strict=True)]
 

@@ -243,9 +243,10 @@ def _figures(report: SweepReport, trials: Sequence[Trial], metric: str | None) -
     return figures
 
 
-def _layout(x: str, y: str, **extra: Any) -> dict[str, Any]:
+def _layout(x: str, y: str, xaxis: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     return {"template": "plotly_white", "margin": {"t": 20, "r": 20, "b": 50, "l": 60}, "hovermode": "closest",
-            "xaxis": {"title": {"text": _label(x)}}, "yaxis": {"title": {"text": _label(y)}}, **extra}
+            "xaxis": {"title": {"text": _label(x)}, "zeroline": False, **(xaxis or {})},
+            "yaxis": {"title": {"text": _label(y)}}, **extra}
 
 
 def _hover(t: Trial) -> str:
@@ -279,8 +280,7 @@ def _over_trials(report: SweepReport, ranked: Sequence[Trial], metric: str) -> F
         *_best_trace(best, best.row.idx if best else None, metric),
     ]
     return Figure("plot-trials", f"{metric} over trials", data,
-                  _layout("trial", metric,
-                          xaxis={"title": {"text": "trial"}, "dtick": 1 if len(ranked) <= 30 else None}),
+                  _layout("trial", metric, xaxis={"dtick": 1 if len(ranked) <= 30 else None}),
                   note=f"the last {metric} each trial logged; ★ the best, a cross: stopped early")
 
 
@@ -355,5 +355,4 @@ def _scatter(ranked: Sequence[Trial], key: str, metric: str, k: int) -> Figure:
              "y": [t.row.metric for t in ranked], "hovertext": [_hover(t) for t in ranked], "hoverinfo": "text+y",
              "marker": {"size": 9}},
             *_best_trace(best, x(best) if best else None, metric)]
-    axis = {"title": {"text": _label(key)}, "type": kind}
-    return Figure(f"plot-param-{k}", f"{metric} against {key}", data, _layout(key, metric, xaxis=axis))
+    return Figure(f"plot-param-{k}", f"{metric} against {key}", data, _layout(key, metric, xaxis={"type": kind}))
