@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
+from conftest import Project, assert_one_line_error
 
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, PREPARING, RUNNING, Store, TrialRecord
 from mltrain.store.workspace import Workspace
@@ -185,3 +185,15 @@ def test_report_of_a_sweep_without_a_primary_metric(project: Project, browser: A
     assert {k: v["drawn"] for k, v in record["plots"].items()} == {
         "plot-curves-0": 1, "plot-curves-1": 5, "plot-curves-2": 5}  # by name: the hostile one, acc, loss
     assert "set no sweep.primary_metric" in browser.find_element("css selector", "body").text
+
+
+def test_report_command_default_path_and_bad_ids(project: Project) -> None:
+    _sweep(Workspace(project.workspace), "sw000003", "loss")
+    result = project.run("sweeps", "report", "sw000003", check=True)
+    assert result.stdout == "wrote sweep-sw000003.html\n"  # beside where it was asked for
+    page = (project.root / "sweep-sw000003.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "Plotly" in page
+    assert "<h1>Sweep sw000003" in page and "</script><b>" not in page.split('id="mltrain-figures">')[1]
+    assert_one_line_error(project.run("sweeps", "report", "nosuch"), "no sweep 'nosuch'", "sweeps list")
+    assert_one_line_error(project.run("sweeps", "report", "sw000003", "-o", str(project.root / "no" / "r.html")),
+                          "cannot write", "choose a folder that exists")
