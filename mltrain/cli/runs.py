@@ -12,7 +12,6 @@ from mltrain.errors import MltrainError, StoreError
 from mltrain.store.db import RunRecord, Store
 from mltrain.store.workspace import Workspace
 from mltrain.targets.base import cancel_run, follow, handle_for, reconcile
-from mltrain.tracking.sparkline import run_lines, series
 
 HINT = "submit a run first, or set MLTRAIN_HOME"
 
@@ -72,6 +71,8 @@ def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[st
 
 
 def runs_show(parsed: argparse.Namespace) -> int:
+    from mltrain.tracking.sparkline import run_lines, series
+
     workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
