@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mltrain.errors import UsageError
+from mltrain.errors import MltrainError, UsageError
 
 if TYPE_CHECKING:
     from mltrain.store.db import RunRecord
@@ -75,8 +75,12 @@ def run_ended(record: RunRecord, workspace: Workspace | None = None) -> int:
         from mltrain.store.db import Store
         from mltrain.tracking.sparkline import last_values
 
-        with Store(workspace.db_path, create=False) as store:
-            values = store.last_metrics(record.id)
+        try:
+            with Store(workspace.db_path, create=False) as store:
+                values = store.last_metrics(record.id)
+        except MltrainError as exc:  # the run ended all the same: say so, and its exit code stays the run's
+            warn(f"run {record.id}: its metrics could not be read: {exc}")
+            values = {}
         last = f" (last {last_values(values)})" if values else ""
     why = f": {record.reason}" if record.reason else ""
     info(f"run {record.id} {record.status}{took}{last}{why}")
