@@ -18,7 +18,7 @@ from typing import Any
 from mltrain.errors import MltrainError, UsageError
 from mltrain.store.db import COMPLETED, RunRecord, Store
 from mltrain.store.workspace import Workspace
-from mltrain.sweep.report import number
+from mltrain.sweep.report import number, shown_param
 from mltrain.tracking.sparkline import Point, metric_line, printable, series, thin, value_range
 
 MAX_PANELS = 12
@@ -66,10 +66,11 @@ def _dotted(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing(params: Sequence[Mapping[str, Any]]) -> list[str]:
-    """For each run, ``key=value`` of the params whose values are not the same in every run (sorted by key)."""
+    """For each run, ``key=value`` of the params whose values are not the same in every run (sorted by key;
+    a float rounded as the sweep tables round it)."""
     keys = sorted({k for p in params for k in p})
     varied = [k for k in keys if len({repr(p.get(k, "<absent>")) for p in params}) > 1]
-    return [" ".join(f"{k}={p.get(k, '-')}" for k in varied) for p in params]
+    return [" ".join(shown_param(f"{k}={p.get(k, '-')}") for k in varied) for p in params]
 
 
 def load(store: Store, workspace: Workspace, run_ids: Sequence[str]) -> list[RunCurves]:
@@ -103,7 +104,7 @@ def pick_metrics(curves: Sequence[RunCurves], metric: str | None) -> list[str]:
         listed = ", ".join(printable(n, 40) for n in names[:30]) + (f" and {len(names) - 30} more"
                                                                      if len(names) > 30 else "")
         raise UsageError(f"no metric {printable(metric)!r} in run{'s' if len(curves) > 1 else ''} {ids}; "
-                         + (f"metrics there: {listed}" if names else "they logged no metrics"))
+                         + (f"metrics there: {listed}" if names else "no metric was logged there"))
     return [metric]
 
 

@@ -71,6 +71,7 @@ def test_series_orders_by_step_and_thin_keeps_the_ends() -> None:
 def test_labels_and_last_values() -> None:
     assert differing([{"lr": 0.1, "epochs": 5}, {"lr": 0.01, "epochs": 5}]) == ["lr=0.1", "lr=0.01"]
     assert differing([{"lr": 0.1}, {"lr": 0.1, "seed": 3}]) == ["seed=-", "seed=3"]
+    assert differing([{"lr": 0.30000000000000004}, {"lr": 0.2}]) == ["lr=0.3", "lr=0.2"]
     assert printable("a\x1b[2Jb") == "a?[2Jb"
     assert last_values({"loss": 0.30000000000000004, "acc": 0.9, "steps": 1200.0}) == "acc=0.9, loss=0.3, steps=1200"
     many = {f"m{i:02d}": float(i) for i in range(13)}
