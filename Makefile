@@ -34,6 +34,7 @@ provision:
 	bash .ci/provision.sh
 	bash .ci/provision-docker.sh
 	bash .ci/provision-ssh.sh
+	bash .ci/provision-browser.sh
 
 test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)

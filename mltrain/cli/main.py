@@ -24,8 +24,8 @@ from mltrain.errors import MltrainError
 USAGE = """\
 usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
        mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...     show what a submit would do
-       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history (runs --help)
-       mltrain sweeps list|show|cancel|attach ...                   sweeps and their trials (sweeps --help)
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff|plot ...  the run history (runs --help)
+       mltrain sweeps list|show|cancel|attach|report ...            sweeps and their trials (sweeps --help)
        mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]  free workspace space
 
   --detach  print the run (or sweep) id and return; `mltrain runs attach ID` follows it later
@@ -187,6 +187,10 @@ def _subcommand(args: list[str]) -> int:
     diff = rsub.add_parser("diff", help="config and file differences between two runs")
     diff.add_argument("first")
     diff.add_argument("second")
+    plot = rsub.add_parser("plot", help="metric curves over steps, runs overlaid (-o: a .png/.svg; else text)")
+    plot.add_argument("run_ids", nargs="+", metavar="run_id")
+    plot.add_argument("--metric", help="only this metric (default: every metric the runs logged)")
+    plot.add_argument("-o", "--output", metavar="FILE", help="write a picture (.png or .svg; needs mltrain[plot])")
 
     sweeps = sub.add_parser("sweeps", help="sweeps (mltrain -m) and their trials")
     sweeps.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
@@ -199,6 +203,10 @@ def _subcommand(args: list[str]) -> int:
     sshow.add_argument("--json", action="store_true")
     ssub.add_parser("cancel", help="cancel the running trials and start no more").add_argument("sweep_id")
     ssub.add_parser("attach", help="follow a sweep (resuming it if its controller is gone)").add_argument("sweep_id")
+    sreport = ssub.add_parser("report", help="one self-contained HTML page: trials table, metric over trials, "
+                                             "curves, parallel coordinates, metric vs each param")
+    sreport.add_argument("sweep_id")
+    sreport.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: sweep-ID.html here)")
 
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
@@ -218,6 +226,8 @@ def _subcommand(args: list[str]) -> int:
         from mltrain.cli import gc as handler  # type: ignore[no-redef]
     elif parsed.command == "sweeps":
         from mltrain.cli import sweeps as handler  # type: ignore[no-redef]
+    elif parsed.action == "plot":
+        from mltrain.cli import plot as handler  # type: ignore[no-redef]
     else:
         from mltrain.cli import runs as handler  # type: ignore[no-redef]
     result: int = handler.command(parsed)

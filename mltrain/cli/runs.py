@@ -71,10 +71,13 @@ def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[st
 
 
 def runs_show(parsed: argparse.Namespace) -> int:
+    from mltrain.tracking.sparkline import run_lines, series
+
     workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         data = _show_dict(store, workspace, record)
+        curves = series(store.metrics(record.id)) if not parsed.json else {}
     if parsed.json:
         out(json.dumps(data, indent=2))
         return 0
@@ -104,6 +107,7 @@ def runs_show(parsed: argparse.Namespace) -> int:
     for label, value in (record.handle or {}).get("display", {}).items():  # target-specific (e.g. Spark app id)
         lines.append(f"{label:<12}{value}")
     lines.append(f"folder      {data['folder']}")
+    lines += run_lines(curves)
     out("\n".join(lines))
     return 0
 
@@ -134,7 +138,7 @@ def runs_attach(parsed: argparse.Namespace) -> int:
     with store:
         record = store.get(parsed.run_id)
         record = follow(store, workspace, record, out=write)
-    return run_ended(record)
+    return run_ended(record, workspace)
 
 
 def runs_cancel(parsed: argparse.Namespace) -> int:
@@ -207,7 +211,7 @@ def runs_rerun(parsed: argparse.Namespace) -> int:
         out(run.id)
         return 0
     info(f"run {run.id} started, a rerun of {parent.id}")
-    return run_ended(run.wait(show_output=True))
+    return run_ended(run.wait(show_output=True), workspace)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

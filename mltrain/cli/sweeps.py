@@ -1,4 +1,4 @@
-"""``mltrain sweeps list|show|cancel|attach``: sweeps (``mltrain -m``) and their trials, from the run history.
+"""``mltrain sweeps list|show|cancel|attach|report``: sweeps (``mltrain -m``) and their trials, from the run history.
 
 Starting a sweep is ``mltrain.cli.submit``; the tables are ``mltrain.cli.output``.
 """
@@ -17,7 +17,8 @@ from mltrain.store.workspace import Workspace
 
 
 def command(parsed: argparse.Namespace) -> int:
-    handler = {"list": sweeps_list, "show": sweeps_show, "cancel": sweeps_cancel, "attach": sweeps_attach}
+    handler = {"list": sweeps_list, "show": sweeps_show, "cancel": sweeps_cancel, "attach": sweeps_attach,
+               "report": sweeps_report}
     return handler[parsed.action](parsed)
 
 
@@ -45,6 +46,20 @@ def sweeps_show(parsed: argparse.Namespace) -> int:
     with store:
         report = sweep_report(store, workspace, store.get_sweep(parsed.sweep_id))
     out(json.dumps(report.to_dict(), indent=2) if parsed.json else sweep_table(report))
+    return 0
+
+
+def sweeps_report(parsed: argparse.Namespace) -> int:
+    """Write the sweep's HTML report (``mltrain.tracking.report``), openable with no network."""
+    from pathlib import Path
+
+    from mltrain.tracking.report import write_report
+
+    workspace, store = _open(parsed)
+    with store:
+        sweep = store.get_sweep(parsed.sweep_id)  # a bad id fails here, before plotly is imported
+    path = write_report(workspace, sweep.id, Path(parsed.output or f"sweep-{sweep.id}.html"))
+    out(f"wrote {path}")
     return 0
 
 

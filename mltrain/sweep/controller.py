@@ -50,7 +50,7 @@ from mltrain.store.db import (
 )
 from mltrain.store.workspace import Workspace
 from mltrain.sweep.process import alive, command, controller_log, spawn, sweep_dir, this_process
-from mltrain.sweep.report import number, shown_params
+from mltrain.sweep.report import EARLY, number, shown_params
 from mltrain.sweep.samplers import COMPLETE, PRUNED, Outcome, Sampler, Suggestion
 from mltrain.sweep.samplers import FAILED as FAILED_OUTCOME
 from mltrain.sweep.session import SweepSession, current
@@ -62,7 +62,6 @@ from mltrain.util.progress import TrialBoard
 
 log = logging.getLogger(__name__)
 
-EARLY = "early termination"
 CANCEL_POLL_SECONDS = 0.5
 
 
