@@ -40,14 +40,16 @@ from mltrain.hosts.base import CodeMissing
 from mltrain.hosts.container import SOCKET_PATHS, RunContainer, check_own_mounts, root_warning, warn_in_log
 from mltrain.hosts.logmirror import HostLogSource, LogMirror
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest
+from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest, Resources, process_resources
 from mltrain.targets.ssh.config import SshCompute
 from mltrain.targets.ssh.conn import LinkDown, SshSettings
 from mltrain.targets.ssh.host import SshHost
 from mltrain.targets.ssh.link import Link, RemoteRunner
 
 if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
     from mltrain.environments.base import Environment
+    from mltrain.hosts.hardware import Inventory
     from mltrain.targets.docker.util import EngineConfig
     from mltrain.targets.ssh.tunnel import DockerTunnel
     from mltrain.targets.ssh.upload import UploadStats
@@ -165,6 +167,15 @@ class SshExecutor(Executor):
 
             self._tunnel = DockerTunnel(self.link())
         return EngineConfig(base_url=f"unix://{self._tunnel.path}")
+
+    def gpu_inventory(self) -> Inventory:
+        """The host's GPUs, as its ``nvidia-smi`` lists them (asked through the helper)."""
+        return self._host_inventory()
+
+    def resources(self, spec: RunSpec) -> Resources:
+        """``CUDA_VISIBLE_DEVICES`` of the host's devices; thread counts for cpus (a container on the host:
+        the same variables, the devices seen through its engine's runtime)."""
+        return process_resources(spec.resources, self.gpu_inventory, self.settings.host)
 
     def describe(self) -> str:
         user = f"{self.settings.user}@" if self.settings.user else ""
