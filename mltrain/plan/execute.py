@@ -252,9 +252,11 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     prepared = _needs(work.prepared, Stage.LAUNCH, Stage.ENVIRONMENT)
     code_dir = _needs(work.code_dir, Stage.LAUNCH, Stage.STAGE_CODE)
     resources = work.resources or executor.resources(spec)
-    argv = framework_for(spec.framework).command(spec, prepared, executor)
+    framework = framework_for(spec.framework)
+    argv = framework.command(spec, prepared, executor)
+    shown = framework.shown(argv)
     env = {**_run_env(spec, record, work.paths), **resources.env}
-    details.update({"argv": argv, "env": sorted({name for name, _ in spec.env_vars} | set(resources.env)),
+    details.update({"argv": shown, "env": sorted({name for name, _ in spec.env_vars} | set(resources.env)),
                     "resources": resources.describe()})
     request = LaunchRequest(
         run_id=record.id, argv=argv, cwd=code_dir, env=env, paths=work.paths,
@@ -266,7 +268,7 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     if not store.transition(record.id, RUNNING, handle=handle.to_dict()):
         _stop_unwanted(store, work.resolved.workspace, record.id, handle, executor.cancel_grace)
     _record_hardware(work, resources)
-    return _Outcome(DONE, summary=" ".join(argv))
+    return _Outcome(DONE, summary=" ".join(shown))
 
 
 def _record_hardware(work: _Work, resources: Resources) -> None:

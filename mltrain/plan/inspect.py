@@ -86,7 +86,8 @@ def _launch(look: _Look) -> dict[str, Any]:
     placeholder = PreparedEnvironment(interpreter=PLACEHOLDER, fingerprint="", description="")
     executor = look.resolved.executor
     resources = executor.resources(spec)
-    argv = framework_for(spec.framework).command(spec, placeholder, executor)
+    framework = framework_for(spec.framework)
+    argv = framework.shown(framework.command(spec, placeholder, executor))
     summary = " ".join(argv)
     if spec.resources.describe() != "none requested" or resources.mapping:
         summary += f"  [resources: {resources.describe()}]"

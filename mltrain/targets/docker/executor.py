@@ -385,6 +385,7 @@ class DockerExecutor(Executor):
     kind = "docker"
     config_class = DockerCompute
     config: DockerCompute
+    frameworks = ("python", "distributed")
 
     def __init__(self, config: DockerCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)

@@ -58,7 +58,7 @@ class LocalExecutor(Executor):
     kind = "local"
     config_class = LocalCompute
     config: LocalCompute
-    frameworks = ("python", "pyspark")  # pyspark: spark-submit --master local[*] here, as a plain local job
+    frameworks = ("python", "pyspark", "distributed")  # pyspark: spark-submit --master local[*] here, as a plain job
 
     def __init__(self, config: LocalCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)

@@ -142,6 +142,7 @@ class SshExecutor(Executor):
     kind = "ssh"
     config_class = SshCompute
     config: SshCompute
+    frameworks = ("python", "distributed")
 
     def __init__(self, config: SshCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
