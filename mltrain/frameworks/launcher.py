@@ -15,7 +15,7 @@ The first rank to fail ends the job: the others get TERM, then KILL after ``grac
 launcher exits with that rank's code after printing ``Error: rank N failed (...): <its last error line>``
 (what the run's failure reason shows). A TERM or INT to the launcher (a cancel) goes to every rank alike.
 ``launcher: torchrun`` runs ``python -m torch.distributed.run`` with the same numbers instead, once it has
-checked that torch is importable there.
+checked that torch is importable there (its per-rank logs then go to ``ranks/torchrun/``, in torchrun's layout).
 """
 
 from __future__ import annotations
@@ -182,7 +182,11 @@ def run_torchrun(config: dict[str, Any], argv: list[str]) -> int:
     port = int(config.get("master_port") or 0) or free_port(str(config["master_addr"]))
     command = [argv[0], "-m", "torch.distributed.run", "--nproc_per_node", str(config["nproc"]),
                "--nnodes", str(config["nnodes"]), "--node_rank", str(config.get("node_rank", 0)),
-               "--master_addr", str(config["master_addr"]), "--master_port", str(port), *argv[1:]]
+               "--master_addr", str(config["master_addr"]), "--master_port", str(port)]
+    outputs = os.environ.get("MLTRAIN_OUTPUT_DIR")
+    if outputs:  # torchrun's own per-rank files (<run id>/attempt_0/<rank>/), its stream prefixed by rank (--tee)
+        command += ["--log_dir", os.path.join(outputs, "ranks", "torchrun"), "--tee", "3"]
+    command += argv[1:]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
     def forward(sig: int, _frame: object) -> None:
