@@ -228,6 +228,14 @@ def limits(cfg: DockerCompute) -> dict[str, Any]:
     return host
 
 
+def _configured_ids(gpus: str) -> tuple[int, ...] | None:
+    """The devices ``compute.gpus`` names, where it names them (None: all, or a count the engine picks)."""
+    ids = gpus.strip().removeprefix("device=").split(",")
+    if gpus.strip() == "all" or ("device=" not in gpus and len(ids) == 1):
+        return None
+    return tuple(int(i) for i in ids if i.strip().isdigit())
+
+
 def _memory_label(host: Mapping[str, Any]) -> str | None:
     from mltrain.config.resources import format_bytes
 
@@ -435,6 +443,9 @@ class DockerExecutor(Executor):
             mapping.append(f"--gpus {gpus} (DeviceRequests)")
         elif self.config.gpus:
             mapping.append(f"--gpus {self.config.gpus} (compute.gpus)")
+            gpu_ids = _configured_ids(self.config.gpus)
+        else:
+            gpu_ids = ()  # no device request: the container sees no GPU (what its hardware record says)
         if request.cpus is not None:
             host["NanoCpus"] = int(request.cpus * 1e9)
             env.update(dict.fromkeys(THREAD_VARS, str(max(1, math.ceil(request.cpus)))))

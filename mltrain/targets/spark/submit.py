@@ -57,7 +57,7 @@ echo "{\\"name\\": \\"gpu\\", \\"addresses\\": [$ids]}"
 """
 
 
-def spark_resource_conf(request: ResourceRequest, discovery_script: str) -> dict[str, str]:
+def spark_resource_conf(request: ResourceRequest, discovery_script: Callable[[], str]) -> dict[str, str]:
     """A resource request as Spark settings: GPUs for the driver and each executor (one a task), found by
     ``discovery_script`` on each node; cpus and memory as each executor's cores and memory."""
     conf: dict[str, str] = {}
@@ -66,7 +66,7 @@ def spark_resource_conf(request: ResourceRequest, discovery_script: str) -> dict
     if request.gpu_count:
         for role in ("driver", "executor"):
             conf[f"spark.{role}.resource.gpu.amount"] = str(request.gpu_count)
-            conf[f"spark.{role}.resource.gpu.discoveryScript"] = discovery_script
+            conf[f"spark.{role}.resource.gpu.discoveryScript"] = discovery_script()
         conf["spark.task.resource.gpu.amount"] = "1"
     if request.cpus is not None:
         conf["spark.executor.cores"] = str(max(1, math.ceil(request.cpus)))

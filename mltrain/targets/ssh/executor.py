@@ -134,6 +134,21 @@ class SshHandle(HostHandle):
             raise failed[0]  # a local error (a full disk), not the host's
 
 
+def container_limits(resources: Resources | None) -> list[str]:
+    """``docker run`` options for the request, when the job is a container on the host: the devices
+    ``process_resources`` picked from the host's ``nvidia-smi`` (``--gpus device=…``), ``--cpus``, ``--memory``."""
+    if resources is None:
+        return []
+    request, options = resources.request, []
+    if resources.gpu_ids:
+        options += ["--gpus", "device=" + ",".join(map(str, resources.gpu_ids))]
+    if request.cpus is not None:
+        options += ["--cpus", f"{request.cpus:g}"]
+    if request.memory_bytes is not None:
+        options += ["--memory", str(request.memory_bytes), "--memory-swap", str(request.memory_bytes)]
+    return options
+
+
 class _StopPack(EOFError):
     """Raised inside a ``pack`` reply to abandon it: the link forgets the channel (``Link.request``)."""
 
@@ -254,7 +269,8 @@ class SshExecutor(Executor):
         hello = link.hello()
         spec = RunContainer(image=request.image, argv=request.argv, user=f"{hello['uid']}:{hello['gid']}",
                             run_id=request.run_id, experiment=request.experiment, env=request.env, code=cwd,
-                            outputs=f"{run_dir}/outputs", metrics=f"{run_dir}/metrics.jsonl")
+                            outputs=f"{run_dir}/outputs", metrics=f"{run_dir}/metrics.jsonl",
+                            limits=container_limits(request.resources))
 
         def resolve(path: str) -> str:
             return link.call("realpath", path=path).take("path", str)

@@ -43,6 +43,21 @@ def test_the_request_becomes_the_create_calls_host_config(tmp_path: Path) -> Non
     assert docker.resources(_spec(tmp_path, gpus="all")).settings["DeviceRequests"][0]["Count"] == -1
 
 
+def test_a_container_on_an_ssh_host_gets_the_picked_devices_and_limits() -> None:
+    from mltrain.config.resources import ResourceRequest
+    from mltrain.hosts.container import RunContainer
+    from mltrain.targets.base import Resources
+    from mltrain.targets.ssh.executor import container_limits
+
+    mapped = Resources(ResourceRequest(gpu_count=2, cpus=2.0, memory_bytes=1024**3), gpu_ids=(1, 3))
+    limits = container_limits(mapped)
+    assert limits == ["--gpus", "device=1,3", "--cpus", "2", "--memory", "1073741824", "--memory-swap", "1073741824"]
+    argv = RunContainer(image="img", argv=["python3", "t.py"], user="1:1", run_id="r", experiment="e",
+                        limits=limits).run_argv()
+    assert argv[argv.index("--gpus") + 1] == "device=1,3" and argv.index("--gpus") < argv.index("img")
+    assert container_limits(None) == [] and container_limits(Resources()) == []
+
+
 @pytest.mark.integration
 def test_an_engine_without_a_gpu_runtime_refuses_in_one_line(dproject: DockerProject) -> None:
     dproject.env.update(fake_gpu_path(dproject.root.parent / "bin", gpus=2))  # this machine "has" two GPUs
@@ -57,6 +72,9 @@ def test_an_engine_without_a_gpu_runtime_refuses_in_one_line(dproject: DockerPro
     assert dproject.containers() == []
     result = dproject.submit("script=train.py", "resources.gpus=3", build=False)
     assert_one_line_error(result, "resources.gpus=3", "2 GPUs (0,1)")
+    dproject.submit("script=train.py", "resources.cpus=1", build=False, check=True)  # no device request ...
+    hardware = dproject.show(str(dproject.record()["id"]))["hardware"]
+    assert hardware["gpu_count"] == 0 and hardware["cpus_limit"] == 1.0  # ... so the container saw no GPU
 
 
 @pytest.mark.integration
