@@ -102,31 +102,35 @@ def inventory(runner: Runner) -> Inventory:
     return Inventory(runner.name, gpus, cuda)
 
 
-def _cpus_and_memory(runner: Runner) -> tuple[int | None, int | None]:
+def _host(runner: Runner) -> tuple[str | None, int | None, int | None]:
+    """The host's name, CPU count and memory in bytes (None where it does not say)."""
     from mltrain.hosts.runner import StartError
 
-    cpus = memory = None
+    name = cpus = memory = None
     try:
-        done = runner.run(["getconf", "_NPROCESSORS_ONLN"], timeout=TIMEOUT)
-        text = done.stdout.strip()[:20]
-        cpus = int(text) if done.returncode == 0 and text.isdigit() else None
+        done = runner.run(["sh", "-c", "getconf _NPROCESSORS_ONLN; uname -n"], timeout=TIMEOUT)
+        lines = done.stdout[:1000].splitlines()
+        if done.returncode == 0 and len(lines) >= 2:
+            cpus = int(lines[0]) if lines[0].strip().isdigit() else None
+            name = _clean(lines[1], 100) or None
     except StartError:
         pass
     meminfo = runner.read_text("/proc/meminfo") or ""
     found = re.search(r"^MemTotal:\s+(\d{1,15})\s*kB", meminfo[:MAX_TEXT], re.MULTILINE)
     if found:
         memory = int(found.group(1)) * 1024
-    return cpus, memory
+    return name, cpus, memory
 
 
 def record(runner: Runner, found: Inventory, gpu_ids: tuple[int, ...] | None, *,
            cpus_limit: float | None = None, memory_limit: int | None = None) -> dict[str, Any]:
     """The run's hardware record: the GPUs it was given (``gpu_ids``; None: every one the host has),
     the host's CPU count and memory, and the limits the target put on them."""
-    cpus, memory = _cpus_and_memory(runner)
+    hostname, cpus, memory = _host(runner)
     given = [g for g in found.gpus if gpu_ids is None or g.index in gpu_ids]
     data: dict[str, Any] = {
         "host": found.host,
+        "hostname": hostname,
         "gpus": [g.to_dict() for g in given],
         "gpu_count": len(given),
         "driver": given[0].driver if given else None,
@@ -165,7 +169,8 @@ def describe(hardware: Mapping[str, Any]) -> list[str]:
     host_line = f"{cpus if cpus is not None else '-'} CPUs, {_gib(hardware.get('memory_bytes'))} memory"
     if limits:
         host_line += f" ({', '.join(limits)})"
-    return [f"gpus        {gpu_line}", f"host        {hardware.get('host') or '-'}: {host_line}"]
+    where = hardware.get("hostname") or hardware.get("host") or "-"
+    return [f"gpus        {gpu_line}", f"host        {where}: {host_line}"]
 
 
 COMPARED = ("gpu_count", "gpus.name", "gpus.memory_mib", "driver", "cuda", "cpus", "memory_bytes", "cpus_limit",
