@@ -81,15 +81,25 @@ class DistributedFramework(Framework):
                               f"{'one node' if nodes == 1 else f'at most {nodes} nodes'}; use framework.nnodes=1 "
                               "(more ranks there: framework.nproc_per_node) or a multi-node target")
 
-    def settings(self) -> dict[str, object]:
+    def settings(self, node_rank: int = 0, master_addr: str | None = None,
+                 master_port: int | None = None) -> dict[str, object]:
         cfg = self.config
-        return {"nproc": cfg.nproc_per_node, "nnodes": cfg.nnodes, "node_rank": 0, "master_addr": cfg.master_addr,
-                "master_port": cfg.master_port, "launcher": cfg.launcher, "grace": cfg.grace}
+        return {"nproc": cfg.nproc_per_node, "nnodes": cfg.nnodes, "node_rank": node_rank,
+                "master_addr": master_addr or cfg.master_addr,
+                "master_port": cfg.master_port if master_port is None else master_port,
+                "launcher": cfg.launcher, "grace": cfg.grace}
+
+    def node_command(self, interpreter: str, script_argv: list[str], *, node_rank: int = 0,
+                     master_addr: str | None = None, master_port: int | None = None) -> list[str]:
+        """The launcher's argv for one node: a multi-node target (Ray) starts one per node, each with its
+        ``node_rank`` and rank 0's node as ``master_addr`` (with a fixed ``master_port``: every node must agree)."""
+        settings = self.settings(node_rank, master_addr, master_port)
+        return [interpreter, "-S", "-c", launcher_source(), "mltrain-launch", json.dumps(settings, sort_keys=True),
+                "--", interpreter, *script_argv]
 
     def default_command(self, spec: RunSpec, environment: PreparedEnvironment, target: Executor) -> list[str]:
         self.check(target)
-        return [environment.interpreter, "-S", "-c", launcher_source(), "mltrain-launch",
-                json.dumps(self.settings(), sort_keys=True), "--", environment.interpreter, *spec.script_argv()]
+        return self.node_command(environment.interpreter, spec.script_argv())
 
     def shown(self, argv: list[str]) -> list[str]:
         return [SHOWN if arg == launcher_source() else arg for arg in argv]
