@@ -228,7 +228,7 @@ class SparkExecutor(Executor):
 
     def resources(self, spec: RunSpec) -> Resources:
         """The request as Spark's own settings (``--conf``): Spark places executors and tasks on GPUs itself."""
-        conf = spark_resource_conf(spec.resources, self._discovery_script)
+        conf = spark_resource_conf(spec.resources, self._discovery_script, local_master=self.settings.kind == "local")
         for key in conf:
             if key in self.settings.conf:
                 raise ConfigError(f"compute.conf.{key} and resources set the same thing; keep one")

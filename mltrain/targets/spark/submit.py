@@ -57,17 +57,23 @@ echo "{\\"name\\": \\"gpu\\", \\"addresses\\": [$ids]}"
 """
 
 
-def spark_resource_conf(request: ResourceRequest, discovery_script: Callable[[], str]) -> dict[str, str]:
+def spark_resource_conf(request: ResourceRequest, discovery_script: Callable[[], str], *,
+                        local_master: bool = False) -> dict[str, str]:
     """A resource request as Spark settings: GPUs for the driver and each executor (one a task), found by
-    ``discovery_script`` on each node; cpus and memory as each executor's cores and memory."""
+    ``discovery_script`` on each node; cpus and memory as each executor's cores and memory.
+
+    A local master has no executors of its own: Spark schedules no task that needs a GPU there (a job would
+    wait forever), so only the driver gets GPUs -- the script uses them itself.
+    """
     conf: dict[str, str] = {}
     if request.all_gpus:
         raise ConfigError("resources.gpus=all: Spark needs a number of GPUs per executor; use resources.gpus=N")
     if request.gpu_count:
-        for role in ("driver", "executor"):
+        for role in ("driver",) if local_master else ("driver", "executor"):
             conf[f"spark.{role}.resource.gpu.amount"] = str(request.gpu_count)
             conf[f"spark.{role}.resource.gpu.discoveryScript"] = discovery_script()
-        conf["spark.task.resource.gpu.amount"] = "1"
+        if not local_master:
+            conf["spark.task.resource.gpu.amount"] = "1"
     if request.cpus is not None:
         conf["spark.executor.cores"] = str(max(1, math.ceil(request.cpus)))
     if request.memory_bytes is not None:
