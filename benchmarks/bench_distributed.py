@@ -107,14 +107,15 @@ def main() -> None:
         torch = _has_torch()
         if torch:
             commands["torchrun"] = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(NPROC),
-                                    "--master_addr", "127.0.0.1", "--master_port", "29533", str(script)]
+                                    "--master_addr", "127.0.0.1", "--master_port", "{port}", str(script)]
         samples: dict[str, list[float]] = {name: [] for name in [*commands, "bare"]}
         for round_ in range(REPEAT + 1):  # round 0 warms caches and is dropped
             for name, argv in commands.items():
-                value = _timed(argv, out, env, project)
+                port = str(29500 + 4 * round_)  # a fresh port each round: none left in TIME_WAIT by the last
+                value = _timed([port if a == "{port}" else a for a in argv], out, env, project)
                 if round_:
                     samples[name].append(value)
-            value = _bare(script, out, env, 29600 + round_)
+            value = _bare(script, out, env, 29700 + 4 * round_)
             if round_:
                 samples["bare"].append(value)
         medians = {name: statistics.median(values) for name, values in samples.items()}
