@@ -133,8 +133,16 @@ def run_ranks(config: dict[str, Any], argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     for local in range(nproc):
-        ranks.append(Rank(int(config.get("node_rank", 0)) * nproc + local, argv,
-                          rank_env(dict(os.environ), config, local, port), log_dir, out, lock))
+        number = int(config.get("node_rank", 0)) * nproc + local
+        try:
+            ranks.append(Rank(number, argv, rank_env(dict(os.environ), config, local, port), log_dir, out, lock))
+        except OSError as exc:
+            for rank in ranks:
+                rank.signal(signal.SIGKILL)
+                rank.proc.wait()
+            out.write(f"Error: could not start rank {number} ({argv[0]}): {exc.strerror or exc}\n".encode())
+            out.flush()
+            return 127
     failed: Rank | None = None
     deadline: float | None = None
     while True:
