@@ -459,6 +459,18 @@ class DockerExecutor(Executor):
             mapping.append(f"--memory {self.config.mem_limit} (compute.mem_limit)")
         return Resources(request, gpu_ids, env, tuple(mapping), settings=host)
 
+    def hardware(self, resources: Resources) -> dict[str, Any] | None:
+        """The host's record, with the limits the engine enforces (from ``resources`` or compute's own fields)."""
+        found = self.gpu_inventory()
+        if found is None:
+            return None
+        from mltrain.hosts.hardware import record
+
+        host = resources.settings
+        cpus = host.get("NanoCpus")
+        return record(self.runner(), found, resources.gpu_ids, cpus_limit=cpus / 1e9 if cpus else None,
+                      memory_limit=host.get("Memory") or None)
+
     def docker_client(self) -> Engine:
         """The engine's ``Engine`` (shared with the environment; unreachable is a one-line TargetError on the first
         call)."""

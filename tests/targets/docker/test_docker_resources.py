@@ -75,6 +75,8 @@ def test_an_engine_without_a_gpu_runtime_refuses_in_one_line(dproject: DockerPro
     dproject.submit("script=train.py", "resources.cpus=1", build=False, check=True)  # no device request ...
     hardware = dproject.show(str(dproject.record()["id"]))["hardware"]
     assert hardware["gpu_count"] == 0 and hardware["cpus_limit"] == 1.0  # ... so the container saw no GPU
+    dproject.submit("script=train.py", "compute.mem_limit=256m", build=False, check=True)  # compute's own limit
+    assert dproject.show(str(dproject.record()["id"]))["hardware"]["memory_limit_bytes"] == 256 * 1024**2
 
 
 @pytest.mark.integration
