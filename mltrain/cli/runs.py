@@ -101,6 +101,10 @@ def runs_show(parsed: argparse.Namespace) -> int:
         lines.append(f"git         {git.get('commit') or '-'} on {git.get('branch') or '(detached)'}{''.join(flags)}")
     elif git:
         lines.append("git         not a git repository")
+    if record.hardware:
+        from mltrain.hosts.hardware import describe
+
+        lines += describe(record.hardware)
     if data["metrics"]:
         lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
     lines.append("history     " + "  ".join(f"{t['status']} {when(t['time'])[11:]}" for t in data["transitions"]))
@@ -255,6 +259,11 @@ def runs_diff(parsed: argparse.Namespace) -> int:
     if len(changed) < len(differ):
         lines.append("  (not compared, as they say where a run was made from, not what it ran: "
                      f"{', '.join(k for k in differ if _ignored(k))})")
+    if first.hardware or second.hardware:
+        from mltrain.hosts.hardware import differences
+
+        lines.append("hardware:")
+        lines += [f"  {line}" for line in differences(first.hardware, second.hardware)] or ["  (same)"]
     lines.append("files:")
     if first.snapshot_id and second.snapshot_id:
         blobs = BlobStore(workspace.blobs)
