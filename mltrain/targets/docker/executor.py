@@ -459,6 +459,12 @@ class DockerExecutor(Executor):
             mapping.append(f"--memory {self.config.mem_limit} (compute.mem_limit)")
         return Resources(request, gpu_ids, env, tuple(mapping), settings=host)
 
+    def _limit_label(self, resources: Resources | None) -> str | None:
+        """The memory limit as the user wrote it: resources.memory when it set one, else compute.mem_limit."""
+        if resources is not None and resources.request.memory_bytes is not None:
+            return _memory_label(resources.settings)
+        return self.config.mem_limit
+
     def hardware(self, resources: Resources) -> dict[str, Any] | None:
         """The host's record, with the limits the engine enforces (from ``resources`` or compute's own fields)."""
         found = self.gpu_inventory()
@@ -569,7 +575,7 @@ class DockerExecutor(Executor):
             raise
         logs.start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         return DockerHandle(request.paths, container, spec.name, self.engine, keep_container=self.config.keep_container,
-                            mem_limit=_memory_label(host_limits) or self.config.mem_limit, mounted=mounted,
+                            mem_limit=self._limit_label(request.resources), mounted=mounted,
                             api_version=engine.api_version,
                             cancel_grace=self.cancel_grace, client=engine)
 
