@@ -164,8 +164,15 @@ def _subcommand(args: list[str]) -> int:
     lst.add_argument("--experiment")
     lst.add_argument("--status", choices=["Queued", "Preparing", "Running", "Finalizing", "Completed",
                                           "Failed", "Canceled"])
-    lst.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--sweep", metavar="ID", help="the trials of one sweep: primary metric and differing params")
+    lst.add_argument("--where", metavar="EXPR", help="e.g. 'metrics.acc > 0.9 and params.lr < 0.01'")
+    lst.add_argument("--sort", metavar="FIELD",
+                     help="metrics.acc (ascending) or metrics.acc:desc (also --sort=-metrics.acc)")
+    lst.add_argument("--columns", metavar="F,F", help="the columns after ID, e.g. params.lr,metrics.acc,status")
+    lst.add_argument("--limit", type=int, default=50, help="first N (0: all)")
+    fmt = lst.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
     show = rsub.add_parser("show", help="one run: status, timings, config, git state, metrics, snapshot")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")

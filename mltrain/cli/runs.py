@@ -31,24 +31,69 @@ def command(parsed: argparse.Namespace) -> int:
 
 
 def runs_list(parsed: argparse.Namespace) -> int:
+    """The newest runs, or those ``--where``/``--sweep``/... pick, in ``--sort`` order, as a table, JSON or CSV."""
+    from mltrain.tracking.query import differing, find_runs, parse_columns
+
+    columns = parse_columns(parsed.columns) if parsed.columns else None  # a bad one fails before any I/O
     workspace, store = open_history(parsed)
     with store:
-        records = store.find(experiment=parsed.experiment, status=parsed.status, limit=parsed.limit or None)
-        records = [_reconciled_or_as_is(store, workspace, r) for r in records]
-        total = store.count()
+        sweep = store.get_sweep(parsed.sweep) if parsed.sweep else None
+        found = find_runs(store, workspace, experiment=parsed.experiment, status=parsed.status,
+                          sweep_id=sweep.id if sweep else None, where=parsed.where, sort=parsed.sort,
+                          limit=parsed.limit or None)
+        records = [_reconciled_or_as_is(store, workspace, r) for r in found.runs]
     if parsed.json:
-        out(json.dumps([r.to_dict() for r in records], indent=2))
+        out(json.dumps([r.to_dict() | {"metrics": found.metrics[r.id]} for r in records], indent=2))
+        return 0
+    if columns is None and sweep is not None:
+        metric = sweep.settings.get("primary_metric")
+        names = ["status", *([f"metrics.{metric}"] if metric else []), "duration",
+                 *(f"params.{key}" for key in differing(records))]
+        columns = parse_columns(",".join(f"`{n}`" if "," in n else n for n in names))
+    if columns is None:
+        header = ["id", "experiment", "status", "created", "duration", "target", "script"]
+        cells = [[r.id, r.experiment, r.status, r.created, r.duration, r.compute, r.script] for r in records]
+    else:
+        header = ["id", *(c.label for c in columns)]
+        cells = [[r.id, *(c.value(r, found.metrics[r.id]) for c in columns)] for r in records]
+    if parsed.csv:
+        _write_csv(header, cells)
         return 0
     if not records:
         out("no runs")
         return 0
-    rows = [("ID", "EXPERIMENT", "STATUS", "CREATED", "DURATION", "TARGET", "SCRIPT")]
-    rows += [(r.id, r.experiment, r.status, when(r.created), duration(r.duration), r.compute, r.script)
-             for r in records]
-    out(table(rows))
-    if parsed.limit and len(records) == parsed.limit and total > parsed.limit:
-        out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
+    shown = [[_cell(name, value) for name, value in zip(header, row, strict=True)] for row in cells]
+    out(table([[name.upper() for name in header], *shown]))
+    if parsed.limit and len(records) == parsed.limit and found.total > parsed.limit:
+        out(f"({'first' if parsed.sort else 'newest'} {parsed.limit} of {found.total}; --limit 0 shows all)")
     return 0
+
+
+def _cell(name: str, value: Any) -> str:
+    """A value as a table shows it (times as local times, durations short, floats to 6 digits)."""
+    from mltrain.sweep.report import number
+
+    if value is None:
+        return "-"
+    if name in ("created", "started", "ended"):
+        return when(value)
+    if name == "duration":
+        return duration(value)
+    if isinstance(value, float):
+        return number(value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
+    """CSV with the values as stored (times in epoch seconds, floats in full), for a spreadsheet or pandas."""
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v if isinstance(v, str | int | float) else json.dumps(v) for v in row])
+    sys.stdout.flush()
 
 
 def _reconciled_or_as_is(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:

@@ -74,7 +74,7 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
                 compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
                 parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key,
+                idempotency_key=idempotency_key, params=dict(spec.params),
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
