@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from mltrain.errors import MltrainError, UsageError
 from mltrain.plan.resolve import Resolved, resolve
 from mltrain.plan.stages import CACHED, DONE, FAILED, GIVEN, LATER, Plan, SnapshotRef, Stage
-from mltrain.runs import Run
+from mltrain.results import Run
 from mltrain.store.db import CANCELED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
 from mltrain.store.db import FAILED as RUN_FAILED
 from mltrain.store.workspace import RunPaths, Workspace

@@ -307,13 +307,13 @@ def ensure_indexed(store: Store, workspace: Workspace) -> int:
     while ids := store.unindexed_runs():
         started = time.monotonic()
         for run_id in ids:
-            store.index_run(run_id, _params_from_config(workspace, run_id))
+            store.index_run(run_id, params_from_config(workspace, run_id))
         done += len(ids)
         log.info("indexed %d older runs for queries in %.1fs", len(ids), time.monotonic() - started)
     return done
 
 
-def _params_from_config(workspace: Workspace, run_id: str) -> dict[str, Any]:
+def params_from_config(workspace: Workspace, run_id: str) -> dict[str, Any]:
     import yaml
 
     path = workspace.run_paths(run_id).config  # written by mltrain at submit; still, bounded
