@@ -20,6 +20,8 @@ from mltrain.targets.base import Handle, cancel_run, follow, reconcile
 if TYPE_CHECKING:
     import pandas
 
+    from mltrain.tracking.mlflow import LiveMirror
+
 Point = tuple[int | None, float, float | None]
 """One logged value of a metric: ``(step, value, time)`` (step and time are None when the script gave none)."""
 
@@ -27,6 +29,17 @@ Point = tuple[int | None, float, float | None]
 def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def _live_mirror(workspace: Workspace, record: RunRecord) -> LiveMirror | None:
+    """A run submitted with ``tracking.mlflow_uri`` is streamed to MLflow while it is followed, and exported
+    when it ends (``mltrain.tracking.mlflow``); the run never waits on it."""
+    state = record.mlflow or {}
+    if not state.get("uri") or state.get("state") == "done":
+        return None
+    from mltrain.tracking.mlflow import LiveMirror
+
+    return LiveMirror(workspace, record.id, str(state["uri"])).start()
 
 
 class Run:
@@ -74,9 +87,14 @@ class Run:
         ``out`` receives the output instead of stdout; a reason ``stop`` returns cancels the run.
         """
         with self._store() as store:
-            record = follow(store, self.workspace, store.get(self.id),
-                            out=out or (_write_stdout if show_output else None), offset=self._offset,
-                            handle=self._handle, stop=stop)
+            record = store.get(self.id)
+            mirror = _live_mirror(self.workspace, record)
+            try:
+                record = follow(store, self.workspace, record, out=out or (_write_stdout if show_output else None),
+                                offset=self._offset, handle=self._handle, stop=stop)
+            finally:
+                if mirror is not None:
+                    mirror.finish()
         if raise_on_failure and record.status != COMPLETED:
             raise RunFailed(f"run {record.id} {record.status.lower()}: {record.reason}")
         return record

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import FIT, Project
 
 import mltrain
 from mltrain.errors import ConfigError, MltrainError, RunFailed, UsageError
@@ -62,22 +62,11 @@ def test_submit_with_an_idempotency_key(in_project: Project) -> None:
     assert other.wait().status == "Completed"
 
 
-SCRIPT = """
-import json, os, sys
-import mltrain as m
-args = sys.argv[1:]
-lr = float(args[args.index("--lr") + 1])
-for step in range(3):
-    m.log_metric("acc", lr * (step + 1), step=step)
-print("::metric loss=0.5 step=2")
-with open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "model.txt"), "w") as fh:
-    fh.write(json.dumps(args))
-"""
 
 
 def test_keyword_submit_and_what_a_run_gives_back(in_project: Project, tmp_path: Path,
                                                   capfd: pytest.CaptureFixture[str]) -> None:
-    in_project.write("fit.py", SCRIPT)
+    in_project.write("fit.py", FIT)
     run = mltrain.submit(script="fit.py", params={"lr": 0.5, "opt": {"name": "it's 1.0"}}, detach=False,
                          compute={"cancel_grace": 2})
     assert isinstance(run, mltrain.Run) and run.status == "Completed"
@@ -85,11 +74,11 @@ def test_keyword_submit_and_what_a_run_gives_back(in_project: Project, tmp_path:
     assert run.config["params"] == {"lr": 0.5, "opt": {"name": "it's 1.0"}}
     assert run.config["compute"]["cancel_grace"] == 2
     metrics = run.metrics()
-    assert [(step, value) for step, value, _ in metrics["acc"]] == [(0, 0.5), (1, 1.0), (2, 1.5)]
+    assert [(step, value) for step, value, _ in metrics["acc"]] == [(0, 0.5), (1, 1.0), (2, 1.5), (3, 2.0)]
     assert all(isinstance(when, float) for _, _, when in metrics["acc"])
-    assert metrics["loss"] == [(2, 0.5, None)]  # a stdout line has no timestamp
+    assert metrics["loss"] == [(3, 0.5, None)]  # a stdout line has no timestamp
     frame = run.metrics_frame()
-    assert list(frame.columns) == ["name", "step", "value", "time"] and len(frame) == 4
+    assert list(frame.columns) == ["name", "step", "value", "time"] and len(frame) == 5
     assert run.outputs() == ["model.txt"]
     assert run.outputs(download_to=tmp_path / "got") == ["model.txt"]
     assert "--opt.name" in (tmp_path / "got" / "model.txt").read_text()
@@ -97,7 +86,7 @@ def test_keyword_submit_and_what_a_run_gives_back(in_project: Project, tmp_path:
 
     again = run.rerun(params={"lr": 0.25}, detach=False)
     assert again.record.parent_id == run.id and again.params["lr"] == 0.25
-    assert again.metrics()["acc"][-1][1] == 0.75
+    assert again.metrics()["acc"][-1][1] == 1.0
 
     assert [r.id for r in mltrain.runs(where="metrics.acc > 1", sort="metrics.acc:desc")] == [run.id]
     assert [r.id for r in mltrain.runs(sort="metrics.acc")] == [again.id, run.id]
@@ -118,7 +107,7 @@ def test_keyword_values_stay_what_they_were() -> None:
 
 
 def test_sweeps_trials_best(in_project: Project) -> None:
-    in_project.write("fit.py", SCRIPT)
+    in_project.write("fit.py", FIT)
     result = in_project.run("-m", "script=fit.py", "params.lr=0.1,0.3,0.2", "sweep.primary_metric=acc",
                             "sweep.goal=max", check=True)
     assert result.returncode == 0

@@ -24,8 +24,9 @@ from mltrain.errors import MltrainError
 USAGE = """\
 usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
        mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...     show what a submit would do
-       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history (runs --help)
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff|export ...  the run history (runs --help)
        mltrain sweeps list|show|cancel|attach ...                   sweeps and their trials (sweeps --help)
+       mltrain ui [--port P]                                        MLflow's UI on the workspace's MLflow store
        mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]  free workspace space
 
   --detach  print the run (or sweep) id and return; `mltrain runs attach ID` follows it later
@@ -69,7 +70,7 @@ def usage() -> str:
         shown.append(f"{registry.group} ({', '.join(choices)})")
     return USAGE.format(groups=",\n".join(shown))
 
-SUBCOMMANDS = ("plan", "runs", "sweeps", "gc")
+SUBCOMMANDS = ("plan", "runs", "sweeps", "gc", "ui")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,6 +192,11 @@ def _subcommand(args: list[str]) -> int:
     rerun.add_argument("run_id")
     rerun.add_argument("--detach", action="store_true")
     rerun.add_argument("overrides", nargs="*")
+    export = rsub.add_parser("export", help="copy runs (and their sweeps) to MLflow; exporting again adds nothing")
+    export.add_argument("--mlflow", metavar="URI", required=True, help="tracking URI: sqlite:///f.db, http://host:5000")
+    export.add_argument("run_ids", nargs="*", metavar="ID")
+    export.add_argument("--experiment", metavar="NAME", help="every run of this experiment")
+    export.add_argument("--all", action="store_true", help="every run in the history")
     diff = rsub.add_parser("diff", help="config and file differences between two runs")
     diff.add_argument("first")
     diff.add_argument("second")
@@ -206,6 +212,13 @@ def _subcommand(args: list[str]) -> int:
     sshow.add_argument("--json", action="store_true")
     ssub.add_parser("cancel", help="cancel the running trials and start no more").add_argument("sweep_id")
     ssub.add_parser("attach", help="follow a sweep (resuming it if its controller is gone)").add_argument("sweep_id")
+
+    ui = sub.add_parser("ui", help="MLflow's UI on the workspace's MLflow store (pip install 'mltrain[mlflow]')")
+    ui.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ui.add_argument("--mlflow", metavar="URI", help="the store to show (default: $MLFLOW_TRACKING_URI, else the "
+                                                    "workspace's own)")
 
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
@@ -225,6 +238,8 @@ def _subcommand(args: list[str]) -> int:
         from mltrain.cli import gc as handler  # type: ignore[no-redef]
     elif parsed.command == "sweeps":
         from mltrain.cli import sweeps as handler  # type: ignore[no-redef]
+    elif parsed.command == "ui":
+        from mltrain.cli import ui as handler  # type: ignore[no-redef]
     else:
         from mltrain.cli import runs as handler  # type: ignore[no-redef]
     result: int = handler.command(parsed)

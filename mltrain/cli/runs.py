@@ -1,4 +1,4 @@
-"""``mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff``: the run history."""
+"""``mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff|export``: the run history."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def open_history(parsed: argparse.Namespace, hint: str = HINT) -> tuple[Workspac
 
 def command(parsed: argparse.Namespace) -> int:
     handler = {"list": runs_list, "show": runs_show, "logs": runs_logs, "attach": runs_attach, "cancel": runs_cancel,
-               "metrics": runs_metrics, "outputs": runs_outputs, "rerun": runs_rerun, "diff": runs_diff}
+               "metrics": runs_metrics, "outputs": runs_outputs, "rerun": runs_rerun, "diff": runs_diff,
+               "export": runs_export}
     return handler[parsed.action](parsed)
 
 
@@ -94,6 +95,28 @@ def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
     for row in rows:
         writer.writerow(["" if v is None else v if isinstance(v, str | int | float) else json.dumps(v) for v in row])
     sys.stdout.flush()
+
+
+def runs_export(parsed: argparse.Namespace) -> int:
+    """Copy runs to MLflow (``mltrain.tracking.mlflow``): the ids given, an experiment's, or all."""
+    from mltrain.errors import UsageError
+    from mltrain.tracking.mlflow import export, require
+
+    chosen = sum(bool(x) for x in (parsed.run_ids, parsed.experiment, parsed.all))
+    if chosen != 1:
+        raise UsageError("runs export: name the runs: IDs, --experiment NAME or --all (one of them)")
+    require()
+    workspace, store = open_history(parsed)
+    with store:
+        if parsed.run_ids:
+            records = [store.get(ident) for ident in parsed.run_ids]
+        else:
+            records = store.find(experiment=parsed.experiment)[::-1]  # oldest first, as they were made
+        records = [_reconciled_or_as_is(store, workspace, r) for r in records]
+        runs, sweeps = export(parsed.mlflow, store, workspace, records)
+    out(f"exported {runs} run{'s' if runs != 1 else ''}" + (f" ({sweeps} sweep{'s' if sweeps != 1 else ''})"
+                                                          if sweeps else "") + f" to {parsed.mlflow}")
+    return 0
 
 
 def _reconciled_or_as_is(store: Store, workspace: Workspace, record: RunRecord) -> RunRecord:
@@ -264,11 +287,11 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
-DIFF_IGNORED = ("workspace.", "source_dir", "snapshot.", "sweep.")
+DIFF_IGNORED = ("workspace.", "source_dir", "snapshot.", "sweep.", "tracking.")
 """Config keys ``runs diff`` does not compare: they say where a run was made from, not what it ran.
 ``workspace.*`` is where the history is kept; ``source_dir`` where the code was read from and
 ``snapshot.*`` the limits on reading it (``files:`` compares the code itself); ``sweep.*`` the settings of
-the sweep a trial belonged to (a trial's fingerprint leaves them out too)."""
+the sweep a trial belonged to (a trial's fingerprint leaves them out too); ``tracking.*`` where it was mirrored."""
 
 
 def _ignored(key: str) -> bool:

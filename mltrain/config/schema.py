@@ -150,6 +150,14 @@ class WorkspaceConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs are mirrored besides the run history (``mltrain.tracking.mlflow``)."""
+
+    mlflow: bool = False  # true: mirror to $MLFLOW_TRACKING_URI, else to the workspace's own MLflow store
+    mlflow_uri: str | None = None  # mirror to this MLflow tracking URI (sqlite:///..., http://host:5000)
+
+
+@dataclass
 class PrimarySchema:
     """The top-level keys; group nodes are typed ``Any`` here and checked by ``validate``."""
 
@@ -166,6 +174,7 @@ class PrimarySchema:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,7 @@ class MltrainConfig:
     snapshot: SnapshotConfig
     workspace: WorkspaceConfig
     secret_env: list[str] = field(default_factory=list)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def register_configs() -> None:
@@ -289,6 +299,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         secret_env = [str(n) for n in OmegaConf.to_container(merged.secret_env, resolve=True)]  # type: ignore[union-attr]
         snapshot = OmegaConf.to_object(merged.snapshot)
         workspace = OmegaConf.to_object(merged.workspace)
+        tracking = OmegaConf.to_object(merged.tracking)
     except ConfigKeyError as exc:
         valid = ", ".join(f.name for f in dataclasses.fields(PrimarySchema))
         raise ConfigError(f"{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
@@ -326,6 +337,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
         secret_env=secret_env,
+        tracking=tracking,  # type: ignore[arg-type]
     )
 
 
@@ -355,4 +367,5 @@ def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
     """The inverse of :func:`config_to_plain`; groups are rebuilt by their ``type``."""
     groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}  # the registries' classes
     return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
-                            "workspace": WorkspaceConfig(**data["workspace"])})
+                            "workspace": WorkspaceConfig(**data["workspace"]),
+                            "tracking": TrackingConfig(**data.get("tracking", {}))})

@@ -65,6 +65,10 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
         raise ValueError(f"only {sorted(s.value for s in _GIVEN)} can be given, not {sorted(s.value for s in unknown)}")
     if Stage.SNAPSHOT not in given:
         check_source(spec)
+    if spec.mlflow_uri is not None:
+        from mltrain.tracking.mlflow import require
+
+        require(load=False)
     resolved = resolve(spec, Workspace.locate(spec.workspace_dir).ensure())
     workspace, executor = resolved.workspace, resolved.executor
     client = identity()
@@ -78,6 +82,10 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
+        if spec.mlflow_uri is not None:  # followers mirror it (mltrain.tracking.mlflow); the run never waits on it
+            from mltrain.tracking.mlflow import mirror_state
+
+            store.update(record.id, mlflow=mirror_state(spec.mlflow_uri, workspace))
         paths = workspace.run_paths(record.id)
         paths.dir.mkdir(parents=True)
         paths.config.write_text(spec.config_yaml)

@@ -1,0 +1,51 @@
+"""``mltrain ui``: MLflow's own UI on the workspace's MLflow store, on this machine's loopback by default."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import subprocess
+import sys
+
+from mltrain.cli.output import info
+from mltrain.errors import UsageError
+from mltrain.store.workspace import Workspace
+
+
+def command(parsed: argparse.Namespace) -> int:
+    from mltrain.tracking.mlflow import artifact_root, require, workspace_uri
+
+    require()
+    workspace = Workspace.locate(parsed.workspace)
+    uri = parsed.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or workspace_uri(workspace)
+    if uri.startswith(("http://", "https://")):
+        info(f"{uri} is an MLflow server already: open it in a browser")
+        return 0
+    check_port(parsed.host, parsed.port)
+    workspace.ensure()
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", parsed.host,
+            "--port", str(parsed.port), "--default-artifact-root", artifact_root(workspace).absolute().as_uri()]
+    info(f"MLflow UI on {uri}: http://{parsed.host}:{parsed.port} (Ctrl-C stops it)")
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own workers are in the group it leads
+        proc.wait()
+        return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """The port is free to listen on, or one line that says which port and how to pick another."""
+    if not 0 < port < 65536:
+        raise UsageError(f"ui: --port {port} is not a port number (1-65535)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise UsageError(f"ui: port {port} on {host} {why}; pick another with mltrain ui --port N") from None
