@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 from mltrain.cli.output import info
 from mltrain.errors import UsageError
@@ -26,17 +28,29 @@ def command(parsed: argparse.Namespace) -> int:
     check_port(parsed.host, parsed.port)
     workspace.ensure()
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", parsed.host,
-            "--port", str(parsed.port), "--default-artifact-root", artifact_root(workspace).absolute().as_uri()]
+            "--port", str(parsed.port), "--workers", "1",
+            "--default-artifact-root", artifact_root(workspace).absolute().as_uri()]
     info(f"MLflow UI on {uri}: http://{parsed.host}:{parsed.port} (Ctrl-C stops it)")
     proc = subprocess.Popen(argv, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own workers are in the group it leads
-        proc.wait()
+    except (KeyboardInterrupt, SystemExit):
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:  # the server's workers are in the process group it leads
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """``kill`` of ``mltrain ui`` stops the server too (its own session would outlive it otherwise)."""
+    raise SystemExit(0)
 
 
 def check_port(host: str, port: int) -> None:

@@ -174,3 +174,31 @@ def test_bad_input_is_one_line(in_project: Project, monkeypatch: pytest.MonkeyPa
     assert not runs.exists() or not list(runs.iterdir())  # nothing started
     assert main(["runs", "export", "--mlflow", "sqlite:///x.db", "--all"]) == 2
     assert "mltrain[mlflow]" in capsys.readouterr().err
+
+
+def test_ui_shows_the_workspace_store_and_stops_with_mltrain(project: Project) -> None:
+    import json
+
+    project.write("fit.py", FIT)
+    project.run("script=fit.py", "params.lr=0.2", "tracking.mlflow=true", check=True)  # the workspace's own store
+    assert (project.root / ".mltrain" / "mlflow.db").exists()
+    port = _free_port()
+    proc = project.popen("ui", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            request = urllib.request.Request(f"{url}/ajax-api/2.0/mlflow/experiments/search", method="POST",
+                                             data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                names = [e["name"] for e in json.load(answer)["experiments"]]
+                break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "mltrain ui did not answer"
+            time.sleep(0.5)
+    assert project.root.name in names
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    with socket.socket() as sock:  # the server went with it
+        sock.bind(("127.0.0.1", port))
