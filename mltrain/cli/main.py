@@ -193,7 +193,8 @@ def _subcommand(args: list[str]) -> int:
     rerun.add_argument("--detach", action="store_true")
     rerun.add_argument("overrides", nargs="*")
     export = rsub.add_parser("export", help="copy runs (and their sweeps) to MLflow; exporting again adds nothing")
-    export.add_argument("--mlflow", metavar="URI", required=True, help="tracking URI: sqlite:///f.db, http://host:5000")
+    export.add_argument("--mlflow", metavar="URI", help="tracking URI: sqlite:///f.db, http://host:5000 (default: "
+                                                        "$MLFLOW_TRACKING_URI, else the workspace's own store)")
     export.add_argument("run_ids", nargs="*", metavar="ID")
     export.add_argument("--experiment", metavar="NAME", help="every run of this experiment")
     export.add_argument("--all", action="store_true", help="every run in the history")

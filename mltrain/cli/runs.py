@@ -100,7 +100,7 @@ def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
 def runs_export(parsed: argparse.Namespace) -> int:
     """Copy runs to MLflow (``mltrain.tracking.mlflow``): the ids given, an experiment's, or all."""
     from mltrain.errors import UsageError
-    from mltrain.tracking.mlflow import export, require
+    from mltrain.tracking.mlflow import absolute_uri, default_uri, export, require
 
     chosen = sum(bool(x) for x in (parsed.run_ids, parsed.experiment, parsed.all))
     if chosen != 1:
@@ -113,9 +113,10 @@ def runs_export(parsed: argparse.Namespace) -> int:
         else:
             records = store.find(experiment=parsed.experiment)[::-1]  # oldest first, as they were made
         records = [_reconciled_or_as_is(store, workspace, r) for r in records]
-        runs, sweeps = export(parsed.mlflow, store, workspace, records)
+        uri = absolute_uri(parsed.mlflow) if parsed.mlflow else default_uri(workspace)
+        runs, sweeps = export(uri, store, workspace, records)
     out(f"exported {runs} run{'s' if runs != 1 else ''}" + (f" ({sweeps} sweep{'s' if sweeps != 1 else ''})"
-                                                          if sweeps else "") + f" to {parsed.mlflow}")
+                                                          if sweeps else "") + f" to {uri}")
     return 0
 
 

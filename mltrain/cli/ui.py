@@ -17,11 +17,11 @@ from mltrain.store.workspace import Workspace
 
 
 def command(parsed: argparse.Namespace) -> int:
-    from mltrain.tracking.mlflow import artifact_root, require, workspace_uri
+    from mltrain.tracking.mlflow import absolute_uri, artifact_root, default_uri, require
 
     require()
     workspace = Workspace.locate(parsed.workspace)
-    uri = parsed.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or workspace_uri(workspace)
+    uri = absolute_uri(parsed.mlflow) if parsed.mlflow else default_uri(workspace)
     if uri.startswith(("http://", "https://")):
         info(f"{uri} is an MLflow server already: open it in a browser")
         return 0

@@ -80,9 +80,22 @@ def artifact_root(workspace: Workspace) -> Path:
     return workspace.root / "mlflow-artifacts"
 
 
+def default_uri(workspace: Workspace) -> str:
+    """``$MLFLOW_TRACKING_URI``, else the workspace's own store: where ``runs export`` and ``ui`` look by default."""
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace_uri(workspace))
+
+
+def absolute_uri(uri: str) -> str:
+    """A ``sqlite:///relative.db`` made absolute here, so whoever follows the run later, anywhere, finds it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/") and ":memory:" not in uri:
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
 def mirror_state(uri: str, workspace: Workspace) -> dict[str, Any]:
-    """What a submit records on the run: where to mirror it (``""``: the workspace's own store)."""
-    return {"uri": uri or workspace_uri(workspace), "state": "pending", "error": None}
+    """What a submit records on the run: where to mirror it (``""``: as ``default_uri`` says)."""
+    return {"uri": absolute_uri(uri) if uri else default_uri(workspace), "state": "pending", "error": None}
 
 
 def _quick_http() -> None:
@@ -106,9 +119,8 @@ class Exporter:
     def __init__(self, uri: str, store: Store, workspace: Workspace) -> None:
         require()
         _quick_http()
-        quiet = logging.getLogger("mlflow")
-        if quiet.level == logging.NOTSET:  # its INFO lines (creating tables, ...) are not the run's output
-            quiet.setLevel(logging.WARNING)
+        for name in ("mlflow.store", "alembic"):  # "Creating initial MLflow database tables...": not the run's
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -426,5 +438,5 @@ class LiveMirror:
         return [(m.name, m.value, m.step, m.time) for m in [*found, *lines]]
 
 
-__all__ = ["EXTRA", "Exporter", "LiveMirror", "MirrorError", "artifact_root", "export", "mirror_state", "require",
-           "workspace_uri"]
+__all__ = ["EXTRA", "Exporter", "LiveMirror", "MirrorError", "absolute_uri", "artifact_root", "default_uri", "export",
+           "mirror_state", "require", "workspace_uri"]

@@ -163,7 +163,7 @@ def test_bad_input_is_one_line(in_project: Project, monkeypatch: pytest.MonkeyPa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"port {port} on 127.0.0.1 is in use" in err and "--port N" in err
 
-    assert main(["runs", "export", "--mlflow", "sqlite:///x.db"]) == 2
+    assert main(["runs", "export"]) == 2
     assert "IDs, --experiment NAME or --all" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed
