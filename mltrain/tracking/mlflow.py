@@ -48,7 +48,7 @@ FINISH_TIMEOUT = 30.0  # seconds a follower waits for the mirror's last export b
 INTERVAL = 1.0  # seconds between live sends
 _STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED", CANCELED: "KILLED"}
 _CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
-_LOCK = threading.Lock()  # one process creates an experiment or a sweep's parent run at a time
+_LOCK = threading.RLock()  # one thread of a process at a time makes an experiment or a sweep's parent, or tags the best
 
 
 class MirrorError(MltrainError):
@@ -159,9 +159,7 @@ class Exporter:
     def run_id_for(self, record: RunRecord, parent: str | None = None) -> str:
         """The MLflow run mirroring ``record``: the one it was mirrored to before, else a new one."""
         experiment_id = self.experiment_id(record.experiment)
-        state = record.mlflow or {}
-        known = state.get("run_id") if state.get("uri") == self.uri else None
-        ident = known or self._find(experiment_id, "mltrain.run_id", record.id)
+        ident = self._mirrored_as(record)
         if ident is None:
             tags = self._tags(record, parent)
             created = self.client.create_run(experiment_id, start_time=_ms(record.started or record.created),
@@ -174,7 +172,10 @@ class Exporter:
         """The MLflow run ``record`` was mirrored to at this URI, if any (none is made)."""
         state = record.mlflow or {}
         if state.get("uri") == self.uri and state.get("run_id"):
-            return str(state["run_id"])
+            try:
+                return str(self.client.get_run(state["run_id"]).info.run_id)
+            except Exception:  # the store was replaced since: look for it as if never recorded
+                log.info("MLflow run %s of %s is gone; looking it up by tag", state["run_id"], record.id)
         return self._find(self.experiment_id(record.experiment), "mltrain.run_id", record.id)
 
     def _record(self, mltrain_id: str, **changes: Any) -> None:
@@ -279,6 +280,10 @@ class Exporter:
 
     def mark_best(self, sweep: SweepRecord, parent: str) -> None:
         """Tag the best trial (and name it on the parent); end the parent once the sweep has ended."""
+        with _LOCK:  # a sweep's trials end in threads of one process; MLflow's sqlite store races on one tag
+            self._mark_best(sweep, parent)
+
+    def _mark_best(self, sweep: SweepRecord, parent: str) -> None:
         from mlflow.entities import Metric
 
         from mltrain.sweep.report import trial_rows
