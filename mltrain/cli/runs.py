@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write
+from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write, write_csv
 from mltrain.errors import MltrainError, StoreError
 from mltrain.store.db import RunRecord, Store
 from mltrain.store.workspace import Workspace
@@ -58,7 +58,7 @@ def runs_list(parsed: argparse.Namespace) -> int:
         header = ["id", *(c.label for c in columns)]
         cells = [[r.id, *(c.value(r, found.metrics[r.id]) for c in columns)] for r in records]
     if parsed.csv:
-        _write_csv(header, cells)
+        write_csv(header, cells)
         return 0
     if not records:
         out("no runs")
@@ -83,18 +83,6 @@ def _cell(name: str, value: Any) -> str:
     if isinstance(value, float):
         return number(value)
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def _write_csv(header: list[str], rows: list[list[Any]]) -> None:
-    """CSV with the values as stored (times in epoch seconds, floats in full), for a spreadsheet or pandas."""
-    import csv
-    import sys
-
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else v if isinstance(v, str | int | float) else json.dumps(v) for v in row])
-    sys.stdout.flush()
 
 
 def runs_export(parsed: argparse.Namespace) -> int:
@@ -199,11 +187,13 @@ def runs_logs(parsed: argparse.Namespace) -> int:
 
 
 def runs_attach(parsed: argparse.Namespace) -> int:
+    """Follow a run as ``Run.wait`` does (so a run submitted with ``tracking.mlflow_uri`` is mirrored meanwhile)."""
+    from mltrain.results import Run
+
     workspace, store = open_history(parsed)
     with store:
         record = store.get(parsed.run_id)
-        record = follow(store, workspace, record, out=write)
-    return run_ended(record)
+    return run_ended(Run(record.id, workspace).wait(out=write))
 
 
 def runs_cancel(parsed: argparse.Namespace) -> int:
@@ -225,6 +215,9 @@ def runs_metrics(parsed: argparse.Namespace) -> int:
         rows = store.metrics(record.id)
     if parsed.json:
         out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
+        return 0
+    if parsed.csv:
+        write_csv(["name", "step", "value", "time"], rows)
         return 0
     if not rows:
         out(f"run {record.id} logged no metrics")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mltrain.cli.main import main
-from mltrain.store.db import Store
+from mltrain.store.db import Store, TrialRecord
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             store.transition(run.id, "Completed")
             store.add_metrics(run.id, [("acc", 0.8 + i / 20, 3, 1.0), ("loss", 1.0 - i / 10, 3, 1.0)])
             ids[str(lr)] = run.id
+            store.put_trial(TrialRecord(sweep.id, i, [f"params.lr={lr}"], f"f{i}", run.id))
         other = store.create_run(experiment="other", script="eval.py", source_dir="/p", compute="local",
                                  environment="user_managed")
         store.transition(other.id, "Failed", reason="boom")
@@ -77,3 +78,16 @@ def test_bad_where_is_one_line(home: dict[str, str], capsys: pytest.CaptureFixtu
     assert err.count("\n") == 1 and "column 14" in err
     assert main(["runs", "list", "--columns", "params.lr,,x"]) == 2
     assert "empty column name at column 11" in capsys.readouterr().err
+
+
+def test_every_listing_has_csv(home: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "metrics", home["0.1"], "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["name,step,value,time", "acc,3,0.8,1.0", "loss,3,1.0,1.0"]
+    assert main(["sweeps", "list", "--csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0][:7] == ["id", "status", "created", "trials", "planned", "best_trial", "best_metric"]
+    assert (rows[1][0], rows[1][3:7]) == (home["sweep"], ["3", "3", "2", "0.9"])
+    assert main(["sweeps", "show", home["sweep"], "--csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["trial", "run", "status", "acc", "duration", "reused", "best", "params"]
+    assert [row[1] for row in rows[1:] if row[6] == "True"] == [home["0.001"]]
