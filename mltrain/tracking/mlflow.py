@@ -104,6 +104,20 @@ def _quick_http() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
+_NOT_IN_NAME = re.compile(r"[^\w.\- :/]")
+
+
+def mlflow_name(name: str) -> str:
+    """A metric or param name as MLflow accepts it (letters, digits, ``_ . - : /`` and spaces, no ``..`` or
+    leading ``/``; at most 250 characters): a job's odd name is kept recognisable, never refused whole."""
+    import posixpath
+
+    cleaned = _NOT_IN_NAME.sub("_", name)[:250]
+    if posixpath.normpath(cleaned) != cleaned or cleaned.startswith(("/", "..")) or cleaned in ("", "."):
+        cleaned = "_" + "/".join(part if part not in ("", ".", "..") else "_" for part in cleaned.split("/"))
+    return cleaned
+
+
 def _ms(seconds: float | None) -> int:
     return int((seconds or 0.0) * 1000)
 
@@ -215,7 +229,7 @@ class Exporter:
             node = config.get(group)
             if isinstance(node, dict):
                 found.update({f"{group}.{k}": v for k, v in flatten(node).items() if not _CREDENTIAL.search(k)})
-        return {key[:250]: str(value)[:PARAM_CHARS] for key, value in found.items()}
+        return {mlflow_name(key): str(value)[:PARAM_CHARS] for key, value in found.items()}
 
     def send_metrics(self, mlflow_run: str, points: Iterable[tuple[str, float, int | None, float | None]],
                      fallback_time: float | None) -> int:
@@ -225,8 +239,8 @@ class Exporter:
 
         sent = 0
         for chunk in _chunks(points, BATCH):
-            metrics = [Metric(name, value, _ms(when if when is not None else fallback_time), step or 0)
-                       for name, value, step, when in chunk]
+            metrics = [Metric(mlflow_name(name), value, _ms(when if when is not None else fallback_time),
+                              max(-(2**63), min(step or 0, 2**63 - 1))) for name, value, step, when in chunk]
             self.client.log_batch(mlflow_run, metrics=metrics, synchronous=True)
             sent += len(metrics)
         return sent
@@ -444,4 +458,4 @@ class LiveMirror:
 
 
 __all__ = ["EXTRA", "Exporter", "LiveMirror", "MirrorError", "absolute_uri", "artifact_root", "default_uri", "export",
-           "mirror_state", "require", "workspace_uri"]
+           "mirror_state", "mlflow_name", "require", "workspace_uri"]

@@ -202,3 +202,46 @@ def test_ui_shows_the_workspace_store_and_stops_with_mltrain(project: Project) -
     assert proc.wait(timeout=60) == 0
     with socket.socket() as sock:  # the server went with it
         sock.bind(("127.0.0.1", port))
+
+
+WAITS = """
+import os, time
+import mltrain
+mltrain.log_metric("seen", 1.0, step=0)
+print("::metric odd$name=2 step=0", flush=True)
+while not os.path.exists(os.environ["GO_FILE"]):  # until the test has seen the point in MLflow
+    time.sleep(0.1)
+mltrain.log_metric("seen", 2.0, step=1)
+"""
+
+
+def test_metrics_reach_mlflow_while_the_run_runs(in_project: Project, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    in_project.write("waits.py", WAITS)
+    go = tmp_path / "go"
+    monkeypatch.setenv("GO_FILE", str(go))
+    uri = f"sqlite:///{tmp_path / 'live.db'}"
+    run = mltrain.submit(script="waits.py", overrides=[f"tracking.mlflow_uri={uri}"])
+    follower = threading.Thread(target=run.wait)
+    follower.start()
+    try:
+        deadline = time.monotonic() + 120
+        def arrived() -> list[Any]:
+            found = _runs(uri, run.record.experiment)
+            if found and all(_history(uri, found[0].info.run_id, name) for name in ("seen", "odd_name")):
+                return found
+            return []
+
+        while not (found := arrived()):  # "odd$name" is a name MLflow refuses: it arrives as odd_name
+            assert time.monotonic() < deadline, "the metrics never reached MLflow while the run ran"
+            time.sleep(0.2)
+        assert run.status == "Running"  # still waiting for the go file: the points came live
+        assert (run.record.mlflow or {})["state"] == "live"
+        assert _history(uri, found[0].info.run_id, "odd_name") == [(0, 2.0)]
+    finally:
+        go.touch()
+        follower.join(timeout=120)
+    assert run.status == "Completed"
+    assert _history(uri, found[0].info.run_id, "seen") == [(0, 1.0), (1, 2.0)]
