@@ -447,18 +447,20 @@ class Store:
 
     def unindexed_runs(self, limit: int = 1000) -> list[str]:
         """Runs recorded before params and ``metric_last`` were filled on write (``params`` is NULL):
-        ``index_run`` brings each up to date, once."""
+        ``index_runs`` brings each up to date, once."""
         rows = self._db.execute("SELECT id FROM runs WHERE params IS NULL LIMIT ?", (limit,))
         return [row[0] for row in rows]
 
-    def index_run(self, run_id: str, params: dict[str, Any]) -> None:
-        """Fill an older run's ``params`` and its ``metric_last`` rows from its stored metrics."""
+    def index_runs(self, params: dict[str, dict[str, Any]]) -> None:
+        """Fill older runs' ``params`` (``{run_id: params}``) and their ``metric_last`` rows from their stored
+        metrics, in one transaction."""
         with self._write() as db:
-            db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
-            db.execute(
-                "INSERT INTO metric_last SELECT run_id, name, step, value, time FROM metrics WHERE rowid IN "
-                "(SELECT max(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", (run_id,))
-            db.execute("UPDATE runs SET params = ? WHERE id = ?", (json.dumps(params), run_id))
+            for run_id, values in params.items():
+                db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
+                db.execute(
+                    "INSERT INTO metric_last SELECT run_id, name, step, value, time FROM metrics WHERE rowid IN "
+                    "(SELECT max(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", (run_id,))
+                db.execute("UPDATE runs SET params = ? WHERE id = ?", (json.dumps(values), run_id))
 
     def last_metrics_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{run_id: {metric: last value}}`` for many runs in one query (what a listing shows)."""

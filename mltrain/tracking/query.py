@@ -306,8 +306,7 @@ def ensure_indexed(store: Store, workspace: Workspace) -> int:
     done = 0
     while ids := store.unindexed_runs():
         started = time.monotonic()
-        for run_id in ids:
-            store.index_run(run_id, params_from_config(workspace, run_id))
+        store.index_runs({run_id: params_from_config(workspace, run_id) for run_id in ids})
         done += len(ids)
         log.info("indexed %d older runs for queries in %.1fs", len(ids), time.monotonic() - started)
     return done
