@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,9 @@ class Exporter:
         _quick_http()
         for name in ("mlflow.store", "alembic"):  # "Creating initial MLflow database tables...": not the run's
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow's store trips SQLAlchemy deprecation notices: not the user's to act on. A filter added (not
+        # catch_warnings, which swaps the process-wide list and races between a sweep's mirror threads).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)(\.|$)")
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -420,11 +424,8 @@ class LiveMirror:
             log.warning("could not record the MLflow mirror's state of %s: %s", self.run_id, exc)
 
     def _main(self) -> None:
-        import warnings
-
         try:
-            with warnings.catch_warnings(), Store(self.workspace.db_path, create=False) as store:
-                warnings.simplefilter("ignore")  # MLflow's own notices are not the run's business
+            with Store(self.workspace.db_path, create=False) as store:
                 self._mirror(store)
         except Exception as exc:
             log.warning("mirroring run %s to MLflow at %s failed: %s", self.run_id, self.uri, exc)
