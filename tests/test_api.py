@@ -123,3 +123,11 @@ def test_sweeps_trials_best(in_project: Project) -> None:
     assert mltrain.Sweep.get(sweep.id).id == sweep.id
     with pytest.raises(MltrainError, match="sweep report"):
         sweep.report("report.html")
+
+
+def test_a_secret_param_is_kept_as_stars(in_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_TOKEN", "s3cr3t-value")
+    run = mltrain.submit(["script=train.py", "params.token=${oc.env:MY_TOKEN}", "params.lr=0.1"], detach=False)
+    assert run.status == "Completed" and "s3cr3t-value" not in run.logs()
+    assert run.params == {"token": "***", "lr": 0.1}
+    assert [r.id for r in mltrain.runs(where="params.token == '***'")] == [run.id]

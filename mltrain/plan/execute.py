@@ -78,7 +78,7 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
                 compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
                 parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key, params=dict(spec.params),
+                idempotency_key=idempotency_key, params=_queryable_params(spec),
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
@@ -114,6 +114,14 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
         finally:
             work.log_file.close()
     return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+
+
+def _queryable_params(spec: RunSpec) -> dict[str, Any]:
+    """The params kept on the run's row for queries: as the script got them, but a value holding a secret
+    (``params.token=${oc.env:TOKEN}``) as ``***`` -- the history keeps references, never the values."""
+    secrets = [value for value in spec.secrets() if len(value) >= 4]
+    return {key: "***" if isinstance(value, str) and any(s in value for s in secrets) else value
+            for key, value in spec.params}
 
 
 @dataclass

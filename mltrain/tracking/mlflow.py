@@ -213,8 +213,8 @@ class Exporter:
             tags["mlflow.source.git.commit"] = str(git["commit"])
         if git.get("branch"):
             tags["mlflow.source.git.branch"] = str(git["branch"])
-        if git.get("remote"):
-            tags["mlflow.source.git.repoURL"] = str(git["remote"])
+        if git.get("remote_url"):  # credentials removed when it was recorded (mltrain.snapshot.git)
+            tags["mlflow.source.git.repoURL"] = str(git["remote_url"])
         if record.sweep_id:
             tags["mltrain.sweep_id"] = record.sweep_id
         if parent:
