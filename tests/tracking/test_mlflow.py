@@ -106,6 +106,7 @@ def test_a_run_is_mirrored_live_and_exports_are_idempotent(in_project: Project, 
     for _ in range(2):  # again, and to a second store: one MLflow run each, every point once
         assert main(["runs", "export", "--mlflow", uri, run.id]) == 0
         assert main(["runs", "export", "--mlflow", f"sqlite:///{tmp_path / 'other.db'}", "--all"]) == 0
+    assert main(["runs", "export", "--mlflow", f"sqlite:///{tmp_path / 'other.db'}", "--experiment", experiment]) == 0
     assert "exported 1 run to" in capsys.readouterr().out
     for store_uri in (uri, f"sqlite:///{tmp_path / 'other.db'}"):
         [again] = _runs(store_uri, experiment)
