@@ -87,6 +87,19 @@ def run_ended(record: RunRecord, workspace: Workspace | None = None) -> int:
     return exit_code(record.status)
 
 
+def write_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """``--csv``: values as stored (times in epoch seconds, floats in full; lists and dicts as JSON), for a
+    spreadsheet or pandas."""
+    import csv
+    import json
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v if isinstance(v, str | int | float) else json.dumps(v) for v in row])
+    sys.stdout.flush()
+
+
 def table(rows: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell, two spaces apart; the first row is the header."""
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

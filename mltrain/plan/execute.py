@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from mltrain.errors import MltrainError, UsageError
 from mltrain.plan.resolve import Resolved, resolve
 from mltrain.plan.stages import CACHED, DONE, FAILED, GIVEN, LATER, Plan, SnapshotRef, Stage
-from mltrain.runs import Run
+from mltrain.results import Run
 from mltrain.store.db import CANCELED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
 from mltrain.store.db import FAILED as RUN_FAILED
 from mltrain.store.workspace import RunPaths, Workspace
@@ -65,6 +65,10 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
         raise ValueError(f"only {sorted(s.value for s in _GIVEN)} can be given, not {sorted(s.value for s in unknown)}")
     if Stage.SNAPSHOT not in given:
         check_source(spec)
+    if spec.mlflow_uri is not None:
+        from mltrain.tracking.mlflow import require
+
+        require(load=False)
     resolved = resolve(spec, Workspace.locate(spec.workspace_dir).ensure())
     workspace, executor = resolved.workspace, resolved.executor
     resources = executor.resources(spec)  # a request the target cannot honour is refused before a run exists
@@ -75,10 +79,14 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
                 compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
                 parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key,
+                idempotency_key=idempotency_key, params=_queryable_params(spec),
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
+        if spec.mlflow_uri is not None:  # followers mirror it (mltrain.tracking.mlflow); the run never waits on it
+            from mltrain.tracking.mlflow import mirror_state
+
+            store.update(record.id, mlflow=mirror_state(spec.mlflow_uri, workspace))
         paths = workspace.run_paths(record.id)
         paths.dir.mkdir(parents=True)
         paths.config.write_text(spec.config_yaml)
@@ -108,6 +116,14 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
         finally:
             work.log_file.close()
     return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+
+
+def _queryable_params(spec: RunSpec) -> dict[str, Any]:
+    """The params kept on the run's row for queries: as the script got them, but a value holding a secret
+    (``params.token=${oc.env:TOKEN}``) as ``***`` -- the history keeps references, never the values."""
+    secrets = [value for value in spec.secrets() if len(value) >= 4]
+    return {key: "***" if isinstance(value, str) and any(s in value for s in secrets) else value
+            for key, value in spec.params}
 
 
 @dataclass

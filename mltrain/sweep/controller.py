@@ -328,7 +328,7 @@ class SweepController(Supervisor):
     def _fingerprint(self, prepared: PreparedTrial, snap: SnapshotRef) -> str:
         from mltrain.environments.base import digest
 
-        config = {k: v for k, v in prepared.container.items() if k != "sweep"}
+        config = {k: v for k, v in prepared.container.items() if k not in ("sweep", "tracking")}  # not what ran
         spec = prepared.spec
         if _target_key(spec) not in self.env_fingerprints:
             self._check_targets([spec])
