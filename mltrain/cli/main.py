@@ -251,10 +251,10 @@ def _subcommand(args: list[str]) -> int:
         from mltrain.cli import gc as handler  # type: ignore[no-redef]
     elif parsed.command == "sweeps":
         from mltrain.cli import sweeps as handler  # type: ignore[no-redef]
-    elif parsed.action == "plot":
-        from mltrain.cli import plot as handler  # type: ignore[no-redef]
     elif parsed.command == "ui":
         from mltrain.cli import ui as handler  # type: ignore[no-redef]
+    elif parsed.action == "plot":
+        from mltrain.cli import plot as handler  # type: ignore[no-redef]
     else:
         from mltrain.cli import runs as handler  # type: ignore[no-redef]
     result: int = handler.command(parsed)
