@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mltrain import results
-from mltrain.errors import MltrainError, UsageError
+from mltrain.errors import UsageError
 from mltrain.store.db import Store, SweepRecord
 from mltrain.store.workspace import Workspace
 
@@ -205,11 +205,8 @@ class Sweep:
 
     def report(self, path: str | os.PathLike[str]) -> Path:
         """Write the sweep's self-contained HTML report to ``path``; returns it."""
-        try:
-            from mltrain.tracking.report import write_report  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise MltrainError("the sweep report is not part of this mltrain build (mltrain.tracking.report); "
-                               "`mltrain sweeps show` prints the trials table") from None
+        from mltrain.tracking.report import write_report
+
         write_report(self.workspace, self.id, Path(path))
         return Path(path)
 
