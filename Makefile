@@ -20,7 +20,7 @@ $(BASE): pyproject.toml | $(PY)
 
 $(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,spark]'
+	$(PY) -m pip install --quiet -e '.[dev,spark,ray]'
 	touch $(BASE) $@
 
 install-base: $(BASE)

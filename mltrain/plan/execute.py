@@ -220,8 +220,9 @@ def _environment(work: _Work, details: dict[str, Any]) -> _Outcome:
     from mltrain.environments.gc import mark_used
 
     environment, executor = work.resolved.environment, work.resolved.executor
-    cached = environment.is_prepared(executor)
-    prepared = environment.prepare(work.note, executor)
+    own = executor.own_environment(environment)  # made by the target on its nodes (Ray's runtime_env)
+    cached = own is not None or environment.is_prepared(executor)
+    prepared = own or environment.prepare(work.note, executor)
     work.prepared = prepared
     work.store.update(work.record.id, env_fingerprint=prepared.fingerprint)
     mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
@@ -253,7 +254,7 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     request = LaunchRequest(
         run_id=record.id, argv=argv, cwd=code_dir, env=_run_env(spec, record, work.paths), paths=work.paths,
         experiment=spec.experiment, image=prepared.image, interpreter=prepared.interpreter,
-        secrets=spec.secrets(),
+        secrets=spec.secrets(), resources=spec.resources,
     )
     work.offset = work.log_file.tell()
     work.handle = handle = executor.launch(request)

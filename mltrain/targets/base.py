@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from mltrain.config.resources import ResourceRequest
 from mltrain.hosts.base import Host, HostDown, JobState
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
@@ -78,6 +79,7 @@ class LaunchRequest:
     interpreter: str | None = None  # the environment's Python (inside ``image`` when there is one)
     # values the job's output must not show; each target masks them where the log is written
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    resources: ResourceRequest = field(default_factory=ResourceRequest)  # what the run asks for
 
 
 RUNTIME = types.MappingProxyType({"stored": False})
@@ -370,6 +372,11 @@ class Executor(ABC):
     def resources(self, spec: RunSpec) -> Resources:
         """What the job is given here (see ``Resources``; a stub until runs carry a resource request)."""
         return Resources()
+
+    def own_environment(self, environment: Environment) -> PreparedEnvironment | None:
+        """A target that makes environments its own way on its nodes (Ray: runtime_env) says how the job runs
+        there (asking ``environment.requirements()``); None: the environment prepares itself (``runner()``)."""
+        return None
 
     def check_environment(self, environment: Environment) -> None:
         """Refuse, before anything runs, an environment this target cannot use (a ConfigError)."""

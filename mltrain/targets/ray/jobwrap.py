@@ -1,0 +1,106 @@
+"""The job's wrapper on the Ray node: runs the argv, then hands outputs and metrics back through the job's log.
+
+Shipped as source in the entrypoint (``python -c``), so nothing of mltrain needs to be installed on
+the nodes: standard library only, Python >= 3.8. It
+
+* gives the job its own ``$MLTRAIN_OUTPUT_DIR`` and ``$MLTRAIN_METRICS_FILE`` in a temporary folder
+  (Ray's unpacked working_dir is shared by every job of the same snapshot);
+* runs the argv as a child (same stdout: Ray's job log), forwarding nothing -- Ray's stop signals
+  every process of the job itself;
+* once the child has ended, appends one frame to the log: a line ``<marker> <size> <sha256>``, the
+  outputs and metrics as a gzip-compressed tar in base64 lines, and ``<marker> end``. The marker is
+  random per run (chosen by the client), so ordinary output never looks like one; the client treats
+  what follows it as hostile input all the same (``mltrain.targets.ray.frame``);
+* exits with the child's exit code (128 + N for a signal), so Ray's status follows the script.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+
+def _size(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _pack(run: str, limit: int) -> tuple[bytes, str | None]:
+    """The tar.gz of the run folder (``run/...`` names); over ``limit`` bytes, of its metrics only, with a note."""
+    note = None
+    members = ["outputs", "metrics.jsonl"]
+    if _size(run) > limit:
+        note = (f"outputs not returned: more than {limit} bytes, the most that comes back through the job log; "
+                "write large artifacts to storage the client can read")
+        members = ["metrics.jsonl"]
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1, mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            path = os.path.join(run, member)
+            if os.path.lexists(path):
+                tar.add(path, arcname="run/" + member, recursive=True)
+    return buffer.getvalue(), note
+
+
+def main() -> None:
+    spec = json.loads(base64.b64decode(sys.argv[1]).decode())
+    argv = list(spec["argv"])
+    if argv and argv[0] == spec.get("node_python"):
+        argv[0] = sys.executable  # the node's interpreter that runs this wrapper: no second PATH lookup
+    scratch = tempfile.mkdtemp(prefix="mltrain-ray-")
+    run = os.path.join(scratch, "run")
+    os.makedirs(os.path.join(run, "outputs"))
+    metrics = os.path.join(run, "metrics.jsonl")
+    open(metrics, "ab").close()
+    env = dict(os.environ, MLTRAIN_OUTPUT_DIR=os.path.join(run, "outputs"), MLTRAIN_METRICS_FILE=metrics)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # Ray signals the child too: it ends, we pack
+    try:
+        child = subprocess.Popen(argv, env=env)
+    except OSError as exc:
+        sys.stdout.write(f"mltrain: cannot start {argv[0]} on this Ray node: {exc}\n")
+        sys.stdout.flush()
+        shutil.rmtree(scratch, ignore_errors=True)
+        sys.exit(127)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except InterruptedError:
+            continue
+    sys.stdout.flush()
+    try:
+        data, note = _pack(run, int(spec["limit"]))
+        out = sys.stdout
+        if note:
+            out.write(f"[mltrain] {note}\n")
+        if data:
+            marker = spec["marker"]
+            out.write(f"\n{marker} {len(data)} {hashlib.sha256(data).hexdigest()}\n")
+            text = base64.b64encode(data).decode()
+            for start in range(0, len(text), 4096):
+                out.write(text[start:start + 4096] + "\n")
+            out.write(f"{marker} end\n")
+        out.flush()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main()
