@@ -8,6 +8,7 @@ workers, jobs) -- never ``ray stop``, which kills by name.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -107,9 +108,9 @@ class RayCluster:
         return self
 
     def _spawn(self, argv: list[str], env: dict[str, str], name: str) -> None:
-        out = open(self.folder / f"ray-{name}.log", "wb")  # noqa: SIM115 (kept open while the node runs)
-        self.procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        with open(self.folder / f"ray-{name}.log", "wb") as out:  # the node keeps its own copy of the fd
+            self.procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                               stderr=subprocess.STDOUT, start_new_session=True))
 
     def _get(self, path: str) -> object:
         with urllib.request.urlopen(self.url + path, timeout=5) as resp:
@@ -174,11 +175,20 @@ def _node_ip() -> str:
             return "127.0.0.1"
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+_SHARED: list[RayCluster] = []
+
+
+def shared_cluster(folder: Path) -> RayCluster:
+    """The session's one cluster (the Ray tests and the conformance suite share it), started on first use and
+    stopped when the test process exits (``atexit``: whichever module used it last, the cluster outlives it)."""
+    if not _SHARED:
+        cluster = RayCluster(folder)
+        _SHARED.append(cluster)
+        atexit.register(cluster.stop)
+        cluster.start()
+    return _SHARED[0]
+
+
+@pytest.fixture(scope="session", name="ray_cluster")
+def ray_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    yield shared_cluster(tmp_path_factory.mktemp("ray"))
