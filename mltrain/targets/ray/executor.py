@@ -36,7 +36,7 @@ from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest, Resources
 from mltrain.targets.ray.client import Cluster, Unreachable
 from mltrain.targets.ray.config import RayCompute
-from mltrain.targets.ray.frame import MAX_FRAME
+from mltrain.targets.ray.frame import MAX_FRAME, exit_code
 
 if TYPE_CHECKING:
     from mltrain.config.resources import ResourceRequest
@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 LOG_MIRROR = "ray-log"
 NODE_PYTHON = "python3"  # the nodes' interpreter (a runtime_env pip virtualenv's, when there is one)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ENTRYPOINT_LINE = re.compile(r"^Running entrypoint for job [^\n]*\n", re.MULTILINE)
+_RAY_LINES = (re.compile(r"^Running entrypoint for job [^\n]*\n", re.MULTILINE),  # Ray's own, not the job's
+              re.compile(r"^[-0-9]+ [0-9:,.]+\s+INFO job_manager\.py:\d+ -- Runtime env is setting up\.\n",
+                         re.MULTILINE))
 
 
 def _wrapper_code() -> str:
@@ -84,6 +86,15 @@ class RayHandle(Handle):
     def read_log(self, offset: int) -> tuple[bytes, int]:
         return self._mirror().read(offset)
 
+    def logs(self) -> str:
+        """The job's whole log as Ray serves it; once the job has ended, fetched once (kept for collect)."""
+        if self.scratch.get("ended") and "log" in self.scratch:
+            return str(self.scratch["log"])
+        text = self.cluster().logs(self.job_id)
+        if self.scratch.get("ended"):
+            self.scratch["log"] = text
+        return text
+
     def poll(self) -> ExitInfo | None:
         try:
             details = self.cluster().job(self.job_id)
@@ -102,9 +113,11 @@ class RayHandle(Handle):
         self.scratch["ended"] = True
         try:
             self._mirror().finish()  # the whole log is local before anyone hears the run ended
+            wrapped = exit_code(self.logs(), self.marker)
         except TargetError as exc:
-            log.warning("the end of the log of job %s could not be copied: %s", self.job_id, exc)
-        return _exit_info(status, details, self.paths)
+            log.warning("the end of the log of job %s could not be read: %s", self.job_id, exc)
+            wrapped = None
+        return _exit_info(status, details, self.paths, wrapped)
 
     def cancel(self, grace: float) -> None:
         """Ray's ``stop``: TERM to every process of the job, KILL after ``cancel_grace`` (set at submit)."""
@@ -123,7 +136,7 @@ class RayHandle(Handle):
         self._mirror().finish()
         notes: list[str] = []
         try:
-            data = frame_bytes(self.cluster().logs(self.job_id), self.marker)
+            data = frame_bytes(self.logs(), self.marker)
             if data is not None:
                 notes = extract(data, paths.outputs, paths.metrics)
         except TargetError as exc:
@@ -131,9 +144,10 @@ class RayHandle(Handle):
         note_in_log(paths.log, notes)
 
 
-def _exit_info(status: str, details: Mapping[str, Any], paths: RunPaths) -> ExitInfo:
+def _exit_info(status: str, details: Mapping[str, Any], paths: RunPaths, wrapped: int | None) -> ExitInfo:
+    """How the job ended: Ray's status and message, the exit code the wrapper saw (Ray has none for a stop)."""
     code = details.get("driver_exit_code")
-    code = int(code) if isinstance(code, int) and not isinstance(code, bool) else None
+    code = int(code) if isinstance(code, int) and not isinstance(code, bool) else wrapped
     message = _first_line(str(details.get("message") or ""))
     if status == "SUCCEEDED":
         return ExitInfo(0)
@@ -171,7 +185,9 @@ class RayLogSource(LogSource):
         from mltrain.targets.ray.frame import visible
 
         offset = int((position or {}).get("offset", 0))
-        text = _ENTRYPOINT_LINE.sub("", self.handle.cluster().logs(self.handle.job_id), count=1)
+        text = self.handle.logs()
+        for line in _RAY_LINES:
+            text = line.sub("", text, count=1)
         shown = visible(text, self.handle.marker, ended=bool(self.handle.scratch.get("ended"))).encode(
             errors="replace")
         self._offset = max(offset, len(shown))

@@ -38,9 +38,19 @@ def visible(log: str, marker: str, *, ended: bool) -> str:
     return log
 
 
+def _header(log: str, marker: str) -> re.Match[str] | None:
+    return re.search(rf"\n{re.escape(marker)} (\d{{1,12}}) ([0-9a-f]{{64}}) (\d{{1,3}})\n", log)
+
+
+def exit_code(log: str, marker: str) -> int | None:
+    """The script's exit code as the wrapper wrote it in the frame's header (None: no frame)."""
+    header = _header(log, marker)
+    return int(header.group(3)) if header is not None else None
+
+
 def frame_bytes(log: str, marker: str) -> bytes | None:
     """The frame's gzip bytes, checked against its size and checksum; None if the job wrote no frame."""
-    header = re.search(rf"\n{re.escape(marker)} (\d{{1,12}}) ([0-9a-f]{{64}})\n", log)
+    header = _header(log, marker)
     if header is None:
         return None
     size, digest = int(header.group(1)), header.group(2)

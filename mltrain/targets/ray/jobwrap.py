@@ -7,8 +7,9 @@ the nodes: standard library only, Python >= 3.8. It
   (Ray's unpacked working_dir is shared by every job of the same snapshot);
 * runs the argv as a child (same stdout: Ray's job log), forwarding nothing -- Ray's stop signals
   every process of the job itself;
-* once the child has ended, appends one frame to the log: a line ``<marker> <size> <sha256>``, the
-  outputs and metrics as a gzip-compressed tar in base64 lines, and ``<marker> end``. The marker is
+* once the child has ended, appends one frame to the log: a line ``<marker> <size> <sha256> <exit code>``, the
+  outputs and metrics as a gzip-compressed tar in base64 lines, and ``<marker> end`` (the header line
+  ends with the script's exit code: Ray reports none for a stopped job). The marker is
   random per run (chosen by the client), so ordinary output never looks like one; the client treats
   what follows it as hostile input all the same (``mltrain.targets.ray.frame``);
 * exits with the child's exit code (128 + N for a signal), so Ray's status follows the script.
@@ -58,6 +59,15 @@ def _pack(run: str, limit: int) -> tuple[bytes, str | None]:
     return buffer.getvalue(), note
 
 
+def _frame(data: bytes, marker: str, code: int) -> None:
+    out = sys.stdout
+    out.write(f"\n{marker} {len(data)} {hashlib.sha256(data).hexdigest()} {code}\n")
+    text = base64.b64encode(data).decode()
+    for start in range(0, len(text), 4096):
+        out.write(text[start:start + 4096] + "\n")
+    out.write(f"{marker} end\n")
+
+
 def main() -> None:
     spec = json.loads(base64.b64decode(sys.argv[1]).decode())
     argv = list(spec["argv"])
@@ -84,22 +94,16 @@ def main() -> None:
         except InterruptedError:
             continue
     sys.stdout.flush()
+    code = code if code >= 0 else 128 - code
     try:
         data, note = _pack(run, int(spec["limit"]))
-        out = sys.stdout
         if note:
-            out.write(f"[mltrain] {note}\n")
-        if data:
-            marker = spec["marker"]
-            out.write(f"\n{marker} {len(data)} {hashlib.sha256(data).hexdigest()}\n")
-            text = base64.b64encode(data).decode()
-            for start in range(0, len(text), 4096):
-                out.write(text[start:start + 4096] + "\n")
-            out.write(f"{marker} end\n")
-        out.flush()
+            sys.stdout.write(f"[mltrain] {note}\n")
+        _frame(data, spec["marker"], code)
+        sys.stdout.flush()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    sys.exit(code if code >= 0 else 128 - code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

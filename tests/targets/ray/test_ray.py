@@ -86,6 +86,7 @@ def test_a_job_stopped_on_the_cluster_is_canceled_with_rays_word(project: Projec
     run_id = str(project.runs()[0]["id"])
     job = wait_for(lambda: (json.loads(project.run("runs", "show", run_id, "--json").stdout).get("handle") or {})
                    .get("job_id"))
+    wait_for(lambda: "up" in project.run("runs", "logs", run_id).stdout, timeout=60, every=0.25)
     urllib.request.urlopen(urllib.request.Request(f"{ray_cluster.url}/api/jobs/{job}/stop", method="POST"),
                            timeout=10).close()
     attached = project.run("runs", "attach", run_id)
