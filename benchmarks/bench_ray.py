@@ -3,7 +3,7 @@
 * a trivial script through ``mltrain … compute=ray`` vs ``ray job submit --working-dir . -- python noop.py``
   by hand, same cluster, samples alternating;
 * bytes uploaded when one file of the tree changed, vs the goal (that file + 64 KiB);
-* a sweep of 64 × 0.5 s trials at ``max_concurrent=8`` vs the ideal (64 × 0.5 / 8 s plus one submit), and
+* a sweep of 64 x 0.5 s trials at ``max_concurrent=8`` vs the ideal (64 x 0.5 / 8 s plus one submit), and
   Ray's own floor: the same 64 jobs through Ray's ``JobSubmissionClient``, 8 at a time, no mltrain at all.
 """
 
@@ -82,7 +82,7 @@ def _resubmit_bytes(url: str, root: Path) -> None:
     print(f"{'upload: first submit of a 4.8 MiB tree':<58} {first / 1024:8.1f} KiB")
     print(f"{'upload: resubmit, nothing changed':<58} {again / 1024:8.1f} KiB   goal 0")
     print(f"{'upload: resubmit, one 3.6 KiB file changed':<58} {one / 1024:8.1f} KiB   goal <= "
-          f"{(size + 64 * 1024) / 1024:.1f} KiB (the file + 64 KiB)")
+          f"{(size + 64 * 1024) / 1024:.1f} KiB (the file + 64 KiB); {executor.upload.parts} parts")
 
 
 def _sweep(url: str, project: Path, env: dict[str, str]) -> None:

@@ -26,6 +26,7 @@ import math
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_MIRROR = "ray-log"
+POLL_EVERY = 0.25  # seconds between status requests while a run is followed
 NODE_PYTHON = "python3"  # the nodes' interpreter (a runtime_env pip virtualenv's, when there is one)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RAY_LINES = (re.compile(r"^Running entrypoint for job [^\n]*\n", re.MULTILINE),  # Ray's own, not the job's
@@ -94,6 +96,23 @@ class RayHandle(Handle):
         if self.scratch.get("ended"):
             self.scratch["log"] = text
         return text
+
+    def wait(self, timeout: float) -> ExitInfo | None:
+        """Ask the cluster at most every ``POLL_EVERY`` seconds: eight trials followed at once must not keep the
+        dashboard (one Python process on the head) busy answering status requests instead of starting jobs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            due = float(self.scratch.get("polled", 0.0)) + POLL_EVERY
+            now = time.monotonic()
+            if now >= due:
+                self.scratch["polled"] = now
+                info = self.poll()
+                if info is not None:
+                    return info
+                continue
+            if now >= deadline:
+                return None
+            time.sleep(min(due, deadline) - now)
 
     def poll(self) -> ExitInfo | None:
         try:
@@ -210,6 +229,7 @@ class RayExecutor(Executor):
         self.upload: UploadStats | None = None  # of the last stage_code (benchmarks and tests read it)
         self._pip: list[str] = []
         self._pip_args: list[str] = []
+        self._parts: dict[str, list[str]] = {}  # index package -> its parts, from stage_code for launch
 
     # ---------------------------------------------------------- capabilities
     @classmethod
@@ -251,21 +271,26 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ code
     def code_is_staged(self, snapshot_id: str) -> bool:
-        from mltrain.targets.ray.package import package_uri
+        from mltrain.snapshot.blobstore import BlobStore
+        from mltrain.targets.ray.package import index_uri, part_uris
 
         try:
             self.cluster.version()
-            return self.cluster.has_package(package_uri(snapshot_id))
+            manifest = BlobStore(self.workspace.blobs).load_manifest(snapshot_id)
+            return self.cluster.has_package(index_uri(part_uris(manifest)))
         except Unreachable:
             return False
 
     def stage_code(self, snapshot_id: str) -> str:
+        """The snapshot's index package (the job's ``working_dir``), its parts uploaded where the cluster lacks them."""
         from mltrain.snapshot.blobstore import BlobStore
         from mltrain.targets.ray.package import UploadStats, stage
 
         self.cluster.version()
         self.upload = UploadStats()
-        return stage(self.cluster, BlobStore(self.workspace.blobs), snapshot_id, self.upload)
+        staged = stage(self.cluster, BlobStore(self.workspace.blobs), snapshot_id, self.upload)
+        self._parts[staged.index] = list(staged.parts)
+        return staged.index
 
     # ---------------------------------------------------------------- launch
     def launch(self, request: LaunchRequest) -> Handle:
@@ -282,6 +307,8 @@ class RayExecutor(Executor):
         env_vars = {**dict(extra.pop("env_vars", {}) or {}), **request.env,
                     "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, math.ceil(self.cancel_grace)))}
         runtime_env: dict[str, Any] = {**extra, "working_dir": request.cwd, "env_vars": env_vars}
+        if request.cwd in self._parts:
+            runtime_env["py_modules"] = self._parts[request.cwd]
         if self._pip:
             runtime_env["pip"] = {"packages": self._pip, **({"pip_install_options": self._pip_args}
                                                             if self._pip_args else {})}

@@ -31,6 +31,8 @@ import sys
 import tarfile
 import tempfile
 
+INDEX = ".mltrain-parts.json"  # in the working_dir: the parts (py_modules) that make the tree
+
 
 def _size(folder: str) -> int:
     total = 0
@@ -68,6 +70,42 @@ def _frame(data: bytes, marker: str, code: int) -> None:
     out.write(f"{marker} end\n")
 
 
+def _workdir(scratch: str, env: dict) -> str:  # type: ignore[type-arg]
+    """The run's own working folder: the files of every part (Ray's ``py_modules`` folders) linked into one tree.
+
+    The parts are found on ``PYTHONPATH`` by their folder names (the index in the working_dir lists them), and
+    taken off it: the script sees its tree where it runs, as on every target. Without an index, Ray's
+    working_dir itself.
+    """
+    try:
+        with open(INDEX) as fh:
+            wanted = json.load(fh)["parts"]
+    except (OSError, ValueError, KeyError):
+        return os.getcwd()
+    entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    found = {os.path.basename(p.rstrip("/")): p for p in entries}
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise RuntimeError(f"{len(missing)} part(s) of the code did not reach this Ray node: {missing[0]}")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in entries if os.path.basename(p.rstrip("/")) not in wanted)
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
+    workdir = os.path.join(scratch, "wd")
+    for name in wanted:
+        top = found[name]
+        for root, _, files in os.walk(top):
+            target = os.path.join(workdir, os.path.relpath(root, top))
+            os.makedirs(target, exist_ok=True)
+            for file in files:
+                source, dest = os.path.join(root, file), os.path.join(target, file)
+                try:
+                    os.link(source, dest)
+                except OSError:
+                    shutil.copy2(source, dest)
+    os.makedirs(workdir, exist_ok=True)
+    return workdir
+
+
 def main() -> None:
     spec = json.loads(base64.b64decode(sys.argv[1]).decode())
     argv = list(spec["argv"])
@@ -81,8 +119,8 @@ def main() -> None:
     env = dict(os.environ, MLTRAIN_OUTPUT_DIR=os.path.join(run, "outputs"), MLTRAIN_METRICS_FILE=metrics)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)  # Ray signals the child too: it ends, we pack
     try:
-        child = subprocess.Popen(argv, env=env)
-    except OSError as exc:
+        child = subprocess.Popen(argv, env=env, cwd=_workdir(scratch, env))
+    except (OSError, RuntimeError) as exc:
         sys.stdout.write(f"mltrain: cannot start {argv[0]} on this Ray node: {exc}\n")
         sys.stdout.flush()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -68,6 +68,34 @@ def test_an_unchanged_tree_is_not_uploaded_twice(project: Project, ray_cluster: 
     assert [s["cached"] for s in staged] == [False, True]
 
 
+def test_a_one_file_change_sends_only_that_files_part(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import take_snapshot
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.ray.config import RayCompute
+    from mltrain.targets.ray.executor import RayExecutor
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for number in range(150):
+        (tree / f"m{number}.py").write_text(f"# {tmp_path} {number}\n" + "x = 1\n" * 500)
+    workspace = Workspace.locate(str(tmp_path / "ws")).ensure()
+    store = BlobStore(workspace.blobs)
+    executor = RayExecutor(RayCompute(address=ray_cluster.url), workspace)
+
+    def stage() -> tuple[int, int]:
+        executor.stage_code(take_snapshot(tree, store).manifest.id)
+        assert executor.upload is not None
+        return executor.upload.bytes_sent, executor.upload.parts_sent
+
+    first, parts = stage()
+    assert parts > 2
+    (tree / "m7.py").write_text((tree / "m7.py").read_text() + "y = 2\n")
+    sent, parts = stage()
+    assert parts == 2 and sent <= (tree / "m7.py").stat().st_size + 64 * 1024  # its part and the index
+    assert sent * 5 < first
+
+
 def test_a_failing_script_fails_with_its_error_and_ray_statuses_map(project: Project,
                                                                    ray_cluster: RayCluster) -> None:
     project.write("bad.py", "print('going')\nraise ValueError('the data is wrong')\n")
