@@ -81,7 +81,7 @@ class RayCluster:
         names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                  "--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
         args = [arg for name in names for arg in (name, str(free_port()))]
-        low = 20000 + (os.getpid() * 97 + len(self.procs) * 500) % 30000
+        low = 11000 + (os.getpid() * 97 + len(self.procs) * 500) % 18000  # below the ephemeral ports free_port gives
         return [*args, "--min-worker-port", str(low), "--max-worker-port", str(low + 400)]
 
     def start(self) -> RayCluster:
