@@ -159,12 +159,30 @@ def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pyte
     assert sent[0]["entrypoint_num_gpus"] == 2 and "entrypoint_num_cpus" not in sent[0]
 
 
-def test_a_sweep_runs_on_ray(project: Project, ray_cluster: RayCluster) -> None:
-    result = project.run("-m", "script=train.py", "params.x=1,2,3,4", "sweep.max_concurrent=4", *ray(ray_cluster),
-                         timeout=240)
+SWEEP_TRIAL = """
+import sys, time
+bad = "--bad" in sys.argv and sys.argv[sys.argv.index("--bad") + 1] == "1"
+for step in range(1, 201):
+    print(f"::metric loss={100 if bad else 1} step={step}", flush=True)
+    if bad:
+        time.sleep(0.3)  # a minute of reports, unless the policy stops it
+"""
+
+
+def test_a_sweep_on_ray_keeps_its_record_stops_early_and_resumes(project: Project, ray_cluster: RayCluster) -> None:
+    project.write("trial.py", SWEEP_TRIAL)
+    command = ["-m", "script=trial.py", "params.bad=0,0,0,1", "sweep.max_concurrent=4", "sweep.primary_metric=loss",
+               "sweep.early_termination.policy=bandit", "sweep.early_termination.slack_factor=0.1",
+               *ray(ray_cluster)]
+    result = project.run(*command, timeout=240)
     assert result.returncode == 0, result.stderr
-    runs = [r for r in project.runs() if r.get("parent_id") or r.get("sweep_id")]
-    assert len([r for r in runs if r["status"] == "Completed"]) >= 4, runs
+    trials = [r for r in project.runs() if r.get("sweep_id")]
+    assert sorted(str(r["status"]) for r in trials) == ["Canceled", "Completed", "Completed", "Completed"]
+    stopped = next(r for r in trials if r["status"] == "Canceled")
+    assert "early termination" in str(stopped["reason"])
+    again = project.run(*command, timeout=240)  # the same command resumes the sweep: nothing runs again
+    assert again.returncode == 0, again.stderr
+    assert len([r for r in project.runs() if r.get("sweep_id")]) == 4
 
 
 # ------------------------------------------------------------------ bad input, one line each, nothing started
