@@ -297,14 +297,18 @@ class RayExecutor(Executor):
         for name in request.env:
             if not ENV_NAME.match(name):
                 raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")
+        from mltrain.hosts.wrapper import masked
+
         entry_resources = self._entrypoint_resources(request.resources)
         marker = f"--mltrain-{secrets.token_hex(12)}--"
-        spec = {"argv": list(request.argv), "marker": marker, "limit": MAX_FRAME, "node_python": NODE_PYTHON}
+        # secrets are masked on the node, by the filter every target uses, before the job's output reaches Ray's log
+        argv, mask_env = masked(list(request.argv), request.argv[0], request.secrets)
+        spec = {"argv": argv, "marker": marker, "limit": MAX_FRAME, "node_python": NODE_PYTHON}
         encoded = base64.b64encode(json.dumps(spec).encode()).decode()
         python = request.argv[0] if request.argv and request.argv[0] != NODE_PYTHON else NODE_PYTHON
         entrypoint = f"{shlex.quote(python)} -c {shlex.quote(_wrapper_code())} {encoded}"
         extra = {k: v for k, v in self.config.runtime_env.items()}
-        env_vars = {**dict(extra.pop("env_vars", {}) or {}), **request.env,
+        env_vars = {**dict(extra.pop("env_vars", {}) or {}), **request.env, **mask_env,
                     "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, math.ceil(self.cancel_grace)))}
         runtime_env: dict[str, Any] = {**extra, "working_dir": request.cwd, "env_vars": env_vars}
         if request.cwd in self._parts:

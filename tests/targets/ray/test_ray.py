@@ -96,6 +96,24 @@ def test_a_one_file_change_sends_only_that_files_part(tmp_path: Path, ray_cluste
     assert sent * 5 < first
 
 
+def test_secrets_are_masked_on_the_node(project: Project, ray_cluster: RayCluster) -> None:
+    """The filter masks the output on the node, before Ray's log has it: the stream, the run's log, Ray's own log."""
+    import urllib.request
+
+    from maskcheck import JOB, SECRET, SECRET_ARGS, SECRET_ENV, assert_masked
+
+    project.write("job.py", JOB)
+    result = project.run(*SECRET_ARGS, *ray(ray_cluster), env=SECRET_ENV)
+    assert result.returncode == 1
+    assert_masked(result.stdout + result.stderr)
+    record = last(project)
+    assert record["status"] == "Failed" and record["exit_code"] == 1
+    assert_masked((project.workspace / "runs" / str(record["id"]) / "output.log").read_text())
+    job = str((record["handle"] or {})["job_id"])  # type: ignore[index]
+    with urllib.request.urlopen(f"{ray_cluster.url}/api/jobs/{job}/logs", timeout=10) as resp:
+        assert SECRET not in json.loads(resp.read())["logs"]
+
+
 def test_a_failing_script_fails_with_its_error_and_ray_statuses_map(project: Project,
                                                                    ray_cluster: RayCluster) -> None:
     project.write("bad.py", "print('going')\nraise ValueError('the data is wrong')\n")
