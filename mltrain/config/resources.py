@@ -125,3 +125,25 @@ def format_bytes(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale}{unit}"
     return f"{size}B"
+
+
+def pick_gpus(request: ResourceRequest, available: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """The device indices a job gets from ``available`` (the host's, or a sweep's free share): the ids asked
+    for, the first ``gpu_count``, or all. More than there are is one line, before anything starts."""
+    listed = f"{len(available)} GPU{'s' if len(available) != 1 else ''}" + (
+        f" ({','.join(map(str, available))})" if available else "")
+    if request.all_gpus:
+        if not available:
+            raise ConfigError(f"resources.gpus=all: {where} lists no GPU (nvidia-smi -L); drop resources.gpus "
+                              "or use a target with GPUs")
+        return available
+    if request.gpu_ids:
+        missing = [i for i in request.gpu_ids if i not in available]
+        if missing:
+            raise ConfigError(f"resources.gpus={','.join(map(str, request.gpu_ids))}: {where} has no GPU "
+                              f"{','.join(map(str, missing))}; it lists {listed}")
+        return request.gpu_ids
+    if request.gpu_count > len(available):
+        raise ConfigError(f"resources.gpus={request.gpu_count}: {where} has {listed}; ask for at most "
+                          f"{len(available)}" + (" or use a target with GPUs" if not available else ""))
+    return available[:request.gpu_count]

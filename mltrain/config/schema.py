@@ -151,6 +151,14 @@ class WorkspaceConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs are mirrored besides the run history (``mltrain.tracking.mlflow``)."""
+
+    mlflow: bool = False  # true: mirror to $MLFLOW_TRACKING_URI, else to the workspace's own MLflow store
+    mlflow_uri: str | None = None  # mirror to this MLflow tracking URI (sqlite:///..., http://host:5000)
+
+
+@dataclass
 class PrimarySchema:
     """The top-level keys; group nodes are typed ``Any`` here and checked by ``validate``."""
 
@@ -168,6 +176,7 @@ class PrimarySchema:
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # GPUs, CPUs, memory for the job
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,7 @@ class MltrainConfig:
     workspace: WorkspaceConfig
     secret_env: list[str] = field(default_factory=list)
     resources: ResourceRequest = field(default_factory=ResourceRequest)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def register_configs() -> None:
@@ -293,6 +303,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         snapshot = OmegaConf.to_object(merged.snapshot)
         workspace = OmegaConf.to_object(merged.workspace)
         resources_config = OmegaConf.to_object(merged.resources)
+        tracking = OmegaConf.to_object(merged.tracking)
     except ConfigKeyError as exc:
         valid = ", ".join(f.name for f in dataclasses.fields(PrimarySchema))
         raise ConfigError(f"{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
@@ -331,6 +342,7 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         workspace=workspace,  # type: ignore[arg-type]
         secret_env=secret_env,
         resources=ResourceRequest.parse(resources_config),  # type: ignore[arg-type]
+        tracking=tracking,  # type: ignore[arg-type]
     )
 
 
@@ -361,4 +373,5 @@ def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
     groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}  # the registries' classes
     return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
                             "workspace": WorkspaceConfig(**data["workspace"]),
-                            "resources": ResourceRequest.from_dict(data["resources"])})
+                            "resources": ResourceRequest.from_dict(data["resources"]),
+                            "tracking": TrackingConfig(**data.get("tracking", {}))})

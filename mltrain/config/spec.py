@@ -74,6 +74,7 @@ class RunSpec:
     config_yaml: str  # as composed, interpolations unresolved (secrets stay references)
     secret_env: tuple[str, ...] = ()  # names of variables whose values are masked in the run's output
     resources: ResourceRequest = dataclasses.field(default_factory=ResourceRequest)  # each target maps it
+    mlflow_uri: str | None = None  # mirror the run to this MLflow URI; "" the workspace's own store; None: off
 
     @classmethod
     def from_config(cls, cfg: MltrainConfig, config_yaml: str, overrides: tuple[str, ...] | list[str],
@@ -111,6 +112,8 @@ class RunSpec:
             config_yaml=config_yaml,
             secret_env=tuple(cfg.secret_env),
             resources=cfg.resources,
+            mlflow_uri=cfg.tracking.mlflow_uri or (
+                os.environ.get("MLFLOW_TRACKING_URI", "") if cfg.tracking.mlflow else None),
         )
 
     def secrets(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

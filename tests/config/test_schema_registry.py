@@ -26,7 +26,7 @@ def test_each_group_is_its_registry() -> None:
     assert GROUP_SCHEMAS == {"compute": TARGETS, "environment": ENVIRONMENTS, "framework": FRAMEWORKS}
     assert TARGETS.kinds() == ("local", "docker", "ssh", "spark", "ray")
     assert ENVIRONMENTS.kinds() == ("user_managed", "venv", "docker")
-    assert FRAMEWORKS.kinds() == ("python", "pyspark")
+    assert FRAMEWORKS.kinds() == ("python", "pyspark", "distributed")
 
 
 @pytest.mark.parametrize("group", sorted(BASES))

@@ -57,7 +57,11 @@ def test_docker_names_its_engine_and_maps_its_limits(tmp_path: Path, workspace: 
                            cancel_grace=7.0, timeout=5.0)
     docker = executor_for(config, workspace)
     assert docker.docker_engine() == EngineConfig(base_url="tcp://engine.invalid:2376", timeout=5.0)
-    assert docker.resources(_spec(tmp_path)) == Resources(cpus=1.5, gpus="all", memory="2g")
+    mapped = docker.resources(_spec(tmp_path))  # no resources block: compute's own limits reach the engine
+    assert mapped.settings["NanoCpus"] == 1_500_000_000 and mapped.settings["Memory"] == 2 * 1024**3
+    assert mapped.settings["DeviceRequests"][0]["Count"] == -1
+    assert mapped.mapping == ("--gpus all (compute.gpus)", "--cpus 1.5 (compute.cpus)",
+                              "--memory 2g (compute.mem_limit)")
     assert docker.cancel_grace == 7.0
 
 

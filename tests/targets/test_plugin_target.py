@@ -65,7 +65,7 @@ def test_the_plan_describes_it(nearby: Project) -> None:
 def test_help_lists_it_with_the_packaged_targets(nearby: Project) -> None:
     result = mltrain(nearby, "--help")
     assert "compute (local, docker, ssh, spark, ray, nearby)" in result.stdout
-    assert "framework (python, pyspark)" in result.stdout
+    assert "framework (python, pyspark, distributed)" in result.stdout
     assert "environment (user_managed, venv, docker, presets: " in result.stdout
 
 

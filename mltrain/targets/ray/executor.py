@@ -264,10 +264,12 @@ class RayExecutor(Executor):
                                                        "pip_args": self._pip_args}))
 
     def resources(self, spec: RunSpec) -> Resources:
-        request = spec.resources
-        gpus = "all" if request.all_gpus else (str(request.gpu_count) if request.gpu_count else None)
-        memory = f"{request.memory_bytes}" if request.memory_bytes is not None else None
-        return Resources(cpus=request.cpus, gpus=gpus, memory=memory)
+        """Ray places the job: the request becomes ``entrypoint_num_*`` (its ``settings``), refused here if no
+        node of the cluster could ever give it; mltrain picks no devices (``gpu_ids`` None)."""
+        found = self._entrypoint_resources(spec.resources)
+        mapping = tuple(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                        for key, value in found.items())
+        return Resources(spec.resources, None, {}, mapping, settings=found)
 
     # ------------------------------------------------------------------ code
     def code_is_staged(self, snapshot_id: str) -> bool:
@@ -299,7 +301,7 @@ class RayExecutor(Executor):
                 raise ConfigError(f"env_vars.{name}: not a valid environment variable name (letters, digits, _)")
         from mltrain.hosts.wrapper import masked
 
-        entry_resources = self._entrypoint_resources(request.resources)
+        entry_resources = dict(request.resources.settings) if request.resources is not None else {}
         marker = f"--mltrain-{secrets.token_hex(12)}--"
         # secrets are masked on the node, by the filter every target uses, before the job's output reaches Ray's log
         argv, mask_env = masked(list(request.argv), request.argv[0], request.secrets)

@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import Project, assert_one_line_error, wait_for
@@ -152,7 +153,7 @@ def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pyte
     """What the job asks Ray for (the dashboard does not show it back: checked on the request sent)."""
     from mltrain.config.resources import ResourceRequest
     from mltrain.store.workspace import Workspace
-    from mltrain.targets.base import LaunchRequest
+    from mltrain.targets.base import LaunchRequest, Resources
     from mltrain.targets.ray.client import Cluster, Totals
     from mltrain.targets.ray.config import RayCompute
     from mltrain.targets.ray.executor import RayExecutor
@@ -164,8 +165,13 @@ def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pyte
     executor = RayExecutor(RayCompute(address="http://127.0.0.1:9"), workspace)
     paths = workspace.run_paths("r1")
     paths.dir.mkdir(parents=True)
+    def mapped(request: ResourceRequest) -> Resources:  # what execute hands launch: the target's own mapping
+        return executor.resources(SimpleNamespace(resources=request))  # type: ignore[arg-type]
+
+    wanted = mapped(ResourceRequest(gpu_count=2, cpus=1.5, memory_bytes=1024**3))
+    assert wanted.gpu_ids is None and "entrypoint_num_gpus=2" in wanted.mapping  # Ray picks the devices
     request = LaunchRequest(run_id="r1", argv=["python3", "train.py"], cwd="gcs://_ray_pkg_x.zip", env={},
-                            paths=paths, resources=ResourceRequest(gpu_count=2, cpus=1.5, memory_bytes=1024**3))
+                            paths=paths, resources=wanted)
     handle = executor.launch(request)
     assert sent[0]["entrypoint_num_gpus"] == 2 and sent[0]["entrypoint_num_cpus"] == 1.5
     assert sent[0]["entrypoint_memory"] == 1024**3
@@ -173,7 +179,7 @@ def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pyte
     assert handle.to_dict()["job_id"] == sent[0]["submission_id"]
     sent.clear()
     executor.launch(LaunchRequest(run_id="r2", argv=["python3", "t.py"], cwd="gcs://p.zip", env={}, paths=paths,
-                                  resources=ResourceRequest(all_gpus=True)))
+                                  resources=mapped(ResourceRequest(all_gpus=True))))
     assert sent[0]["entrypoint_num_gpus"] == 2 and "entrypoint_num_cpus" not in sent[0]
 
 
