@@ -21,7 +21,7 @@ $(BASE): pyproject.toml | $(PY)
 
 $(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,spark,mlflow]'
+	$(PY) -m pip install --quiet -e '.[dev,spark,ray,mlflow]'
 	touch $(BASE) $@
 
 install-base: $(BASE)

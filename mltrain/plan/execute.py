@@ -239,8 +239,9 @@ def _environment(work: _Work, details: dict[str, Any]) -> _Outcome:
     from mltrain.environments.gc import mark_used
 
     environment, executor = work.resolved.environment, work.resolved.executor
-    cached = environment.is_prepared(executor)
-    prepared = environment.prepare(work.note, executor)
+    own = executor.own_environment(environment)  # made by the target on its nodes (Ray's runtime_env)
+    cached = own is not None or environment.is_prepared(executor)
+    prepared = own or environment.prepare(work.note, executor)
     work.prepared = prepared
     work.store.update(work.record.id, env_fingerprint=prepared.fingerprint)
     mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately

@@ -60,6 +60,9 @@ def _snapshot(look: _Look) -> dict[str, Any]:
 
 def _environment(look: _Look) -> dict[str, Any]:
     environment, executor = look.resolved.environment, look.resolved.executor
+    own = executor.own_environment(environment)
+    if own is not None:  # the target makes it on its nodes
+        return {"fingerprint": own.fingerprint, "cached": True, "state": CACHED, "summary": own.description}
     cached = environment.is_prepared(executor)
     return {"fingerprint": environment.fingerprint(), "cached": cached, "state": CACHED if cached else TO_DO,
             "summary": environment.describe()}

@@ -458,6 +458,11 @@ class Executor(ABC):
         places processes on several nodes itself (Ray)."""
         return 1
 
+    def own_environment(self, environment: Environment) -> PreparedEnvironment | None:
+        """A target that makes environments its own way on its nodes (Ray: runtime_env) says how the job runs
+        there (asking ``environment.requirements()``); None: the environment prepares itself (``runner()``)."""
+        return None
+
     def check_environment(self, environment: Environment) -> None:
         """Refuse, before anything runs, an environment this target cannot use (a ConfigError)."""
         if environment.provides_image:
