@@ -9,8 +9,21 @@ plugins, which import mltrain's sweep code in turn.
 
 from __future__ import annotations
 
+from typing import Any
+
 LAUNCHER = "hydra_plugins.mltrain_plugins.launcher.MltrainLauncher"
 SWEEPER = "hydra_plugins.mltrain_plugins.sweeper.MltrainSweeper"
+CONF = "pkg://hydra_plugins.mltrain_plugins.conf"  # the presets: hydra/launcher=mltrain_local, mltrain_docker, ...
+
+# ``hydra/launcher=mltrain``'s settings. They matter for a Hydra app's own jobs (each one an mltrain run);
+# ``mltrain -m`` takes its target from mltrain's own config (compute=..., environment=...) instead.
+LAUNCHER_NODE: dict[str, Any] = {
+    "_target_": LAUNCHER,
+    "compute": None,  # mltrain's compute option for each job: local (null), docker, ssh, ...
+    "environment": None,  # mltrain's environment option; null: user_managed (the Python running the app)
+    "max_concurrent": None,  # jobs at once; null: the target's default (the CPU count on local, 4 elsewhere)
+    "overrides": [],  # more of mltrain's settings, as on its command line: ["compute.image=...", ...]
+}
 
 
 def store_configs() -> None:
@@ -23,5 +36,5 @@ def store_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(group="hydra/launcher", name="mltrain", provider="mltrain", node={"_target_": LAUNCHER})
+    store.store(group="hydra/launcher", name="mltrain", provider="mltrain", node=LAUNCHER_NODE)
     store.store(group="hydra/sweeper", name="mltrain", provider="mltrain", node={"_target_": SWEEPER})

@@ -30,5 +30,6 @@ class MltrainSweeper(Sweeper):
         from mltrain.sweep.driver import sweep
 
         assert self.context is not None
-        return sweep(*self.context, self.launcher, arguments,
-                     streams=isinstance(self.launcher, TrialStreamLauncher))  # declared, not probed for
+        ours = isinstance(self.launcher, TrialStreamLauncher)  # declared, not probed for
+        return sweep(*self.context, self.launcher, arguments, streams=ours and self.launcher.streams(),
+                     batch=self.launcher.batch_size() if ours and not self.launcher.streams() else None)

@@ -18,8 +18,9 @@ from mltrain.sweep.space import parse_space
 
 
 def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: Any,
-          arguments: Sequence[str], *, streams: bool) -> list[Any]:
-    """``streams``: the launcher declares ``run_sweep`` (a ``TrialStreamLauncher``, as mltrain's does)."""
+          arguments: Sequence[str], *, streams: bool, batch: int | None = None) -> list[Any]:
+    """``streams``: the launcher declares ``run_sweep`` (a ``TrialStreamLauncher``, as mltrain's does).
+    ``batch``: how many jobs the launcher runs side by side when it does not stream (default: sweep.max_concurrent)."""
     from mltrain.config.schema import SweepConfig, validate_sweep
     from mltrain.sweep.controller import SweepController
     from mltrain.sweep.jobs import takes_prepared
@@ -46,7 +47,7 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     _save_config(config)
     if streams:
         return [list(launcher.run_sweep(sampler, Supervisor()))]
-    return _in_batches(launcher, sampler, settings.max_concurrent or 1)
+    return _in_batches(launcher, sampler, settings.max_concurrent or batch or 1)
 
 
 def _save_config(config: DictConfig) -> None:

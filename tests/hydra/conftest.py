@@ -12,3 +12,6 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("installs")
     wheel = build_wheel(root / "dist")
     return {mode: make_venv(root / mode, mode, wheel) for mode in MODES}
+
+
+collect_ignore = ["suite_local.py"]  # run by test_install_modes.py, in each install mode's venv
