@@ -1,8 +1,9 @@
 """The Hydra callback a job of ``hydra/launcher=mltrain`` runs with: it writes the task's return value (or its
 error) where mltrain collects it, so the launcher can hand it back as ``JobReturn.return_value``.
 
-Self-contained on purpose (no import of mltrain): it runs inside the job, wherever that is, and needs only
-Hydra and this file. The format is JSON, never pickle -- the launcher reads what a job wrote as hostile input.
+It runs inside the job, wherever that is: it needs Hydra and mltrain's package (which ships this module), and
+imports only ``mltrain.hydra_compat`` of it -- none of mltrain's SDKs. The format is JSON, never pickle: the
+launcher reads what a job wrote as hostile input.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class JobReturnWriter(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        value = job_return._return_value
+        from mltrain.hydra_compat import job_value
+
+        value = job_value(job_return)
         if job_return.status == JobStatus.FAILED:
             text = "".join(traceback.format_exception(value))[-MAX_TRACEBACK:]
             data: dict[str, Any] = {"error": {"type": type(value).__name__, "module": type(value).__module__,

@@ -22,7 +22,6 @@ re-raised by ``return_value`` as Hydra does.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -191,7 +190,7 @@ class AppLauncherCore:
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import JobReturn, JobStatus
 
-        from mltrain.hydra_compat import hydra_config_set
+        from mltrain.hydra_compat import hydra_config_copy, hydra_config_set
 
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config):
@@ -204,7 +203,7 @@ class AppLauncherCore:
             with read_write(hydra.runtime), open_dict(hydra.runtime):
                 hydra.runtime.output_dir = str(output_dir)
             HydraConfig.instance().set_config(sweep_config)
-            hydra_cfg: Any = copy.deepcopy(HydraConfig.instance().cfg)
+            hydra_cfg = hydra_config_copy()
             task_overrides = [str(o) for o in hydra.overrides.task]
             passed = [str(o) for o in hydra.overrides.hydra if not str(o).lstrip("+~").startswith(_NOT_PASSED)]
             argv = [*task_overrides, *passed,
