@@ -23,6 +23,8 @@ LAUNCHER_NODE: dict[str, Any] = {
     "environment": None,  # mltrain's environment option; null: user_managed (the Python running the app)
     "max_concurrent": None,  # jobs at once; null: the target's default (the CPU count on local, 4 elsewhere)
     "overrides": [],  # more of mltrain's settings, as on its command line: ["compute.image=...", ...]
+    "shared_paths": None,  # does the job see this machine's paths? null: the target says (local: yes); true:
+    # e.g. docker with compute.volumes mounting the sweep dir at the same path -- jobs then write it in place
 }
 
 

@@ -40,8 +40,9 @@ class MltrainLauncher(TrialStreamLauncher):
     core: Any = None
 
     def __init__(self, compute: str | None = None, environment: str | None = None,
-                 max_concurrent: int | None = None, overrides: Sequence[str] = ()) -> None:
-        self.settings = (compute, environment, max_concurrent, tuple(overrides))
+                 max_concurrent: int | None = None, overrides: Sequence[str] = (),
+                 shared_paths: bool | None = None) -> None:
+        self.settings = (compute, environment, max_concurrent, tuple(overrides), shared_paths)
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         from mltrain.sweep.jobs import takes_prepared

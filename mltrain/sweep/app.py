@@ -60,6 +60,11 @@ class AppLauncherSettings:
     environment: str | None = None
     max_concurrent: int | None = None
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    shared_paths: bool | None = None  # None: the target says (Executor.job_sees_client_paths)
+
+    def in_place(self, executor: Any) -> bool:
+        """Does each job write its output folder here itself (else it comes back with the run's outputs)?"""
+        return executor.job_sees_client_paths() if self.shared_paths is None else bool(self.shared_paths)
 
     def mltrain_overrides(self) -> list[str]:
         chosen = [f"compute={self.compute}"] if self.compute else []
@@ -104,7 +109,7 @@ class AppLauncherCore:
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             base, executor = self._base_spec(sweep_dir)
-            if executor.job_sees_client_paths():
+            if self.settings.in_place(executor):
                 base = dataclasses.replace(base, env_vars=(*base.env_vars, (ORIGINAL_CWD, os.getcwd())))
             self._prepared = base, executor
         return self._prepared
@@ -115,7 +120,7 @@ class AppLauncherCore:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         base, executor = self._prepare()
-        in_place = executor.job_sees_client_paths()
+        in_place = self.settings.in_place(executor)
         workers = self.concurrency()
         log.info(f"Launching {len(job_overrides)} jobs on mltrain ({executor.describe()}), {workers} at once")
         jobs = [self._job(base, list(overrides), initial_job_idx + n, in_place)

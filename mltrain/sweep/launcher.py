@@ -45,11 +45,11 @@ class LauncherCore:
 
     @staticmethod
     def refuse_app_settings(compute: str | None, environment: str | None, max_concurrent: int | None,
-                            overrides: Sequence[str]) -> None:
+                            overrides: Sequence[str], shared_paths: bool | None) -> None:
         """``hydra.launcher.compute`` and friends are for a Hydra app's jobs; ``mltrain -m`` has its own."""
         given = [f"hydra.launcher.{name}" for name, value in (
             ("compute", compute), ("environment", environment), ("max_concurrent", max_concurrent),
-            ("overrides", overrides)) if value]
+            ("overrides", overrides), ("shared_paths", shared_paths is not None)) if value]
         if given:
             raise ConfigError(f"{given[0]} is for a Hydra app's own jobs; with mltrain -m set compute=..., "
                               "environment=..., sweep.max_concurrent=... directly")

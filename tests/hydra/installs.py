@@ -36,3 +36,37 @@ def make_venv(folder: Path, mode: str, wheel: Path | None = None) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--disable-pip-version-check", *target], check=True, capture_output=True, timeout=600)
     return python
+
+
+JOB_DEPS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "PyYAML", "packaging")
+DOCKERFILE = """FROM {base}
+COPY wheels /wheels
+RUN python3 -m venv /opt/app && /opt/app/bin/pip install --quiet --no-index --find-links /wheels {deps} \\
+ && /opt/app/bin/pip install --quiet --no-index --no-deps /wheels/{mltrain}
+"""
+
+
+def job_image(base: str, wheel: Path, folder: Path) -> str:
+    """An image for a Hydra app's jobs in containers: ``base`` plus a venv (``/opt/app``) with Hydra and
+    mltrain (``--no-deps``: a job needs only its Hydra callback). Built from wheels of the versions this venv
+    has -- taken from pip's cache, ``antlr4-python3-runtime`` (no wheel on the index) built locally -- and
+    tagged by their hashes, so it is built once per machine."""
+    import hashlib
+    from importlib.metadata import version
+
+    wheels = folder / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    pins = [f"{name}=={version(name)}" for name in JOB_DEPS]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(wheels), *pins],
+                   check=True, capture_output=True, timeout=600)
+    (wheels / wheel.name).write_bytes(wheel.read_bytes())
+    digest = hashlib.sha256(base.encode())
+    for path in sorted(wheels.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    tag = f"mltrain-test/hydra-job:{digest.hexdigest()[:12]}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0:
+        (folder / "Dockerfile").write_text(DOCKERFILE.format(base=base, deps=" ".join(pins), mltrain=wheel.name))
+        subprocess.run(["docker", "build", "--quiet", "-t", tag, str(folder)], check=True, capture_output=True,
+                       timeout=900)
+    return tag

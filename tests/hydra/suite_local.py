@@ -1,6 +1,6 @@
 """Hydra's plugin-author suites against ``hydra/launcher=mltrain`` on the local target: every job an mltrain run.
 
-Run by ``test_install_modes.py`` inside a venv per install mode (not collected on its own: see conftest).
+Run by ``test_install_modes.py`` inside a venv per install mode (its name keeps pytest from collecting it).
 """
 
 from __future__ import annotations
