@@ -7,3 +7,13 @@ from typing import Any
 
 def return_100(cfg: Any) -> int:
     return 100
+
+
+def foo_plus_a(cfg: Any) -> Any:
+    return {"sum": cfg.foo + cfg.get("a", 0), "cfg": cfg}
+
+
+def fail_on_one(cfg: Any) -> int:
+    if cfg.get("a") == 1:
+        raise ValueError("a=1 is not allowed")
+    return 0

@@ -1,0 +1,52 @@
+"""``hydra/launcher=mltrain`` in an app's own process: each job is a run, its return value or error comes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig
+from tasks import fail_on_one, foo_plus_a
+
+pytestmark = [
+    pytest.mark.usefixtures("hydra_restore_singletons"),
+    pytest.mark.filterwarnings("ignore:Future Hydra versions will no longer change working directory:UserWarning"),
+]
+
+
+def sweep(runner: Any, task: Any, tmp_path: Path, *overrides: str) -> Any:
+    return runner(calling_file=None, calling_module="hydra.test_utils.a_module", task_function=task,
+                  config_path="configs", config_name="compose", temp_dir=tmp_path / "sweep",
+                  overrides=["hydra/launcher=mltrain_local", *overrides])
+
+
+def test_return_values_come_back(hydra_sweep_runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLTRAIN_HOME", str(tmp_path / "ws"))
+    with sweep(hydra_sweep_runner, foo_plus_a, tmp_path, "+a=1,2") as result:
+        returns = result.returns[0]
+        assert [r.return_value["sum"] for r in returns] == [11, 12]
+        assert isinstance(returns[0].return_value["cfg"], DictConfig)
+        assert returns[0].return_value["cfg"].a == 1
+    assert len(list((tmp_path / "ws" / "runs").iterdir())) == 2  # each job a run
+
+
+def test_a_jobs_exception_is_reraised(hydra_sweep_runner: Any, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLTRAIN_HOME", str(tmp_path / "ws"))
+    with pytest.raises(ValueError, match="a=1 is not allowed"), \
+            sweep(hydra_sweep_runner, fail_on_one, tmp_path, "+a=0,1"):
+        pass
+
+
+def test_a_closure_is_one_line(hydra_sweep_runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mltrain.errors import ConfigError
+
+    monkeypatch.setenv("MLTRAIN_HOME", str(tmp_path / "ws"))
+
+    def local_task(cfg: Any) -> int:
+        return 1
+
+    with pytest.raises(ConfigError, match="cannot be sent there"), sweep(hydra_sweep_runner, local_task, tmp_path):
+        pass
+    assert not (tmp_path / "ws" / "runs").exists()  # nothing started
