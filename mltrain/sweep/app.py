@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mltrain.errors import ConfigError, MltrainError, RunFailed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hydra_plugins.mltrain_plugins.launcher")  # the app's log shows it as Hydra's launcher
 
 CALLBACK = "hydra_plugins.mltrain_plugins.callback.JobReturnWriter"
 RESULT_FILE = "mltrain-job-return.json"  # hydra_plugins.mltrain_plugins.callback.RESULT_FILE
@@ -119,6 +119,9 @@ class AppLauncherCore:
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        quiet = logging.getLogger("mltrain")  # snapshot and checkout lines: in each run's own log, not the app's
+        if quiet.level == logging.NOTSET and not self.config.hydra.verbose:
+            quiet.setLevel(logging.WARNING)
         base, executor = self._prepare()
         in_place = self.settings.in_place(executor)
         workers = self.concurrency()
@@ -237,6 +240,7 @@ class AppLauncherCore:
         try:
             run = submit_spec(job.spec)
             record = run.wait()
+            log.info(f"\t#{job.index} : run {record.id} {record.status} (mltrain runs show {record.id})")
             outputs = run.paths.outputs
             if not job.in_place:
                 _copy_back(outputs / "hydra", job.output_dir)
