@@ -98,6 +98,7 @@ class AppLauncherCore:
         self.settings = settings
 
         self._prepared: tuple[Any, Any] | None = None
+        self.sweep_id: str | None = None  # the sweep record the jobs are trials of (made at the first launch)
 
     def concurrency(self) -> int:
         """Jobs at once: ``hydra.launcher.max_concurrent``, else the target's default."""
@@ -128,8 +129,61 @@ class AppLauncherCore:
         log.info(f"Launching {len(job_overrides)} jobs on mltrain ({executor.describe()}), {workers} at once")
         jobs = [self._job(base, list(overrides), initial_job_idx + n, in_place)
                 for n, overrides in enumerate(job_overrides)]
+        self._open_sweep(base, workers)
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mltrain-app-job") as pool:
-            return list(pool.map(self._run, jobs))
+            returns = list(pool.map(self._run, jobs))
+        self._close_sweep(returns)
+        return returns
+
+    # ------------------------------------------------------- the sweep record
+    def _store(self) -> Any:
+        from mltrain.store.db import Store
+        from mltrain.store.workspace import Workspace
+
+        return Store(Workspace.locate(self._prepare()[0].workspace_dir).ensure().db_path)
+
+    def _open_sweep(self, base: Any, workers: int) -> None:
+        """One sweep record for the app's sweep: made at its first batch, running again at each next one.
+
+        A sweeper hands the launcher batches and never says which is the last, so the record is
+        finished after every batch (Completed, or Failed with the first failed job) and reopened by the next.
+        """
+        from mltrain.store.db import RUNNING
+        from mltrain.sweep.process import command, this_process
+
+        sweeper = str(OmegaConf.select(self.config, "hydra.sweeper._target_", default="") or "")
+        name = sweeper.rpartition(".")[2].removesuffix("Sweeper").lower() or "hydra"  # BasicSweeper -> basic
+        settings = {"launcher": "hydra app", "sampler": name, "max_concurrent": workers, "sweeper": sweeper}
+        fields: dict[str, Any] = {"planned": None, "settings": settings, "command": command(sys.argv[1:]),
+                                  "controller": this_process()}
+        with self._store() as store:
+            if self.sweep_id is None:
+                key = f"hydra-app:{os.path.abspath(str(self.config.hydra.sweep.dir))}:{os.getpid()}:{id(self)}"
+                self.sweep_id = store.create_sweep(key=key, experiment=base.experiment, **fields).id
+            else:
+                store.update_sweep(self.sweep_id, status=RUNNING, ended=None, reason=None, **fields)
+
+    def _close_sweep(self, returns: list[Any]) -> None:
+        from hydra.core.utils import JobStatus
+
+        from mltrain.store.db import COMPLETED, FAILED
+
+        failed = [r for r in returns if r.status == JobStatus.FAILED]
+        reason = f"{len(failed)} of {len(returns)} jobs failed" if failed else None
+        with self._store() as store:
+            assert self.sweep_id is not None
+            store.finish_sweep(self.sweep_id, FAILED if failed else COMPLETED, reason)
+
+    def _trial(self, job: _Job, run_id: str | None, error: str | None = None) -> None:
+        import hashlib
+
+        from mltrain.store.db import TrialRecord
+
+        assert self.sweep_id is not None
+        unique = hashlib.sha256(f"{self.sweep_id}:{job.index}".encode()).hexdigest()  # never reused by another
+        with self._store() as store:
+            store.put_trial(TrialRecord(self.sweep_id, job.index, list(job.ret.overrides), unique, run_id,
+                                        error=error))
 
     # ------------------------------------------------------------- the runs
     def _base_spec(self, sweep_dir: Path) -> tuple[Any, Any]:
@@ -238,7 +292,12 @@ class AppLauncherCore:
         from mltrain.run import submit_spec
 
         try:
-            run = submit_spec(job.spec)
+            try:
+                run = submit_spec(job.spec, sweep_id=self.sweep_id)
+            except Exception as exc:
+                self._trial(job, None, str(exc))
+                raise
+            self._trial(job, run.id)
             record = run.wait()
             log.info(f"\t#{job.index} : run {record.id} {record.status} (mltrain runs show {record.id})")
             outputs = run.paths.outputs

@@ -28,7 +28,15 @@ def test_return_values_come_back(hydra_sweep_runner: Any, tmp_path: Path, monkey
         assert [r.return_value["sum"] for r in returns] == [11, 12]
         assert isinstance(returns[0].return_value["cfg"], DictConfig)
         assert returns[0].return_value["cfg"].a == 1
-    assert len(list((tmp_path / "ws" / "runs").iterdir())) == 2  # each job a run
+    assert len(list((tmp_path / "ws" / "runs").iterdir())) == 2  # each job a run ...
+    from mltrain.store.db import Store
+
+    with Store(tmp_path / "ws" / "runs.db", create=False) as store:  # ... and the sweep one sweep record
+        (record,) = store.find_sweeps()
+        assert record.status == "Completed" and record.settings["sampler"] == "basic"
+        trials = store.trials(record.id)
+        assert [t.params for t in trials] == [["+a=1"], ["+a=2"]]
+        assert all(store.get(str(t.run_id)).status == "Completed" for t in trials)
 
 
 def test_a_jobs_exception_is_reraised(hydra_sweep_runner: Any, tmp_path: Path,
