@@ -28,6 +28,19 @@ LAUNCHER_NODE: dict[str, Any] = {
 }
 
 
+# ``hydra/sweeper=mltrain``'s settings for a Hydra app's sweep (null: mltrain's default, as for ``sweep.*``);
+# ``mltrain -m`` takes them from mltrain's own ``sweep.*`` instead. The objective is the task's return value.
+SWEEPER_NODE: dict[str, Any] = {
+    "_target_": SWEEPER,
+    "sampler": None,  # grid | random | tpe
+    "n_trials": None,
+    "max_trials": None,
+    "goal": None,  # min | max: what the return values are for
+    "seed": None,
+    "max_concurrent": None,  # jobs per batch; null: the launcher's concurrency
+}
+
+
 def store_configs() -> None:
     """The options ``hydra/launcher=mltrain`` and ``hydra/sweeper=mltrain`` (idempotent).
 
@@ -39,4 +52,4 @@ def store_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(group="hydra/launcher", name="mltrain", provider="mltrain", node=LAUNCHER_NODE)
-    store.store(group="hydra/sweeper", name="mltrain", provider="mltrain", node={"_target_": SWEEPER})
+    store.store(group="hydra/sweeper", name="mltrain", provider="mltrain", node=SWEEPER_NODE)

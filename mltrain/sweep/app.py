@@ -153,6 +153,7 @@ class AppLauncherCore:
 
         sweeper = str(OmegaConf.select(self.config, "hydra.sweeper._target_", default="") or "")
         name = sweeper.rpartition(".")[2].removesuffix("Sweeper").lower() or "hydra"  # BasicSweeper -> basic
+        name = str(OmegaConf.select(self.config, "hydra.sweeper.sampler", default=None) or name)  # mltrain's
         settings = {"launcher": "hydra app", "sampler": name, "max_concurrent": workers, "sweeper": sweeper}
         fields: dict[str, Any] = {"planned": None, "settings": settings, "command": command(sys.argv[1:]),
                                   "controller": this_process()}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from omegaconf import DictConfig
-from tasks import fail_on_one, foo_plus_a
+from tasks import fail_on_one, foo_plus_a, return_100
 
 pytestmark = [
     pytest.mark.usefixtures("hydra_restore_singletons"),
@@ -58,3 +58,18 @@ def test_a_closure_is_one_line(hydra_sweep_runner: Any, tmp_path: Path, monkeypa
     with pytest.raises(ConfigError, match="cannot be sent there"), sweep(hydra_sweep_runner, local_task, tmp_path):
         pass
     assert not (tmp_path / "ws" / "runs").exists()  # nothing started
+
+
+def test_mltrains_sweeper_samples_an_apps_sweep(hydra_sweep_runner: Any, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLTRAIN_HOME", str(tmp_path / "ws"))
+    with sweep(hydra_sweep_runner, return_100, tmp_path, "hydra/sweeper=mltrain", "hydra.sweeper.sampler=random",
+               "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=7", "+a=interval(0,1)") as result:
+        returns = [r for batch in result.returns for r in batch]
+        assert [r.return_value for r in returns] == [100, 100, 100]
+        assert len({r.overrides[0] for r in returns}) == 3  # three draws
+    from mltrain.store.db import Store
+
+    with Store(tmp_path / "ws" / "runs.db", create=False) as store:
+        (record,) = store.find_sweeps()
+        assert record.settings["sampler"] == "random" and len(store.trials(record.id)) == 3
