@@ -72,6 +72,16 @@ class AppLauncherSettings:
         return chosen + list(self.overrides)
 
 
+def _compact_error(exc: MltrainError) -> MltrainError:
+    """``exc`` as an error Hydra prints as one line (a ``CompactHydraException``) in the app's process."""
+    from hydra.errors import CompactHydraException
+
+    class LauncherConfigError(ConfigError, CompactHydraException):
+        pass
+
+    return LauncherConfigError(f"hydra/launcher=mltrain: {exc}")
+
+
 class JobError(MltrainError):
     """A job's exception, of a type this process cannot (or will not) rebuild: its type, message and traceback."""
 
@@ -109,7 +119,16 @@ class AppLauncherCore:
         if self._prepared is None:
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            base, executor = self._base_spec(sweep_dir)
+            full_error = os.environ.get("HYDRA_FULL_ERROR")  # mltrain's composition sets it for its own CLI
+            try:
+                base, executor = self._base_spec(sweep_dir)
+            except MltrainError as exc:
+                raise _compact_error(exc) from None
+            finally:
+                if full_error is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = full_error
             if self.settings.in_place(executor):
                 base = dataclasses.replace(base, env_vars=(*base.env_vars, (ORIGINAL_CWD, os.getcwd())))
             self._prepared = base, executor

@@ -73,3 +73,21 @@ def test_mltrains_sweeper_samples_an_apps_sweep(hydra_sweep_runner: Any, tmp_pat
     with Store(tmp_path / "ws" / "runs.db", create=False) as store:
         (record,) = store.find_sweeps()
         assert record.settings["sampler"] == "random" and len(store.trials(record.id)) == 3
+
+
+def test_a_bad_launcher_setting_is_one_line_and_starts_nothing(tmp_path: Path, base_env: dict[str, str]) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    app = tmp_path / "app"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "hydra_app", app)
+    result = subprocess.run([sys.executable, "my_app.py", "-m", "db=mysql", "hydra/launcher=mltrain",
+                             "hydra.launcher.compute=dokcer"], cwd=app, capture_output=True, text=True, timeout=120,
+                            env={**base_env, "MLTRAIN_HOME": str(tmp_path / "ws")})
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0] == ("hydra/launcher=mltrain: unknown compute option 'dokcer'; did you mean docker? (available: "
+                        "docker, local, spark, ssh); add conf/compute/dokcer.yaml to define it"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ws").exists()
