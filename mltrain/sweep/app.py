@@ -29,6 +29,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class AppLauncherCore:
 
         self._prepared: tuple[Any, Any] | None = None
         self.sweep_id: str | None = None  # the sweep record the jobs are trials of (made at the first launch)
+        self._runs: list[Any] = []  # every run started, for Ctrl-C
+        self._lock = threading.Lock()
 
     def concurrency(self) -> int:
         """Jobs at once: ``hydra.launcher.max_concurrent``, else the target's default."""
@@ -150,9 +153,28 @@ class AppLauncherCore:
                 for n, overrides in enumerate(job_overrides)]
         self._open_sweep(base, workers)
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mltrain-app-job") as pool:
-            returns = list(pool.map(self._run, jobs))
+            futures = [pool.submit(self._run, job) for job in jobs]
+            try:
+                returns = [future.result() for future in futures]
+            except KeyboardInterrupt:  # Ctrl-C in the app: cancel what runs, let the workers see it end
+                for future in futures:
+                    future.cancel()
+                self._cancel_started()
+                raise
         self._close_sweep(returns)
         return returns
+
+    def _cancel_started(self) -> None:
+        from mltrain.store.db import CANCELED
+
+        with self._lock:
+            started = list(self._runs)
+        for run in started:
+            with contextlib.suppress(Exception):
+                run.cancel()
+        if self.sweep_id is not None:
+            with self._store() as store:
+                store.finish_sweep(self.sweep_id, CANCELED, "interrupted (Ctrl-C)")
 
     # ------------------------------------------------------- the sweep record
     def _store(self) -> Any:
@@ -317,6 +339,8 @@ class AppLauncherCore:
             except Exception as exc:
                 self._trial(job, None, str(exc))
                 raise
+            with self._lock:
+                self._runs.append(run)
             self._trial(job, run.id)
             record = run.wait()
             log.info(f"\t#{job.index} : run {record.id} {record.status} (mltrain runs show {record.id})")
