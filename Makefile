@@ -1,7 +1,8 @@
 # mltrain: `make demo` runs the quickstart, `make test` provisions what the suite needs and runs it.
 #
 # Two installs into one .venv: the demo needs only mltrain and its own dependencies (seconds); the suite,
-# lint and benchmarks add the dev tools and pyspark (the spark extra: a ~490 MB wheel). `make install` is
+# lint and benchmarks add the dev tools, pyspark (the spark extra: a ~490 MB wheel) and MLflow (the mlflow
+# extra). `make install` is
 # the full one; `make demo` never pays for it.
 PYTHON ?= python3
 VENV   := .venv
@@ -20,7 +21,7 @@ $(BASE): pyproject.toml | $(PY)
 
 $(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,spark]'
+	$(PY) -m pip install --quiet -e '.[dev,spark,ray,mlflow]'
 	touch $(BASE) $@
 
 install-base: $(BASE)
@@ -34,6 +35,7 @@ provision:
 	bash .ci/provision.sh
 	bash .ci/provision-docker.sh
 	bash .ci/provision-ssh.sh
+	bash .ci/provision-browser.sh
 
 test: install provision
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mltrain.runs import Run
+from mltrain.results import Run
 from mltrain.store.db import CANCELED, COMPLETED, FAILED
 
 

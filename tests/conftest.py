@@ -92,6 +92,22 @@ TRAIN = textwrap.dedent(
     """
 )
 
+FIT = textwrap.dedent(
+    """
+    import os, sys
+    import mltrain
+    args = sys.argv[1:]
+    lr = float(args[args.index("--lr") + 1])
+    for step in range(4):
+        mltrain.log_metric("acc", lr * (step + 1), step=step)
+    print("::metric loss=0.5 step=3")
+    with open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "model.txt"), "w") as fh:
+        fh.write(" ".join(args))
+    """
+)
+"""A script that takes ``--lr``, logs ``acc`` = lr x (step + 1) over 4 steps (timestamped) and ``loss`` on stdout,
+and writes its arguments to ``outputs/model.txt`` (the API and MLflow tests)."""
+
 
 class Project:
     """A temp project folder and a way to run the real ``mltrain`` command in it."""

@@ -24,8 +24,10 @@ from mltrain.errors import MltrainError
 USAGE = """\
 usage: mltrain [--detach] [--quiet] [-cn NAME] [-cd DIR] [--cfg job] [-m] key=value ...  submit a run (-m: a sweep)
        mltrain plan [--json] [-cn NAME] [-cd DIR] key=value ...     show what a submit would do
-       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff ...  the run history (runs --help)
-       mltrain sweeps list|show|cancel|attach ...                   sweeps and their trials (sweeps --help)
+       mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff|plot|export ...
+                                                                    the run history (runs --help)
+       mltrain sweeps list|show|cancel|attach|report ...            sweeps and their trials (sweeps --help)
+       mltrain ui [--port P]                                        MLflow's UI on the workspace's MLflow store
        mltrain gc [--failed] [--older-than DAYS] [--envs DAYS] [--dry-run]  free workspace space
 
   --detach  print the run (or sweep) id and return; `mltrain runs attach ID` follows it later
@@ -69,7 +71,7 @@ def usage() -> str:
         shown.append(f"{registry.group} ({', '.join(choices)})")
     return USAGE.format(groups=",\n".join(shown))
 
-SUBCOMMANDS = ("plan", "runs", "sweeps", "gc")
+SUBCOMMANDS = ("plan", "runs", "sweeps", "gc", "ui")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,8 +166,15 @@ def _subcommand(args: list[str]) -> int:
     lst.add_argument("--experiment")
     lst.add_argument("--status", choices=["Queued", "Preparing", "Running", "Finalizing", "Completed",
                                           "Failed", "Canceled"])
-    lst.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--sweep", metavar="ID", help="the trials of one sweep: primary metric and differing params")
+    lst.add_argument("--where", metavar="EXPR", help="e.g. 'metrics.acc > 0.9 and params.lr < 0.01'")
+    lst.add_argument("--sort", metavar="FIELD",
+                     help="metrics.acc (ascending) or metrics.acc:desc (also --sort=-metrics.acc)")
+    lst.add_argument("--columns", metavar="F,F", help="the columns after ID, e.g. params.lr,metrics.acc,status")
+    lst.add_argument("--limit", type=int, default=50, help="first N (0: all)")
+    fmt = lst.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
     show = rsub.add_parser("show", help="one run: status, timings, config, git state, metrics, snapshot")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
@@ -177,6 +186,7 @@ def _subcommand(args: list[str]) -> int:
     metrics = rsub.add_parser("metrics", help="every metric value a run logged: name, step, value")
     metrics.add_argument("run_id")
     metrics.add_argument("--json", action="store_true")
+    metrics.add_argument("--csv", action="store_true")
     outputs = rsub.add_parser("outputs", help="the files a run wrote to $MLTRAIN_OUTPUT_DIR (--download: copy them)")
     outputs.add_argument("run_id")
     outputs.add_argument("--download", metavar="DEST", help="copy the outputs into DEST")
@@ -184,9 +194,19 @@ def _subcommand(args: list[str]) -> int:
     rerun.add_argument("run_id")
     rerun.add_argument("--detach", action="store_true")
     rerun.add_argument("overrides", nargs="*")
+    export = rsub.add_parser("export", help="copy runs (and their sweeps) to MLflow; exporting again adds nothing")
+    export.add_argument("--mlflow", metavar="URI", help="tracking URI: sqlite:///f.db, http://host:5000 (default: "
+                                                        "$MLFLOW_TRACKING_URI, else the workspace's own store)")
+    export.add_argument("run_ids", nargs="*", metavar="ID")
+    export.add_argument("--experiment", metavar="NAME", help="every run of this experiment")
+    export.add_argument("--all", action="store_true", help="every run in the history")
     diff = rsub.add_parser("diff", help="config and file differences between two runs")
     diff.add_argument("first")
     diff.add_argument("second")
+    plot = rsub.add_parser("plot", help="metric curves over steps, runs overlaid (-o: a .png/.svg; else text)")
+    plot.add_argument("run_ids", nargs="+", metavar="run_id")
+    plot.add_argument("--metric", help="only this metric (default: every metric the runs logged)")
+    plot.add_argument("-o", "--output", metavar="FILE", help="write a picture (.png or .svg; needs mltrain[plot])")
 
     sweeps = sub.add_parser("sweeps", help="sweeps (mltrain -m) and their trials")
     sweeps.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
@@ -194,11 +214,24 @@ def _subcommand(args: list[str]) -> int:
     slist = ssub.add_parser("list", help="the newest sweeps")
     slist.add_argument("--limit", type=int, default=20, help="newest N (0: all)")
     slist.add_argument("--json", action="store_true")
+    slist.add_argument("--csv", action="store_true")
     sshow = ssub.add_parser("show", help="a sweep's trials: params, status, primary metric, duration; best marked")
     sshow.add_argument("sweep_id")
     sshow.add_argument("--json", action="store_true")
+    sshow.add_argument("--csv", action="store_true")
     ssub.add_parser("cancel", help="cancel the running trials and start no more").add_argument("sweep_id")
     ssub.add_parser("attach", help="follow a sweep (resuming it if its controller is gone)").add_argument("sweep_id")
+    sreport = ssub.add_parser("report", help="one self-contained HTML page: trials table, metric over trials, "
+                                             "curves, parallel coordinates, metric vs each param")
+    sreport.add_argument("sweep_id")
+    sreport.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: sweep-ID.html here)")
+
+    ui = sub.add_parser("ui", help="MLflow's UI on the workspace's MLflow store (pip install 'mltrain[mlflow]')")
+    ui.add_argument("--workspace", help="workspace folder (default: $MLTRAIN_HOME or ./.mltrain)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ui.add_argument("--mlflow", metavar="URI", help="the store to show (default: $MLFLOW_TRACKING_URI, else the "
+                                                    "workspace's own)")
 
     gc = sub.add_parser("gc", help="remove what no kept run needs")
     gc.add_argument("--workspace")
@@ -218,6 +251,10 @@ def _subcommand(args: list[str]) -> int:
         from mltrain.cli import gc as handler  # type: ignore[no-redef]
     elif parsed.command == "sweeps":
         from mltrain.cli import sweeps as handler  # type: ignore[no-redef]
+    elif parsed.command == "ui":
+        from mltrain.cli import ui as handler  # type: ignore[no-redef]
+    elif parsed.action == "plot":
+        from mltrain.cli import plot as handler  # type: ignore[no-redef]
     else:
         from mltrain.cli import runs as handler  # type: ignore[no-redef]
     result: int = handler.command(parsed)

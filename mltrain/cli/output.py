@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mltrain.errors import UsageError
+from mltrain.errors import MltrainError, UsageError
 
 if TYPE_CHECKING:
     from mltrain.store.db import RunRecord
+    from mltrain.store.workspace import Workspace
     from mltrain.sweep.report import SweepReport
 
 RUN_EXIT_CODES = {"Completed": 0, "Canceled": 130}
@@ -65,12 +66,38 @@ def ended(kind: str, ident: str, status: str, reason: str | None = None) -> str:
     return f"{kind} {ident} {status}" + (f" ({reason})" if reason else "")
 
 
-def run_ended(record: RunRecord) -> int:
-    """Say how a followed run ended; returns the command's exit code for it."""
+def run_ended(record: RunRecord, workspace: Workspace | None = None) -> int:
+    """Say how a followed run ended, with each metric's last value (read from ``workspace``'s history);
+    returns the command's exit code for it. The reason stays last on the line: it is the script's error."""
     took = f" in {record.duration:.1f}s" if record.duration is not None else ""
+    last = ""
+    if workspace is not None:
+        from mltrain.store.db import Store
+        from mltrain.tracking.sparkline import last_values
+
+        try:
+            with Store(workspace.db_path, create=False) as store:
+                values = store.last_metrics(record.id)
+        except MltrainError as exc:  # the run ended all the same: say so, and its exit code stays the run's
+            warn(f"run {record.id}: its metrics could not be read: {exc}")
+            values = {}
+        last = f" (last {last_values(values)})" if values else ""
     why = f": {record.reason}" if record.reason else ""
-    info(f"run {record.id} {record.status}{took}{why}")
+    info(f"run {record.id} {record.status}{took}{last}{why}")
     return exit_code(record.status)
+
+
+def write_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """``--csv``: values as stored (times in epoch seconds, floats in full; lists and dicts as JSON), for a
+    spreadsheet or pandas."""
+    import csv
+    import json
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v if isinstance(v, str | int | float) else json.dumps(v) for v in row])
+    sys.stdout.flush()
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -116,7 +143,7 @@ def sweep_table(report: SweepReport) -> str:
             + (f", goal {sweep.settings.get('goal')} {metric}" if sweep.settings.get("primary_metric") else "")]
     cells = [("TRIAL", "RUN", "STATUS", metric, "DURATION", "PARAMS")]
     for r in rows:
-        status = r.status + (" (reused)" if r.reused else "") + (" (early)" if r.reason == "early termination" else "")
+        status = r.status + (" (reused)" if r.reused else "") + (" (early)" if r.stopped_early else "")
         cells.append((f"{r.idx}{' *' if r.best else ''}", r.run_id or "-", status,
                       "-" if r.metric is None else number(r.metric), trial_duration(r.duration),
                       shown_params(r.params)))

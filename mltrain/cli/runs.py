@@ -1,4 +1,4 @@
-"""``mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff``: the run history."""
+"""``mltrain runs list|show|logs|attach|cancel|metrics|outputs|rerun|diff|export``: the run history."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write
+from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write, write_csv
 from mltrain.errors import MltrainError, StoreError
 from mltrain.store.db import RunRecord, Store
 from mltrain.store.workspace import Workspace
@@ -26,28 +26,85 @@ def open_history(parsed: argparse.Namespace, hint: str = HINT) -> tuple[Workspac
 
 def command(parsed: argparse.Namespace) -> int:
     handler = {"list": runs_list, "show": runs_show, "logs": runs_logs, "attach": runs_attach, "cancel": runs_cancel,
-               "metrics": runs_metrics, "outputs": runs_outputs, "rerun": runs_rerun, "diff": runs_diff}
+               "metrics": runs_metrics, "outputs": runs_outputs, "rerun": runs_rerun, "diff": runs_diff,
+               "export": runs_export}
     return handler[parsed.action](parsed)
 
 
 def runs_list(parsed: argparse.Namespace) -> int:
+    """The newest runs, or those ``--where``/``--sweep``/... pick, in ``--sort`` order, as a table, JSON or CSV."""
+    from mltrain.tracking.query import differing, find_runs, parse_columns
+
+    columns = parse_columns(parsed.columns) if parsed.columns else None  # a bad one fails before any I/O
     workspace, store = open_history(parsed)
     with store:
-        records = store.find(experiment=parsed.experiment, status=parsed.status, limit=parsed.limit or None)
-        records = [_reconciled_or_as_is(store, workspace, r) for r in records]
-        total = store.count()
+        sweep = store.get_sweep(parsed.sweep) if parsed.sweep else None
+        found = find_runs(store, workspace, experiment=parsed.experiment, status=parsed.status,
+                          sweep_id=sweep.id if sweep else None, where=parsed.where, sort=parsed.sort,
+                          limit=parsed.limit or None)
+        records = [_reconciled_or_as_is(store, workspace, r) for r in found.runs]
     if parsed.json:
-        out(json.dumps([r.to_dict() for r in records], indent=2))
+        out(json.dumps([r.to_dict() | {"metrics": found.metrics[r.id]} for r in records], indent=2))
+        return 0
+    if columns is None and sweep is not None:
+        metric = sweep.settings.get("primary_metric")
+        names = ["status", *([f"metrics.{metric}"] if metric else []), "duration",
+                 *(f"params.{key}" for key in differing(records))]
+        columns = parse_columns(",".join(f"`{n}`" if "," in n else n for n in names))
+    if columns is None:
+        header = ["id", "experiment", "status", "created", "duration", "target", "script"]
+        cells = [[r.id, r.experiment, r.status, r.created, r.duration, r.compute, r.script] for r in records]
+    else:
+        header = ["id", *(c.label for c in columns)]
+        cells = [[r.id, *(c.value(r, found.metrics[r.id]) for c in columns)] for r in records]
+    if parsed.csv:
+        write_csv(header, cells)
         return 0
     if not records:
         out("no runs")
         return 0
-    rows = [("ID", "EXPERIMENT", "STATUS", "CREATED", "DURATION", "TARGET", "SCRIPT")]
-    rows += [(r.id, r.experiment, r.status, when(r.created), duration(r.duration), r.compute, r.script)
-             for r in records]
-    out(table(rows))
-    if parsed.limit and len(records) == parsed.limit and total > parsed.limit:
-        out(f"(newest {parsed.limit} of {total}; --limit 0 shows all)")
+    shown = [[_cell(name, value) for name, value in zip(header, row, strict=True)] for row in cells]
+    out(table([[name.upper() for name in header], *shown]))
+    if parsed.limit and len(records) == parsed.limit and found.total > parsed.limit:
+        out(f"({'first' if parsed.sort else 'newest'} {parsed.limit} of {found.total}; --limit 0 shows all)")
+    return 0
+
+
+def _cell(name: str, value: Any) -> str:
+    """A value as a table shows it (times as local times, durations short, floats to 6 digits)."""
+    from mltrain.sweep.report import number
+
+    if value is None:
+        return "-"
+    if name in ("created", "started", "ended"):
+        return when(value)
+    if name == "duration":
+        return duration(value)
+    if isinstance(value, float):
+        return number(value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def runs_export(parsed: argparse.Namespace) -> int:
+    """Copy runs to MLflow (``mltrain.tracking.mlflow``): the ids given, an experiment's, or all."""
+    from mltrain.errors import UsageError
+    from mltrain.tracking.mlflow import absolute_uri, default_uri, export, require
+
+    chosen = sum(bool(x) for x in (parsed.run_ids, parsed.experiment, parsed.all))
+    if chosen != 1:
+        raise UsageError("runs export: name the runs: IDs, --experiment NAME or --all (one of them)")
+    require()
+    workspace, store = open_history(parsed)
+    with store:
+        if parsed.run_ids:
+            records = [store.get(ident) for ident in parsed.run_ids]
+        else:
+            records = store.find(experiment=parsed.experiment)[::-1]  # oldest first, as they were made
+        records = [_reconciled_or_as_is(store, workspace, r) for r in records]
+        uri = absolute_uri(parsed.mlflow) if parsed.mlflow else default_uri(workspace)
+        runs, sweeps = export(uri, store, workspace, records)
+    out(f"exported {runs} run{'s' if runs != 1 else ''}" + (f" ({sweeps} sweep{'s' if sweeps != 1 else ''})"
+                                                          if sweeps else "") + f" to {uri}")
     return 0
 
 
@@ -71,10 +128,13 @@ def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[st
 
 
 def runs_show(parsed: argparse.Namespace) -> int:
+    from mltrain.tracking.sparkline import run_lines, series
+
     workspace, store = open_history(parsed)
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         data = _show_dict(store, workspace, record)
+        curves = series(store.metrics(record.id)) if not parsed.json else {}
     if parsed.json:
         out(json.dumps(data, indent=2))
         return 0
@@ -98,12 +158,17 @@ def runs_show(parsed: argparse.Namespace) -> int:
         lines.append(f"git         {git.get('commit') or '-'} on {git.get('branch') or '(detached)'}{''.join(flags)}")
     elif git:
         lines.append("git         not a git repository")
+    if record.hardware:
+        from mltrain.hosts.hardware import describe
+
+        lines += describe(record.hardware)
     if data["metrics"]:
         lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
     lines.append("history     " + "  ".join(f"{t['status']} {when(t['time'])[11:]}" for t in data["transitions"]))
     for label, value in (record.handle or {}).get("display", {}).items():  # target-specific (e.g. Spark app id)
         lines.append(f"{label:<12}{value}")
     lines.append(f"folder      {data['folder']}")
+    lines += run_lines(curves)
     out("\n".join(lines))
     return 0
 
@@ -130,11 +195,13 @@ def runs_logs(parsed: argparse.Namespace) -> int:
 
 
 def runs_attach(parsed: argparse.Namespace) -> int:
+    """Follow a run as ``Run.wait`` does (so a run submitted with ``tracking.mlflow_uri`` is mirrored meanwhile)."""
+    from mltrain.results import Run
+
     workspace, store = open_history(parsed)
     with store:
         record = store.get(parsed.run_id)
-        record = follow(store, workspace, record, out=write)
-    return run_ended(record)
+    return run_ended(Run(record.id, workspace).wait(out=write), workspace)
 
 
 def runs_cancel(parsed: argparse.Namespace) -> int:
@@ -156,6 +223,9 @@ def runs_metrics(parsed: argparse.Namespace) -> int:
         rows = store.metrics(record.id)
     if parsed.json:
         out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
+        return 0
+    if parsed.csv:
+        write_csv(["name", "step", "value", "time"], rows)
         return 0
     if not rows:
         out(f"run {record.id} logged no metrics")
@@ -207,7 +277,7 @@ def runs_rerun(parsed: argparse.Namespace) -> int:
         out(run.id)
         return 0
     info(f"run {run.id} started, a rerun of {parent.id}")
-    return run_ended(run.wait(show_output=True))
+    return run_ended(run.wait(show_output=True), workspace)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -219,11 +289,11 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
-DIFF_IGNORED = ("workspace.", "source_dir", "snapshot.", "sweep.")
+DIFF_IGNORED = ("workspace.", "source_dir", "snapshot.", "sweep.", "tracking.")
 """Config keys ``runs diff`` does not compare: they say where a run was made from, not what it ran.
 ``workspace.*`` is where the history is kept; ``source_dir`` where the code was read from and
 ``snapshot.*`` the limits on reading it (``files:`` compares the code itself); ``sweep.*`` the settings of
-the sweep a trial belonged to (a trial's fingerprint leaves them out too)."""
+the sweep a trial belonged to (a trial's fingerprint leaves them out too); ``tracking.*`` where it was mirrored."""
 
 
 def _ignored(key: str) -> bool:
@@ -251,6 +321,11 @@ def runs_diff(parsed: argparse.Namespace) -> int:
     if len(changed) < len(differ):
         lines.append("  (not compared, as they say where a run was made from, not what it ran: "
                      f"{', '.join(k for k in differ if _ignored(k))})")
+    if first.hardware or second.hardware:
+        from mltrain.hosts.hardware import differences
+
+        lines.append("hardware:")
+        lines += [f"  {line}" for line in differences(first.hardware, second.hardware)] or ["  (same)"]
     lines.append("files:")
     if first.snapshot_id and second.snapshot_id:
         blobs = BlobStore(workspace.blobs)

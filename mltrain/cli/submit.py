@@ -103,7 +103,7 @@ def command(args: list[str]) -> int:
         record = run.wait(show_output=True)
     except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
         record = run.cancel()
-    return run_ended(record)
+    return run_ended(record, run.workspace)
 
 
 def _usage(message: str) -> Any:

@@ -1,4 +1,4 @@
-"""``mltrain sweeps list|show|cancel|attach``: sweeps (``mltrain -m``) and their trials, from the run history.
+"""``mltrain sweeps list|show|cancel|attach|report``: sweeps (``mltrain -m``) and their trials, from the run history.
 
 Starting a sweep is ``mltrain.cli.submit``; the tables are ``mltrain.cli.output``.
 """
@@ -10,14 +10,15 @@ import json
 import time
 from typing import Any
 
-from mltrain.cli.output import ended, exit_code, info, out, sweep_table, sweeps_table, write
+from mltrain.cli.output import ended, exit_code, info, out, sweep_table, sweeps_table, write, write_csv
 from mltrain.cli.runs import open_history
 from mltrain.store.db import CANCELED, Store, SweepRecord
 from mltrain.store.workspace import Workspace
 
 
 def command(parsed: argparse.Namespace) -> int:
-    handler = {"list": sweeps_list, "show": sweeps_show, "cancel": sweeps_cancel, "attach": sweeps_attach}
+    handler = {"list": sweeps_list, "show": sweeps_show, "cancel": sweeps_cancel, "attach": sweeps_attach,
+               "report": sweeps_report}
     return handler[parsed.action](parsed)
 
 
@@ -34,6 +35,14 @@ def sweeps_list(parsed: argparse.Namespace) -> int:
     if parsed.json:
         out(json.dumps(data, indent=2))
         return 0
+    if parsed.csv:
+        best = [next((t for t in s["trials"] if t["best"]), None) for s in data]
+        write_csv(["id", "status", "created", "trials", "planned", "best_trial", "best_metric", "sampler",
+                   "experiment"],
+                  [[s["id"], s["status"], s["created"], len(s["trials"]), s["planned"], b and b["idx"],
+                    b and b["metric"], s["settings"].get("sampler", "grid"), s["experiment"]] for s, b in zip(
+                      data, best, strict=True)])
+        return 0
     out(sweeps_table(data) if data else "no sweeps")
     return 0
 
@@ -44,7 +53,27 @@ def sweeps_show(parsed: argparse.Namespace) -> int:
     workspace, store = _open(parsed)
     with store:
         report = sweep_report(store, workspace, store.get_sweep(parsed.sweep_id))
+    if parsed.csv:
+        metric = report.sweep.settings.get("primary_metric") or "metric"
+        write_csv(["trial", "run", "status", metric, "duration", "reused", "best", "params"],
+                  [[r.idx, r.run_id, r.status, r.metric, r.duration, r.reused, r.best, " ".join(r.params)]
+                   for r in report.rows])
+        return 0
     out(json.dumps(report.to_dict(), indent=2) if parsed.json else sweep_table(report))
+    return 0
+
+
+def sweeps_report(parsed: argparse.Namespace) -> int:
+    """Write the sweep's HTML report (``mltrain.tracking.report``), openable with no network."""
+    from pathlib import Path
+
+    from mltrain.tracking.report import write_report
+
+    workspace, store = _open(parsed)
+    with store:
+        sweep = store.get_sweep(parsed.sweep_id)  # a bad id fails here, before plotly is imported
+    path = write_report(workspace, sweep.id, Path(parsed.output or f"sweep-{sweep.id}.html"))
+    out(f"wrote {path}")
     return 0
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mltrain.config.groups import MISSING, ComputeConfig, EnvironmentConfig, FrameworkConfig, GroupConfig
+from mltrain.config.resources import ResourceRequest, ResourcesConfig
 from mltrain.environments import ENVIRONMENTS
 from mltrain.errors import ConfigError
 from mltrain.frameworks import FRAMEWORKS
@@ -151,6 +152,14 @@ class WorkspaceConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs are mirrored besides the run history (``mltrain.tracking.mlflow``)."""
+
+    mlflow: bool = False  # true: mirror to $MLFLOW_TRACKING_URI, else to the workspace's own MLflow store
+    mlflow_uri: str | None = None  # mirror to this MLflow tracking URI (sqlite:///..., http://host:5000)
+
+
+@dataclass
 class PrimarySchema:
     """The top-level keys; group nodes are typed ``Any`` here and checked by ``validate``."""
 
@@ -167,6 +176,8 @@ class PrimarySchema:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # read by mltrain -m, not by a single run
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # GPUs, CPUs, memory for the job
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,8 @@ class MltrainConfig:
     snapshot: SnapshotConfig
     workspace: WorkspaceConfig
     secret_env: list[str] = field(default_factory=list)
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def register_configs() -> None:
@@ -333,6 +346,8 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         secret_env = [str(n) for n in OmegaConf.to_container(merged.secret_env, resolve=True)]  # type: ignore[union-attr]
         snapshot = OmegaConf.to_object(merged.snapshot)
         workspace = OmegaConf.to_object(merged.workspace)
+        resources_config = OmegaConf.to_object(merged.resources)
+        tracking = OmegaConf.to_object(merged.tracking)
     except ConfigKeyError as exc:
         valid = ", ".join(f.name for f in dataclasses.fields(PrimarySchema))
         raise ConfigError(f"{getattr(exc, 'full_key', '?')}: unknown key (valid keys: {valid})") from exc
@@ -370,6 +385,8 @@ def validate(cfg: DictConfig) -> MltrainConfig:
         snapshot=snapshot,  # type: ignore[arg-type]
         workspace=workspace,  # type: ignore[arg-type]
         secret_env=secret_env,
+        resources=ResourceRequest.parse(resources_config),  # type: ignore[arg-type]
+        tracking=tracking,  # type: ignore[arg-type]
     )
 
 
@@ -378,7 +395,7 @@ def schema_files() -> list[str | None]:
     config module (found, not imported). The composition cache keys on them: an edited schema recomposes."""
     import importlib.util
 
-    modules = [__name__, "mltrain.config.groups",
+    modules = [__name__, "mltrain.config.groups", "mltrain.config.resources",
                *(m for registry in GROUP_SCHEMAS.values() for m in registry.config_modules())]
     found = []
     for module in dict.fromkeys(modules):
@@ -399,4 +416,6 @@ def config_from_plain(data: dict[str, Any]) -> MltrainConfig:
     """The inverse of :func:`config_to_plain`; groups are rebuilt by their ``type``."""
     groups = {g: GROUP_SCHEMAS[g][data[g]["type"]](**data[g]) for g in GROUP_SCHEMAS}  # the registries' classes
     return MltrainConfig(**{**data, **groups, "snapshot": SnapshotConfig(**data["snapshot"]),
-                            "workspace": WorkspaceConfig(**data["workspace"])})
+                            "workspace": WorkspaceConfig(**data["workspace"]),
+                            "resources": ResourceRequest.from_dict(data["resources"]),
+                            "tracking": TrackingConfig(**data.get("tracking", {}))})

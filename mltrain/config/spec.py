@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mltrain.config.groups import ComputeConfig, EnvironmentConfig, FrameworkConfig
+from mltrain.config.resources import ResourceRequest
 from mltrain.config.schema import MltrainConfig, SnapshotConfig
 from mltrain.errors import SourceError
 
@@ -73,6 +74,8 @@ class RunSpec:
     overrides: tuple[str, ...]
     config_yaml: str  # as composed, interpolations unresolved (secrets stay references)
     secret_env: tuple[str, ...] = ()  # names of variables whose values are masked in the run's output
+    resources: ResourceRequest = dataclasses.field(default_factory=ResourceRequest)  # each target maps it
+    mlflow_uri: str | None = None  # mirror the run to this MLflow URI; "" the workspace's own store; None: off
 
     @classmethod
     def from_config(cls, cfg: MltrainConfig, config_yaml: str, overrides: tuple[str, ...] | list[str],
@@ -109,6 +112,9 @@ class RunSpec:
             overrides=tuple(overrides),
             config_yaml=config_yaml,
             secret_env=tuple(cfg.secret_env),
+            resources=cfg.resources,
+            mlflow_uri=cfg.tracking.mlflow_uri or (
+                os.environ.get("MLFLOW_TRACKING_URI", "") if cfg.tracking.mlflow else None),
         )
 
     def secrets(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -55,6 +55,15 @@ class PreparedEnvironment:
     image: str | None = None  # the container image to run in, for environments that make one
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """What an environment asks for, for a target that installs it its own way (Ray's runtime_env ``pip``)."""
+
+    interpreter: str | None = None  # the interpreter the user named; None: the target's own
+    packages: tuple[str, ...] = ()  # pip requirement lines
+    pip_args: tuple[str, ...] = ()
+
+
 class Environment(ABC):
     """One kind of environment, built from its typed config (an ``EnvironmentConfig`` beside it).
 
@@ -96,6 +105,13 @@ class Environment(ABC):
         ``target`` is the executor (None: this machine); an environment asks it for what it
         needs (``target.runner()``, ``target.docker_engine()``) and never asks which kind it is.
         """
+
+    def requirements(self) -> Requirements:
+        """What to install, for a target that installs it itself (``Executor.own_environment``)."""
+        from mltrain.errors import ConfigError
+
+        raise ConfigError(f"environment={self.kind} cannot be made by the target's own mechanism; "
+                          "use environment=venv or environment=user_managed")
 
     def describe(self) -> str:
         return self.kind

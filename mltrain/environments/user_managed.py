@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mltrain.config.groups import EnvironmentConfig
-from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, Requirements, digest
 from mltrain.environments.probe import InterpreterInfo, probe
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ class UserManaged(Environment):
             description=f"user_managed: {info.executable} (Python {info.version})",
             freeze=info.freeze,
         )
+
+    def requirements(self) -> Requirements:
+        return Requirements(interpreter=self.config.interpreter)
 
     def describe(self) -> str:
         return f"user_managed ({self.config.interpreter or self.runner().default_python()})"

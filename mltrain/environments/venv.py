@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mltrain.config.groups import EnvironmentConfig
-from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, digest
+from mltrain.environments.base import Environment, LogFn, PreparedEnvironment, Requirements, digest
 from mltrain.environments.probe import probe, resolve_interpreter
 from mltrain.errors import ConfigError, EnvironmentBuildError
 from mltrain.hosts.runner import LOCAL, Runner, StartError
@@ -159,6 +159,21 @@ class Venv(Environment):
                 task.step(f"building venv{where}: step {number}/{len(steps)}, {what}")
                 _run_step(step, log, runner)
             task.close(f"built {name}")
+
+    def requirements(self) -> Requirements:
+        """The packages and the requirements file's lines (the file's own options, ``-r``, are refused)."""
+        _, text = self._requirements()
+        lines = [line.split(" #")[0].strip() for line in text.splitlines()]
+        lines = [line for line in lines if line and not line.startswith("#")]
+        for line in lines:
+            if line.startswith("-"):
+                raise ConfigError(f"environment.requirements: {line!r}: options in a requirements file cannot be "
+                                  "handed to a target that installs the packages itself; list packages only "
+                                  "(pip options go in environment.pip_args)")
+        if self.config.python or self.config.system_site_packages:
+            raise ConfigError("environment.python / environment.system_site_packages: this target builds the "
+                              "virtualenv itself with its nodes' Python; leave them unset")
+        return Requirements(packages=(*self.config.packages, *lines), pip_args=tuple(self.config.pip_args))
 
     def describe(self) -> str:
         return f"venv ({len(self.config.packages)} packages{', requirements' if self.config.requirements else ''})"

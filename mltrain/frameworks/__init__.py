@@ -26,6 +26,8 @@ def register(kind: str, module: str, *, config: str, impl: str) -> None:
 
 register("python", "mltrain.frameworks.python", config="PythonFrameworkConfig", impl="PythonFramework")
 register("pyspark", "mltrain.frameworks.pyspark", config="PySparkFrameworkConfig", impl="PySparkFramework")
+register("distributed", "mltrain.frameworks.distributed", config="DistributedFrameworkConfig",
+         impl="DistributedFramework")
 
 
 def kinds() -> tuple[str, ...]:

@@ -36,6 +36,13 @@ class Framework(ABC):
     def default_command(self, spec: RunSpec, environment: PreparedEnvironment, target: Executor) -> list[str]:
         """The argv on a target with no way of its own."""
 
+    def check(self, target: Executor) -> None:  # noqa: B027 (optional hook)
+        """Refuse, before a run is recorded, what ``target`` cannot do for this framework (a ConfigError)."""
+
+    def shown(self, argv: list[str]) -> list[str]:
+        """``argv`` as plans and run records show it: a program passed as text is named, not spelt out."""
+        return list(argv)
+
 
 def framework_for(config: FrameworkConfig) -> Framework:
     from mltrain.frameworks import FRAMEWORKS

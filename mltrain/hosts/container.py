@@ -64,6 +64,7 @@ class RunContainer:
     volumes: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     home_tmpfs: bool = True
+    limits: Sequence[str] = ()  # ``docker run`` options for a resource request (--gpus, --cpus, --memory)
 
     @property
     def name(self) -> str:
@@ -116,7 +117,8 @@ class RunContainer:
         variables = [w for name in sorted(self.job_env()) for w in ("-e", name)]
         return [
             docker, "run", "--rm", "--init", "--name", self.name, *labels, "--user", self.user,
-            "--security-opt", "no-new-privileges", *tmpfs, *mounts, "-w", CODE_DIR, "-e", f"HOME={HOME_DIR}",
+            "--security-opt", "no-new-privileges", *self.limits, *tmpfs, *mounts, "-w", CODE_DIR,
+            "-e", f"HOME={HOME_DIR}",
             *variables, "--entrypoint", self.argv[0], self.image, *self.argv[1:],
         ]
 

@@ -29,11 +29,11 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from mltrain.errors import MltrainError, UsageError
 from mltrain.plan.resolve import Resolved, resolve
 from mltrain.plan.stages import CACHED, DONE, FAILED, GIVEN, LATER, Plan, SnapshotRef, Stage
-from mltrain.runs import Run
+from mltrain.results import Run
 from mltrain.store.db import CANCELED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
 from mltrain.store.db import FAILED as RUN_FAILED
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import ExitInfo, Handle, finalize
+from mltrain.targets.base import ExitInfo, Handle, Resources, finalize
 
 if TYPE_CHECKING:
     from mltrain.config.spec import RunSpec
@@ -65,8 +65,13 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
         raise ValueError(f"only {sorted(s.value for s in _GIVEN)} can be given, not {sorted(s.value for s in unknown)}")
     if Stage.SNAPSHOT not in given:
         check_source(spec)
+    if spec.mlflow_uri is not None:
+        from mltrain.tracking.mlflow import require
+
+        require(load=False)
     resolved = resolve(spec, Workspace.locate(spec.workspace_dir).ensure())
     workspace, executor = resolved.workspace, resolved.executor
+    resources = executor.resources(spec)  # a request the target cannot honour is refused before a run exists
     client = identity()
     with Store(workspace.db_path) as store:
         try:
@@ -74,15 +79,20 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
                 compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
                 parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key,
+                idempotency_key=idempotency_key, params=_queryable_params(spec),
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
+        if spec.mlflow_uri is not None:  # followers mirror it (mltrain.tracking.mlflow); the run never waits on it
+            from mltrain.tracking.mlflow import mirror_state
+
+            store.update(record.id, mlflow=mirror_state(spec.mlflow_uri, workspace))
         paths = workspace.run_paths(record.id)
         paths.dir.mkdir(parents=True)
         paths.config.write_text(spec.config_yaml)
         paths.overrides.write_text(json.dumps(list(spec.overrides)))
-        work = _Work(plan, resolved, store, record, paths, open(paths.log, "ab"), show_output)  # noqa: SIM115
+        work = _Work(plan, resolved, store, record, paths, open(paths.log, "ab"), show_output,  # noqa: SIM115
+                     resources=resources)
 
         def record_group(group: dict[str, Any]) -> None:
             store.update(record.id, client={**client, "group": group})
@@ -108,6 +118,14 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
     return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
 
 
+def _queryable_params(spec: RunSpec) -> dict[str, Any]:
+    """The params kept on the run's row for queries: as the script got them, but a value holding a secret
+    (``params.token=${oc.env:TOKEN}``) as ``***`` -- the history keeps references, never the values."""
+    secrets = [value for value in spec.secrets() if len(value) >= 4]
+    return {key: "***" if isinstance(value, str) and any(s in value for s in secrets) else value
+            for key, value in spec.params}
+
+
 @dataclass
 class _Work:
     """One run being carried out: what its stages share, and what each leaves for the next."""
@@ -119,6 +137,7 @@ class _Work:
     paths: RunPaths
     log_file: IO[bytes]
     show_output: bool
+    resources: Resources | None = None
     snapshot_id: str | None = None
     prepared: PreparedEnvironment | None = None
     code_dir: str | None = None
@@ -220,8 +239,9 @@ def _environment(work: _Work, details: dict[str, Any]) -> _Outcome:
     from mltrain.environments.gc import mark_used
 
     environment, executor = work.resolved.environment, work.resolved.executor
-    cached = environment.is_prepared(executor)
-    prepared = environment.prepare(work.note, executor)
+    own = executor.own_environment(environment)  # made by the target on its nodes (Ray's runtime_env)
+    cached = own is not None or environment.is_prepared(executor)
+    prepared = own or environment.prepare(work.note, executor)
     work.prepared = prepared
     work.store.update(work.record.id, env_fingerprint=prepared.fingerprint)
     mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
@@ -248,18 +268,36 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     spec, executor, store, record = work.spec, work.resolved.executor, work.store, work.record
     prepared = _needs(work.prepared, Stage.LAUNCH, Stage.ENVIRONMENT)
     code_dir = _needs(work.code_dir, Stage.LAUNCH, Stage.STAGE_CODE)
-    argv = framework_for(spec.framework).command(spec, prepared, executor)
-    details.update({"argv": argv, "env": [name for name, _ in spec.env_vars]})
+    resources = work.resources or executor.resources(spec)
+    framework = framework_for(spec.framework)
+    argv = framework.command(spec, prepared, executor)
+    shown = framework.shown(argv)
+    env = {**_run_env(spec, record, work.paths), **resources.env}
+    details.update({"argv": shown, "env": sorted({name for name, _ in spec.env_vars} | set(resources.env)),
+                    "resources": resources.describe()})
     request = LaunchRequest(
-        run_id=record.id, argv=argv, cwd=code_dir, env=_run_env(spec, record, work.paths), paths=work.paths,
+        run_id=record.id, argv=argv, cwd=code_dir, env=env, paths=work.paths,
         experiment=spec.experiment, image=prepared.image, interpreter=prepared.interpreter,
-        secrets=spec.secrets(),
+        secrets=spec.secrets(), resources=resources,
     )
     work.offset = work.log_file.tell()
     work.handle = handle = executor.launch(request)
     if not store.transition(record.id, RUNNING, handle=handle.to_dict()):
         _stop_unwanted(store, work.resolved.workspace, record.id, handle, executor.cancel_grace)
-    return _Outcome(DONE, summary=" ".join(argv))
+    _record_hardware(work, resources)
+    return _Outcome(DONE, summary=" ".join(shown))
+
+
+def _record_hardware(work: _Work, resources: Resources) -> None:
+    """What the job's host gave it (``runs.hardware``); a probe that fails leaves the run going, unrecorded."""
+    try:
+        hardware = work.resolved.executor.hardware(resources)
+        if hardware is not None:
+            work.store.update(work.record.id, hardware=hardware)
+    except Exception as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("could not record the hardware of run %s: %s", work.record.id, exc)
 
 
 def _later(work: _Work, details: dict[str, Any]) -> _Outcome:

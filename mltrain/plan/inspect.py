@@ -60,6 +60,9 @@ def _snapshot(look: _Look) -> dict[str, Any]:
 
 def _environment(look: _Look) -> dict[str, Any]:
     environment, executor = look.resolved.environment, look.resolved.executor
+    own = executor.own_environment(environment)
+    if own is not None:  # the target makes it on its nodes
+        return {"fingerprint": own.fingerprint, "cached": True, "state": CACHED, "summary": own.description}
     cached = environment.is_prepared(executor)
     return {"fingerprint": environment.fingerprint(), "cached": cached, "state": CACHED if cached else TO_DO,
             "summary": environment.describe()}
@@ -84,9 +87,16 @@ def _launch(look: _Look) -> dict[str, Any]:
     spec = look.plan.spec
     assert spec is not None
     placeholder = PreparedEnvironment(interpreter=PLACEHOLDER, fingerprint="", description="")
-    argv = framework_for(spec.framework).command(spec, placeholder, look.resolved.executor)
-    return {"state": TO_DO, "summary": " ".join(argv),
-            "details": {"argv": argv, "env": [name for name, _ in spec.env_vars]}}
+    executor = look.resolved.executor
+    resources = executor.resources(spec)
+    framework = framework_for(spec.framework)
+    argv = framework.shown(framework.command(spec, placeholder, executor))
+    summary = " ".join(argv)
+    if spec.resources.describe() != "none requested" or resources.mapping:
+        summary += f"  [resources: {resources.describe()}]"
+    return {"state": TO_DO, "summary": summary,
+            "details": {"argv": argv, "env": sorted({name for name, _ in spec.env_vars} | set(resources.env)),
+                        "resources": resources.to_dict()}}
 
 
 _PROBES: dict[Stage, Callable[[_Look], dict[str, Any]]] = {

@@ -16,7 +16,7 @@ from mltrain.errors import ConfigError, StoreError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from mltrain.runs import Run
+    from mltrain.results import Run
     from mltrain.store.db import RunRecord
     from mltrain.store.workspace import Workspace
 

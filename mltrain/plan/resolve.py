@@ -29,9 +29,11 @@ def resolve(spec: RunSpec, workspace: Workspace) -> Resolved:
     """The executor and environment ``spec`` names; an environment the target cannot use is refused here,
     before anything runs or is recorded."""
     from mltrain.environments import environment_for
+    from mltrain.frameworks.base import framework_for
     from mltrain.targets import executor_for
 
     executor = executor_for(spec.compute, workspace)
     environment = environment_for(spec.environment, source_dir=spec.source_dir, target=executor)
     executor.check_environment(environment)
+    framework_for(spec.framework).check(executor)
     return Resolved(workspace, executor, environment)

@@ -277,8 +277,11 @@ class Store:
         self, *, experiment: str, script: str, source_dir: str, compute: str, environment: str,
         overrides: Sequence[str] = (), parent_id: str | None = None, sweep_id: str | None = None,
         run_id: str | None = None, client: dict[str, Any] | None = None, idempotency_key: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> RunRecord:
         """A new Queued run; with ``idempotency_key``, raises ``IdempotencyHit`` if a run has that key already.
+
+        ``params``: the script's params, flat (``{"model.depth": 4}``), kept for queries (``runs list --where``).
 
         The look-up and the insert are one ``BEGIN IMMEDIATE`` transaction (and the key has a unique index),
         so of two clients submitting the same key at once exactly one creates the run.
@@ -292,11 +295,11 @@ class Store:
                     raise _Taken(row[0])
             db.execute(
                 "INSERT INTO runs (id, experiment, status, created, script, source_dir, compute,"
-                " environment, parent_id, sweep_id, overrides, client, idempotency_key)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " environment, parent_id, sweep_id, overrides, client, idempotency_key, params)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (candidate, experiment, QUEUED, now, script, source_dir, compute, environment,
                  parent_id, sweep_id, json.dumps(list(overrides)), json.dumps(client) if client else None,
-                 idempotency_key),
+                 idempotency_key, json.dumps(params or {})),
             )
             db.execute("INSERT INTO transitions VALUES (?,?,?)", (candidate, QUEUED, now))
 
@@ -415,7 +418,8 @@ class Store:
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)
         with self._write() as db:
-            for table, column in (("metrics", "run_id"), ("transitions", "run_id"), ("runs", "id")):
+            for table, column in (("metrics", "run_id"), ("metric_last", "run_id"), ("transitions", "run_id"),
+                                  ("runs", "id")):
                 db.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in ids])
             db.executemany("UPDATE trials SET run_id = NULL, reused = 0, error = 'run deleted' WHERE run_id = ?",
                            [(i,) for i in ids])
@@ -423,10 +427,12 @@ class Store:
 
     # --------------------------------------------------------------- metrics
     def add_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int | None, float | None]]) -> int:
+        """Append metric points; each metric's latest value is kept in ``metric_last`` in the same transaction."""
         rows = [(run_id, name, step, value, when) for name, value, step, when in metrics]
         if rows:
             with self._write() as db:
                 db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
+                db.executemany("INSERT OR REPLACE INTO metric_last VALUES (?,?,?,?,?)", _last_rows(rows))
         return len(rows)
 
     def replace_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int | None, float | None]]) -> int:
@@ -434,8 +440,53 @@ class Store:
         rows = [(run_id, name, step, value, when) for name, value, step, when in metrics]
         with self._write() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
             db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO metric_last VALUES (?,?,?,?,?)", _last_rows(rows))
         return len(rows)
+
+    def unindexed_runs(self, limit: int = 1000) -> list[str]:
+        """Runs recorded before params and ``metric_last`` were filled on write (``params`` is NULL):
+        ``index_runs`` brings each up to date, once."""
+        rows = self._db.execute("SELECT id FROM runs WHERE params IS NULL LIMIT ?", (limit,))
+        return [row[0] for row in rows]
+
+    def index_runs(self, params: dict[str, dict[str, Any]]) -> None:
+        """Fill older runs' ``params`` (``{run_id: params}``) and their ``metric_last`` rows from their stored
+        metrics, in one transaction."""
+        with self._write() as db:
+            for run_id, values in params.items():
+                db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
+                db.execute(
+                    "INSERT INTO metric_last SELECT run_id, name, step, value, time FROM metrics WHERE rowid IN "
+                    "(SELECT max(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", (run_id,))
+                db.execute("UPDATE runs SET params = ? WHERE id = ?", (json.dumps(values), run_id))
+
+    def last_metrics_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{run_id: {metric: last value}}`` for many runs in one query (what a listing shows)."""
+        found: dict[str, dict[str, float]] = {run_id: {} for run_id in run_ids}
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start:start + 500])
+            rows = self._db.execute(
+                f"SELECT run_id, name, value FROM metric_last WHERE run_id IN ({', '.join('?' * len(chunk))})"
+                " ORDER BY name", chunk)
+            for run_id, name, value in rows:
+                found[run_id][name] = value
+        return found
+
+    def query(self, where: str, args: Sequence[Any], order: str, limit: int | None) -> list[RunRecord]:
+        """Runs matching an SQL condition built by ``mltrain.tracking.query`` (never from user text: names
+        and values arrive in ``args``), in ``order``."""
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE {where} ORDER BY {order}"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            return [_record(row) for row in self._db.execute(sql, list(args))]
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the run history could not answer the query ({exc})") from exc
+
+    def count_where(self, where: str, args: Sequence[Any]) -> int:
+        return int(self._db.execute(f"SELECT count(*) FROM runs WHERE {where}", list(args)).fetchone()[0])
 
     def metrics(self, run_id: str) -> list[tuple[str, int | None, float, float | None]]:
         rows = self._db.execute(
@@ -589,6 +640,14 @@ def _trial_record(row: Sequence[Any]) -> TrialRecord:
     data["params"] = json.loads(data["params"])
     data["reused"] = bool(data["reused"])
     return TrialRecord(**data)
+
+
+def _last_rows(rows: list[tuple[str, str, int | None, float, float | None]]) -> list[tuple[Any, ...]]:
+    """The last point of each metric in ``rows`` (a later point replaces an earlier one, as ``last_metrics``)."""
+    last: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        last[row[1]] = row
+    return list(last.values())
 
 
 def _record(row: Sequence[Any]) -> RunRecord:

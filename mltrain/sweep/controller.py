@@ -49,8 +49,9 @@ from mltrain.store.db import (
     new_run_id,
 )
 from mltrain.store.workspace import Workspace
+from mltrain.sweep.gpus import GpuPools
 from mltrain.sweep.process import alive, command, controller_log, spawn, sweep_dir, this_process
-from mltrain.sweep.report import number, shown_params
+from mltrain.sweep.report import EARLY, number, shown_params
 from mltrain.sweep.samplers import COMPLETE, PRUNED, Outcome, Sampler, Suggestion
 from mltrain.sweep.samplers import FAILED as FAILED_OUTCOME
 from mltrain.sweep.session import SweepSession, current
@@ -62,7 +63,6 @@ from mltrain.util.progress import TrialBoard
 
 log = logging.getLogger(__name__)
 
-EARLY = "early termination"
 CANCEL_POLL_SECONDS = 0.5
 
 
@@ -166,6 +166,7 @@ class SweepController(Supervisor):
         self._log_file: Any = None
         self._first_alone = FirstAlone()
         self.board: TrialBoard | None = None  # the progress display's tally, once the sweep runs here
+        self.gpus = GpuPools(self.workspace)
 
     # ------------------------------------------------------------- opening
     def open(self) -> int:
@@ -327,7 +328,7 @@ class SweepController(Supervisor):
     def _fingerprint(self, prepared: PreparedTrial, snap: SnapshotRef) -> str:
         from mltrain.environments.base import digest
 
-        config = {k: v for k, v in prepared.container.items() if k != "sweep"}
+        config = {k: v for k, v in prepared.container.items() if k not in ("sweep", "tracking")}  # not what ran
         spec = prepared.spec
         if _target_key(spec) not in self.env_fingerprints:
             self._check_targets([spec])
@@ -387,19 +388,19 @@ class SweepController(Supervisor):
         from mltrain.plan.compile import compile
         from mltrain.plan.execute import execute
 
-        spec = trial.prepared.spec
-        with Store(self.workspace.db_path) as store:
-            # The trial names its run before the run exists: a resumed sweep finds whatever became of it.
-            store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, trial.run_id))
-            try:
-                with self._first_alone(_target_key(spec)):
-                    run = execute(compile(spec), given={Stage.SNAPSHOT: snap}, sweep_id=self.sweep_id,
-                                  run_id=trial.run_id)
-            except MltrainError as exc:
-                store.set_trial_error(self.sweep_id, trial.idx, str(exc))
-                raise
-        self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
-        return run.wait(out=trial.monitor.feed, stop=trial.poll_stop)
+        with self.gpus.lease(trial.prepared.spec) as spec:  # disjoint devices while the run lasts (sweep.gpus)
+            with Store(self.workspace.db_path) as store:
+                # The trial names its run before the run exists: a resumed sweep finds whatever became of it.
+                store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, trial.run_id))
+                try:
+                    with self._first_alone(_target_key(spec)):
+                        run = execute(compile(spec), given={Stage.SNAPSHOT: snap}, sweep_id=self.sweep_id,
+                                      run_id=trial.run_id)
+                except MltrainError as exc:
+                    store.set_trial_error(self.sweep_id, trial.idx, str(exc))
+                    raise
+            self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
+            return run.wait(out=trial.monitor.feed, stop=trial.poll_stop)
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:

@@ -17,6 +17,9 @@ from mltrain.store.db import COMPLETED, RunRecord, Store, SweepRecord
 from mltrain.store.workspace import Workspace
 from mltrain.sweep.process import alive
 
+EARLY = "early termination"
+"""The reason recorded for a trial the controller stopped early (its policy, ``mltrain.sweep.stopping``)."""
+
 
 @dataclass
 class TrialRow:
@@ -29,6 +32,10 @@ class TrialRow:
     duration: float | None
     reused: bool
     best: bool = False
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.reason == EARLY
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -34,6 +34,7 @@ register("local", "mltrain.targets.local", config="LocalCompute", executor="Loca
 register("docker", "mltrain.targets.docker", config="DockerCompute", executor="DockerExecutor")
 register("ssh", "mltrain.targets.ssh", config="SshCompute", executor="SshExecutor")
 register("spark", "mltrain.targets.spark", config="SparkCompute", executor="SparkExecutor")
+register("ray", "mltrain.targets.ray", config="RayCompute", executor="RayExecutor")
 
 
 def executor_class(kind: str) -> type[Executor]:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import signal
 import stat
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from mltrain.config.resources import ResourceRequest
 from mltrain.hosts.base import Host, HostDown, JobState
 from mltrain.store.db import CANCELED, COMPLETED, FAILED, FINALIZING, RunRecord, Store
 from mltrain.store.workspace import RunPaths, Workspace
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from mltrain.config.groups import ComputeConfig
     from mltrain.config.spec import RunSpec
     from mltrain.environments.base import Environment, PreparedEnvironment
+    from mltrain.hosts.hardware import Inventory
     from mltrain.hosts.runner import Runner
     from mltrain.targets.docker.util import EngineConfig
 
@@ -78,6 +81,7 @@ class LaunchRequest:
     interpreter: str | None = None  # the environment's Python (inside ``image`` when there is one)
     # values the job's output must not show; each target masks them where the log is written
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    resources: Resources | None = None  # how the target mapped the run's resource request (its ``resources(spec)``)
 
 
 RUNTIME = types.MappingProxyType({"stored": False})
@@ -297,24 +301,69 @@ class HostHandle(Handle):
         self.host().release(self.run_id)
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""What a ``cpus`` request sets for a process on a host: the thread pools of the numeric libraries."""
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What a job is given on its target, as the target maps a resource request; None: no limit asked for.
+    """How a target honours a run's ``resources`` request: what the job is given, and how.
 
-    A stub for now: targets report what their own config sets. The scale-out work adds a
-    request (GPUs, CPUs, memory) to the run spec that every target maps here.
+    ``env`` goes into the job's environment (after ``env_vars``: the mapping wins, so a sweep's
+    disjoint devices cannot be undone by a config); ``gpu_ids`` are the host's devices the job gets
+    (None: not chosen by mltrain -- none asked, or the target places them itself); ``mapping`` says, one
+    item each, what the target does with the request (``mltrain plan`` prints it); ``settings`` is
+    the target's own form of it (Docker's HostConfig limits, Spark's conf), for the plan and tests.
     """
 
-    cpus: float | None = None
-    gpus: str | None = None  # "all", a count, or device ids
-    memory: str | None = None  # e.g. 4g
+    request: ResourceRequest = field(default_factory=ResourceRequest)
+    gpu_ids: tuple[int, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    mapping: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        asked = self.request.describe()
+        return asked if not self.mapping else f"{asked} -> {'; '.join(self.mapping)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "gpu_ids": None if self.gpu_ids is None else list(self.gpu_ids),
+                "env": dict(self.env), "mapping": list(self.mapping), "settings": _encode(dict(self.settings))}
+
+
+def process_resources(request: ResourceRequest, inventory: Callable[[], Inventory], where: str) -> Resources:
+    """The mapping for a job that is a process on a host (local, ssh): ``CUDA_VISIBLE_DEVICES`` from the
+    devices ``inventory()`` lists (asked only for a GPU request), thread counts for ``cpus``; memory is
+    recorded, not enforced."""
+    from mltrain.config.resources import format_bytes, pick_gpus
+    from mltrain.errors import ConfigError
+
+    env: dict[str, str] = {}
+    mapping: list[str] = []
+    gpu_ids = None
+    if request.wants_gpus:
+        found = inventory()
+        if found.error:
+            raise ConfigError(f"resources.gpus: {found.error}; fix the driver there or drop resources.gpus")
+        gpu_ids = pick_gpus(request, found.indices, where)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers devices as nvidia-smi does
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+        mapping.append(f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}")
+    if request.cpus is not None:
+        threads = str(max(1, math.ceil(request.cpus)))
+        env.update(dict.fromkeys(THREAD_VARS, threads))
+        mapping.append(f"OMP_NUM_THREADS={threads} (thread pools; not a hard limit)")
+    if request.memory_bytes is not None:
+        mapping.append(f"memory {format_bytes(request.memory_bytes)}: recorded, not enforced on {where} "
+                       "(compute=docker enforces it)")
+    return Resources(request, gpu_ids, env, tuple(mapping))
 
 
 class Executor(ABC):
     """One compute target, built from its typed ``compute`` config.
 
     What a target can do is declared here, and answered by each target: generic code asks
-    ``supports(framework)``, ``docker_engine()``, ``default_concurrency()``, ``resources(spec)``,
+    ``supports(framework)``, ``docker_engine()``, ``default_concurrency()``, ``resources(spec)``, ``max_nodes()``,
     never which kind a target is. A subclass declares its ``kind`` (its registry key) and
     ``config_class`` (its config dataclass); both are checked against the registry.
     """
@@ -368,8 +417,51 @@ class Executor(ABC):
         return 4
 
     def resources(self, spec: RunSpec) -> Resources:
-        """What the job is given here (see ``Resources``; a stub until runs carry a resource request)."""
-        return Resources()
+        """How this target honours ``spec.resources`` (see ``Resources``); a request it cannot honour is a
+        ConfigError, raised before anything starts. This default honours none: a target that maps requests
+        overrides it (local and ssh with ``process_resources``, docker with device requests and limits)."""
+        if spec.resources == ResourceRequest():
+            return Resources()
+        from mltrain.errors import ConfigError
+
+        raise ConfigError(f"compute={self.kind} cannot honour resources ({spec.resources.describe()}); "
+                          "drop the resources block or use a target that maps it (local, ssh, docker, spark)")
+
+    def gpu_inventory(self) -> Inventory | None:
+        """The GPUs on the host the job runs on (``mltrain.hosts.hardware``), asked once per executor;
+        None where mltrain does not pick devices there (the target places jobs itself, or cannot see the host).
+        A sweep on a target that answers gives its concurrent trials disjoint devices (``mltrain.sweep.gpus``)."""
+        return None
+
+    def _host_inventory(self) -> Inventory:
+        """``gpu_inventory`` of the machine ``runner()`` reaches, cached on this executor."""
+        found: Inventory | None = self.__dict__.get("_inventory")
+        if found is None:
+            from mltrain.hosts.hardware import inventory
+
+            found = self.__dict__["_inventory"] = inventory(self.runner())
+        return found
+
+    def hardware(self, resources: Resources) -> dict[str, Any] | None:
+        """The run's hardware record (``runs.hardware``): what the job saw on its host; None where unknown."""
+        found = self.gpu_inventory()
+        if found is None:
+            return None
+        from mltrain.hosts.hardware import record
+
+        return record(self.runner(), found, resources.gpu_ids, cpus_limit=resources.request.cpus,
+                      memory_limit=resources.request.memory_bytes)
+
+    @classmethod
+    def max_nodes(cls) -> int:
+        """How many machines one job may span (``framework=distributed``'s ``nnodes``): one, unless a target
+        places processes on several nodes itself (Ray)."""
+        return 1
+
+    def own_environment(self, environment: Environment) -> PreparedEnvironment | None:
+        """A target that makes environments its own way on its nodes (Ray: runtime_env) says how the job runs
+        there (asking ``environment.requirements()``); None: the environment prepares itself (``runner()``)."""
+        return None
 
     def check_environment(self, environment: Environment) -> None:
         """Refuse, before anything runs, an environment this target cannot use (a ConfigError)."""

@@ -128,6 +128,8 @@ def test_runs_show(history: Project) -> None:
         metrics     acc=0.9  loss=0.25
         history     Queued 01:00:00  Preparing 01:00:01  Running 01:00:02  Failed 01:01:16
         folder      <root>/.mltrain/runs/r0000002
+        curves      acc   ▄  0.9
+                    loss  █▁  0.5 -> 0.25  (2 points)
         """)
 
 

@@ -25,7 +25,7 @@ def test_demo_installs_mltrain_alone_and_the_suite_gets_the_extras() -> None:
     demo = _make_dry_run("demo")
     installs = [ln for ln in demo.splitlines() if "pip install" in ln]
     assert installs and all(re.search(r"-e \.$", ln) for ln in installs), installs  # no [dev], no [spark]
-    assert any("-e '.[dev,spark]'" in ln for ln in _make_dry_run("test").splitlines())
+    assert any("-e '.[dev,spark,ray,mlflow]'" in ln for ln in _make_dry_run("test").splitlines())
 
 
 def test_demo_shows_the_first_hour_and_clean_removes_its_history(project: Project, tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ BASES = {"compute": ComputeConfig, "environment": EnvironmentConfig, "framework"
 
 def test_each_group_is_its_registry() -> None:
     assert GROUP_SCHEMAS == {"compute": TARGETS, "environment": ENVIRONMENTS, "framework": FRAMEWORKS}
-    assert TARGETS.kinds() == ("local", "docker", "ssh", "spark")
+    assert TARGETS.kinds() == ("local", "docker", "ssh", "spark", "ray")
     assert ENVIRONMENTS.kinds() == ("user_managed", "venv", "docker")
-    assert FRAMEWORKS.kinds() == ("python", "pyspark")
+    assert FRAMEWORKS.kinds() == ("python", "pyspark", "distributed")
 
 
 @pytest.mark.parametrize("group", sorted(BASES))
@@ -79,12 +79,12 @@ def test_importing_the_schemas_imports_no_target_code() -> None:
 # --------------------------------------------------------------- messages
 def test_an_unknown_compute_type_lists_the_registry(project: Project) -> None:
     assert_one_line_error(project.run("script=train.py", "compute.type=nowhere"),
-                          "compute.type='nowhere' is not known; valid types: docker, local, spark, ssh")
+                          "compute.type='nowhere' is not known; valid types: docker, local, ray, spark, ssh")
 
 
 def test_an_unknown_compute_option_lists_the_options(project: Project) -> None:
     assert_one_line_error(project.run("script=train.py", "compute=nowhere"),
-                          "unknown compute option 'nowhere' (available: docker, local, spark, ssh)")
+                          "unknown compute option 'nowhere' (available: docker, local, ray, spark, ssh)")
 
 
 @pytest.mark.parametrize(("group", "override", "valid"), [

@@ -239,8 +239,23 @@ class Spark(Target):
         return {"SPARK_LOCAL_IP": "127.0.0.1"}
 
 
+class Ray(Target):
+    """The session's two-node Ray cluster (tests/raytest.py): the job runs on a node Ray picks, on this machine."""
+
+    name = compute = "ray"
+    has_mltrain = True  # the nodes' python3 is the one running mltrain (the cluster starts with it on PATH)
+
+    def start(self, folder: Path) -> None:
+        from raytest import shared_cluster
+
+        self.cluster = shared_cluster(folder)
+
+    def overrides(self, project: TargetProject) -> list[str]:
+        return ["compute=ray", f"compute.address={self.cluster.url}"]
+
+
 #: Every target the suite runs on; a new target is one entry here.
-TARGETS: list[type[Target]] = [Local, Docker, DockerCopy, Ssh, Spark]
+TARGETS: list[type[Target]] = [Local, Docker, DockerCopy, Ssh, Spark, Ray]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -34,12 +34,14 @@ def workspace(tmp_path: Path) -> Workspace:
 
 def test_which_frameworks_each_target_runs() -> None:
     runs = {kind: [f for f in ("python", "pyspark") if executor_class(kind).supports(f)] for kind in TARGETS}
-    assert runs == {"local": ["python", "pyspark"], "docker": ["python"], "ssh": ["python"], "spark": ["pyspark"]}
+    assert runs == {"local": ["python", "pyspark"], "docker": ["python"], "ssh": ["python"], "spark": ["pyspark"],
+                    "ray": ["python"]}
 
 
-def test_default_concurrency_is_the_targets_answer() -> None:
+def test_default_concurrency_is_the_targets_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")  # no cluster there: Ray's answer is the fallback
     answers = {kind: executor_class(kind).default_concurrency() for kind in TARGETS}
-    assert answers == {"local": os.cpu_count() or 1, "docker": 4, "ssh": 4, "spark": 4}
+    assert answers == {"local": os.cpu_count() or 1, "docker": 4, "ssh": 4, "spark": 4, "ray": 4}
 
 
 def test_local_has_no_engine_and_limits_nothing(tmp_path: Path, workspace: Workspace) -> None:
@@ -55,7 +57,11 @@ def test_docker_names_its_engine_and_maps_its_limits(tmp_path: Path, workspace: 
                            cancel_grace=7.0, timeout=5.0)
     docker = executor_for(config, workspace)
     assert docker.docker_engine() == EngineConfig(base_url="tcp://engine.invalid:2376", timeout=5.0)
-    assert docker.resources(_spec(tmp_path)) == Resources(cpus=1.5, gpus="all", memory="2g")
+    mapped = docker.resources(_spec(tmp_path))  # no resources block: compute's own limits reach the engine
+    assert mapped.settings["NanoCpus"] == 1_500_000_000 and mapped.settings["Memory"] == 2 * 1024**3
+    assert mapped.settings["DeviceRequests"][0]["Count"] == -1
+    assert mapped.mapping == ("--gpus all (compute.gpus)", "--cpus 1.5 (compute.cpus)",
+                              "--memory 2g (compute.mem_limit)")
     assert docker.cancel_grace == 7.0
 
 

@@ -64,14 +64,14 @@ def test_the_plan_describes_it(nearby: Project) -> None:
 
 def test_help_lists_it_with_the_packaged_targets(nearby: Project) -> None:
     result = mltrain(nearby, "--help")
-    assert "compute (local, docker, ssh, spark, nearby)" in result.stdout
-    assert "framework (python, pyspark)" in result.stdout
+    assert "compute (local, docker, ssh, spark, ray, nearby)" in result.stdout
+    assert "framework (python, pyspark, distributed)" in result.stdout
     assert "environment (user_managed, venv, docker, presets: " in result.stdout
 
 
 def test_errors_list_it_and_name_its_keys(nearby: Project) -> None:
     assert_one_line_error(mltrain(nearby, "script=greet.py", "compute=nearby", "compute.type=faraway"),
-                          "compute.type='faraway' is not known", "valid types: docker, local, nearby, spark, ssh")
+                          "compute.type='faraway' is not known", "valid types: docker, local, nearby, ray, spark, ssh")
     assert_one_line_error(mltrain(nearby, "script=greet.py", "compute=faraway"),
                           "unknown compute option 'faraway'", "nearby")
     assert_one_line_error(mltrain(nearby, "script=greet.py", "compute=nearby", "+compute.greting=hey"),

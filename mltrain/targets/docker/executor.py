@@ -72,7 +72,7 @@ from mltrain.hosts.container import (
 from mltrain.hosts.logmirror import LogMirror
 from mltrain.hosts.wrapper import masked
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest, Resources
+from mltrain.targets.base import RUNTIME, THREAD_VARS, Executor, ExitInfo, Handle, LaunchRequest, Resources
 from mltrain.targets.docker import logs
 from mltrain.targets.docker.config import DockerCompute
 from mltrain.targets.docker.engine import connect, shared_engine
@@ -88,6 +88,7 @@ from mltrain.targets.docker.util import (
 if TYPE_CHECKING:
     from mltrain.config.spec import RunSpec
     from mltrain.environments.base import Environment
+    from mltrain.hosts.hardware import Inventory
     from mltrain.targets.docker.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,19 @@ def parse_size(key: str, value: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+GPU_REFUSED = re.compile(r"device driver|nvidia|DeviceRequests", re.IGNORECASE)
+
+
+def gpu_refusal(exc: BaseException, engine: str) -> TargetError | None:
+    """The engine's answer to a GPU device request it cannot serve, as one line saying what to do."""
+    text = getattr(exc, "explanation", None) or str(exc)
+    if not GPU_REFUSED.search(str(text)):
+        return None
+    return TargetError(f"the Docker engine ({engine}) cannot give the container GPUs (it said: "
+                       f"{str(text).strip().splitlines()[0][:200]}); install the NVIDIA container toolkit there "
+                       "(nvidia-ctk runtime configure --runtime=docker) or drop resources.gpus")
+
+
 def limits(cfg: DockerCompute) -> dict[str, Any]:
     """The ``HostConfig`` limits of ``compute`` config (memory, CPUs, shm, network, GPUs) for the create request."""
     host: dict[str, Any] = {}
@@ -212,6 +226,21 @@ def limits(cfg: DockerCompute) -> dict[str, Any]:
     if requests:
         host["DeviceRequests"] = requests
     return host
+
+
+def _configured_ids(gpus: str) -> tuple[int, ...] | None:
+    """The devices ``compute.gpus`` names, where it names them (None: all, or a count the engine picks)."""
+    ids = gpus.strip().removeprefix("device=").split(",")
+    if gpus.strip() == "all" or ("device=" not in gpus and len(ids) == 1):
+        return None
+    return tuple(int(i) for i in ids if i.strip().isdigit())
+
+
+def _memory_label(host: Mapping[str, Any]) -> str | None:
+    from mltrain.config.resources import format_bytes
+
+    memory = host.get("Memory")
+    return format_bytes(int(memory)) if memory else None
 
 
 def exit_info(attrs: Mapping[str, Any], mem_limit: str | None) -> ExitInfo:
@@ -364,6 +393,7 @@ class DockerExecutor(Executor):
     kind = "docker"
     config_class = DockerCompute
     config: DockerCompute
+    frameworks = ("python", "distributed")
 
     def __init__(self, config: DockerCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
@@ -382,8 +412,70 @@ class DockerExecutor(Executor):
     def docker_engine(self) -> EngineConfig:
         return self.engine
 
+    def gpu_inventory(self) -> Inventory | None:
+        """This machine's GPUs when the engine runs here; None for a remote engine (its devices are its own)."""
+        return self._host_inventory() if self.engine.is_local else None
+
     def resources(self, spec: RunSpec) -> Resources:
-        return Resources(cpus=self.config.cpus, gpus=self.config.gpus, memory=self.config.mem_limit)
+        """The request as the create call's ``HostConfig``: ``DeviceRequests`` (``--gpus``), ``NanoCpus``
+        (``--cpus``), ``Memory`` (``--memory``, no swap beyond it). ``compute.gpus/cpus/mem_limit`` set the same
+        fields; where both are set, ``resources`` wins (one value reaches the engine)."""
+        from mltrain.config.resources import format_bytes, pick_gpus
+
+        request = spec.resources
+        host = dict(self.limits)
+        mapping: list[str] = []
+        env: dict[str, str] = {}
+        gpu_ids = None
+        if request.wants_gpus:
+            found = self.gpu_inventory()
+            if found is not None and not found.error:
+                gpu_ids = pick_gpus(request, found.indices, f"the engine's machine ({self.engine.describe()})")
+            if gpu_ids is not None:
+                gpus = "device=" + ",".join(map(str, gpu_ids))
+            elif request.all_gpus:
+                gpus = "all"
+            elif request.gpu_ids:
+                gpus = "device=" + ",".join(map(str, request.gpu_ids))
+            else:
+                gpus = str(request.gpu_count)
+            host["DeviceRequests"] = _device_requests(gpus)
+            mapping.append(f"--gpus {gpus} (DeviceRequests)")
+        elif self.config.gpus:
+            mapping.append(f"--gpus {self.config.gpus} (compute.gpus)")
+            gpu_ids = _configured_ids(self.config.gpus)
+        else:
+            gpu_ids = ()  # no device request: the container sees no GPU (what its hardware record says)
+        if request.cpus is not None:
+            host["NanoCpus"] = int(request.cpus * 1e9)
+            env.update(dict.fromkeys(THREAD_VARS, str(max(1, math.ceil(request.cpus)))))
+            mapping.append(f"--cpus {request.cpus:g} (NanoCpus)")
+        elif self.config.cpus:
+            mapping.append(f"--cpus {self.config.cpus:g} (compute.cpus)")
+        if request.memory_bytes is not None:
+            host["Memory"] = host["MemorySwap"] = request.memory_bytes
+            mapping.append(f"--memory {format_bytes(request.memory_bytes)} (Memory, no swap)")
+        elif self.config.mem_limit:
+            mapping.append(f"--memory {self.config.mem_limit} (compute.mem_limit)")
+        return Resources(request, gpu_ids, env, tuple(mapping), settings=host)
+
+    def _limit_label(self, resources: Resources | None) -> str | None:
+        """The memory limit as the user wrote it: resources.memory when it set one, else compute.mem_limit."""
+        if resources is not None and resources.request.memory_bytes is not None:
+            return _memory_label(resources.settings)
+        return self.config.mem_limit
+
+    def hardware(self, resources: Resources) -> dict[str, Any] | None:
+        """The host's record, with the limits the engine enforces (from ``resources`` or compute's own fields)."""
+        found = self.gpu_inventory()
+        if found is None:
+            return None
+        from mltrain.hosts.hardware import record
+
+        host = resources.settings
+        cpus = host.get("NanoCpus")
+        return record(self.runner(), found, resources.gpu_ids, cpus_limit=cpus / 1e9 if cpus else None,
+                      memory_limit=host.get("Memory") or None)
 
     def docker_client(self) -> Engine:
         """The engine's ``Engine`` (shared with the environment; unreachable is a one-line TargetError on the first
@@ -445,6 +537,7 @@ class DockerExecutor(Executor):
         argv, mask_env = masked(list(request.argv), request.interpreter or "python3", request.secrets,
                                 forward_signals=True)
         mounted = self._code[0] == "mount" and owner == (os.getuid(), os.getgid())
+        host_limits = dict(request.resources.settings) if request.resources is not None else self.limits
         if mounted:  # the job writes straight into the run folder, as the caller
             request.paths.outputs.mkdir(parents=True, exist_ok=True)
             request.paths.metrics.touch()
@@ -459,8 +552,11 @@ class DockerExecutor(Executor):
                          resolve, where="compute=docker",
                          hint="check the workspace folder (MLTRAIN_HOME) and the links under it")
         try:
-            container = engine.create_container(spec.engine_body(self.limits), spec.name)
+            container = engine.create_container(spec.engine_body(host_limits), spec.name)
         except Exception as exc:
+            refused = gpu_refusal(exc, self.engine.describe()) if "DeviceRequests" in host_limits else None
+            if refused is not None:
+                raise refused from exc
             raise engine_error(f"create the container for run {request.run_id} (image {request.image})",
                                exc) from exc
         try:
@@ -474,11 +570,13 @@ class DockerExecutor(Executor):
             except Exception as cleanup:
                 log.warning("could not remove container %s: %s", spec.name, cleanup)
             if isinstance(exc, Exception):
-                raise engine_error(f"start the container for run {request.run_id}", exc) from exc
+                refused = gpu_refusal(exc, self.engine.describe()) if "DeviceRequests" in host_limits else None
+                raise refused or engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
         logs.start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         return DockerHandle(request.paths, container, spec.name, self.engine, keep_container=self.config.keep_container,
-                            mem_limit=self.config.mem_limit, mounted=mounted, api_version=engine.api_version,
+                            mem_limit=self._limit_label(request.resources), mounted=mounted,
+                            api_version=engine.api_version,
                             cancel_grace=self.cancel_grace, client=engine)
 
     def _put_files(self, engine: Any, container: str, owner: tuple[int, int] | None) -> None:

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from mltrain.hosts.local import LocalHost
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import Executor, Handle, HostHandle, LaunchRequest, read_from
+from mltrain.targets.base import Executor, Handle, HostHandle, LaunchRequest, Resources, process_resources, read_from
 from mltrain.targets.local.config import LocalCompute
 
 if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
+    from mltrain.hosts.hardware import Inventory
     from mltrain.snapshot.manifest import Manifest
 
 
@@ -56,7 +58,7 @@ class LocalExecutor(Executor):
     kind = "local"
     config_class = LocalCompute
     config: LocalCompute
-    frameworks = ("python", "pyspark")  # pyspark: spark-submit --master local[*] here, as a plain local job
+    frameworks = ("python", "pyspark", "distributed")  # pyspark: spark-submit --master local[*] here, as a plain job
 
     def __init__(self, config: LocalCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
@@ -70,6 +72,13 @@ class LocalExecutor(Executor):
     def default_concurrency(cls) -> int:
         """One trial per CPU: the trials share this machine."""
         return os.cpu_count() or 1
+
+    def gpu_inventory(self) -> Inventory:
+        return self._host_inventory()
+
+    def resources(self, spec: RunSpec) -> Resources:
+        """``CUDA_VISIBLE_DEVICES`` of the devices ``nvidia-smi`` lists here; thread counts for cpus."""
+        return process_resources(spec.resources, self.gpu_inventory, "this machine")
 
     def code_is_staged(self, snapshot_id: str) -> bool:
         return (self.workspace.checkouts / snapshot_id).is_dir()

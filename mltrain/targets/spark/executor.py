@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 from mltrain.config.groups import ComputeConfig
 from mltrain.environments.base import PreparedEnvironment, digest
-from mltrain.errors import ConfigError
+from mltrain.errors import ConfigError, TargetError
 from mltrain.hosts.masking import mask_text
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets import TARGETS, executor_for
-from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest
+from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest, Resources
 from mltrain.targets.spark.app import (
     SCAN_LIMIT,
     AppInfo,
@@ -53,11 +53,14 @@ from mltrain.targets.spark.app import (
 from mltrain.targets.spark.config import SparkCompute
 from mltrain.targets.spark.submit import (
     CONNECT_SCRIPT,
+    DISCOVERY_NAME,
+    DISCOVERY_SCRIPT,
     SparkSettings,
     check_master,
     master_kind,
     master_ui,
     pyfiles_zip,
+    spark_resource_conf,
 )
 
 if TYPE_CHECKING:
@@ -223,6 +226,33 @@ class SparkExecutor(Executor):
     def framework_argv(self, framework: str, spec: RunSpec, environment: PreparedEnvironment) -> list[str] | None:
         return self.spark_submit(spec, environment) if framework == "pyspark" else None
 
+    def resources(self, spec: RunSpec) -> Resources:
+        """The request as Spark's own settings (``--conf``): Spark places executors and tasks on GPUs itself."""
+        conf = spark_resource_conf(spec.resources, self._discovery_script, local_master=self.settings.kind == "local")
+        for key in conf:
+            if key in self.settings.conf:
+                raise ConfigError(f"compute.conf.{key} and resources set the same thing; keep one")
+        own = {"spark.executor.cores": ("executor_cores", self.config.executor_cores),
+               "spark.executor.memory": ("executor_memory", self.config.executor_memory)}
+        for key, (name, value) in own.items():
+            if key in conf and value not in (None, ""):
+                raise ConfigError(f"compute.{name} and resources set {key}; keep one")
+        return Resources(spec.resources, None, {}, tuple(f"--conf {k}={v}" for k, v in conf.items()), settings=conf)
+
+    def _discovery_script(self) -> str:
+        """Where Spark finds the GPU discovery script on the driver's machine (mltrain writes it there at launch)."""
+        return posixpath.join(self.runner().env_root(self.workspace.cache), "spark", DISCOVERY_NAME)
+
+    def _write_discovery_script(self) -> None:
+        runner, path = self.runner(), self._discovery_script()
+        if runner.read_text(path) == DISCOVERY_SCRIPT:
+            return
+        runner.makedirs(posixpath.dirname(path))
+        runner.write_text(path, DISCOVERY_SCRIPT)
+        done = runner.run(["chmod", "755", path], timeout=30)
+        if done.returncode != 0:
+            raise TargetError(f"could not make {path} executable on {runner.name}: {done.last_line()}")
+
     def spark_submit(self, spec: RunSpec, environment: PreparedEnvironment) -> list[str]:
         """The pyspark framework's argv on this target (``mltrain.frameworks.pyspark``)."""
         from mltrain.frameworks.pyspark import spark_submit_for
@@ -232,8 +262,10 @@ class SparkExecutor(Executor):
             self._spark_submit = spark_submit_for(self.runner(), environment, self.config.spark_home,
                                                   dict(spec.env_vars))
             self._interpreter, self._asked = environment.interpreter, asked
-        return [self._spark_submit, *self.settings.options, *self.settings.python_options(environment.interpreter),
-                *self._pyfiles(spec.script), *spec.script_argv()]
+        resources = [a for k, v in self.resources(spec).settings.items() for a in ("--conf", f"{k}={v}")]
+        return [self._spark_submit, *self.settings.options, *resources,
+                *self.settings.python_options(environment.interpreter), *self._pyfiles(spec.script),
+                *spec.script_argv()]
 
     def _pyfiles(self, script: str) -> list[str]:
         if self._checkout is None or not os.path.isabs(self._interpreter):  # a plan: nothing staged yet
@@ -269,6 +301,8 @@ class SparkExecutor(Executor):
             check_master(self.settings.master, timeout, self._connect_from_driver, f" from {self.driver.describe()}")
         else:
             check_master(self.settings.master, timeout)
+        if request.resources is not None and request.resources.request.wants_gpus:
+            self._write_discovery_script()
         argv = [request.argv[0], *self._run_options(request), *request.argv[1:]]
         with open(request.paths.log, "ab") as log_file:  # the exact command, for the record and to rerun by hand
             line = mask_text(f"[mltrain] $ {shlex.join(argv)}\n", list(request.secrets))  # a param may be one

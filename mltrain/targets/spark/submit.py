@@ -19,6 +19,7 @@ be pasted into a shell as is.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import time
@@ -31,6 +32,7 @@ from mltrain.errors import ConfigError, EnvironmentBuildError, TargetError
 from mltrain.hosts.runner import Runner, StartError
 
 if TYPE_CHECKING:
+    from mltrain.config.resources import ResourceRequest
     from mltrain.targets.spark.config import SparkCompute
 
 DEPLOY_MODES = ("client", "cluster")
@@ -44,6 +46,39 @@ _OWN_KEYS = {
     "spark.jars": "jars", "spark.archives": "archives",
 }
 _CONF_KEY = re.compile(r"^spark\.[^\s=]+$")
+
+
+DISCOVERY_NAME = "gpu-discovery.sh"
+DISCOVERY_SCRIPT = """#!/bin/sh
+# Written by mltrain: Spark's GPU discovery script (spark.{driver,executor}.resource.gpu.discoveryScript).
+# Prints the GPUs nvidia-smi lists here as Spark's ResourceInformation JSON.
+ids=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | tr -cd '0-9\\n' | sed 's/.*/"&"/' | paste -sd, -)
+echo "{\\"name\\": \\"gpu\\", \\"addresses\\": [$ids]}"
+"""
+
+
+def spark_resource_conf(request: ResourceRequest, discovery_script: Callable[[], str], *,
+                        local_master: bool = False) -> dict[str, str]:
+    """A resource request as Spark settings: GPUs for the driver and each executor (one a task), found by
+    ``discovery_script`` on each node; cpus and memory as each executor's cores and memory.
+
+    A local master has no executors of its own: Spark schedules no task that needs a GPU there (a job would
+    wait forever), so only the driver gets GPUs -- the script uses them itself.
+    """
+    conf: dict[str, str] = {}
+    if request.all_gpus:
+        raise ConfigError("resources.gpus=all: Spark needs a number of GPUs per executor; use resources.gpus=N")
+    if request.gpu_count:
+        for role in ("driver",) if local_master else ("driver", "executor"):
+            conf[f"spark.{role}.resource.gpu.amount"] = str(request.gpu_count)
+            conf[f"spark.{role}.resource.gpu.discoveryScript"] = discovery_script()
+        if not local_master:
+            conf["spark.task.resource.gpu.amount"] = "1"
+    if request.cpus is not None:
+        conf["spark.executor.cores"] = str(max(1, math.ceil(request.cpus)))
+    if request.memory_bytes is not None:
+        conf["spark.executor.memory"] = f"{max(1, request.memory_bytes // 1024**2)}m"
+    return conf
 
 
 def master_kind(master: str) -> str:

@@ -40,14 +40,16 @@ from mltrain.hosts.base import CodeMissing
 from mltrain.hosts.container import SOCKET_PATHS, RunContainer, check_own_mounts, root_warning, warn_in_log
 from mltrain.hosts.logmirror import HostLogSource, LogMirror
 from mltrain.store.workspace import RunPaths, Workspace
-from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest
+from mltrain.targets.base import RUNTIME, Executor, Handle, HostHandle, LaunchRequest, Resources, process_resources
 from mltrain.targets.ssh.config import SshCompute
 from mltrain.targets.ssh.conn import LinkDown, SshSettings
 from mltrain.targets.ssh.host import SshHost
 from mltrain.targets.ssh.link import Link, RemoteRunner
 
 if TYPE_CHECKING:
+    from mltrain.config.spec import RunSpec
     from mltrain.environments.base import Environment
+    from mltrain.hosts.hardware import Inventory
     from mltrain.targets.docker.util import EngineConfig
     from mltrain.targets.ssh.tunnel import DockerTunnel
     from mltrain.targets.ssh.upload import UploadStats
@@ -132,6 +134,21 @@ class SshHandle(HostHandle):
             raise failed[0]  # a local error (a full disk), not the host's
 
 
+def container_limits(resources: Resources | None) -> list[str]:
+    """``docker run`` options for the request, when the job is a container on the host: the devices
+    ``process_resources`` picked from the host's ``nvidia-smi`` (``--gpus device=…``), ``--cpus``, ``--memory``."""
+    if resources is None:
+        return []
+    request, options = resources.request, []
+    if resources.gpu_ids:
+        options += ["--gpus", "device=" + ",".join(map(str, resources.gpu_ids))]
+    if request.cpus is not None:
+        options += ["--cpus", f"{request.cpus:g}"]
+    if request.memory_bytes is not None:
+        options += ["--memory", str(request.memory_bytes), "--memory-swap", str(request.memory_bytes)]
+    return options
+
+
 class _StopPack(EOFError):
     """Raised inside a ``pack`` reply to abandon it: the link forgets the channel (``Link.request``)."""
 
@@ -140,6 +157,7 @@ class SshExecutor(Executor):
     kind = "ssh"
     config_class = SshCompute
     config: SshCompute
+    frameworks = ("python", "distributed")
 
     def __init__(self, config: SshCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
@@ -165,6 +183,15 @@ class SshExecutor(Executor):
 
             self._tunnel = DockerTunnel(self.link())
         return EngineConfig(base_url=f"unix://{self._tunnel.path}")
+
+    def gpu_inventory(self) -> Inventory:
+        """The host's GPUs, as its ``nvidia-smi`` lists them (asked through the helper)."""
+        return self._host_inventory()
+
+    def resources(self, spec: RunSpec) -> Resources:
+        """``CUDA_VISIBLE_DEVICES`` of the host's devices; thread counts for cpus (a container on the host:
+        the same variables, the devices seen through its engine's runtime)."""
+        return process_resources(spec.resources, self.gpu_inventory, self.settings.host)
 
     def describe(self) -> str:
         user = f"{self.settings.user}@" if self.settings.user else ""
@@ -242,7 +269,8 @@ class SshExecutor(Executor):
         hello = link.hello()
         spec = RunContainer(image=request.image, argv=request.argv, user=f"{hello['uid']}:{hello['gid']}",
                             run_id=request.run_id, experiment=request.experiment, env=request.env, code=cwd,
-                            outputs=f"{run_dir}/outputs", metrics=f"{run_dir}/metrics.jsonl")
+                            outputs=f"{run_dir}/outputs", metrics=f"{run_dir}/metrics.jsonl",
+                            limits=container_limits(request.resources))
 
         def resolve(path: str) -> str:
             return link.call("realpath", path=path).take("path", str)

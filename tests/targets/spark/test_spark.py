@@ -146,17 +146,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         cluster = Cluster(master, f"http://127.0.0.1:{ui_port}")
 
-        def up() -> bool:
-            try:
-                return cluster.status()["status"] == "ALIVE"
-            except OSError:
+        def answers(key: str, value: object) -> bool:
+            try:  # while the master starts, its UI may answer with an empty page: not up yet
+                return cluster.status()[key] == value
+            except (OSError, ValueError, KeyError):
                 return False
 
-        wait_for(up, 60, every=0.25)
+        wait_for(lambda: answers("status", "ALIVE"), 90, every=0.25)
         processes.append(_start([spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1",
                                  "--cores", "2", "--memory", "1g", "--webui-port", str(worker_ui),
                                  "--work-dir", str(folder / "work")], folder / "worker.log", env))
-        wait_for(lambda: cluster.status()["aliveworkers"] == 1, 60, every=0.25)
+        wait_for(lambda: answers("aliveworkers", 1), 90, every=0.25)
         yield cluster
     finally:
         for process in reversed(processes):

@@ -1,0 +1,1 @@
+"""``compute=ray``: a Ray cluster, through its Jobs API."""
