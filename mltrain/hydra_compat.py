@@ -70,6 +70,7 @@ __all__ = [
     "config_file_name",
     "config_loader",
     "flush_loggers",
+    "hydra_config_copy",
     "hydra_config_set",
     "job_bookkeeping",
     "job_ended",
@@ -170,6 +171,13 @@ def hydra_config_set(config: DictConfig | None) -> Iterator[None]:
         yield
     finally:
         HydraConfig.instance().cfg = saved
+
+
+def hydra_config_copy() -> Any:
+    """A copy of what ``HydraConfig`` holds (``{"hydra": ...}``), as ``run_job`` stores in ``JobReturn.hydra_cfg``."""
+    import copy
+
+    return copy.deepcopy(HydraConfig.instance().cfg)
 
 
 def job_value(job_return: Any) -> Any:

@@ -49,6 +49,13 @@ def plain_submit(args: list[str]) -> argparse.Namespace | None:
 
 
 def command(args: list[str]) -> int:
+    if "--" in args:  # the script's own arguments, passed literally (a Hydra app's overrides: README, Hydra apps)
+        from mltrain.config.compose import script_args_override
+
+        at = args.index("--")
+        if any(a.startswith("args=") for a in args[:at]):
+            raise UsageError("give the script's arguments either as args=[...] or after --, not both")
+        args = [*args[:at], script_args_override(args[at + 1:])]
     parsed = plain_submit(args)
     if parsed is None:
         from mltrain.hydra_compat import args_parser

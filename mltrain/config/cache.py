@@ -48,19 +48,49 @@ def enabled() -> bool:
     return os.environ.get("MLTRAIN_COMPOSE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+OWN_CONF = os.path.join(".mltrain", "conf")  # mltrain's config in a project whose ./conf is a Hydra app's
+MLTRAIN_GROUPS = ("compute", "environment", "framework")
+
+
 def project_conf_dir() -> str | None:
     """The directory the search-path plugin puts ahead of the packaged conf (same rule).
 
-    ``./conf`` is optional; a directory named on purpose (``-cd DIR``, ``$MLTRAIN_CONFIG_DIR``) must exist.
+    In order: ``$MLTRAIN_CONFIG_DIR`` (``-cd DIR``), which must exist; ``./.mltrain/conf``; ``./conf``,
+    unless it is a Hydra app's own config (its ``config.yaml`` is not mltrain's: it does not build on
+    ``mltrain_schema``), which mltrain then leaves alone. An app's ``./conf`` that also holds one of
+    mltrain's groups is ambiguous: one line says where mltrain's settings go instead.
     """
     explicit = os.environ.get("MLTRAIN_CONFIG_DIR")
-    directory = os.path.abspath(explicit or "conf")
-    if os.path.isdir(directory):
-        return directory
     if explicit:
+        directory = os.path.abspath(explicit)
+        if os.path.isdir(directory):
+            return directory
         raise ConfigError(f"config dir {directory} (-cd / $MLTRAIN_CONFIG_DIR) is not a directory; "
                           "point it at the folder holding your config groups")
+    own = os.path.abspath(OWN_CONF)
+    if os.path.isdir(own):
+        return own
+    directory = os.path.abspath("conf")
+    if not os.path.isdir(directory):
+        return None
+    if not is_hydra_app_conf(directory):
+        return directory
+    groups = [g for g in MLTRAIN_GROUPS if os.path.isdir(os.path.join(directory, g))]
+    if groups:
+        raise ConfigError(
+            f"./conf is a Hydra app's config (its config.yaml is not mltrain's) but holds mltrain's group "
+            f"{groups[0]}/: move mltrain's options to {OWN_CONF}/{groups[0]}/ (see README, Hydra apps)")
     return None
+
+
+def is_hydra_app_conf(directory: str) -> bool:
+    """``directory/config.yaml`` exists and is not mltrain's primary config (which names ``mltrain_schema``)."""
+    try:
+        with open(os.path.join(directory, "config.yaml"), encoding="utf-8", errors="replace") as handle:
+            text = handle.read(1 << 20)
+    except OSError:
+        return False
+    return "mltrain_schema" not in text
 
 
 RACY_NS = 2_000_000_000  # a file this young may change again within one mtime tick: don't cache yet

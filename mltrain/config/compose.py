@@ -57,6 +57,20 @@ def compose(overrides: Sequence[str] = (), config_name: str | None = None, *, mu
         raise translate_hydra_error(exc) from exc
 
 
+def script_args_override(values: Sequence[str]) -> str:
+    """``args=[...]`` holding ``values`` literally: what follows ``--`` on mltrain's command line.
+
+    Each value is quoted for Hydra's grammar (``+db.extra=1``, ``~key``, spaces, quotes pass untouched) and
+    ``$`` is escaped, so ``${oc.env:...}`` reaches the script as typed and is resolved by the job (a Hydra
+    app resolves it in its own process), not by mltrain when it submits.
+    """
+    def quote(value: str) -> str:  # Hydra unescapes backslashes only before a quote or at the end
+        value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+        return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+    return f"args=[{','.join(quote(v) for v in values)}]"
+
+
 def group_options(group: str) -> list[str]:
     """The options a config group has, as Hydra finds them (``hydra/launcher`` -> basic, mltrain)."""
     from mltrain.hydra_compat import config_loader
@@ -85,6 +99,9 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from yaml import MarkedYAMLError
 
+    from mltrain.config.schema import unknown_key_message
+    from mltrain.config.suggest import did_you_mean, grammar_message
+
     if isinstance(exc, MarkedYAMLError):
         return _yaml_error(exc)
     text = str(exc)
@@ -95,8 +112,10 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
         if match:
             group, name = match.groups()
             valid = ", ".join(options) if options else "none found"
+            hint = did_you_mean(name, options)
             return ConfigError(
-                f"unknown {group} option {name!r} (available: {valid}); add conf/{group}/{name}.yaml to define it"
+                f"unknown {group} option {name!r}{';' if hint else ''}{hint} (available: {valid}); "
+                f"add conf/{group}/{name}.yaml to define it"
             )
         match = _MISSING_PRIMARY.search(text)
         if match:
@@ -105,14 +124,13 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
             )
         return ConfigError(first)
     if isinstance(exc, OverrideParseException):
-        return ConfigError(f"malformed override: {first} (expected key=value, e.g. params.lr=0.01)")
+        return ConfigError(grammar_message(str(exc.override), first))
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         cause_text = str(cause) if cause is not None else ""
         key_match = re.search(r"Could not override '([^']+)'", text)
         if key_match and ("not in struct" in cause_text or "not in '" in cause_text):
-            key = key_match.group(1)
-            return ConfigError(f"unknown key {key!r} in the overrides; check its spelling, or add it with +{key}=VALUE")
+            return ConfigError(unknown_key_message(key_match.group(1)))
         detail = cause_text.splitlines()[0] if cause_text else ""
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         message = lines[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -212,14 +213,57 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="mltrain_schema", node=node)
 
 
+# ------------------------------------------------------------ suggestions
+def keys_under(path: str) -> list[str]:
+    """The keys the schemas allow under the dotted ``path`` ("" for the top level); [] when unknown.
+
+    A group's keys are those of every registered kind (``compute.cancel_grase`` is checked against every
+    compute type's keys: the chosen type is not known when an override fails)."""
+    parts = [p for p in path.split(".") if p]
+    if parts and parts[0] in GROUP_SCHEMAS:
+        registry = GROUP_SCHEMAS[parts[0]]
+        classes = [registry.config_class(kind) for kind in registry.kinds()]
+        return sorted({name for cls in classes for name in _fields_at(cls, parts[1:])})
+    return _fields_at(PrimarySchema, parts)
+
+
+def _fields_at(cls: Any, parts: list[str]) -> list[str]:
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return []
+        cls = hints[part]
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def unknown_key_message(key: str) -> str:
+    """``unknown key 'scirpt' in the overrides; did you mean script?`` -- or the ``+key=VALUE`` hint when
+    nothing is close."""
+    from mltrain.config.suggest import close
+
+    parent, _, leaf = key.rpartition(".")
+    found = [f"{parent}.{m}" if parent else m for m in close(leaf, keys_under(parent))]
+    if found:
+        return f"unknown key {key!r} in the overrides; did you mean {' or '.join(found)}?"
+    return f"unknown key {key!r} in the overrides; check its spelling, or add it with +{key}=VALUE"
+
+
 def _describe(exc: OmegaConfBaseException) -> str:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return msg.rstrip(".")
 
 
 def _unknown_key(group: str, kind: str, key: object) -> ConfigError:
-    valid = ", ".join(f.name for f in dataclasses.fields(GROUP_SCHEMAS[group][kind]))
-    return ConfigError(f"{group}.{key}: unknown key for {group} type {kind!r} (valid keys: {valid})")
+    from mltrain.config.suggest import did_you_mean
+
+    names = [f.name for f in dataclasses.fields(GROUP_SCHEMAS[group][kind])]
+    hint = did_you_mean(str(key), names)
+    return ConfigError(f"{group}.{key}: unknown key for {group} type {kind!r}{';' if hint else ''}{hint} "
+                       f"(valid keys: {', '.join(names)})")
 
 
 def _check_group_keys(cfg: DictConfig) -> None:

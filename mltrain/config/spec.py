@@ -32,6 +32,7 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+HYDRA_RUN_DIR = "hydra.run.dir=${oc.env:MLTRAIN_OUTPUT_DIR}/hydra"
 _OC_ENV = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 _CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
 
@@ -146,8 +147,17 @@ class RunSpec:
         return out
 
     def script_argv(self) -> list[str]:
-        """Script path (relative to the staged code) and its arguments, without the interpreter."""
-        return [self.script, *self.args, *self.param_args()]
+        """Script path (relative to the staged code) and its arguments, without the interpreter.
+
+        A Hydra app (``framework.args_style=hydra``) writes its ``.hydra/``, log and outputs under
+        ``$MLTRAIN_OUTPUT_DIR/hydra`` unless its arguments set ``hydra.run.dir``: they come back with the
+        run's outputs instead of vanishing with its working directory. Hydra resolves it in the job.
+        """
+        argv = [self.script, *self.args, *self.param_args()]
+        if self.framework.args_style == "hydra" and not any(
+                a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in argv[1:]):
+            argv.append(HYDRA_RUN_DIR)
+        return argv
 
 
 def check_source(spec: RunSpec) -> None:

@@ -13,13 +13,18 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mltrain.errors import ConfigError
 from mltrain.sweep.samplers import Sampler, Suggestion, check_size, make_sampler
 from mltrain.sweep.space import parse_space
 
 
 def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: Any,
-          arguments: Sequence[str], *, streams: bool) -> list[Any]:
-    """``streams``: the launcher declares ``run_sweep`` (a ``TrialStreamLauncher``, as mltrain's does)."""
+          arguments: Sequence[str], *, streams: bool, batch: int | None = None,
+          app_settings: dict[str, Any] | None = None) -> list[Any]:
+    """``streams``: the launcher declares ``run_sweep`` (a ``TrialStreamLauncher``, as mltrain's does).
+    ``batch``: how many jobs the launcher runs side by side when it does not stream (default: sweep.max_concurrent).
+    ``app_settings``: ``hydra.sweeper.*`` (sampler, n_trials, ...) for a Hydra app's own sweep; ``mltrain -m``
+    has ``sweep.*`` instead and refuses them."""
     from mltrain.config.schema import SweepConfig, validate_sweep
     from mltrain.sweep.controller import SweepController
     from mltrain.sweep.jobs import takes_prepared
@@ -28,7 +33,17 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
 
     session = current()
     ours = session is not None and takes_prepared(task_function)
-    settings = validate_sweep(config.get("sweep")) if ours else SweepConfig()
+    if ours and app_settings:
+        raise ConfigError(f"hydra.sweeper.{next(iter(app_settings))} is for a Hydra app's own sweep; with mltrain -m "
+                          f"set sweep.{next(iter(app_settings))}=... instead")
+    if ours:
+        settings = validate_sweep(config.get("sweep"))
+    else:
+        from omegaconf import OmegaConf
+
+        # the objective is what the task returns (Hydra's sweepers' convention), not a logged metric
+        given = {"primary_metric": "return value", **app_settings} if app_settings else None
+        settings = validate_sweep(OmegaConf.create(given)) if given else SweepConfig()
     space = parse_space(arguments, settings.space, hydra_context.config_loader)
     check_size(settings.sampler, space, n_trials=settings.n_trials, max_trials=settings.max_trials)  # before a record
     controller = SweepController(session, config) if ours and session is not None else None
@@ -46,7 +61,7 @@ def sweep(hydra_context: Any, task_function: Any, config: DictConfig, launcher: 
     _save_config(config)
     if streams:
         return [list(launcher.run_sweep(sampler, Supervisor()))]
-    return _in_batches(launcher, sampler, settings.max_concurrent or 1)
+    return _in_batches(launcher, sampler, settings.max_concurrent or batch or 1)
 
 
 def _save_config(config: DictConfig) -> None:

@@ -43,6 +43,17 @@ class LauncherCore:
         self.composer = TrialComposer(hydra_context.config_loader, config)
         self._configs: dict[int, DictConfig] = {}  # each job's full config, for the callbacks at its end
 
+    @staticmethod
+    def refuse_app_settings(compute: str | None, environment: str | None, max_concurrent: int | None,
+                            overrides: Sequence[str], shared_paths: bool | None) -> None:
+        """``hydra.launcher.compute`` and friends are for a Hydra app's jobs; ``mltrain -m`` has its own."""
+        given = [f"hydra.launcher.{name}" for name, value in (
+            ("compute", compute), ("environment", environment), ("max_concurrent", max_concurrent),
+            ("overrides", overrides), ("shared_paths", shared_paths is not None)) if value]
+        if given:
+            raise ConfigError(f"{given[0]} is for a Hydra app's own jobs; with mltrain -m set compute=..., "
+                              "environment=..., sweep.max_concurrent=... directly")
+
     # ----------------------------------------------------------- Hydra's API
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
         """Hydra's ``Launcher.launch``: these jobs, as many at once as the supervisor allows."""

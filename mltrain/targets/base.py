@@ -473,6 +473,11 @@ class Executor(ABC):
                 "use compute=docker"
             )
 
+    def job_sees_client_paths(self) -> bool:
+        """Does the job see this machine's files at the same paths? A Hydra app's job then writes its
+        output folder in place (``hydra/launcher=mltrain``); otherwise it comes back with the run's outputs."""
+        return False
+
     def describe(self) -> str:
         """One line for plans and logs: the target and where it is."""
         return self.kind

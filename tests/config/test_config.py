@@ -76,7 +76,7 @@ def test_hydra_style_params(project: Project) -> None:
         "script=train.py", "framework.args_style=hydra", "params.lr=0.1", "+params.opt.name=adam", check=True
     )
     argv = json.loads(result.stdout.split("argv ", 1)[1].splitlines()[0])
-    assert argv == ["lr=0.1", "opt.name=adam"]
+    assert argv == ["lr=0.1", "opt.name=adam", "hydra.run.dir=${oc.env:MLTRAIN_OUTPUT_DIR}/hydra"]  # Hydra's files kept
 
 
 def test_secret_interpolation_is_not_stored(project: Project) -> None:

@@ -93,7 +93,9 @@ def test_hydra_args_style_and_a_failed_trial_does_not_stop_the_sweep(project: Pr
                          "sweep.max_concurrent=2", env={"PAUSE": "0"})
     runs = _runs_of(project, _sweeps(project)[0]["id"])
     logs = [(project.workspace / "runs" / r["id"] / "output.log").read_text() for r in runs]
-    assert any('argv ["lr=0.5"]' in log for log in logs) and any('argv ["lr=0.25"]' in log for log in logs)
+    kept = '"hydra.run.dir=${oc.env:MLTRAIN_OUTPUT_DIR}/hydra"'  # a Hydra app's .hydra/ and log come back
+    assert any(f'argv ["lr=0.5", {kept}]' in log for log in logs)
+    assert any(f'argv ["lr=0.25", {kept}]' in log for log in logs)
     assert result.returncode == 0
 
     result = project.run("-m", "script=sleepy.py", "params.x=1,2,4", "sweep.max_concurrent=1", env={"PAUSE": "0"})

@@ -21,7 +21,7 @@ SWEEP = ("-m", "script=train.py", "params.x=1,2")
       "hydra/sweeper=NAME (basic, mltrain"]),
     ("hydra.launcher=null", ["hydra.launcher is not set", "hydra/launcher=NAME"]),
     ("+hydra.launcher.workers=4", ["hydra.launcher (hydra_plugins.mltrain_plugins.launcher.MltrainLauncher) could not "
-                                   "be set up", "takes no arguments"]),
+                                   "be set up", "unexpected keyword argument 'workers'"]),
     ("+hydra.sweeper.workers=4", ["hydra.sweeper (hydra_plugins.mltrain_plugins.sweeper.MltrainSweeper) could not "
                                   "be set up"]),
 ])

@@ -65,6 +65,9 @@ class LocalExecutor(Executor):
         self._manifests: dict[str, Manifest] = {}
         """Manifests loaded by ``stage_code``, reused by ``launch`` to build the working directory."""
 
+    def job_sees_client_paths(self) -> bool:
+        return True
+
     @classmethod
     def default_concurrency(cls) -> int:
         """One trial per CPU: the trials share this machine."""
