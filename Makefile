@@ -1,9 +1,8 @@
 # mltrain: `make demo` runs the quickstart, `make test` provisions what the suite needs and runs it.
 #
 # Two installs into one .venv: the demo needs only mltrain and its own dependencies (seconds); the suite,
-# lint and benchmarks add the dev tools, pyspark (the spark extra: a ~490 MB wheel) and MLflow (the mlflow
-# extra). `make install` is
-# the full one; `make demo` never pays for it.
+# lint and benchmarks add the dev tools, pyspark (the spark extra: a ~490 MB wheel), Ray (the ray extra: a
+# local test cluster) and MLflow (the mlflow extra). `make install` is the full one; `make demo` never pays for it.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
