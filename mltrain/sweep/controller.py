@@ -123,14 +123,15 @@ class FirstAlone:
 
 
 def _tell_cpu() -> None:
-    """For the benchmark: this process's own CPU seconds so far (all threads, no child process), written to
-    the file ``MLTRAIN_DEBUG_SWEEP_CPU`` names, when it names one."""
+    """For the benchmark: this process's own CPU seconds so far (all threads, no child process) and its main
+    thread's (the serial part), written to the file ``MLTRAIN_DEBUG_SWEEP_CPU`` names, when it names one."""
     path = os.environ.get(CPU_FILE_ENV)
     if path:
         import resource
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        Path(path).write_text(f"{usage.ru_utime + usage.ru_stime:.6f}\n")
+        main = resource.getrusage(resource.RUSAGE_THREAD)  # close runs in the main thread: the serial part
+        Path(path).write_text(f"{usage.ru_utime + usage.ru_stime:.6f} {main.ru_utime + main.ru_stime:.6f}\n")
 
 
 def _target_key(spec: RunSpec) -> str:
