@@ -108,8 +108,13 @@ def inventory(runner: Runner) -> Inventory:
 
 
 def _host(runner: Runner) -> tuple[str | None, int | None, int | None]:
-    """The host's name, CPU count and memory in bytes (None where it does not say); asked of a host at most
-    once a minute per process -- a sweep's trials on one host record the same facts without a probe each."""
+    """The host's name, CPU count and memory in bytes (None where it does not say). This machine is asked at
+    most once a minute per process -- a sweep's trials here record the same facts without a subprocess each;
+    another host is asked every time (a name such as an SSH host's address may reach another machine later)."""
+    from mltrain.hosts.runner import LocalRunner
+
+    if not isinstance(runner, LocalRunner):
+        return _ask_host(runner)
     key = (type(runner).__name__, runner.name)
     now = time.monotonic()
     with _HOST_LOCK:
