@@ -1,5 +1,7 @@
 """Sweeps (issue: sweeps): mltrain's launcher vs Hydra's basic launcher on the same 100 trials, vs the ideal;
-and the launch overhead per trial beyond the trial's own process start."""
+the launch overhead per trial beyond the trial's own process start; and the controller's throughput
+(issue 17): 64 x 1 s trials at max_concurrent=16 vs the ideal, and the controller process's own CPU
+(user + sys of its threads, no trial process) over a 1,000-trial grid of no-op trials at max_concurrent=32."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ MLTRAIN = str(BIN / "mltrain")
 TRIALS = 100
 SLEEP = 0.2
 CONCURRENT = 4
+WIDE_TRIALS, WIDE_CONCURRENT = 64, 16
+GRID_A, GRID_B, GRID_CONCURRENT = 40, 25, 32
 
 
 def wall(argv: list[str], **kwargs: object) -> float:
@@ -30,7 +34,12 @@ def wall(argv: list[str], **kwargs: object) -> float:
     return took
 
 
+def load() -> str:
+    return f"{os.cpu_count()} cores, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
 def main() -> None:
+    print(f"bench_sweep: {load()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         project = root / "proj"
@@ -66,6 +75,27 @@ def main() -> None:
                                       cwd=project), repeat=15)
         report("launch overhead per trial beyond its own process start", per_trial - bare, None, "<= 40 ms")
         report("  (per trial at max_concurrent=1, its process start alone)", per_trial, bare, "-")
+
+        # Throughput at width: 64 x 1 s at max_concurrent=16, against 4 s of sleeping plus one submit.
+        (project / "sleep1.py").write_text("import time\ntime.sleep(1)\n")
+        wide = wall([MLTRAIN, "-m", "script=sleep1.py", f"params.i=range(0,{WIDE_TRIALS})",
+                     f"sweep.max_concurrent={WIDE_CONCURRENT}", "experiment=wide"], **kw)
+        report(f"{WIDE_TRIALS} x 1s trials, max_concurrent={WIDE_CONCURRENT}: mltrain vs ideal", wide,
+               WIDE_TRIALS / WIDE_CONCURRENT + startup, "<= 1.3x")
+
+        # The controller's own CPU over a 1,000-trial grid of no-op trials (MLTRAIN_DEBUG_SWEEP_CPU: the sweep
+        # process writes its getrusage(RUSAGE_SELF) there as it closes).
+        cpu_file = root / "controller-cpu"
+        grid_env = env | {"MLTRAIN_DEBUG_SWEEP_CPU": str(cpu_file)}
+        grid = wall([MLTRAIN, "-m", "script=noop.py", f"params.a=range(0,{GRID_A})", f"params.b=range(0,{GRID_B})",
+                     f"sweep.max_concurrent={GRID_CONCURRENT}", "experiment=grid"], cwd=project, env=grid_env)
+        cpu, serial = (float(x) for x in cpu_file.read_text().split())
+        trials_n = GRID_A * GRID_B
+        report(f"{trials_n} no-op trials, max_concurrent={GRID_CONCURRENT}: wall", grid, None, "-")
+        report(f"  controller CPU, total ({trials_n} trials)", cpu, None, "<= 10 s")
+        report("  controller CPU per trial (all its threads)", cpu / trials_n, None, "-")
+        report("  controller main-thread CPU per trial (the serial part)", serial / trials_n, None, "<= 5 ms")
+        print(f"bench_sweep: done, {load()}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ A host without ``nvidia-smi`` has no GPUs, as far as mltrain can tell.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,9 @@ TIMEOUT = 15.0  # seconds for one nvidia-smi; a wedged driver must not hang a su
 MAX_TEXT = 64 * 1024  # characters of its output read at most
 MAX_GPUS = 1024
 _CUDA = re.compile(r"CUDA Version:\s*([0-9][0-9.]{0,15})")
+HOST_FACTS_SECONDS = 60.0  # how long a host's name, CPU count and memory are taken as known
+_HOST_FACTS: dict[tuple[str, str], tuple[float, tuple[str | None, int | None, int | None]]] = {}
+_HOST_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,26 @@ def inventory(runner: Runner) -> Inventory:
 
 
 def _host(runner: Runner) -> tuple[str | None, int | None, int | None]:
-    """The host's name, CPU count and memory in bytes (None where it does not say)."""
+    """The host's name, CPU count and memory in bytes (None where it does not say). This machine is asked at
+    most once a minute per process -- a sweep's trials here record the same facts without a subprocess each;
+    another host is asked every time (a name such as an SSH host's address may reach another machine later)."""
+    from mltrain.hosts.runner import LocalRunner
+
+    if not isinstance(runner, LocalRunner):
+        return _ask_host(runner)
+    key = (type(runner).__name__, runner.name)
+    now = time.monotonic()
+    with _HOST_LOCK:
+        known = _HOST_FACTS.get(key)
+    if known is not None and now - known[0] < HOST_FACTS_SECONDS:
+        return known[1]
+    facts = _ask_host(runner)
+    with _HOST_LOCK:
+        _HOST_FACTS[key] = (now, facts)
+    return facts
+
+
+def _ask_host(runner: Runner) -> tuple[str | None, int | None, int | None]:
     from mltrain.hosts.runner import StartError
 
     name = cpus = memory = None

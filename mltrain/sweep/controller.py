@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -64,6 +66,7 @@ from mltrain.util.progress import TrialBoard
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
+CPU_FILE_ENV = "MLTRAIN_DEBUG_SWEEP_CPU"
 
 
 @dataclass
@@ -117,6 +120,18 @@ class FirstAlone:
                         self._done.add(key)
                     return
         yield
+
+
+def _tell_cpu() -> None:
+    """For the benchmark: this process's own CPU seconds so far (all threads, no child process) and its main
+    thread's (the serial part), written to the file ``MLTRAIN_DEBUG_SWEEP_CPU`` names, when it names one."""
+    path = os.environ.get(CPU_FILE_ENV)
+    if path:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        main = resource.getrusage(resource.RUSAGE_THREAD)  # close runs in the main thread: the serial part
+        Path(path).write_text(f"{usage.ru_utime + usage.ru_stime:.6f} {main.ru_utime + main.ru_stime:.6f}\n")
 
 
 def _target_key(spec: RunSpec) -> str:
@@ -505,6 +520,7 @@ class SweepController(Supervisor):
             self.store.close()
             if self._log_file is not None:
                 self._log_file.close()
+            _tell_cpu()
 
     def _finish(self, error: BaseException | None) -> None:
         if self.canceled or isinstance(error, KeyboardInterrupt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,3 +52,26 @@ def test_differences_name_what_changed() -> None:
     assert differences(a, b) == ["gpus.name: ['A100'] -> ['H200']", "gpus.memory_mib: [40960] -> [143771]",
                                  "driver: '535' -> '550'", "cuda: '12.2' -> '12.4'"]
     assert differences(a, a) == []
+
+
+def test_this_machines_facts_are_probed_once_for_many_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's trials on this machine share one probe of its name, CPUs and memory; another host is asked
+    each time."""
+    from mltrain.hosts import hardware
+    from mltrain.hosts.runner import LocalRunner
+
+    asked: list[object] = []
+
+    def ask(runner: object) -> tuple[str, int, int]:
+        asked.append(runner)
+        return ("box", 2, 1024)
+
+    monkeypatch.setattr(hardware, "_ask_host", ask)
+    monkeypatch.setattr(hardware, "_HOST_FACTS", {})
+    local = LocalRunner()
+    assert hardware._host(local) == hardware._host(local) == ("box", 2, 1024)
+    assert asked == [local]
+    other = SimpleNamespace(name="host 10.0.0.1")
+    hardware._host(other)  # type: ignore[arg-type]
+    hardware._host(other)  # type: ignore[arg-type]
+    assert asked == [local, other, other]

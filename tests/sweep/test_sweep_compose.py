@@ -95,3 +95,69 @@ def test_metric_monitor_reads_both_channels(tmp_path: Path) -> None:
     metrics.write_text('{"name": "loss", "value": 0.125, "step": 3}\n{"name": "acc", "value": 1}\n')
     monitor.poll_file()
     assert monitor.curve() == [0.5, 0.25, 0.125]
+
+
+def _shape(node: Any, path: str = "") -> list[tuple[str, Any, Any, Any, Any]]:
+    """Every node of a config with what a copy must keep: its type, flags, and parent's path."""
+    from omegaconf import Container
+
+    found = [(path, type(node).__name__, node._metadata.ref_type, node._metadata.object_type,
+              tuple(sorted((node._metadata.flags or {}).items())))]
+    if isinstance(node, Container):
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))  # type: ignore[arg-type]
+        for key in keys:
+            child = node._get_node(key)
+            assert child is not None and child._get_parent() is node
+            found += _shape(child, f"{path}.{key}")
+    return found
+
+
+@pytest.mark.parametrize("trial", [
+    ["script=train.py", "params.lr=0.1", "+params.ref='${params.lr}'"],
+    ["script=train.py", "compute=box", "params.lr=0.01", "env_vars.SEED=7"],
+    ["compute=box", "script=train.py", "compute.cancel_grace=9"],
+])
+def test_a_trials_copy_of_its_template_is_a_deep_copy(loader: Any, trial: list[str]) -> None:
+    """The composer copies a template by unpickling it once pickled: the same tree as copy.deepcopy, and
+    each trial of a grid (value overrides, an interpolation, a config group) still gets Hydra's config."""
+    import copy
+
+    composer = TrialComposer(loader, _master(loader, []))
+    composer.compose(trial)
+    for template in composer._templates.values():
+        for fresh, original in ((template.fresh_config(), template.config), (template.fresh_job(), template.job)):
+            expected = copy.deepcopy(original)
+            assert _shape(fresh) == _shape(expected)
+            assert OmegaConf.to_container(fresh) == OmegaConf.to_container(expected)
+            assert OmegaConf.to_yaml(fresh) == OmegaConf.to_yaml(expected)
+            assert fresh is not original and fresh.get("params") is not original.get("params")
+    master = _master(loader, [])
+    for lr in ("0.1", "0.2", "0.3"):
+        for group in ([], ["compute=box"]):
+            grid = [*trial, f"params.lr={lr}", *group]
+            assert _plain(composer.compose(grid)) == _plain(loader.load_sweep_config(master, grid))
+            job, _ = composer.job(grid)  # type: ignore[misc]
+            whole = _plain(loader.load_sweep_config(master, grid))
+            assert OmegaConf.to_container(job) == {k: v for k, v in whole.items() if k != "hydra"}
+
+
+def test_quick_hydra_config_is_set_configs(loader: Any) -> None:
+    """``set_hydra_config`` leaves HydraConfig holding the same tree as Hydra's ``set_config``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mltrain.hydra_compat import hydra_config_set, set_hydra_config
+
+    composer = TrialComposer(loader, _master(loader, []))
+    cfg = composer.compose(["script=train.py", "params.lr=0.1", "+params.job='${hydra:job.name}'"])
+    with hydra_config_set(None):
+        HydraConfig.instance().set_config(cfg)
+        theirs = HydraConfig.instance().cfg
+        set_hydra_config(cfg)
+        ours = HydraConfig.instance().cfg
+        assert ours is not theirs and ours.hydra is not cfg.hydra
+        assert _shape(ours.hydra) == _shape(theirs.hydra)  # each one's hydra node has cfg as parent (Hydra's hack)
+        assert list(ours.keys()) == ["hydra"] and ours._metadata == theirs._metadata
+        assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(theirs)
+        assert ours.hydra._get_parent() is cfg and OmegaConf.is_readonly(ours.hydra)
+        assert HydraConfig.get().job.name == theirs.hydra.job.name
+        assert cfg.params.job == theirs.hydra.job.name  # ${hydra:...} resolves through what HydraConfig holds
