@@ -90,7 +90,9 @@ class DistributedFramework(Framework):
             "master_addr": master_addr or cfg.master_addr,
             "master_port": cfg.master_port if master_port is None else master_port,
             "launcher": cfg.launcher, "grace": cfg.grace}
-        if from_env:
+        if from_env:  # the node's place is not known yet: no rank or address to show that is not the node's
+            for key in ("node_rank", "master_addr", "master_port"):
+                del found[key]
             found["from_env"] = True
         return found
 
