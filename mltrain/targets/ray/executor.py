@@ -377,7 +377,7 @@ class RayExecutor(Executor):
         count = int(group["bundles"])
         spec = {"nodes": count, "bundle": dict(group["bundle"]), "argv": argv, "wrapper": _wrapper_code(),
                 "limit": MAX_FRAME // count, "node_python": NODE_PYTHON, "grace": self.cancel_grace,
-                "wait": self.config.placement_timeout}
+                "wait": self.config.placement_timeout, "master_port": int(group.get("master_port") or 0)}
         return [NODE_PYTHON, "-c", _shipped("nodes"), base64.b64encode(json.dumps(spec).encode()).decode()]
 
     def _placement(self, request: ResourceRequest, framework: DistributedFrameworkConfig) -> Resources:
@@ -410,7 +410,8 @@ class RayExecutor(Executor):
                               f"{'no' if fit == 0 else f'only {fit}'} node{'' if fit == 1 else 's'} of {where} "
                               f"can give one node's share ({shown}); resources are per node here: ask for less, "
                               "or add nodes to the cluster")
-        settings = {"placement_group": {"bundles": count, "strategy": STRATEGY, "bundle": bundle}}
+        settings = {"placement_group": {"bundles": count, "strategy": STRATEGY, "bundle": bundle,
+                                        "master_port": framework.master_port}}
         mapping = (f"placement group of {count} bundles, {STRATEGY} (one node each)", f"each bundle: {shown}",
                    "MASTER_ADDR: bundle 0's node")
         return Resources(request, None, {}, mapping, settings=settings)

@@ -171,11 +171,14 @@ def node_task(rank: int, spec: dict[str, Any], master: str, port: int) -> Iterat
     yield ("end", wrapped if wrapped is not None else (code if code >= 0 else 128 - code), data)
 
 
-def master_task() -> tuple[str, int]:
-    """Bundle 0's node: its address as the cluster knows it, and a port free there now."""
+def master_task(port: int) -> tuple[str, int]:
+    """Bundle 0's node: its address as the cluster knows it, and ``port`` (``framework.master_port``) or, for 0,
+    a port free there now."""
     import ray
 
     address = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+    if port:
+        return address, port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
         return address, int(sock.getsockname()[1])
@@ -245,7 +248,8 @@ def main() -> int:
     def placed(index: int) -> Any:
         return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
 
-    master, port = ray.get(ray.remote(master_task).options(num_cpus=0, scheduling_strategy=placed(0)).remote())
+    master, port = ray.get(ray.remote(master_task).options(num_cpus=0, scheduling_strategy=placed(0)).remote(
+        int(spec.get("master_port") or 0)))
     remote = ray.remote(node_task)
     each = {"num_cpus": bundle.get("CPU", 0), "num_gpus": bundle.get("GPU", 0), "memory": bundle.get("memory") or None}
     tasks: list[Any] = [remote.options(num_returns="streaming", scheduling_strategy=placed(index), **each).remote(
