@@ -6,7 +6,10 @@ and writes the time it had them all. The figure is that time minus the command's
   --nproc_per_node 4`` on the same script, where torch is installed (goal <= 1.2x); else absolute, beside four
   bare processes started at once by this benchmark (the floor: Python start-up and the rendezvous itself);
 * the whole ``mltrain script=rdv.py framework=distributed framework.nproc_per_node=4`` (snapshot, plan, launch:
-  the user's wait), for reference.
+  the user's wait), for reference;
+* where ray is installed, on a two-node Ray cluster started here: the whole submit of 2 nodes x 2 ranks
+  (``framework.nnodes=2``: placement group, one launcher per node) beside 1 node x 4 ranks on the same cluster
+  (the single-node path, samples alternating), and beside the local figure above.
 Set PYTHON to time another interpreter (the GPU machine's, with torch).
 """
 
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from common import report
 
 from mltrain.frameworks.distributed import launcher_source
@@ -31,6 +35,7 @@ PYTHON = os.environ.get("PYTHON", sys.executable)
 MLTRAIN = os.environ.get("MLTRAIN", str(Path(sys.executable).parent / "mltrain"))
 NPROC = 4
 REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
+RAY_REPEAT = int(os.environ.get("BENCH_RAY_REPEAT", "3"))
 
 RDV = """
 import os, socket, time
@@ -131,6 +136,34 @@ def main() -> None:
                    "(for reference)")
         report(f"  {NPROC} bare processes started at once (the floor)", medians["bare"], None, "(for reference)")
         report("  mltrain launcher vs the floor", medians["launcher"], medians["bare"], "(for reference)")
+        _on_ray(root, project, out, env, medians["submit"])
+
+
+def _on_ray(root: Path, project: Path, out: Path, env: dict[str, str], local: float) -> None:
+    """2 nodes x 2 ranks through compute=ray, beside 1 node x 4 ranks there (same cluster, alternating)."""
+    if not (Path(MLTRAIN).parent / "ray").exists():
+        print("ray is not installed (pip install -e '.[ray]'): the multi-node figure is skipped")
+        return
+    from raytest import RayCluster
+
+    cluster = RayCluster(root).start()
+    try:
+        ray = ["compute=ray", f"compute.address={cluster.url}", f"env_vars.BENCH_OUT={out}", "resources.cpus=0.5",
+               "script=rdv.py", "framework=distributed"]
+        commands = {"multi": [MLTRAIN, *ray, "framework.nnodes=2", "framework.nproc_per_node=2"],
+                    "single": [MLTRAIN, *ray, f"framework.nproc_per_node={NPROC}"]}
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for round_ in range(RAY_REPEAT + 1):  # round 0 uploads the snapshot and warms the nodes' workers
+            for name, argv in commands.items():
+                value = _timed(argv, out, env, project)
+                if round_:
+                    samples[name].append(value)
+        multi, single = (statistics.median(samples[name]) for name in ("multi", "single"))
+        report("2 nodes x 2 ranks on Ray (whole submit) vs 1 node x 4 ranks there", multi, single, "(absolute)")
+        report("  2 nodes x 2 ranks on Ray vs 4 local ranks (whole submit)", multi, local, "(for reference)")
+    finally:
+        cluster.stop()
+    print(f"cores {os.cpu_count()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
 
 
 if __name__ == "__main__":

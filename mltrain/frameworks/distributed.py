@@ -9,7 +9,8 @@ ends the job with its reason, and a cancel stops every rank. ``framework.launche
 ``python -m torch.distributed.run`` with the same numbers instead (torch must be in the environment).
 
 How many machines a job may span is the target's answer (``Executor.max_nodes()``: 1 for local, docker and
-ssh); ``nnodes`` beyond it is refused before anything runs (``check``).
+ssh); ``nnodes`` beyond it is refused before anything runs (``check``). ``compute=ray`` spans several: one
+launcher per node of a placement group (``mltrain.targets.ray.nodes``), each started with ``from_env``.
 """
 
 from __future__ import annotations
@@ -82,18 +83,27 @@ class DistributedFramework(Framework):
                               "(more ranks there: framework.nproc_per_node) or a multi-node target")
 
     def settings(self, node_rank: int = 0, master_addr: str | None = None,
-                 master_port: int | None = None) -> dict[str, object]:
+                 master_port: int | None = None, *, from_env: bool = False) -> dict[str, object]:
         cfg = self.config
-        return {"nproc": cfg.nproc_per_node, "nnodes": cfg.nnodes, "node_rank": node_rank,
-                "master_addr": master_addr or cfg.master_addr,
-                "master_port": cfg.master_port if master_port is None else master_port,
-                "launcher": cfg.launcher, "grace": cfg.grace}
+        found: dict[str, object] = {
+            "nproc": cfg.nproc_per_node, "nnodes": cfg.nnodes, "node_rank": node_rank,
+            "master_addr": master_addr or cfg.master_addr,
+            "master_port": cfg.master_port if master_port is None else master_port,
+            "launcher": cfg.launcher, "grace": cfg.grace}
+        if from_env:  # the node's place is not known yet: no rank or address to show that is not the node's
+            for key in ("node_rank", "master_addr", "master_port"):
+                del found[key]
+            found["from_env"] = True
+        return found
 
     def node_command(self, interpreter: str, script_argv: list[str], *, node_rank: int = 0,
-                     master_addr: str | None = None, master_port: int | None = None) -> list[str]:
-        """The launcher's argv for one node: a multi-node target (Ray) starts one per node, each with its
-        ``node_rank`` and rank 0's node as ``master_addr`` (with a fixed ``master_port``: every node must agree)."""
-        settings = self.settings(node_rank, master_addr, master_port)
+                     master_addr: str | None = None, master_port: int | None = None,
+                     from_env: bool = False) -> list[str]:
+        """The launcher's argv for one node: a multi-node target starts one per node, each with its
+        ``node_rank`` and rank 0's node as ``master_addr`` (with a fixed ``master_port``: every node must agree).
+        ``from_env``: the same argv on every node, which learns its place from ``NODE_RANK``, ``MASTER_ADDR`` and
+        ``MASTER_PORT`` in the launcher's environment (Ray's driver sets them once it has placed the nodes)."""
+        settings = self.settings(node_rank, master_addr, master_port, from_env=from_env)
         return [interpreter, "-S", "-c", launcher_source(), "mltrain-launch", json.dumps(settings, sort_keys=True),
                 "--", interpreter, *script_argv]
 

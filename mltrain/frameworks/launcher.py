@@ -4,7 +4,10 @@ Standard library only, and it imports nothing of mltrain: the job's interpreter 
 (``python -S -c <source> mltrain-launch CONFIG -- ARGV...``), so it works wherever the script does -- this
 machine, an SSH host, a container -- with nothing installed there. ``CONFIG`` is JSON:
 ``{"nproc", "nnodes", "node_rank", "master_addr", "master_port" (0: a free port here), "launcher"
-("mltrain" | "torchrun"), "grace"}``; ``ARGV`` is the script's argv, interpreter first.
+("mltrain" | "torchrun"), "grace", "from_env"}``; ``ARGV`` is the script's argv, interpreter first. With
+``from_env`` the node's place comes from the launcher's own environment instead -- ``NODE_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``, set by whoever starts one launcher per node (Ray's multi-node driver), so
+every node runs the same argv.
 
 Each rank gets the contract ``torchrun`` sets -- ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``NODE_RANK`` (and ``GROUP_RANK``; ``OMP_NUM_THREADS=1`` unless set,
@@ -212,6 +215,15 @@ def main(args: list[str]) -> int:
         return 2
     config: dict[str, Any] = json.loads(args[0])
     argv = list(args[2:])
+    if config.get("from_env"):
+        try:
+            config.update(node_rank=int(os.environ["NODE_RANK"]), master_addr=os.environ["MASTER_ADDR"],
+                          master_port=int(os.environ["MASTER_PORT"]))
+        except (KeyError, ValueError) as exc:
+            sys.stdout.write(f"Error: the launcher was told to take its place from the environment, but "
+                             f"NODE_RANK, MASTER_ADDR and MASTER_PORT are not all set ({exc})\n")
+            sys.stdout.flush()
+            return 2
     if config.get("launcher") == "torchrun":
         return run_torchrun(config, argv)
     return run_ranks(config, argv)

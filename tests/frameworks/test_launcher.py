@@ -42,3 +42,23 @@ def test_two_launchers_make_one_job_of_two_nodes(tmp_path: Path) -> None:
     ranks = [json.loads(line.split("contract ", 1)[1]) for line in outputs[1].splitlines() if "contract" in line]
     assert sorted((r["RANK"], r["NODE_RANK"]) for r in ranks) == [("2", "1"), ("3", "1")]
     assert sorted(p.name for p in (tmp_path / "out" / "ranks").iterdir()) == [f"rank_{n}.log" for n in range(4)]
+
+
+def test_one_argv_for_every_node_takes_its_place_from_the_environment(tmp_path: Path) -> None:
+    """What Ray's driver starts: the same argv on each node, with NODE_RANK, MASTER_ADDR, MASTER_PORT set."""
+    script = tmp_path / "rdv.py"
+    script.write_text(RENDEZVOUS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    framework = DistributedFramework(DistributedFrameworkConfig(nproc_per_node=1, nnodes=2))
+    argv = framework.node_command(sys.executable, [str(script)], from_env=True)
+    nodes = [subprocess.Popen(argv, env={**os.environ, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                                         "MASTER_PORT": str(port)}, stdout=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0]
+    assert "[rank 0] gathered [0, 1]" in outputs[0] and "[rank 1] joined 1" in outputs[1]
+    unplaced = subprocess.run(argv, env={k: v for k, v in os.environ.items() if k != "NODE_RANK"},
+                              capture_output=True, text=True, timeout=60)
+    assert unplaced.returncode == 2 and "NODE_RANK, MASTER_ADDR and MASTER_PORT are not all set" in unplaced.stdout

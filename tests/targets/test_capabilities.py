@@ -38,6 +38,12 @@ def test_which_frameworks_each_target_runs() -> None:
                     "ray": ["python"]}
 
 
+def test_how_many_nodes_a_job_may_span_is_the_targets_answer() -> None:
+    spans = {kind: executor_class(kind).max_nodes() for kind in TARGETS}
+    assert {kind: n for kind, n in spans.items() if kind != "ray"} == {"local": 1, "docker": 1, "ssh": 1, "spark": 1}
+    assert spans["ray"] > 1 and executor_class("ray").supports("distributed")  # the cluster's alive nodes: at submit
+
+
 def test_default_concurrency_is_the_targets_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")  # no cluster there: Ray's answer is the fallback
     answers = {kind: executor_class(kind).default_concurrency() for kind in TARGETS}

@@ -21,12 +21,16 @@ class RayCompute(ComputeConfig):
     address: str | None = None  # the dashboard's URL; default: $RAY_ADDRESS, else http://127.0.0.1:8265
     runtime_env: dict[str, Any] = field(default_factory=dict)  # extra runtime_env keys (env_vars, ...)
     timeout: float = 10.0  # seconds for each request to the cluster before it counts as unreachable
+    placement_timeout: float = 300.0  # seconds a multi-node job waits for its placement group, then fails
 
     def check(self) -> None:
         from mltrain.errors import ConfigError
 
         if not self.timeout > 0:
             raise ConfigError(f"compute.timeout={self.timeout}: must be a positive number of seconds")
+        if not self.placement_timeout > 0:
+            raise ConfigError(f"compute.placement_timeout={self.placement_timeout}: must be a positive number of "
+                              "seconds")
         for key in self.runtime_env:
             if key in OURS:
                 raise ConfigError(f"compute.runtime_env.{key}: mltrain sends the snapshot as the job's {key}; "

@@ -12,6 +12,12 @@ How each concept maps onto Ray:
   ``resources`` request as ``entrypoint_num_cpus/gpus/memory`` -- checked against the cluster's nodes first.
 * **log**: Ray's job log, mirrored into the run's ``output.log`` by a ``LogMirror`` (by byte offset), without
   Ray's own entrypoint line and without the outputs frame.
+* **several nodes** (``framework=distributed`` with ``nnodes`` > 1): the job's argv is the distributed launcher's,
+  the same on every node (its place from ``NODE_RANK``/``MASTER_ADDR``/``MASTER_PORT``); the entrypoint runs a
+  driver (``nodes``) that reserves a placement group of ``nnodes`` bundles, ``STRICT_SPREAD``, each bundle the
+  per-node resources (``resources.cpus``, else ``nproc_per_node`` CPUs; ``gpus``; ``memory``), runs one task per
+  bundle, and brings every node's output, outputs and metrics into the job's. ``nnodes`` beyond the cluster's
+  alive nodes is refused before anything runs.
 * **lifecycle**: ``SUCCEEDED/FAILED/STOPPED`` -> Completed/Failed/Canceled (Ray's message as the reason where
   it says more than the exit code); cancel is ``stop`` (TERM, KILL after ``cancel_grace``, by Ray).
 """
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mltrain.errors import ConfigError, TargetError
+from mltrain.frameworks.distributed import MAX_PROCESSES, DistributedFramework, DistributedFrameworkConfig
 from mltrain.hosts.logmirror import LogMirror, LogSource
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import RUNTIME, Executor, ExitInfo, Handle, LaunchRequest, Resources
@@ -56,9 +63,23 @@ _RAY_LINES = (re.compile(r"^Running entrypoint for job [^\n]*\n", re.MULTILINE),
                          re.MULTILINE))
 
 
-def _wrapper_code() -> str:
-    source = importlib.resources.files("mltrain.targets.ray").joinpath("jobwrap.py").read_bytes()
+STRATEGY = "STRICT_SPREAD"  # a multi-node job's placement group: each bundle on a node of its own
+
+
+def _shipped(module: str) -> str:
+    """``module`` of this package as a program for ``python -c`` (it imports nothing of mltrain)."""
+    source = importlib.resources.files("mltrain.targets.ray").joinpath(f"{module}.py").read_bytes()
     return f"import base64;exec(base64.b64decode({base64.b64encode(source).decode()!r}))"
+
+
+def _wrapper_code() -> str:
+    return _shipped("jobwrap")
+
+
+def _nodes(spec: RunSpec) -> DistributedFrameworkConfig | None:
+    """The distributed framework's settings when the job spans several nodes, else None."""
+    config = spec.framework
+    return config if isinstance(config, DistributedFrameworkConfig) and config.nnodes > 1 else None
 
 
 # ------------------------------------------------------------------ the handle
@@ -221,6 +242,7 @@ class RayExecutor(Executor):
     kind = "ray"
     config_class = RayCompute
     config: RayCompute
+    frameworks = ("python", "distributed")
 
     def __init__(self, config: RayCompute, workspace: Workspace) -> None:
         super().__init__(config, workspace)
@@ -241,6 +263,19 @@ class RayExecutor(Executor):
             return max(1, int(cluster.totals().cpus))
         except TargetError:
             return 4
+
+    @classmethod
+    def max_nodes(cls) -> int:
+        """Ray places a job's nodes itself (a placement group): as many as the cluster has alive nodes, which
+        ``resources`` checks against the cluster (one line naming them); the kind's answer is the bound."""
+        return MAX_PROCESSES
+
+    def framework_argv(self, framework: str, spec: RunSpec, environment: PreparedEnvironment) -> list[str] | None:
+        """A multi-node job runs the same launcher argv on every node; each learns its place from the driver."""
+        nodes = _nodes(spec) if framework == "distributed" else None
+        if nodes is None:
+            return None
+        return DistributedFramework(nodes).node_command(environment.interpreter, spec.script_argv(), from_env=True)
 
     def describe(self) -> str:
         return f"ray ({self.url})"
@@ -266,6 +301,9 @@ class RayExecutor(Executor):
     def resources(self, spec: RunSpec) -> Resources:
         """Ray places the job: the request becomes ``entrypoint_num_*`` (its ``settings``), refused here if no
         node of the cluster could ever give it; mltrain picks no devices (``gpu_ids`` None)."""
+        nodes = _nodes(spec)
+        if nodes is not None:
+            return self._placement(spec.resources, nodes)
         found = self._entrypoint_resources(spec.resources)
         mapping = tuple(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
                         for key, value in found.items())
@@ -302,9 +340,12 @@ class RayExecutor(Executor):
         from mltrain.hosts.wrapper import masked
 
         entry_resources = dict(request.resources.settings) if request.resources is not None else {}
+        group = entry_resources.pop("placement_group", None)
         marker = f"--mltrain-{secrets.token_hex(12)}--"
         # secrets are masked on the node, by the filter every target uses, before the job's output reaches Ray's log
         argv, mask_env = masked(list(request.argv), request.argv[0], request.secrets)
+        if group is not None:
+            argv = self._driver(argv, group)
         spec = {"argv": argv, "marker": marker, "limit": MAX_FRAME, "node_python": NODE_PYTHON}
         encoded = base64.b64encode(json.dumps(spec).encode()).decode()
         python = request.argv[0] if request.argv and request.argv[0] != NODE_PYTHON else NODE_PYTHON
@@ -330,6 +371,50 @@ class RayExecutor(Executor):
         return RayHandle(request.paths, self.url, job_id, marker, self.config.timeout,
                          {"ray job": job_id, "dashboard": f"{self.url}/#/jobs/{job_id}"},
                          cancel_grace=self.cancel_grace)
+
+    def _driver(self, argv: list[str], group: Mapping[str, Any]) -> list[str]:
+        """The entrypoint's argv for a multi-node job: the driver (``nodes``), running ``argv`` on every node."""
+        count = int(group["bundles"])
+        spec = {"nodes": count, "bundle": dict(group["bundle"]), "argv": argv, "wrapper": _wrapper_code(),
+                "limit": MAX_FRAME // count, "node_python": NODE_PYTHON, "grace": self.cancel_grace,
+                "wait": self.config.placement_timeout, "master_port": int(group.get("master_port") or 0)}
+        return [NODE_PYTHON, "-c", _shipped("nodes"), base64.b64encode(json.dumps(spec).encode()).decode()]
+
+    def _placement(self, request: ResourceRequest, framework: DistributedFrameworkConfig) -> Resources:
+        """A multi-node job's placement group: ``nnodes`` bundles of the per-node request, one node each, refused
+        here unless that many alive nodes of the cluster could each give one bundle. The driver asks for nothing."""
+        from mltrain.config.resources import format_bytes
+
+        if request.gpu_ids:
+            raise ConfigError(f"resources.gpus={list(request.gpu_ids)}: on compute=ray, Ray picks the devices; "
+                              f"ask for a count per node, e.g. resources.gpus={len(request.gpu_ids)}")
+        count, where = framework.nnodes, f"the Ray cluster at {self.url}"
+        alive = self.cluster.nodes()
+        if count > len(alive):
+            raise ConfigError(f"framework.nnodes={count}: {where} has {len(alive)} alive node"
+                              f"{'' if len(alive) == 1 else 's'}, and each node of the job needs one of its own "
+                              f"({STRATEGY}); use framework.nnodes={max(1, len(alive))} or fewer (more ranks per "
+                              "node: framework.nproc_per_node), or add nodes to the cluster")
+        bundle: dict[str, float] = {"CPU": float(request.cpus if request.cpus is not None
+                                                 else framework.nproc_per_node)}
+        if request.wants_gpus:
+            bundle["GPU"] = float(max(n.gpus for n in alive) if request.all_gpus else request.gpu_count)
+        if request.memory_bytes is not None:
+            bundle["memory"] = float(request.memory_bytes)
+        shown = ", ".join(f"{key}={format_bytes(int(value)) if key == 'memory' else f'{value:g}'}"
+                          for key, value in bundle.items())
+        fit = sum(1 for n in alive if n.cpus >= bundle["CPU"] and n.gpus >= bundle.get("GPU", 0)
+                  and n.memory >= bundle.get("memory", 0))
+        if fit < count or bundle.get("GPU", 1) <= 0:
+            raise ConfigError(f"resources ({request.describe()}) with framework.nnodes={count}: "
+                              f"{'no' if fit == 0 else f'only {fit}'} node{'' if fit == 1 else 's'} of {where} "
+                              f"can give one node's share ({shown}); resources are per node here: ask for less, "
+                              "or add nodes to the cluster")
+        settings = {"placement_group": {"bundles": count, "strategy": STRATEGY, "bundle": bundle,
+                                        "master_port": framework.master_port}}
+        mapping = (f"placement group of {count} bundles, {STRATEGY} (one node each)", f"each bundle: {shown}",
+                   "MASTER_ADDR: bundle 0's node")
+        return Resources(request, None, {}, mapping, settings=settings)
 
     def _entrypoint_resources(self, request: ResourceRequest) -> dict[str, Any]:
         """``entrypoint_num_*`` for the request, refused here if no node of the cluster could ever give them."""

@@ -166,7 +166,10 @@ def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pyte
     paths = workspace.run_paths("r1")
     paths.dir.mkdir(parents=True)
     def mapped(request: ResourceRequest) -> Resources:  # what execute hands launch: the target's own mapping
-        return executor.resources(SimpleNamespace(resources=request))  # type: ignore[arg-type]
+        from mltrain.frameworks.python import PythonFrameworkConfig
+
+        spec = SimpleNamespace(resources=request, framework=PythonFrameworkConfig())
+        return executor.resources(spec)  # type: ignore[arg-type]
 
     wanted = mapped(ResourceRequest(gpu_count=2, cpus=1.5, memory_bytes=1024**3))
     assert wanted.gpu_ids is None and "entrypoint_num_gpus=2" in wanted.mapping  # Ray picks the devices
