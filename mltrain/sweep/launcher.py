@@ -18,10 +18,8 @@ resume, early termination and cancellation.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -84,12 +82,10 @@ class LauncherCore:
                     "in its own run folder)"
                 )
             Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-            with _gc_frozen():
-                ran, validated, jobs = self._upfront(sampler, first_index)
-                gc.freeze()
-                returns = [ret for ret, _ in ran.values()]
-                if supervisor.start(jobs):
-                    returns += self._loop(sampler, supervisor, ran, validated, first_index + len(ran))
+            ran, validated, jobs = self._upfront(sampler, first_index)
+            returns = [ret for ret, _ in ran.values()]
+            if supervisor.start(jobs):
+                returns += self._loop(sampler, supervisor, ran, validated, first_index + len(ran))
         except BaseException as exc:
             supervisor.close(exc)
             raise
@@ -113,7 +109,6 @@ class LauncherCore:
                 continue
             trial = self._validate(suggestion, index + len(validated) if sampler.upfront_are_trials else None)
             jobs.append(trial[2])
-            gc.freeze()  # kept until it runs (see _gc_frozen)
             if sampler.upfront_are_trials:
                 validated[id(suggestion)] = trial
         return ran, validated, jobs
@@ -166,7 +161,6 @@ class LauncherCore:
                             exhausted = True
                             break
                         running[pool.submit(item[2])] = item[:2]
-                        gc.freeze()  # see _gc_frozen
                     if not running:
                         return returns
                     done, _ = wait(running, timeout=supervisor.tick_seconds, return_when=FIRST_COMPLETED)
@@ -206,19 +200,6 @@ class LauncherCore:
         config = self._configs.pop(id(ret))
         end_job(self.hydra_context, config, ret, result=None if error else future.result(), error=error)
         sampler.tell(suggestion, supervisor.finished(ret, suggestion))
-
-
-@contextlib.contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Inside: what exists when the launcher calls ``gc.freeze()`` (after each trial is validated or started)
-    is out of the cyclic GC's sight until the block ends. A sweep keeps every trial's configs until it ends
-    (its JobReturn holds them), and full collections -- in any thread -- walked all of them again and again:
-    ~2 ms a trial at 1,000 trials. Per trial the main thread makes almost no cyclic garbage, so little waits
-    for the unfreeze; garbage without cycles is freed by reference counting as always."""
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _in_trial(exc: MltrainError, suggestion: Suggestion) -> MltrainError:
