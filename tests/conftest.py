@@ -254,6 +254,15 @@ def need_optuna() -> None:
     pytest.importorskip("optuna", reason="sweep.sampler=tpe needs the optuna extra (in .[dev]; make test installs it)")
 
 
+def process_alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a process reparented to init here may linger as one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
     """Poll ``predicate`` until it returns something true (returned) or ``timeout`` seconds pass (an AssertionError)."""
     deadline = time.monotonic() + timeout

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from mltrain.frameworks.distributed import DistributedFramework, DistributedFrameworkConfig
-from mltrain.frameworks.launcher import rank_env
+from mltrain.frameworks.launcher import free_port, rank_env
 from tests.frameworks.scripts import RENDEZVOUS
 
 
@@ -28,9 +27,7 @@ def test_ranks_are_numbered_across_nodes() -> None:
 def test_two_launchers_make_one_job_of_two_nodes(tmp_path: Path) -> None:
     script = tmp_path / "rdv.py"
     script.write_text(RENDEZVOUS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port("127.0.0.1")
     framework = DistributedFramework(DistributedFrameworkConfig(nproc_per_node=2, nnodes=2))
     env = {**os.environ, "MLTRAIN_OUTPUT_DIR": str(tmp_path / "out")}
     nodes = [subprocess.Popen(framework.node_command(sys.executable, [str(script)], node_rank=rank,
@@ -48,9 +45,7 @@ def test_one_argv_for_every_node_takes_its_place_from_the_environment(tmp_path: 
     """What Ray's driver starts: the same argv on each node, with NODE_RANK, MASTER_ADDR, MASTER_PORT set."""
     script = tmp_path / "rdv.py"
     script.write_text(RENDEZVOUS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port("127.0.0.1")
     framework = DistributedFramework(DistributedFrameworkConfig(nproc_per_node=1, nnodes=2))
     argv = framework.node_command(sys.executable, [str(script)], from_env=True)
     nodes = [subprocess.Popen(argv, env={**os.environ, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",

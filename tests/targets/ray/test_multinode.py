@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Project, assert_one_line_error, wait_for
+from conftest import Project, assert_one_line_error, process_alive, wait_for
 from raytest import RayCluster, ray_cluster_fixture  # noqa: F401 (the session fixture)
 
 from tests.frameworks.scripts import RENDEZVOUS
@@ -85,18 +85,10 @@ def test_cancel_stops_every_rank_on_every_node(mproject: Project, ray_cluster: R
                               "compute.cancel_grace=3", *ray(ray_cluster), check=True).stdout.strip()
         wait_for(lambda: mproject.run("runs", "logs", run_id).stdout.count("ready") == 4, timeout=120, every=0.25)
         ranks = [int((Path(pids) / str(rank)).read_text()) for rank in range(4)]
-        assert all(_alive(pid) for pid in ranks)
+        assert all(process_alive(pid) for pid in ranks)
         assert "Canceled" in mproject.run("runs", "cancel", run_id, timeout=120, check=True).stdout
-        wait_for(lambda: not any(_alive(pid) for pid in ranks), timeout=30)
+        wait_for(lambda: not any(process_alive(pid) for pid in ranks), timeout=30)
 
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (a rank reparented to init here may linger as one)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_plan_shows_the_placement(mproject: Project, ray_cluster: RayCluster) -> None:

@@ -14,7 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import process_alive, wait_for
 
 from mltrain.frameworks.distributed import DistributedFramework, DistributedFrameworkConfig
 from mltrain.targets.ray.executor import _wrapper_code
@@ -47,13 +47,6 @@ def _spec(tmp_path: Path, nproc: int) -> dict[str, object]:
     return {"argv": argv, "wrapper": _wrapper_code(), "limit": 1 << 20, "node_python": "python3", "grace": 2.0}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def _worker(tmp_path: Path, nproc: int, **env: str) -> subprocess.Popen[str]:
     with socket.socket() as sock:
@@ -85,11 +78,11 @@ def test_ranks_die_with_the_task_even_when_its_worker_is_killed(tmp_path: Path) 
         assert line, "the node ended before its ranks were ready"
         ready += "ready" in line
     pids = [int((tmp_path / "pids" / str(rank)).read_text()) for rank in range(2)]
-    assert all(_alive(pid) for pid in pids)
+    assert all(process_alive(pid) for pid in pids)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     worker.stdout.close()
-    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=30)
+    wait_for(lambda: not any(process_alive(pid) for pid in pids), timeout=30)
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
