@@ -21,8 +21,12 @@ class Resolved:
     environment: Environment
 
     def describe(self, plan: Plan) -> Plan:
-        """``plan`` naming its target and environment as they describe themselves (``ssh (me@box)``)."""
-        return dataclasses.replace(plan, target=self.executor.describe(), environment=self.environment.describe())
+        """``plan`` naming its target and environment as they describe themselves (``ssh (me@box)``); an
+        environment the target makes on its own nodes (Ray's runtime_env) is named as the target makes it, not
+        by this machine's interpreter."""
+        own = self.executor.own_environment(self.environment)
+        environment = self.environment.describe() if own is None else f"{self.environment.kind} ({own.description})"
+        return dataclasses.replace(plan, target=self.executor.describe(), environment=environment)
 
 
 def resolve(spec: RunSpec, workspace: Workspace) -> Resolved:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,17 @@ def test_venv_becomes_the_jobs_runtime_env_pip(project: Project, ray_cluster: Ra
     result = project.run("script=uses.py", "environment=venv", "environment.packages=[six]", *ray(ray_cluster),
                          timeout=300, check=True)
     assert "six 1." in result.stdout and "virtualenv" in result.stdout  # Ray's virtualenv on the node
+
+
+def test_plan_names_the_environment_ray_makes_not_this_machines_python(project: Project) -> None:
+    """The nodes make the environment: the plan's header must not name the client's interpreter."""
+    address = f"compute.address=http://127.0.0.1:{free_port()}"
+    plain = project.run("plan", "script=train.py", "compute=ray", address, "compute.timeout=2", check=True)
+    header = plain.stdout.splitlines()[0]
+    assert "with user_managed (the Ray nodes' python3)" in header and sys.executable not in header
+    venv = project.run("plan", "script=train.py", "compute=ray", address, "compute.timeout=2", "environment=venv",
+                       "environment.packages=[six]", check=True)
+    assert "with venv (ray runtime_env pip: six)" in venv.stdout.splitlines()[0]
 
 
 def test_resources_become_entrypoint_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
