@@ -94,6 +94,21 @@ _MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^']+)'")
 _MISSING_PRIMARY = re.compile(r"Cannot find primary config '([^']+)'")
 
 
+def _conf_dir_for_hints() -> str:
+    """Where this project's own config groups go, as a hint names it: the folder mltrain reads them from, or,
+    where none exists yet, ``.mltrain/conf`` beside a Hydra app's ``./conf`` and ``conf`` otherwise."""
+    from mltrain.config.cache import OWN_CONF, is_hydra_app_conf, project_conf_dir
+
+    try:
+        found = project_conf_dir()
+    except ConfigError:
+        found = None
+    if found is not None:
+        relative = os.path.relpath(found)
+        return found if relative.startswith("..") else relative
+    return OWN_CONF if is_hydra_app_conf("conf") else "conf"
+
+
 def translate_hydra_error(exc: BaseException) -> BaseException:
     """Turn Hydra's multi-line composition errors into one ConfigError line with a hint."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -115,7 +130,7 @@ def translate_hydra_error(exc: BaseException) -> BaseException:
             hint = did_you_mean(name, options)
             return ConfigError(
                 f"unknown {group} option {name!r}{';' if hint else ''}{hint} (available: {valid}); "
-                f"add conf/{group}/{name}.yaml to define it"
+                f"add {_conf_dir_for_hints()}/{group}/{name}.yaml to define it"
             )
         match = _MISSING_PRIMARY.search(text)
         if match:

@@ -52,6 +52,18 @@ def test_plan_shares_the_errors(project: Project) -> None:
     assert_one_line_error(project.run("plan", "script=train.py", "compute=nowhere"), "unknown compute option")
 
 
+def test_an_unknown_option_names_the_folder_its_yaml_belongs_in(project: Project) -> None:
+    """The hint names where mltrain reads this project's groups: ./conf, or .mltrain/conf beside a Hydra app's."""
+    assert_one_line_error(project.run("plan", "script=train.py", "compute=nowhere"),
+                          "add conf/compute/nowhere.yaml to define it")
+    project.write("conf/config.yaml", "db: mysql\n")  # a Hydra app's own config, not mltrain's
+    assert_one_line_error(project.run("plan", "script=train.py", "compute=nowhere"),
+                          "add .mltrain/conf/compute/nowhere.yaml to define it")
+    project.write(".mltrain/conf/compute/box.yaml", "defaults:\n  - local\n")
+    assert_one_line_error(project.run("plan", "script=train.py", "compute=nowhere"),
+                          "add .mltrain/conf/compute/nowhere.yaml to define it")
+
+
 def test_unwritable_workspace(project: Project, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

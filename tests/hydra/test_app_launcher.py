@@ -88,6 +88,7 @@ def test_a_bad_launcher_setting_is_one_line_and_starts_nothing(tmp_path: Path, b
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0] == ("hydra/launcher=mltrain: unknown compute option 'dokcer'; did you mean docker? (available: "
-                        "docker, local, ray, spark, ssh); add conf/compute/dokcer.yaml to define it"), result.stderr
+                        "docker, local, ray, spark, ssh); add .mltrain/conf/compute/dokcer.yaml to define it"), \
+        result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ws").exists()
