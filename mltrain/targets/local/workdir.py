@@ -109,10 +109,8 @@ def remove(paths: RunPaths) -> None:
 
 @functools.cache
 def overlay_source() -> str:
-    """:mod:`mltrain.targets.local.overlay` as a program for ``python -I -S -c``."""
-    from mltrain.targets.local import overlay
-
-    return Path(overlay.__file__).read_text(encoding="utf-8")
+    """:mod:`mltrain.targets.local.overlay` as a program for ``python -I -S -c`` (read, not imported: ctypes)."""
+    return Path(__file__).with_name("overlay.py").read_text(encoding="utf-8")
 
 
 def overlay_unavailable(workspace: Workspace) -> str:
