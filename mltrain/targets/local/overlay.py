@@ -25,9 +25,9 @@ the job runs; ``--probe FOLDER`` checks that all of this works here.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
+from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -35,9 +35,12 @@ MS_REC = 0x4000
 MS_SLAVE = 1 << 19
 FAILED = 126
 HINT = "set compute.workdir=links to run in a tree of links instead"
+MOUNT_FAILED = "mltrain: cannot mount the run's working directory"  # the log's first line when it failed
 
 
-def _call(libc: ctypes.CDLL, name: str, *args: object) -> None:
+def _call(libc: Any, name: str, *args: object) -> None:
+    import ctypes
+
     if getattr(libc, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
@@ -53,6 +56,8 @@ def _write(path: str, text: str) -> None:
 
 def enter(lower: str, upper: str, work: str, folder: str) -> None:
     """Mount the overlay on ``folder`` (this process's current directory) in namespaces of its own; enter it."""
+    import ctypes  # here, not above: the client reads this module's constants without paying for ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.geteuid(), os.getegid()
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
@@ -101,7 +106,7 @@ def main(args: list[str]) -> int:
         lower, upper, work, folder, *argv = args
         enter(lower, upper, work, folder)
     except OSError as exc:
-        print(f"mltrain: cannot mount the run's working directory ({exc.strerror or exc}); {HINT}",
+        print(f"{MOUNT_FAILED} ({exc.strerror or exc}); {HINT}",
               file=sys.stderr, flush=True)
         return FAILED
     try:

@@ -19,12 +19,13 @@ cannot change for the others. Two ways to get that, chosen by ``compute.workdir`
   shows the whole tree.
 * ``auto`` (default): ``overlay`` where a probe finds that it works here (a
   Linux that allows this user the namespaces and the mount, a file system
-  that can hold the layer), else ``links``. The answer is kept per boot, user
-  and interpreter in ``cache/workdir.json``.
+  that can hold the layer), else ``links``. The answer is kept per boot, user,
+  interpreter and namespaces (a container has its own) in ``cache/workdir.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 WORKDIR_MODES: Final = ("auto", "overlay", "links")
 PROBE_TIMEOUT: Final = 10.0
+PROBE_FILE: Final = "workdir.json"
 _SAFE_OPTION: Final = re.compile(r"[A-Za-z0-9._/-]+")  # what an overlay mount option can carry as it is
 _probed: dict[Path, str] = {}  # this process's answers, per workspace: '' = overlay works, else why not
 
@@ -100,16 +102,33 @@ def _overlay(paths: RunPaths, lower: str) -> WorkingDir:
 
 
 def remove(paths: RunPaths) -> None:
-    """Delete the run's working directory, whichever way it was made (nothing there is fine)."""
+    """Delete the run's working directory, whichever way it was made (nothing there is fine).
+
+    A run whose overlay could not be mounted (the system changed since the probe) makes the next run
+    probe again, so ``auto`` falls back to links instead of failing the same way.
+    """
     from mltrain.snapshot.materialize import remove_tree
 
+    if paths.workdir_scratch.is_dir() and _mount_failed(paths.log):
+        with contextlib.suppress(OSError):
+            os.unlink(paths.dir.parent.parent / "cache" / PROBE_FILE)  # <workspace>/runs/<id>/ -> <workspace>/cache
     for folder in (paths.workdir, paths.workdir_scratch):
         remove_tree(folder)
 
 
+def _mount_failed(log: Path) -> bool:
+    from mltrain.targets.local.overlay import MOUNT_FAILED
+
+    try:
+        with open(log, "rb") as fh:
+            return fh.read(len(MOUNT_FAILED)) == MOUNT_FAILED.encode()
+    except OSError:
+        return False
+
+
 @functools.cache
 def overlay_source() -> str:
-    """:mod:`mltrain.targets.local.overlay` as a program for ``python -I -S -c`` (read, not imported: ctypes)."""
+    """:mod:`mltrain.targets.local.overlay` as a program for ``python -I -S -c``."""
     return Path(__file__).with_name("overlay.py").read_text(encoding="utf-8")
 
 
@@ -124,8 +143,9 @@ def overlay_unavailable(workspace: Workspace) -> str:
 def _cached_probe(workspace: Workspace) -> str:
     from mltrain.hosts.agent import boot_id, write_atomic
 
-    cache = workspace.cache / "workdir.json"
-    ident = {"boot_id": boot_id(), "uid": os.geteuid(), "python": sys.executable}
+    cache = workspace.cache / PROBE_FILE
+    # A container shares the host's boot id but not its namespaces (nor, maybe, the capabilities it started with)
+    ident = {"boot_id": boot_id(), "uid": os.geteuid(), "python": sys.executable, "namespaces": _namespaces()}
     try:
         known = json.loads(cache.read_text())
         if {k: known.get(k) for k in ident} == ident and isinstance(known.get("unavailable"), str):
@@ -137,6 +157,13 @@ def _cached_probe(workspace: Workspace) -> str:
     if ident["boot_id"]:  # no boot id, no way to tell a stale answer: probe again next time
         write_atomic(os.fspath(cache), json.dumps({**ident, "unavailable": why}).encode())
     return why
+
+
+def _namespaces() -> str:
+    try:
+        return " ".join(os.readlink(f"/proc/self/ns/{name}") for name in ("user", "mnt"))
+    except OSError:
+        return ""
 
 
 def _probe(runs: Path) -> str:

@@ -25,7 +25,7 @@ from mltrain.snapshot.materialize import make_workdir, remove_tree
 from mltrain.snapshot.take import take_snapshot
 from mltrain.store.workspace import Workspace
 from mltrain.targets.local import workdir
-from mltrain.targets.local.overlay import FAILED
+from mltrain.targets.local.overlay import FAILED, MOUNT_FAILED
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +299,19 @@ def test_remove_tree_opens_up_a_folder_it_could_not_enter(tmp_path: Path, monkey
     monkeypatch.setattr(os, "open", open_refusing_once)
     remove_tree(tmp_path / "wd")
     assert refused and not (tmp_path / "wd").exists()
+
+
+def test_a_run_whose_mount_failed_makes_the_next_run_probe_again(tmp_path: Path) -> None:
+    """The system may change after the probe (a sysctl, a container restarted without a capability)."""
+    workspace = Workspace(tmp_path / "ws").ensure()
+    kept = workspace.cache / workdir.PROBE_FILE
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    for run_id, first_line in (("ok", "ran\n"), ("failed", f"{MOUNT_FAILED} (mount: Operation not permitted)\n")):
+        paths = workspace.run_paths(run_id)
+        for folder in (paths.workdir, paths.workdir_scratch):
+            folder.mkdir(parents=True)
+        paths.log.write_text(first_line)
+        kept.write_text("{}")
+        workdir.remove(paths)
+        assert not paths.workdir.exists() and not paths.workdir_scratch.exists()
+        assert kept.exists() == (run_id == "ok")
