@@ -6,13 +6,14 @@ tree adds to a run (re-snapshot + the run's working directory, made and
 removed + the record), over what ``git status`` costs on the same tree.
 Goal: the extra is <= 5x ``git status``, at 100k no worse than at 10k.
 
-For reference, the first large project is also run with
-``compute.workdir=links`` (a tree of hardlinks, one made and removed per file:
-the working directory before overlays). Each project is a git repository with everything committed; the CLI runs are
-interleaved with ``git status`` on the same tree (load hits both alike).
-Every project has run once before timing (its snapshot is stored, its
-checkout built): these are resubmits. The trees have no big files (20 MiB
-files cost a resubmit one stat and one link each, like a small one).
+For reference, the one-file and the first large project also run with
+``compute.workdir=links`` (a tree of hardlinks, one made and removed per
+file: the working directory before overlays). Each project is a git
+repository with everything committed; the CLI runs are interleaved with
+``git status`` on the same tree (load hits both alike). Every project has run
+once before timing (its snapshot is stored, its checkout built): these are
+resubmits. The trees have no big files (a 20 MiB file costs a resubmit one
+stat, and with links one link, like a small one).
 
 Usage: ``python benchmarks/bench_resubmit.py [--work DIR] [--sizes 10000,100000] [--repeat N]``
 """

@@ -110,6 +110,7 @@ def remove(paths: RunPaths) -> None:
     from mltrain.snapshot.materialize import remove_tree
 
     if paths.workdir_scratch.is_dir() and _mount_failed(paths.log):
+        _probed.clear()
         with contextlib.suppress(OSError):
             os.unlink(paths.dir.parent.parent / "cache" / PROBE_FILE)  # <workspace>/runs/<id>/ -> <workspace>/cache
     for folder in (paths.workdir, paths.workdir_scratch):
