@@ -21,6 +21,13 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -
 
 def interleaved_medians(actions: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each action, taken in rounds (a, b, c, a, b, c, ...): load hits all alike."""
+    samples = interleaved_samples(actions, repeat, warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(actions: dict[str, Callable[[], object]], repeat: int = 7,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each action in each round (a, b, c, a, b, c, ...): sample i of every action is round i."""
     for _ in range(warmup):
         for fn in actions.values():
             fn()
@@ -30,7 +37,7 @@ def interleaved_medians(actions: dict[str, Callable[[], object]], repeat: int = 
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def run_cmd(argv: Sequence[str], **kwargs: object) -> Callable[[], None]:

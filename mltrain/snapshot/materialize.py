@@ -3,13 +3,15 @@
 * ``<checkouts>/<manifest id>/`` (:func:`materialize`): the snapshot staged on
   this machine, built once and shared by every run of that snapshot (and
   bind-mounted read-only into local containers). Nothing may write into it.
-* ``<run dir>/wd/`` (:func:`make_workdir`): where one local run executes. It
-  holds the same tree, made the same way from the same blobs, but the
-  directories are the run's own: files a script creates next to itself
-  (``model.pt``, ``lightning_logs/``, ``__pycache__``) stay in that run and
-  never reach a concurrent or later run of the same snapshot. It is removed
-  when the run is finalized (:func:`remove_tree`); outputs belong in
-  ``$MLTRAIN_OUTPUT_DIR``, which is kept.
+* ``<run dir>/wd/`` (:func:`make_workdir`): where one local run executes when
+  it cannot see the checkout through an overlay (``compute.workdir=links``;
+  :mod:`mltrain.targets.local.workdir` chooses). It holds the same tree, made
+  the same way from the same blobs, but the directories are the run's own:
+  files a script creates next to itself (``model.pt``, ``lightning_logs/``,
+  ``__pycache__``) stay in that run and never reach a concurrent or later run
+  of the same snapshot. It is removed when the run is finalized
+  (:func:`remove_tree`); outputs belong in ``$MLTRAIN_OUTPUT_DIR``, which is kept.
+  An overlay keeps the same promises without one link per file.
 
 How each entry is made, and why:
 

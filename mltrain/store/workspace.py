@@ -44,8 +44,13 @@ class RunPaths:
 
     @property
     def workdir(self) -> Path:
-        """A local run's own working directory (a copy of the snapshot's tree), removed at finalize."""
+        """A local run's own working directory (the snapshot's tree), removed at finalize."""
         return self.dir / "wd"
+
+    @property
+    def workdir_scratch(self) -> Path:
+        """The scratch folder of an overlay working directory (overlayfs's ``workdir``), removed at finalize."""
+        return self.dir / "wd.work"
 
     @property
     def metrics(self) -> Path:

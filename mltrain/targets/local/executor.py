@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mltrain.config.spec import RunSpec
     from mltrain.hosts.hardware import Inventory
     from mltrain.snapshot.manifest import Manifest
+    from mltrain.targets.local.workdir import WorkingDir
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class LocalHandle(HostHandle):
 
     def collect(self, paths: RunPaths) -> None:
         """Outputs are already in place; the run's working directory goes (only outputs are kept)."""
-        from mltrain.snapshot.materialize import remove_tree
+        from mltrain.targets.local.workdir import remove
 
-        remove_tree(paths.workdir)
+        remove(paths)
 
 
 class LocalExecutor(Executor):
@@ -87,36 +88,41 @@ class LocalExecutor(Executor):
         from mltrain.snapshot.blobstore import BlobStore
         from mltrain.snapshot.take import materialize
 
+        checkout = self.workspace.checkouts / snapshot_id
+        if checkout.is_dir():
+            return str(checkout)  # a resubmit: reading a 10k-file manifest back costs ~0.1 s, and no run needs it here
         store = BlobStore(self.workspace.blobs)
         manifest = self._manifests[snapshot_id] = store.load_manifest(snapshot_id)
         return str(materialize(manifest, store, self.workspace.checkouts))
 
     def launch(self, request: LaunchRequest) -> Handle:
-        paths = request.paths
-        cwd = self._working_dir(request)
-        try:
-            job = LocalHost(paths.dir.parent).launch(request.run_id, request.argv, cwd=cwd, env=request.env,
-                                                     secrets=request.secrets)
-        except BaseException:
-            if cwd != request.cwd:
-                from mltrain.snapshot.materialize import remove_tree
+        from mltrain.targets.local import workdir
 
-                remove_tree(cwd)
+        paths = request.paths
+        wd = self._working_dir(request)
+        try:
+            job = LocalHost(paths.dir.parent).launch(request.run_id, [*wd.prefix, *request.argv], cwd=wd.cwd,
+                                                     env=request.env, secrets=request.secrets)
+        except BaseException:
+            if wd.cwd != request.cwd:
+                workdir.remove(paths)
             raise
         return LocalHandle(paths, job.run_id, job.run_dir, job.pid, job.start_time, job.boot_id,
                            cancel_grace=self.cancel_grace)
 
-    def _working_dir(self, request: LaunchRequest) -> str:
-        """The run's own copy of the checkout ``stage_code`` returned (a checkout is named by its snapshot id)."""
+    def _working_dir(self, request: LaunchRequest) -> WorkingDir:
+        """The run's own view of the checkout ``stage_code`` returned (a checkout is named by its snapshot id)."""
+        from mltrain.targets.local import workdir
+
         checkout = Path(request.cwd)
         if checkout.parent != self.workspace.checkouts:
-            return request.cwd  # not staged by this executor: run where asked
+            return workdir.WorkingDir(request.cwd)  # not staged by this executor: run where asked
         from mltrain.snapshot.blobstore import BlobStore
-        from mltrain.snapshot.materialize import make_workdir
 
         store = BlobStore(self.workspace.blobs)
-        manifest = self._manifests.get(checkout.name) or store.load_manifest(checkout.name)
-        return str(make_workdir(manifest, store, request.paths.workdir))
+        return workdir.make(self.config.workdir, self.workspace, request.paths, checkout,
+                            manifest=lambda: self._manifests.get(checkout.name) or store.load_manifest(checkout.name),
+                            store=lambda: store)
 
     @classmethod
     def handle_from_dict(cls, data: Mapping[str, Any], paths: RunPaths) -> Handle:
