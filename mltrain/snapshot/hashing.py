@@ -7,14 +7,19 @@ the page cache and named only once its digest is known. A file that changes
 meanwhile can make this snapshot see a newer version, but never puts a blob
 under the wrong name.
 
-Everything runs on the calling thread, by measurement (10k x 4 KiB files
-plus 20 x 20 MiB, 2 cores): handing blob writes to writer threads made a
-first snapshot *slower* (1.1-1.4 s against 0.8-1.0 s for the small files)
-because every one of a file's short syscalls hands the GIL over; helper
-processes did no better, as the file system serialises the creates; and a
-separate thread for the large files gained nothing measurable while costing
-GIL hand-offs on a busy machine. blake3 still hashes each large chunk on
-all cores (``max_threads``), outside the GIL.
+Enough work (:func:`pool_size`) is shared by a thread per usable core, each
+taking a batch of neighbouring files (or one large file) and doing the
+whole job for each: open, read, hash, store. Per-file hand-offs to writer
+threads were measured *slower* on 2 cores (1.1-1.4 s against 0.8-1.0 s
+for 10k small files: every short syscall hands the GIL over); whole
+batches keep a thread busy for a long stretch, and the GIL is released in
+what costs most: the syscalls, ``copy_file_range`` and blake3 on large
+buffers. On the loaded 2-core box a pool of 2 costs ~5-10% more CPU than
+one thread for the same first snapshot and, in wall time, gains where a
+core is free (benchmarks/bench_snapshot.py prints both). A little work
+(one edited file) stays on the calling thread: starting threads would cost
+more than it saves. blake3 also hashes each large chunk on all cores
+(``max_threads``).
 """
 
 from __future__ import annotations
@@ -144,10 +149,10 @@ def hash_files(
     errors are those of the serial order whatever the pool: the first failing job's error is raised.
     """
     notes = warnings if warnings is not None else []
-    pool = pool_size(jobs) if workers is None else max(1, workers)
-    if pool == 1:
+    pool = pool_size(jobs) if workers is None else workers
+    batches = _batches(jobs) if pool > 1 else []
+    if len(batches) < 2:
         return _hash_batch(jobs, store, claims, dry_run, notes)
-    batches = _batches(jobs)
     batch_notes: list[list[str]] = [[] for _ in batches]
     results: list[Hashed | None] = []
     with ThreadPoolExecutor(min(pool, len(batches)), thread_name_prefix="mltrain-hash") as executor:
