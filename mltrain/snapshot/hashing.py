@@ -14,11 +14,10 @@ threads were measured *slower* on 2 cores (1.1-1.4 s against 0.8-1.0 s
 for 10k small files: every short syscall hands the GIL over); whole
 batches keep a thread busy for a long stretch, and the GIL is released in
 what costs most: the syscalls, ``copy_file_range`` and blake3 on large
-buffers. On the loaded 2-core box a pool of 2 costs ~5-10% more CPU than
-one thread for the same first snapshot and, in wall time, gains where a
-core is free (benchmarks/bench_snapshot.py prints both). A little work
-(one edited file) stays on the calling thread: starting threads would cost
-more than it saves. blake3 also hashes each large chunk on all cores
+buffers. Below :data:`POOL_MIN_CORES` the pool stays off (on the shared
+2-core box it gained nothing; benchmarks/bench_snapshot.py prints the
+first snapshot with the pool forced the other way), and so does a little
+work (one edited file): starting threads would cost more than it saves. blake3 also hashes each large chunk on all cores
 (``max_threads``).
 """
 
@@ -90,6 +89,10 @@ READ_TRIES: Final = 3
 
 POOL_MAX: Final = 8
 """More threads than this only queue on the file system's directory locks."""
+POOL_MIN_CORES: Final = 4
+"""With fewer usable cores the pool stays off: on the shared 2-core box two threads made a first snapshot
+of 10k small + 20 large files slower when file creation was the bottleneck (9.5 s against 6.6 s, medians
+of 3) and no faster when the CPUs were (1.5 s against 1.8 s, 0.9 s against 0.9 s), for ~5% more CPU."""
 POOL_MIN_FILES: Final = 256
 POOL_MIN_BYTES: Final = 64 << 20
 """Below both of these the work is too short to pay for starting threads: it stays on the calling thread."""
@@ -107,9 +110,10 @@ def usable_cores() -> int:
 
 
 def pool_size(jobs: Sequence[Job]) -> int:
-    """How many threads hash ``jobs``: one per usable core when there is enough work, else 1."""
+    """How many threads hash ``jobs``: one per usable core (up to :data:`POOL_MAX`) when there are
+    :data:`POOL_MIN_CORES` and enough work, else 1."""
     cores = min(usable_cores(), POOL_MAX)
-    if cores < 2 or (len(jobs) < POOL_MIN_FILES and sum(job[2] for job in jobs) < POOL_MIN_BYTES):
+    if cores < POOL_MIN_CORES or (len(jobs) < POOL_MIN_FILES and sum(job[2] for job in jobs) < POOL_MIN_BYTES):
         return 1
     return cores
 

@@ -74,13 +74,19 @@ def test_the_pool_takes_the_same_snapshot(tmp_path: Path, workers: int) -> None:
     assert (dry.manifest.id, dry.bytes_new) == (serial.manifest.id, serial.bytes_new)
 
 
-def test_the_default_pool_matches_one_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cores", [1, 2, snapshot_hash.POOL_MIN_CORES, 16])
+def test_the_default_pool_is_sized_to_the_cores_and_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    """The sizing rule, for machines this one is not (the core count is the one thing faked)."""
+    monkeypatch.setattr(snapshot_hash, "usable_cores", lambda: cores)
+    jobs = [("", "", 10)] * 421
+    expected = min(cores, snapshot_hash.POOL_MAX) if cores >= snapshot_hash.POOL_MIN_CORES else 1
+    assert snapshot_hash.pool_size(jobs) == expected
+    assert snapshot_hash.pool_size(jobs[: snapshot_hash.POOL_MIN_FILES - 1]) == 1  # little work stays serial
+    assert snapshot_hash.pool_size([("", "", snapshot_hash.POOL_MIN_BYTES)]) == expected  # but not little data
     src = tmp_path / "src"
     _tree(src)
-    jobs = [("", "", 10)] * 421
-    cores = min(snapshot_hash.usable_cores(), snapshot_hash.POOL_MAX)
-    assert snapshot_hash.pool_size(jobs) == (cores if cores >= 2 else 1)  # a thread per usable core
-    assert snapshot_hash.pool_size(jobs[: snapshot_hash.POOL_MIN_FILES - 1]) == 1  # little work stays serial
     default = take_snapshot(src, BlobStore(tmp_path / "default"))
     assert default.manifest.id == take_snapshot(src, BlobStore(tmp_path / "one"), workers=1).manifest.id
 
