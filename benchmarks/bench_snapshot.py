@@ -308,17 +308,19 @@ def _bench(work: Path, tree: Path, args: argparse.Namespace) -> int:
     rows.append(("one 4 KiB file changed", fmt(one), f"git status {fmt(git_s)}", f"{one / git_s:.2f}x", "<= 3x"))
     load_10k = os.getloadavg()
 
-    load_large = None
+    load_large, large_s = None, 0.0
     if args.large:
+        started = time.perf_counter()
         rows += _bench_large(work, args, unchanged_ratio, one / git_s)
-        load_large = os.getloadavg()
+        load_large, large_s = os.getloadavg(), time.perf_counter() - started
 
     widths = [max(len(r[i]) for r in [("scenario", "mltrain", "baseline", "ratio", "goal"), *rows]) for i in range(5)]
     print(f"\n{os.cpu_count()} cores ({cores} usable; the hashing pool takes up to {min(cores, POOL_MAX)}), "
           f"Python {sys.version.split()[0]}, medians of {args.repeat} (first) / {args.fast_repeat} (others); "
           f"creating an empty file took {probe * 1e6:.0f} us before the runs")
     print(f"load average (1, 5, 15 min): {_load(load_start)} at the start, {_load(load_10k)} after the 10k rows"
-          + (f", {_load(load_large)} after the {args.large:,}-file rows" if load_large else ""))
+          + (f", {_load(load_large)} after the {args.large:,}-file rows (which took {large_s:.0f} s, "
+             "building the tree included)" if load_large else ""))
     for row in [("scenario", "mltrain", "baseline", "ratio", "goal"), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
