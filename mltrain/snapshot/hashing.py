@@ -92,7 +92,8 @@ POOL_MAX: Final = 8
 POOL_MIN_CORES: Final = 4
 """With fewer usable cores the pool stays off: on the shared 2-core box two threads made a first snapshot
 of 10k small + 20 large files slower when file creation was the bottleneck (9.5 s against 6.6 s, medians
-of 3) and no faster when the CPUs were (1.5 s against 1.8 s, 0.9 s against 0.9 s), for ~5% more CPU."""
+of 3), and when the CPUs were, won one series and tied another (1.50 against 1.77 s, medians of 7;
+0.91 against 0.89 s, of 3), for ~5% more CPU: not a gain to count on at two cores."""
 POOL_MIN_FILES: Final = 256
 POOL_MIN_BYTES: Final = 64 << 20
 """Below both of these the work is too short to pay for starting threads: it stays on the calling thread."""
