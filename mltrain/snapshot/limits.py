@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mltrain.errors import SnapshotError
@@ -49,7 +50,7 @@ def human(n: int) -> str:
 def check_limits(files: Sequence[Found], limits: SnapshotLimits, root: str) -> None:
     """Raise a one-line :class:`SnapshotError` if the walked files exceed ``limits``."""
     count = len(files)
-    total = sum(found[1] for found in files)
+    total = sum(map(itemgetter(1), files))
     if count <= limits.max_files and total <= limits.max_bytes:
         return
     by_bytes = total > limits.max_bytes
