@@ -15,9 +15,10 @@ for 10k small files: every short syscall hands the GIL over); whole
 batches keep a thread busy for a long stretch, and the GIL is released in
 what costs most: the syscalls, ``copy_file_range`` and blake3 on large
 buffers. Below :data:`POOL_MIN_CORES` the pool stays off (on the shared
-2-core box it gained nothing; benchmarks/bench_snapshot.py prints the
-first snapshot with the pool forced the other way), and so does a little
-work (one edited file): starting threads would cost more than it saves. blake3 also hashes each large chunk on all cores
+2-core box its gain was not dependable; benchmarks/bench_snapshot.py
+prints the first snapshot with the pool forced the other way), and so
+does a little work (one edited file): starting threads would cost more
+than it saves. blake3 also hashes each large chunk on all cores
 (``max_threads``).
 """
 
