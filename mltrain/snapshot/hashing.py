@@ -91,10 +91,11 @@ READ_TRIES: Final = 3
 POOL_MAX: Final = 8
 """More threads than this only queue on the file system's directory locks."""
 POOL_MIN_CORES: Final = 4
-"""With fewer usable cores the pool stays off: on the shared 2-core box two threads made a first snapshot
-of 10k small + 20 large files slower when file creation was the bottleneck (9.5 s against 6.6 s, medians
-of 3), and when the CPUs were, won one series and tied another (1.50 against 1.77 s, medians of 7;
-0.91 against 0.89 s, of 3), for ~5% more CPU: not a gain to count on at two cores."""
+"""With fewer usable cores the pool stays off: on the 2-core box two threads made a first snapshot of
+10k small + 20 large files twice as slow when the box was quiet (2.50 s against 1.25 s, load 1.2, medians
+of 3) and slower when file creation was the bottleneck (9.5 s against 6.6 s); under CPU load from others
+they won two series and tied one (1.50 against 1.77 s; 3.61 against 5.34 s; 0.91 against 0.89 s), for
+~5% more CPU: not a gain to count on at two cores."""
 POOL_MIN_FILES: Final = 256
 POOL_MIN_BYTES: Final = 64 << 20
 """Below both of these the work is too short to pay for starting threads: it stays on the calling thread."""
