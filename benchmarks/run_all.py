@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-# bench_snapshot deletes ~90k files at the end, which slows file creation on this VM for minutes: run it last.
+# bench_snapshot deletes ~0.5M files at the end (its 100k-file tree, store and copies), which slows file creation
+# on this VM for minutes: it runs last but for bench_resubmit.
 BENCHES = ["bench_core.py", "bench_docker.py", "bench_ssh.py", "bench_spark.py", "bench_ray.py", "bench_sweep.py",
            "bench_hydra_app.py", "bench_plots.py", "bench_query.py", "bench_distributed.py", "bench_snapshot.py",
            "bench_resubmit.py"]  # after the snapshot bench: it also deletes ~0.5M files at its end

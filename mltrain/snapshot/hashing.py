@@ -7,14 +7,19 @@ the page cache and named only once its digest is known. A file that changes
 meanwhile can make this snapshot see a newer version, but never puts a blob
 under the wrong name.
 
-Everything runs on the calling thread, by measurement (10k x 4 KiB files
-plus 20 x 20 MiB, 2 cores): handing blob writes to writer threads made a
-first snapshot *slower* (1.1-1.4 s against 0.8-1.0 s for the small files)
-because every one of a file's short syscalls hands the GIL over; helper
-processes did no better, as the file system serialises the creates; and a
-separate thread for the large files gained nothing measurable while costing
-GIL hand-offs on a busy machine. blake3 still hashes each large chunk on
-all cores (``max_threads``), outside the GIL.
+Enough work (:func:`pool_size`) is shared by a thread per usable core, each
+taking a batch of neighbouring files (or one large file) and doing the
+whole job for each: open, read, hash, store. Per-file hand-offs to writer
+threads were measured *slower* on 2 cores (1.1-1.4 s against 0.8-1.0 s
+for 10k small files: every short syscall hands the GIL over); whole
+batches keep a thread busy for a long stretch, and the GIL is released in
+what costs most: the syscalls, ``copy_file_range`` and blake3 on large
+buffers. Below :data:`POOL_MIN_CORES` the pool stays off (on the shared
+2-core box its gain was not dependable; benchmarks/bench_snapshot.py
+prints the first snapshot with the pool forced the other way), and so
+does a little work (one edited file): starting threads would cost more
+than it saves. blake3 also hashes each large chunk on all cores
+(``max_threads``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import errno
 import mmap
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -41,20 +48,26 @@ CHUNK: Final = 8 << 20
 
 @dataclass
 class Claims:
-    """Which digests this snapshot has already taken on, so equal files are stored and counted once."""
+    """Which digests this snapshot has already taken on, so equal files are stored and counted once.
+
+    Shared by the pool's threads: a claim is a test-and-add under a lock.
+    """
 
     seen: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def first(self, digest: str) -> bool:
         """True the first time a digest is claimed."""
-        if digest in self.seen:
-            return False
-        self.seen.add(digest)
-        return True
+        with self._lock:
+            if digest in self.seen:
+                return False
+            self.seen.add(digest)
+            return True
 
     def release(self, digest: str) -> None:
         """Let the next :meth:`first` for ``digest`` succeed again (its reader will store it)."""
-        self.seen.discard(digest)
+        with self._lock:
+            self.seen.discard(digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,52 +81,138 @@ class Hashed:
 Job = tuple[str, str, int]
 """(relative path, absolute path, size when walked)."""
 
+Stamp = tuple[int, int, int]
+"""(size, mtime_ns, ctime_ns) of an open file: any write moves it."""
+
 
 READ_TRIES: Final = 3
 """A file whose stat moves while it is read is read again, up to this many times in all."""
 
+POOL_MAX: Final = 8
+"""More threads than this only queue on the file system's directory locks."""
+POOL_MIN_CORES: Final = 4
+"""With fewer usable cores the pool stays off: on the 2-core box two threads made a first snapshot of
+10k small + 20 large files twice as slow when the box was quiet (2.50 s against 1.25 s, load 1.2, medians
+of 3) and slower when file creation was the bottleneck (9.5 s against 6.6 s); under CPU load from others
+they won two series and tied one (1.50 against 1.77 s; 3.61 against 5.34 s; 0.91 against 0.89 s), for
+~5% more CPU: not a gain to count on at two cores."""
+POOL_MIN_FILES: Final = 256
+POOL_MIN_BYTES: Final = 64 << 20
+"""Below both of these the work is too short to pay for starting threads: it stays on the calling thread."""
+BATCH_FILES: Final = 64
+BATCH_BYTES: Final = 16 << 20
+"""A worker takes neighbouring files (one directory, mostly) up to these many or these bytes at a time."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def pool_size(jobs: Sequence[Job]) -> int:
+    """How many threads hash ``jobs``: one per usable core (up to :data:`POOL_MAX`) when there are
+    :data:`POOL_MIN_CORES` and enough work, else 1."""
+    cores = min(usable_cores(), POOL_MAX)
+    if cores < POOL_MIN_CORES or (len(jobs) < POOL_MIN_FILES and sum(job[2] for job in jobs) < POOL_MIN_BYTES):
+        return 1
+    return cores
+
+
+def _batches(jobs: Sequence[Job]) -> list[Sequence[Job]]:
+    """``jobs`` cut into runs of neighbours, in order; a large file is a batch of its own."""
+    batches: list[Sequence[Job]] = []
+    start = count = size = 0
+    for index, job in enumerate(jobs):
+        if job[2] >= SMALL:
+            if index > start:
+                batches.append(jobs[start:index])
+            batches.append(jobs[index : index + 1])
+            start, count, size = index + 1, 0, 0
+            continue
+        count += 1
+        size += job[2]
+        if count >= BATCH_FILES or size >= BATCH_BYTES:
+            batches.append(jobs[start : index + 1])
+            start, count, size = index + 1, 0, 0
+    if start < len(jobs):
+        batches.append(jobs[start:])
+    return batches
+
 
 def hash_files(
-    jobs: Sequence[Job], store: BlobStore, claims: Claims, *, dry_run: bool, warnings: list[str] | None = None
+    jobs: Sequence[Job], store: BlobStore, claims: Claims, *, dry_run: bool, warnings: list[str] | None = None,
+    workers: int | None = None,
 ) -> list[Hashed | None]:
     """Hash every job (and unless ``dry_run`` store missing content); results in job order.
 
     A file deleted or replaced (by a directory, link or FIFO) since the walk is None, with a line in
     ``warnings``: the snapshot is of the tree as it was read. So is a file that kept changing while
     it was read (:data:`READ_TRIES` reads): its last read is kept.
+
+    ``workers`` threads share the jobs (None: :func:`pool_size` decides). Results, warnings and
+    errors are those of the serial order whatever the pool: the first failing job's error is raised.
     """
     notes = warnings if warnings is not None else []
+    pool = pool_size(jobs) if workers is None else workers
+    batches = _batches(jobs) if pool > 1 else []
+    if len(batches) < 2:
+        return _hash_batch(jobs, store, claims, dry_run, notes)
+    batch_notes: list[list[str]] = [[] for _ in batches]
+    results: list[Hashed | None] = []
+    with ThreadPoolExecutor(min(pool, len(batches)), thread_name_prefix="mltrain-hash") as executor:
+        futures = [executor.submit(_hash_batch, batch, store, claims, dry_run, batch_notes[i])
+                   for i, batch in enumerate(batches)]
+        try:
+            for future in futures:
+                results += future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+    for lines in batch_notes:
+        notes += lines
+    return results
+
+
+def _hash_batch(
+    jobs: Sequence[Job], store: BlobStore, claims: Claims, dry_run: bool, notes: list[str]
+) -> list[Hashed | None]:
+    """The jobs one after the other on the calling thread."""
     results: list[Hashed | None] = []
     buffer: bytearray | None = None
     for rel, path, size in jobs:
-        fd = _open(rel, path)
-        if fd is None:
+        opened = _open(rel, path)
+        if opened is None:
             notes.append(gone(rel))
             results.append(None)
             continue
+        fd, stamp = opened
         try:
             if size >= SMALL:
                 buffer = buffer or bytearray(CHUNK)
-            results.append(_settled_read(rel, fd, size, buffer, store, claims, dry_run, notes))
+            results.append(_settled_read(rel, fd, stamp, size, buffer, store, claims, dry_run, notes))
         finally:
             os.close(fd)
     return results
 
 
 def _settled_read(
-    rel: str, fd: int, size: int, buffer: bytearray | None, store: BlobStore, claims: Claims, dry_run: bool,
-    notes: list[str],
+    rel: str, fd: int, opened: Stamp, size: int, buffer: bytearray | None, store: BlobStore, claims: Claims,
+    dry_run: bool, notes: list[str],
 ) -> Hashed:
     """Read one file until a read starts and ends with the same stat (size, mtime, ctime), or the tries run out.
 
     A writer that changes the file during the read moves its mtime and ctime; the bytes read
     may then mix old and new content. Nothing is stored from such a read but the last one.
+    ``opened`` is the stamp taken as the file was opened: the first read starts from it.
     """
     for attempt in range(1, READ_TRIES + 1):
-        before = _stamp(rel, fd)
+        before = opened if attempt == 1 else _stamp(rel, fd)
         last = attempt == READ_TRIES
 
-        def settled(before: tuple[int, int, int] = before, last: bool = last) -> bool:
+        def settled(before: Stamp = before, last: bool = last) -> bool:
             if _stamp(rel, fd) == before:
                 return True
             if last:
@@ -133,7 +232,7 @@ def _settled_read(
     raise AssertionError("the last try always settles")
 
 
-def _stamp(rel: str, fd: int) -> tuple[int, int, int]:
+def _stamp(rel: str, fd: int) -> Stamp:
     try:
         st = os.fstat(fd)
     except OSError as exc:
@@ -146,8 +245,8 @@ _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENXIO)
 directory (EISDIR), a symlink (ELOOP: O_NOFOLLOW) or a FIFO with no writer (ENXIO is a socket)."""
 
 
-def _open(rel: str, path: str) -> int | None:
-    """The file opened for reading; None if it is gone or no longer a regular file."""
+def _open(rel: str, path: str) -> tuple[int, Stamp] | None:
+    """The file opened for reading and its stamp; None if it is gone or no longer a regular file."""
     try:
         # O_NONBLOCK: a FIFO swapped in since the walk must not hang the snapshot.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -156,8 +255,9 @@ def _open(rel: str, path: str) -> int | None:
             return None
         raise _read_error(rel, exc) from None
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return fd, (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         pass
     os.close(fd)  # a FIFO or device swapped in since the walk

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mltrain.errors import SnapshotError
@@ -46,9 +47,10 @@ def human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def check_limits(files: Sequence[Found], total: int, limits: SnapshotLimits, root: str) -> None:
-    """Raise a one-line :class:`SnapshotError` if the walked files (``total`` bytes) exceed ``limits``."""
+def check_limits(files: Sequence[Found], limits: SnapshotLimits, root: str) -> None:
+    """Raise a one-line :class:`SnapshotError` if the walked files exceed ``limits``."""
     count = len(files)
+    total = sum(map(itemgetter(1), files))
     if count <= limits.max_files and total <= limits.max_bytes:
         return
     by_bytes = total > limits.max_bytes
@@ -95,9 +97,9 @@ def _largest(files: Sequence[Found], by_bytes: bool) -> list[_Entry]:
 def _rank(files: Sequence[Found], prefix: str, weight: Callable[[_Entry], int]) -> list[_Entry]:
     """Entries one level below ``prefix``, heaviest first."""
     sizes: dict[tuple[str, bool], list[int]] = defaultdict(lambda: [0, 0])
-    for rel, _, st, _ in files:
+    for rel, size, *_ in files:
         slash = rel.find("/", len(prefix))
         key = (rel[:slash], True) if slash >= 0 else (rel, False)
-        sizes[key][0] += st.st_size
+        sizes[key][0] += size
         sizes[key][1] += 1
     return sorted((_Entry(rel, d, b, n) for (rel, d), (b, n) in sizes.items()), key=weight, reverse=True)

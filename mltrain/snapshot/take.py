@@ -61,6 +61,7 @@ def take_snapshot(
     limits: SnapshotLimits = SnapshotLimits(),  # noqa: B008 (frozen, so a shared default is safe)
     cache_dir: Path | None = None,
     dry_run: bool = False,
+    workers: int | None = None,
 ) -> SnapshotResult:
     """Walk, apply ignore rules, preflight limits, hash (stat cache), and unless dry_run store
     missing blobs + the manifest.
@@ -68,13 +69,17 @@ def take_snapshot(
     ``dry_run`` reads what it must to know the manifest and ``bytes_new`` but
     writes nothing to the store (it may update the stat cache, which only
     records digests of file contents).
+
+    ``workers``: threads that read, hash and store files; None sizes the pool to the
+    cores and the work (1 keeps everything on the calling thread). The manifest is the same.
     """
     with _collector_paused():
-        return _take(source_dir, store, limits, cache_dir, dry_run=dry_run)
+        return _take(source_dir, store, limits, cache_dir, dry_run=dry_run, workers=workers)
 
 
 def _take(
-    source_dir: Path, store: BlobStore, limits: SnapshotLimits, cache_dir: Path | None, *, dry_run: bool
+    source_dir: Path, store: BlobStore, limits: SnapshotLimits, cache_dir: Path | None, *, dry_run: bool,
+    workers: int | None,
 ) -> SnapshotResult:
     started = time.monotonic()
     walk_started_ns = time.time_ns()
@@ -83,14 +88,15 @@ def _take(
         _refuse_large_root(root)
     root_real = os.path.realpath(root)
     walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir))
-    snap = Inventory(walked.files, store, dry_run=dry_run)
-    check_limits(walked.files, sum(snap.stat_sizes), limits, root)
+    check_limits(walked.files, limits, root)
+    snap = Inventory(walked.files, root, store, dry_run=dry_run)
+    walked.files.clear()  # the inventory keeps the columns; the per-file tuples can go
     snap.compare(StatCache.load(cache_dir, root_real))
     if dry_run:
-        manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.unchanged() else snap.build()
+        manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.unchanged() else snap.build(workers)
     else:
         with store.shared_lock():  # gc waits until the manifest (and so every blob) is marked kept
-            manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.still_unchanged() else snap.build()
+            manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.still_unchanged() else snap.build(workers)
             store.put_manifest(manifest)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
