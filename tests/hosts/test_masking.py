@@ -265,7 +265,8 @@ PARENT = textwrap.dedent(
     """
     import os
     cmdline = open(f"/proc/{os.getppid()}/cmdline", "rb").read().split(b"\\0")
-    print("parent", cmdline[0].decode(), cmdline[1].decode(), cmdline[-4 if len(cmdline) > 4 else 0].decode())
+    mode = "wrap" if b"wrap" in cmdline[:6] else "-"  # the masker's MODE follows `python -I -S -c SOURCE`
+    print("parent", cmdline[0].decode(), cmdline[1].decode(), mode)
     print("mask var", os.environ.get("MLTRAIN_MASK"))
     """
 )
