@@ -444,10 +444,9 @@ class DockerImage(Environment):
                 "set environment.python to the interpreter inside the image"
             ) from exc
         info = {"executable": str(data["executable"]), "version": str(data["version"]), "freeze": str(data["freeze"])}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, cache)
+        from mltrain.hosts.agent import write_atomic
+
+        write_atomic(os.fspath(cache), json.dumps(info).encode())
         return info
 
 

@@ -75,10 +75,9 @@ def probe(interpreter: str, cache_dir: Path, *, refresh: bool = False, runner: R
     info = InterpreterInfo(data["executable"], data["version"], data["freeze"], dirs)
     own_mtime, *mtimes = runner.mtimes([path, *dirs])
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data | {"own_mtime": own_mtime, "mtimes": mtimes}))
-        os.replace(tmp, cache_file)
+        from mltrain.hosts.agent import write_atomic
+
+        write_atomic(os.fspath(cache_file), json.dumps(data | {"own_mtime": own_mtime, "mtimes": mtimes}).encode())
     except OSError:
         pass  # a cache we cannot write only costs time
     return info

@@ -58,6 +58,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -360,9 +361,15 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def temp_name(path: str) -> str:
+    """A name beside ``path`` that no other process or thread writing ``path`` at the same time uses."""
+    return f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+
 def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` whole: a reader sees the old bytes or the new; concurrent writers each use their own temp."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = temp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
@@ -1022,7 +1029,7 @@ class Agent:
                     self.tmpfile = False  # no usable /proc here: name a temp file instead
                 finally:
                     os.close(fd)
-        tmp = f"{final}.{os.getpid()}.tmp"
+        tmp = temp_name(final)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, BLOB_MODE)
             try:
@@ -1179,7 +1186,7 @@ class Agent:
         try:
             if not os.path.isdir(old) or self._in_use(base):
                 return False
-            tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}")
+            tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}-{threading.get_ident()}")
             os.rename(old, tmp)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._users_file(base))
@@ -1236,7 +1243,7 @@ class Agent:
         if os.path.isdir(final):
             return final
         os.makedirs(checkouts, exist_ok=True)
-        tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}")
+        tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}-{threading.get_ident()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o755)
         top = os.fsencode(tmp)

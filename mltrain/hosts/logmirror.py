@@ -400,6 +400,6 @@ def detached_main(arg: str) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    from mltrain.hosts.agent import write_atomic
+
+    write_atomic(os.fspath(path), json.dumps(data).encode())

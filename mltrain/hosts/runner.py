@@ -208,9 +208,9 @@ class LocalRunner(Runner):
             return None
 
     def write_text(self, path: str, text: str) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, path)
+        from mltrain.hosts.agent import write_atomic
+
+        write_atomic(path, text.encode())
 
     def makedirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)

@@ -26,11 +26,11 @@ import logging
 import marshal
 import operator
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from mltrain.hosts.agent import temp_name
 from mltrain.snapshot.manifest import hash_bytes
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class StatCache:
     def _write(self, path: str, magic: bytes, payload: bytes) -> str:
         """Write ``magic``, the payload's checksum and the payload atomically; the checksum, or "" on failure."""
         checksum = hash_bytes(payload)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = temp_name(path)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as fh:
