@@ -315,3 +315,41 @@ def test_a_run_whose_mount_failed_makes_the_next_run_probe_again(tmp_path: Path)
         workdir.remove(paths)
         assert not paths.workdir.exists() and not paths.workdir_scratch.exists()
         assert kept.exists() == (run_id == "ok")
+
+
+def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials start on threads of one process: each may probe and write ``cache/workdir.json`` at the same moment.
+
+    The cache is written with :func:`mltrain.hosts.agent.write_atomic`, hammered here from several threads so
+    that replaces overlap (a temp name shared by a process's threads made one of them fail, seen in CI).
+    """
+    import threading
+
+    from mltrain.hosts.agent import write_atomic
+
+    monkeypatch.setattr(workdir, "_probed", {})
+    workspace = Workspace(tmp_path / "ws")
+    errors: list[BaseException] = []
+    answers: list[str] = []
+    start = threading.Barrier(6)
+
+    def trial(n: int) -> None:
+        try:
+            start.wait()
+            answers.append(workdir._cached_probe(workspace))
+            for _ in range(200):
+                write_atomic(str(workspace.cache / "hammer.json"), json.dumps({"writer": n}).encode())
+        except BaseException as exc:  # what a trial thread would have died of
+            errors.append(exc)
+
+    threads = [threading.Thread(target=trial, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(answers)) == 1 and len(answers) == 6
+    assert json.loads((workspace.cache / "hammer.json").read_text())["writer"] in range(6)
+    assert json.loads((workspace.cache / workdir.PROBE_FILE).read_text())["unavailable"] == answers[0]
+    assert sorted(p.name for p in workspace.cache.iterdir()) == ["hammer.json", workdir.PROBE_FILE]
