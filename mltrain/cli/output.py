@@ -8,6 +8,8 @@ pays only for the store.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +30,22 @@ def out(text: str) -> None:
     """One result line (or several) on stdout."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def json_text(data: Any) -> str:
+    """``--json`` output that strict parsers read: a NaN or infinite metric becomes ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"`` (protobuf's JSON mapping, which MLflow's REST API uses), never a bare ``NaN`` token."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else ("Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data
 
 
 def write(data: bytes) -> None:

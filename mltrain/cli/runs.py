@@ -7,7 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mltrain.cli.output import duration, ended, info, out, run_ended, table, warn, when, write, write_csv
+from mltrain.cli.output import (
+    duration,
+    ended,
+    info,
+    json_text,
+    out,
+    run_ended,
+    table,
+    warn,
+    when,
+    write,
+    write_csv,
+)
 from mltrain.errors import MltrainError, StoreError
 from mltrain.store.db import RunRecord, Store
 from mltrain.store.workspace import Workspace
@@ -44,7 +56,7 @@ def runs_list(parsed: argparse.Namespace) -> int:
                           limit=parsed.limit or None)
         records = [_reconciled_or_as_is(store, workspace, r) for r in found.runs]
     if parsed.json:
-        out(json.dumps([r.to_dict() | {"metrics": found.metrics[r.id]} for r in records], indent=2))
+        out(json_text([r.to_dict() | {"metrics": found.metrics[r.id]} for r in records]))
         return 0
     if columns is None and sweep is not None:
         metric = sweep.settings.get("primary_metric")
@@ -136,7 +148,7 @@ def runs_show(parsed: argparse.Namespace) -> int:
         data = _show_dict(store, workspace, record)
         curves = series(store.metrics(record.id)) if not parsed.json else {}
     if parsed.json:
-        out(json.dumps(data, indent=2))
+        out(json_text(data))
         return 0
     lines = [
         f"run         {record.id}",
@@ -222,7 +234,7 @@ def runs_metrics(parsed: argparse.Namespace) -> int:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         rows = store.metrics(record.id)
     if parsed.json:
-        out(json.dumps([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows], indent=2))
+        out(json_text([{"name": n, "step": s, "value": v, "time": t} for n, s, v, t in rows]))
         return 0
     if parsed.csv:
         write_csv(["name", "step", "value", "time"], rows)

@@ -6,11 +6,10 @@ Starting a sweep is ``mltrain.cli.submit``; the tables are ``mltrain.cli.output`
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
-from mltrain.cli.output import ended, exit_code, info, out, sweep_table, sweeps_table, write, write_csv
+from mltrain.cli.output import ended, exit_code, info, json_text, out, sweep_table, sweeps_table, write, write_csv
 from mltrain.cli.runs import open_history
 from mltrain.store.db import CANCELED, Store, SweepRecord
 from mltrain.store.workspace import Workspace
@@ -33,7 +32,7 @@ def sweeps_list(parsed: argparse.Namespace) -> int:
     with store:
         data = [sweep_dict(store, workspace, s) for s in store.find_sweeps(limit=parsed.limit or None)]
     if parsed.json:
-        out(json.dumps(data, indent=2))
+        out(json_text(data))
         return 0
     if parsed.csv:
         best = [next((t for t in s["trials"] if t["best"]), None) for s in data]
@@ -59,7 +58,7 @@ def sweeps_show(parsed: argparse.Namespace) -> int:
                   [[r.idx, r.run_id, r.status, r.metric, r.duration, r.reused, r.best, " ".join(r.params)]
                    for r in report.rows])
         return 0
-    out(json.dumps(report.to_dict(), indent=2) if parsed.json else sweep_table(report))
+    out(json_text(report.to_dict()) if parsed.json else sweep_table(report))
     return 0
 
 

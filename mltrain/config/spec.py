@@ -37,10 +37,15 @@ _OC_ENV = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 _CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
 
 
+def names_a_credential(key: str) -> bool:
+    """``password``, ``NPM_TOKEN``, ``s3a.secret.key``: a setting whose value is kept out of records and exports."""
+    return bool(_CREDENTIAL.search(key))
+
+
 def _credential_settings(node: Any, name: str = "", inside: bool = False) -> list[str]:
     """String values under keys that name a credential (or below such a key), in a config dataclass
     and the dicts and lists it holds: ``password``, ``NPM_TOKEN``, ``spark.hadoop.fs.s3a.secret.key``."""
-    inside = inside or bool(_CREDENTIAL.search(name))
+    inside = inside or names_a_credential(name)
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
     if isinstance(node, Mapping):

@@ -20,6 +20,7 @@ finds the run it started before instead of starting another.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import sqlite3
 import time
@@ -32,7 +33,7 @@ from typing import Any
 from mltrain.errors import RunNotFound, StoreError, SweepNotFound
 from mltrain.tracking.joblog import strip_ansi_text
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 QUEUED, PREPARING, RUNNING, FINALIZING = "Queued", "Preparing", "Running", "Finalizing"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
@@ -134,6 +135,34 @@ CREATE TABLE metric_last (
     time REAL,
     PRIMARY KEY (run_id, name)
 );
+""",
+    # A metric's value may be NaN (a diverged loss), which SQLite stores as NULL: ``value`` becomes nullable,
+    # NULL read back as NaN (a query sees it as no value: it compares with nothing and sorts last).
+    # SQLite cannot drop NOT NULL in place, so both tables are rebuilt, row ids (the points' order) kept.
+    4: """
+CREATE TABLE metrics_v5 (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    time REAL
+);
+INSERT INTO metrics_v5 (rowid, run_id, name, step, value, time)
+    SELECT rowid, run_id, name, step, value, time FROM metrics;
+DROP TABLE metrics;
+ALTER TABLE metrics_v5 RENAME TO metrics;
+CREATE INDEX metrics_run ON metrics (run_id, name);
+CREATE TABLE metric_last_v5 (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    time REAL,
+    PRIMARY KEY (run_id, name)
+);
+INSERT INTO metric_last_v5 SELECT run_id, name, step, value, time FROM metric_last;
+DROP TABLE metric_last;
+ALTER TABLE metric_last_v5 RENAME TO metric_last;
 """,
 }
 
@@ -471,7 +500,7 @@ class Store:
                 f"SELECT run_id, name, value FROM metric_last WHERE run_id IN ({', '.join('?' * len(chunk))})"
                 " ORDER BY name", chunk)
             for run_id, name, value in rows:
-                found[run_id][name] = value
+                found[run_id][name] = _number(value)
         return found
 
     def query(self, where: str, args: Sequence[Any], order: str, limit: int | None) -> list[RunRecord]:
@@ -492,7 +521,7 @@ class Store:
         rows = self._db.execute(
             "SELECT name, step, value, time FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
         )
-        return [(name, step, value, when) for name, step, value, when in rows]
+        return [(name, step, _number(value), when) for name, step, value, when in rows]
 
     def last_metrics(self, run_id: str) -> dict[str, float]:
         rows = self._db.execute(
@@ -500,7 +529,7 @@ class Store:
             "(SELECT max(rowid) FROM metrics WHERE run_id = ? GROUP BY name) ORDER BY name",
             (run_id,),
         )
-        return {name: value for name, value in rows}
+        return {name: _number(value) for name, value in rows}
 
     # ---------------------------------------------------------------- sweeps
     def create_sweep(self, *, key: str, experiment: str, command: dict[str, Any], settings: dict[str, Any],
@@ -640,6 +669,11 @@ def _trial_record(row: Sequence[Any]) -> TrialRecord:
     data["params"] = json.loads(data["params"])
     data["reused"] = bool(data["reused"])
     return TrialRecord(**data)
+
+
+def _number(value: float | None) -> float:
+    """A stored metric value: SQLite keeps a NaN as NULL."""
+    return math.nan if value is None else value
 
 
 def _last_rows(rows: list[tuple[str, str, int | None, float, float | None]]) -> list[tuple[Any, ...]]:

@@ -66,7 +66,8 @@ def trial_rows(store: Store, workspace: Workspace, sweep: SweepRecord) -> list[T
         value = store.last_metrics(record.id).get(metric) if metric else None
         rows.append(TrialRow(trial.idx, trial.params, record.id, record.status, record.reason, value,
                              record.duration, trial.reused))
-    ranked = [r for r in rows if r.status == COMPLETED and r.metric is not None]
+    # A NaN objective (a diverged trial) ranks nowhere: min/max over it would depend on the trials' order
+    ranked = [r for r in rows if r.status == COMPLETED and r.metric is not None and not math.isnan(r.metric)]
     if ranked:
         pick = max if sweep.settings.get("goal") == "max" else min
         pick(ranked, key=lambda r: r.metric).best = True  # type: ignore[arg-type,return-value]

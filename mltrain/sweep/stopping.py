@@ -36,7 +36,9 @@ class Policy:
         return a > b if self.maximize else a < b
 
     def _best(self, values: Sequence[float]) -> float:
-        return max(values) if self.maximize else min(values)
+        """The best of ``values``, a NaN among them (a peer that diverged) left out."""
+        numbers = [v for v in values if not math.isnan(v)] or [math.nan]
+        return max(numbers) if self.maximize else min(numbers)
 
     def should_stop(self, trial: Any, curves: Curves) -> str | None:
         """Why ``trial`` should stop at its newest report, or None (see the module docstring for when it acts)."""

@@ -48,7 +48,6 @@ PARAM_CHARS = 6000  # MLflow's limit on a param value
 FINISH_TIMEOUT = 30.0  # seconds a follower waits for the mirror's last export before leaving it to `runs export`
 INTERVAL = 1.0  # seconds between live sends
 _STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED", CANCELED: "KILLED"}
-_CREDENTIAL = re.compile(r"(^|[_.-])(password|passphrase|passwd|secret|token|api_?key)($|[_.-])", re.IGNORECASE)
 _LOCK = threading.RLock()  # one thread of a process at a time makes an experiment or a sweep's parent, or tags the best
 
 
@@ -224,6 +223,7 @@ class Exporter:
     # ------------------------------------------------------------ sending
     def params(self, record: RunRecord) -> dict[str, str]:
         """The script's params and the chosen compute/environment/framework settings (credentials left out)."""
+        from mltrain.config.spec import names_a_credential
         from mltrain.tracking.query import flatten, params_from_config
 
         found = {k: v for k, v in (record.params if record.params is not None else
@@ -232,7 +232,7 @@ class Exporter:
         for group in ("compute", "environment", "framework"):
             node = config.get(group)
             if isinstance(node, dict):
-                found.update({f"{group}.{k}": v for k, v in flatten(node).items() if not _CREDENTIAL.search(k)})
+                found.update({f"{group}.{k}": v for k, v in flatten(node).items() if not names_a_credential(k)})
         return {mlflow_name(key): str(value)[:PARAM_CHARS] for key, value in found.items()}
 
     def send_metrics(self, mlflow_run: str, points: Iterable[tuple[str, float, int | None, float | None]],

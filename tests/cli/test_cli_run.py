@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import MLTRAIN, Project, wait_for
 
 
@@ -122,6 +123,31 @@ def test_logs_and_metrics_commands(project: Project) -> None:
     assert [(m["name"], m["step"], m["value"]) for m in metrics] == [("loss", 1, 0.5)]
     listing = project.run("runs", "list", check=True).stdout
     assert run_id in listing and "Completed" in listing
+
+
+def test_nan_and_infinite_metrics_are_kept_and_shown(project: Project) -> None:
+    """A diverged loss is data, not a crash: the run completes, every point is kept, ``--json`` stays strict."""
+    project.write("diverge.py", """
+        print("::metric loss=0.5 step=1")
+        print("::metric loss=nan acc=inf step=2")
+        print("::metric loss=-inf step=3")
+        print("::metric loss=nan step=4")
+    """)
+    project.run("script=diverge.py", check=True)
+    run_id = str(project.runs()[0]["id"])
+    strict = project.run("runs", "metrics", run_id, "--json", check=True).stdout
+    points = json.loads(strict, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert [(m["name"], m["step"], m["value"]) for m in points] == [
+        ("loss", 1, 0.5), ("loss", 2, "NaN"), ("acc", 2, "Infinity"), ("loss", 3, "-Infinity"), ("loss", 4, "NaN")]
+    (listed,) = json.loads(project.run("runs", "list", "--json", check=True).stdout,
+                           parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert listed["status"] == "Completed" and listed["metrics"] == {"loss": "NaN", "acc": "Infinity"}
+    assert "nan" in project.run("runs", "metrics", run_id, check=True).stdout
+    # a NaN compares with nothing: a filter on it matches no run, a sort puts the run last
+    assert run_id not in project.run("runs", "list", "--where", "metrics.loss < 1", check=True).stdout
+    project.run("script=train.py", check=True)
+    ranked = project.run("runs", "list", "--sort", "metrics.loss", "--columns", "metrics.loss", check=True).stdout
+    assert ranked.splitlines()[-1].startswith(run_id)
 
 
 def test_list_filters(project: Project) -> None:

@@ -169,3 +169,38 @@ def test_schema_2_history_is_migrated_and_its_runs_left_as_they_were(tmp_path: P
         assert (old.hardware, old.params, old.mlflow) == (None, None, None)  # columns of version 4, empty
     version = sqlite3.connect(workspace.db_path).execute("PRAGMA user_version").fetchone()[0]
     assert version == store_module.SCHEMA_VERSION
+
+
+def test_schema_4_history_gains_nan_metrics_and_keeps_its_points_in_order(tmp_path: Path) -> None:
+    """SQLite stores a NaN as NULL, which schema 4's ``value REAL NOT NULL`` refused (a diverged loss failed the
+    run's finalising). The migration rebuilds both metric tables, row ids and thus the points' order kept."""
+    import math
+    import sqlite3
+
+    from mltrain.store import db as store_module
+
+    path = tmp_path / "runs.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for script in (store_module._SCHEMA, *(store_module._MIGRATIONS[v] for v in (1, 2, 3))):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO runs (id, experiment, status, created, script, source_dir, compute, environment)"
+               " VALUES ('old00001', 'e', 'Completed', 1.0, 's.py', '/p', 'local', 'venv')")
+    db.executemany("INSERT INTO metrics VALUES ('old00001', ?, ?, ?, NULL)",
+                   [("loss", 1, 0.9), ("acc", 1, 0.1), ("loss", 2, 0.4)])
+    db.execute("INSERT INTO metric_last VALUES ('old00001', 'loss', 2, 0.4, NULL)")
+    db.execute("PRAGMA user_version = 4")
+    db.close()
+    with Store(path, create=False) as store:
+        assert store.metrics("old00001") == [("loss", 1, 0.9, None), ("acc", 1, 0.1, None), ("loss", 2, 0.4, None)]
+        assert store.last_metrics_of(["old00001"]) == {"old00001": {"loss": 0.4}}
+        run_id = _new(store)
+        store.add_metrics(run_id, [("loss", 0.5, 1, None), ("loss", math.nan, 2, None), ("acc", -math.inf, 2, None)])
+        (first, nan, low) = store.metrics(run_id)
+        assert first == ("loss", 1, 0.5, None) and low == ("acc", 2, -math.inf, None)
+        assert nan[:2] == ("loss", 2) and math.isnan(nan[2])
+        assert math.isnan(store.last_metrics(run_id)["loss"])
+        assert math.isnan(store.last_metrics_of([run_id])[run_id]["loss"])
+        assert store.integrity_check() == "ok"
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION

@@ -55,3 +55,18 @@ def test_number(value: float, shown: str) -> None:
 ])
 def test_shown_param(item: str, shown: str) -> None:
     assert shown_param(item) == shown
+
+
+def test_a_diverged_trial_is_never_the_best(project: Project) -> None:
+    """A NaN objective ranks nowhere, whichever order the trials come in; the others still have a best."""
+    project.write("obj.py", """
+        import sys
+        x = float(sys.argv[sys.argv.index("--x") + 1])
+        print(f"::metric loss={'nan' if x == 0 else x}", flush=True)
+    """)
+    table = project.run("-m", "script=obj.py", "params.x=0,3,2", "sweep.primary_metric=loss",
+                        "sweep.max_concurrent=1", check=True).stdout
+    shown = json.loads(project.run("sweeps", "show", table.split()[1], "--json", check=True).stdout,
+                       parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    (best,) = [t for t in shown["trials"] if t["best"]]
+    assert best["params"] == ["params.x=2"]

@@ -55,3 +55,13 @@ def test_truncation_stops_the_worst_share() -> None:
 def test_nan_stops() -> None:
     bandit = policy(policy="bandit", slack_factor=0.1)
     assert bandit.should_stop("x", {"x": [math.nan], "y": [1.0]}) is not None
+
+
+
+def test_a_nan_report_does_not_shield_a_bad_trial() -> None:
+    """A NaN among a trial's reports is left out of its best: min() over [nan, ...] returns the NaN when it comes
+    first, and every comparison with a NaN is false (the bad trial ran on)."""
+    median = policy(policy="median", min_trials=3)
+    curves = {"a": [1.0, 0.8], "b": [1.0, 0.9], "c": [1.2, 1.1], "d": [math.nan, 1.9]}
+    assert "best 1.9" in str(median.should_stop("d", curves))
+    assert median.should_stop("a", curves) is None

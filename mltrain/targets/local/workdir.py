@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 WORKDIR_MODES: Final = ("auto", "overlay", "links")
 PROBE_TIMEOUT: Final = 10.0
 PROBE_FILE: Final = "workdir.json"
+PROBE_PREFIX: Final = ".probe-overlay-"
 _SAFE_OPTION: Final = re.compile(r"[A-Za-z0-9._/-]+")  # what an overlay mount option can carry as it is
 _probed: dict[Path, str] = {}  # this process's answers, per workspace: '' = overlay works, else why not
 
@@ -172,7 +174,8 @@ def _probe(runs: Path) -> str:
     if not sys.platform.startswith("linux"):
         return "overlay mounts are Linux only"
     runs.mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=".probe-overlay-", dir=runs)
+    _remove_stale_probes(runs)
+    folder = tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=runs)
     try:
         done = subprocess.run([sys.executable, "-I", "-S", "-c", overlay_source(), "--probe", folder],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
@@ -185,6 +188,19 @@ def _probe(runs: Path) -> str:
         from mltrain.snapshot.materialize import remove_tree
 
         remove_tree(folder)
+
+
+def _remove_stale_probes(runs: Path) -> None:
+    """Folders of probes killed before they cleaned up; one younger than a probe may last is another's, live."""
+    import time
+
+    from mltrain.snapshot.materialize import remove_tree
+
+    for folder in runs.glob(f"{PROBE_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            found = folder.lstat()  # a link is not a probe's: never followed
+            if stat.S_ISDIR(found.st_mode) and time.time() - found.st_mtime > 2 * PROBE_TIMEOUT:
+                remove_tree(folder)
 
 
 def check_mode(mode: str) -> None:

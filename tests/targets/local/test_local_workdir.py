@@ -353,3 +353,21 @@ def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Pat
     assert json.loads((workspace.cache / "hammer.json").read_text())["writer"] in range(6)
     assert json.loads((workspace.cache / workdir.PROBE_FILE).read_text())["unavailable"] == answers[0]
     assert sorted(p.name for p in workspace.cache.iterdir()) == ["hammer.json", workdir.PROBE_FILE]
+
+
+def test_a_probe_killed_before_its_cleanup_is_removed_by_the_next(tmp_path: Path) -> None:
+    """Its folder is left in runs/: the next probe removes it once older than any live probe, never a young one
+    (another process's, probing now) nor a link."""
+    runs = tmp_path / "runs"
+    stale, live = runs / f"{workdir.PROBE_PREFIX}dead", runs / f"{workdir.PROBE_PREFIX}live"
+    (stale / "upper").mkdir(parents=True)
+    (live / "upper").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (runs / f"{workdir.PROBE_PREFIX}link").symlink_to(outside)
+    old = os.stat(stale).st_mtime - 10 * workdir.PROBE_TIMEOUT
+    os.utime(stale, (old, old))
+    os.utime(outside, (old, old))
+    workdir._probe(runs)
+    assert sorted(p.name for p in runs.iterdir()) == [f"{workdir.PROBE_PREFIX}link", f"{workdir.PROBE_PREFIX}live"]
+    assert outside.is_dir()
