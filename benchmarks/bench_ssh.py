@@ -78,8 +78,8 @@ def shaped(root: Path) -> None:
         def rx_bytes() -> int:
             return int(host.sh("cat /sys/class/net/eth0/statistics/rx_bytes"))
 
-        def rsync(dest: str) -> None:
-            subprocess.run(["rsync", "-az", "-e", ssh, f"{tree}/", f"root@{host.host}:{dest}/"], check=True)
+        def rsync(dest: str, *extra: str) -> None:
+            subprocess.run(["rsync", "-az", *extra, "-e", ssh, f"{tree}/", f"root@{host.host}:{dest}/"], check=True)
 
         last: list[SshExecutor] = []
 
@@ -97,11 +97,14 @@ def shaped(root: Path) -> None:
 
         ours: list[float] = []
         theirs: list[float] = []
+        zlib_rsync: list[float] = []
         our_wire: list[int] = []
         their_wire: list[int] = []
+        zlib_wire: list[int] = []
         for i in range(3):
             measured(lambda i=i: rsync(f"/root/rsync-{i}"), theirs, their_wire)
             measured(lambda i=i: stage(f"/root/ml-{i}", first), ours, our_wire)
+            measured(lambda i=i: rsync(f"/root/rsync-zlib-{i}", "--compress-choice=zlib"), zlib_rsync, zlib_wire)
         upload = last[0].upload
         raw = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
         print(f"shaped link: host-side veth {veth}, tbf rate {RATE}; tree {raw / 2**20:.1f} MiB "
@@ -111,6 +114,9 @@ def shaped(root: Path) -> None:
                statistics.median(theirs), "<= 0.8x")
         print(f"{'  bytes received by the host: mltrain / rsync -az':<58} {statistics.median(our_wire) / 2**20:8.1f} "
               f"MiB vs {statistics.median(their_wire) / 2**20:8.1f} MiB")
+        print(f"{'  rsync -az --compress-choice=zlib (what a zlib-only host gets)':<58} "
+              f"{statistics.median(zlib_rsync) * 1000:8.1f} ms, {statistics.median(zlib_wire) / 2**20:.1f} MiB: "
+              f"mltrain {statistics.median(ours) / statistics.median(zlib_rsync):.2f}x of it (for reading, no goal)")
 
         changed = tree / small_path(4321)
         rng = __import__("random").Random(7)
