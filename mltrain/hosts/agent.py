@@ -16,7 +16,9 @@ Wire format, both ways: frames of ``kind (1 byte) + length (4 bytes, big
 endian) + payload``. ``J`` frames hold one JSON object (a request, a reply,
 or ``{"hb": 1}``, a heartbeat sent while a long step is busy, so a silent
 link can be told from a slow step); ``D``/``E`` frames hold raw bytes
-(file content, a command's stdout/stderr). A reply with ``"error"`` ends
+(file content, a command's stdout/stderr; in an upload, a batch or chunk
+whose header names a ``codec`` is one compressed stream, inflated capped at
+its declared size: ``inflate``). A reply with ``"error"`` ends
 the step; ``"fatal": true`` means the helper exits after sending it.
 
 ``BOOT`` (run as ``python3 -I -S -c BOOT <remote_dir> <sha256> <beat>``)

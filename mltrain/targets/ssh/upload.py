@@ -16,6 +16,10 @@ The remote keeps the same content-addressed store as the workspace
    size and sha256 for each, then their bytes in one frame), which keeps
    the per-file cost on both ends to a few microseconds; large ones go one
    at a time, in chunks from where the host's part ends, then their sha256.
+   Each batch and chunk is compressed with the codec agreed in the hello
+   (``codec``: zstd where both ends have it, else zlib; none with a
+   protocol-1 helper), on two threads a few pieces ahead of the link, or
+   sent raw when it does not shrink (``UploadStats.skipped`` counts those).
    The host checks each blob's sha256 before placing it. sha256 rather than
    the store's blake3: the host's ``python3`` has hashlib and no blake3, and
    a check only needs both ends to agree on the bytes (the link itself is
