@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SMALL_SIZE = 4 * 1024
@@ -35,17 +36,21 @@ def small_path(index: int) -> str:
     return f"src/pkg{d // DIRS_PER_TOP:02d}/mod{d % DIRS_PER_TOP:02d}/file{index % FILES_PER_DIR:02d}.py"
 
 
-def make_tree(dest: Path, *, small: int = 10_000, big: int = 20, seed: int = 0) -> None:
-    """Write the tree under ``dest`` (created; must not hold a previous tree)."""
-    rng = random.Random(seed)
+def _write_small(dest: Path, count: int, content: Callable[[], bytes]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     made: set[Path] = set()
-    for i in range(small):
+    for i in range(count):
         path = dest / small_path(i)
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        path.write_bytes(rng.randbytes(SMALL_SIZE))
+        path.write_bytes(content())
+
+
+def make_tree(dest: Path, *, small: int = 10_000, big: int = 20, seed: int = 0) -> None:
+    """Write the tree under ``dest`` (created; must not hold a previous tree)."""
+    rng = random.Random(seed)
+    _write_small(dest, small, lambda: rng.randbytes(SMALL_SIZE))
     data = dest / "data"
     data.mkdir(exist_ok=True)
     for i in range(big):
@@ -78,13 +83,7 @@ def make_source_tree(dest: Path, *, small: int = 10_000, big: int = 2, seed: int
     """The source-like tree: ``small`` 4 KiB text files (names as ``small_path``) and ``big`` 20 MiB random files."""
     rng = random.Random(seed)
     vocab, common = _source_lines(rng)
-    made: set[Path] = set()
-    for i in range(small):
-        path = dest / small_path(i)
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        path.write_bytes(source_text(rng, SMALL_SIZE, vocab, common))
+    _write_small(dest, small, lambda: source_text(rng, SMALL_SIZE, vocab, common))
     (dest / "data").mkdir(parents=True, exist_ok=True)
     for i in range(big):
         (dest / "data" / f"blob{i:02d}.bin").write_bytes(rng.randbytes(BIG_SIZE))

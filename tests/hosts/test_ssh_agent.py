@@ -329,7 +329,7 @@ def test_zlib_is_always_offered_and_chosen_without_zstd(monkeypatch: pytest.Monk
     from mltrain.targets.ssh import codec
 
     assert remote_agent.codecs()[-1] == "zlib"
-    monkeypatch.setattr(codec, "zstd_module", lambda: None)
+    monkeypatch.setattr(remote_agent, "zstd_module", lambda: None)
     assert codec.choose(["zstd", "zlib"]) == "zlib"
     assert codec.choose([]) is None  # a protocol-1 helper: raw
 
