@@ -12,6 +12,7 @@ ends have it, as here) over the same link. Needs root for `tc`; `--shaped` runs 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def shaped(root: Path) -> None:
     from mltrain.targets.ssh.executor import SshExecutor
     from mltrain.targets.ssh.link import Link
 
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        print("shaped link: skipped (`tc` and root are needed to shape the container's veth)")
+        return
     load_start = os.getloadavg()[0]
     tree = root / "source-tree"
     make_source_tree(tree)
