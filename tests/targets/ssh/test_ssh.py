@@ -39,6 +39,16 @@ LINES = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    require_sshd_image()
+    server = SshHost(tmp_path_factory.mktemp("sshhost"))
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
 class SshProject(Project):
     """A project whose runs go to ``host``; HOME is a tmp folder, so nothing touches the real ~/.ssh."""
 

@@ -9,13 +9,24 @@ import json
 import os
 import random
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sshtest import SshHost
+from sshtest import SshHost, require_sshd_image
 
 pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    require_sshd_image()
+    server = SshHost(tmp_path_factory.mktemp("sshhost"))
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 WORDS = [f"name{i}" for i in range(200)] + ["def", "return", "self", "(", ")", ":", "=", "for", "in", "if"] * 10
