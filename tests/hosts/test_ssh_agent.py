@@ -325,6 +325,24 @@ def test_zstd_is_offered_and_inflated_capped_when_the_host_has_it() -> None:
         remote_agent.inflate("zstd", compress("zstd", data)[:-20], len(data))
 
 
+@pytest.mark.skipif(ZSTD is None, reason=NO_ZSTD)
+def test_a_zstd_upload_stream_is_placed_byte_identical(tmp_path: Path) -> None:
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.manifest import hash_bytes
+    from mltrain.targets.ssh.upload import UploadStats, _blob_frames
+
+    store = BlobStore(tmp_path / "client")
+    blobs = {hash_bytes(text(5000 + i)): text(5000 + i) for i in range(3)}
+    for digest, data in blobs.items():
+        store.put_bytes(digest, data)
+    stats = UploadStats()
+    frames = _blob_frames(store, [(d, 0) for d in blobs], {d: len(b) for d, b in blobs.items()}, stats, codec="zstd")
+    stream = request({"op": "put_blobs", "stream": True}) + b"".join(frame(k, p) for k, p in frames)
+    (reply,) = serve(tmp_path / "host", stream)
+    assert reply["placed"] == 3 and stats.codec == "zstd" and stats.packed < stats.bytes / 3
+    assert stored(tmp_path / "host") == {f"{d[:2]}/{d[2:]}": b for d, b in blobs.items()}
+
+
 def test_zlib_is_always_offered_and_chosen_without_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
     from mltrain.targets.ssh import codec
 
