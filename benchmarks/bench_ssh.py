@@ -2,11 +2,17 @@
 
 All against one sshd container (the test image, `bash .ci/provision-ssh.sh`), in the same run. "Bytes sent" is
 what the host's network interface received while the step ran: SSH handshake and framing included.
+
+Then a shaped link (issue 17 part 5): a second container whose host-side veth is limited to 100 Mbit/s with
+`tc qdisc ... tbf` (as a VM some tens of Mbit/s away: bytes on the wire decide), a source-like tree (10,000
+text files that compress ~4:1 plus 40 MiB of random bytes), mltrain vs `rsync -az` (compressed: zstd when both
+ends have it, as here) over the same link. Needs root for `tc`; `--shaped` runs only that part.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from common import median_seconds, report, run_cmd  # noqa: E402
-from make_tree import make_tree, small_path  # noqa: E402
+from make_tree import make_source_tree, make_tree, small_path  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MLTRAIN = str(BIN / "mltrain")
@@ -31,12 +37,123 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+RATE = "100mbit"
+
+
+def host_veth(container: str) -> str:
+    """The host-side end of the container's eth0: the interface whose ifindex is eth0's iflink."""
+    iflink = subprocess.run(["docker", "exec", container, "cat", "/sys/class/net/eth0/iflink"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    for entry in Path("/sys/class/net").iterdir():
+        if (entry / "ifindex").read_text().strip() == iflink:
+            return entry.name
+    raise RuntimeError(f"no host interface has ifindex {iflink} (the veth of container {container[:12]})")
+
+
+def shaped(root: Path) -> None:
+    """mltrain vs `rsync -az` over a 100 Mbit/s link (tbf on the veth, so traffic to the container is shaped)."""
+    from sshtest import SshHost
+
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import take_snapshot
+    from mltrain.store.workspace import Workspace
+    from mltrain.targets.ssh.config import SshCompute
+    from mltrain.targets.ssh.executor import SshExecutor
+    from mltrain.targets.ssh.link import Link
+
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        print("shaped link: skipped (`tc` and root are needed to shape the container's veth)")
+        return
+    load_start = os.getloadavg()[0]
+    tree = root / "source-tree"
+    make_source_tree(tree)
+    workspace = Workspace(root / "ws-shaped").ensure()
+    store = BlobStore(workspace.blobs)
+    first = take_snapshot(tree, store).manifest.id
+    host = SshHost(root / "shaped-host", direct=True)
+    veth = None
+    try:
+        veth = host_veth(host.container)
+        subprocess.run(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", RATE, "burst", "32kbit",
+                        "latency", "400ms"], check=True, capture_output=True)
+        ssh = (f"ssh -p {host.port} -i {host.client_key} -F {host.ssh_config} -o BatchMode=yes "
+               f"-o UserKnownHostsFile={host.known_hosts} -o StrictHostKeyChecking=yes")
+
+        def rx_bytes() -> int:
+            return int(host.sh("cat /sys/class/net/eth0/statistics/rx_bytes"))
+
+        def rsync(dest: str, *extra: str) -> None:
+            subprocess.run(["rsync", "-az", *extra, "-e", ssh, f"{tree}/", f"root@{host.host}:{dest}/"], check=True)
+
+        last: list[SshExecutor] = []
+
+        def stage(remote_dir: str, snapshot: str) -> None:
+            executor = SshExecutor(SshCompute(**host.compute(remote_dir=remote_dir, keepalive=10.0)), workspace)
+            Link._pool.clear()  # a fresh connection, as a new `mltrain` process has
+            executor.stage_code(snapshot)
+            executor.link().close()
+            last[:] = [executor]
+
+        def measured(fn: Callable[[], object], times: list[float], wire: list[int]) -> None:
+            before = rx_bytes()
+            times.append(_timed(fn))
+            wire.append(rx_bytes() - before)
+
+        ours: list[float] = []
+        theirs: list[float] = []
+        zlib_rsync: list[float] = []
+        our_wire: list[int] = []
+        their_wire: list[int] = []
+        zlib_wire: list[int] = []
+        for i in range(3):
+            measured(lambda i=i: rsync(f"/root/rsync-{i}"), theirs, their_wire)
+            measured(lambda i=i: stage(f"/root/ml-{i}", first), ours, our_wire)
+            measured(lambda i=i: rsync(f"/root/rsync-zlib-{i}", "--compress-choice=zlib"), zlib_rsync, zlib_wire)
+        upload = last[0].upload
+        raw = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+        print(f"shaped link: host-side veth {veth}, tbf rate {RATE}; tree {raw / 2**20:.1f} MiB "
+              f"(10,000 text files ~4:1 + 40 MiB random); mltrain codec {upload.codec}, "
+              f"pieces sent raw (did not shrink) {upload.skipped}")
+        report("first upload over 100 Mbit/s, source-like tree, vs rsync -az", statistics.median(ours),
+               statistics.median(theirs), "<= 0.8x")
+        print(f"{'  bytes received by the host: mltrain / rsync -az':<58} {statistics.median(our_wire) / 2**20:8.1f} "
+              f"MiB vs {statistics.median(their_wire) / 2**20:8.1f} MiB")
+        print(f"{'  rsync -az --compress-choice=zlib (what a zlib-only host gets)':<58} "
+              f"{statistics.median(zlib_rsync) * 1000:8.1f} ms, {statistics.median(zlib_wire) / 2**20:.1f} MiB: "
+              f"mltrain {statistics.median(ours) / statistics.median(zlib_rsync):.2f}x of it (for reading, no goal)")
+
+        changed = tree / small_path(4321)
+        rng = __import__("random").Random(7)
+        restage: list[float] = []
+        resync: list[float] = []
+        our_wire, their_wire = [], []
+        for _ in range(5):
+            changed.write_bytes(rng.randbytes(2048).hex().encode())
+            snapshot = take_snapshot(tree, store).manifest.id
+            measured(lambda: rsync("/root/rsync-0"), resync, their_wire)
+            measured(lambda snapshot=snapshot: stage("/root/ml-0", snapshot), restage, our_wire)
+        report("resubmit, one file changed, 100 Mbit/s, vs rsync -az re-sync", statistics.median(restage),
+               statistics.median(resync), "<= 0.5x")
+        print(f"{'  bytes received by the host: mltrain / rsync -az':<58} {statistics.median(our_wire) / 1024:8.1f} "
+              f"KiB vs {statistics.median(their_wire) / 1024:8.1f} KiB")
+        print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f}; "
+              f"{os.cpu_count()} cores")
+    finally:
+        if veth is not None:
+            subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
+        host.remove()
+
+
 def main() -> int:
     from sshtest import SSHD_IMAGE, SshHost
 
     if subprocess.run(["docker", "image", "inspect", SSHD_IMAGE], capture_output=True).returncode != 0:
         print(f"skipped: no engine or no {SSHD_IMAGE} (run `bash .ci/provision-docker.sh; bash .ci/provision-ssh.sh`)")
         return 1
+    if "--shaped" in sys.argv[1:]:
+        with tempfile.TemporaryDirectory() as tmp:
+            shaped(Path(tmp))
+        return 0
     load_start = os.getloadavg()[0]
     from mltrain.snapshot.blobstore import BlobStore
     from mltrain.snapshot.take import take_snapshot
@@ -116,6 +233,7 @@ def main() -> int:
                   "2 cores, other work shares the CPU and file system, and ratios move by 0.1-0.2")
         finally:
             host.remove()
+        shaped(root)
     return 0
 
 

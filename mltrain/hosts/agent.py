@@ -16,7 +16,9 @@ Wire format, both ways: frames of ``kind (1 byte) + length (4 bytes, big
 endian) + payload``. ``J`` frames hold one JSON object (a request, a reply,
 or ``{"hb": 1}``, a heartbeat sent while a long step is busy, so a silent
 link can be told from a slow step); ``D``/``E`` frames hold raw bytes
-(file content, a command's stdout/stderr). A reply with ``"error"`` ends
+(file content, a command's stdout/stderr; in an upload, a batch or chunk
+whose header names a ``codec`` is one compressed stream, inflated capped at
+its declared size: ``inflate``). A reply with ``"error"`` ends
 the step; ``"fatal": true`` means the helper exits after sending it.
 
 ``BOOT`` (run as ``python3 -I -S -c BOOT <remote_dir> <sha256> <beat>``)
@@ -71,10 +73,12 @@ HEAD = struct.Struct(">cI")
 CHUNK = 1 << 20
 BLOB_MODE = 0o444
 EXEC_MODE = 0o755
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the hello lists the codecs this host's Python can decompress (upload data may come compressed)
 COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 HEX = frozenset("0123456789abcdef")
+MAX_BATCH = 8 << 20  # the most a compressed batch may declare (the client's are about a MiB): bounds its inflating
+MAX_MANIFEST = 256 << 20  # a manifest sent whole (200,000 files: ~30 MB)
 DIRENT = 80  # bytes a blob's name takes in a directory (ext4: 8 + 62, rounded up)
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on, Linux only
 
@@ -182,6 +186,68 @@ def json_frame(kind: bytes, payload: bytes) -> dict[str, Any]:
     return obj
 
 
+def zstd_module() -> Any:
+    """Python 3.14's ``compression.zstd``, else its backport or ``pyzstd`` (same decompressor API), else None."""
+    import importlib
+
+    for name in ("compression.zstd", "backports.zstd", "pyzstd"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def codecs() -> list[str]:
+    """What this host can decompress, best first: zstd if its Python has a module for it, zlib always."""
+    return (["zstd"] if zstd_module() is not None else []) + ["zlib"]
+
+
+def inflate(codec: Any, data: bytes, size: int) -> bytes:
+    """``data`` decompressed, which must be exactly ``size`` bytes (its declared size).
+
+    Never more than ``size + 1`` bytes are made, whatever the stream says (a
+    decompression bomb stops there), and a stream that ends short, runs on,
+    or has bytes after its end is refused: the sender is broken or hostile.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise Fatal("protocol: compressed data without a positive declared size")
+    module = zlib if codec == "zlib" else zstd_module() if codec == "zstd" else None
+    if module is None:
+        raise Fatal(f"protocol: codec {str(codec)[:20]!r} is not one this host offered")
+    decoder = module.decompressobj() if codec == "zlib" else module.ZstdDecompressor()
+    try:
+        out = decoder.decompress(data, size + 1)
+    except Exception as exc:  # zlib.error, ZstdError: the bytes are not a stream of that codec
+        raise Fatal(f"protocol: {codec} data is damaged ({exc})") from None
+    if len(out) > size:
+        raise Fatal(f"protocol: {codec} data inflates past its declared {size} bytes")
+    if not decoder.eof or len(out) < size:
+        raise Fatal(f"protocol: {codec} data ends short of its declared {size} bytes")
+    if decoder.unused_data or getattr(decoder, "unconsumed_tail", b""):
+        raise Fatal(f"protocol: bytes after the end of the {codec} data")
+    return bytes(out)
+
+
+def blob_left(head: dict[str, Any]) -> int:
+    """How many bytes of a large blob its header says are still to come."""
+    try:
+        return int(head["size"]) - int(head.get("offset") or 0)
+    except (KeyError, TypeError, ValueError):
+        raise Fatal("protocol: a blob header without its size and offset") from None
+
+
+def batch_size(rows: Any) -> int:
+    """What a compressed batch's header declares in all, refused past ``MAX_BATCH`` or malformed."""
+    try:
+        total = sum(int(row[1]) for row in rows)
+    except (TypeError, ValueError, IndexError):
+        raise Fatal("protocol: a batch header without sizes") from None
+    if total > MAX_BATCH:
+        raise Fatal(f"protocol: a compressed batch declares {total} bytes, more than {MAX_BATCH}")
+    return total
+
+
 class Prefetch:
     """The frames of one upload stream, read and hashed by a thread a few MiB ahead of the one writing them.
 
@@ -209,6 +275,8 @@ class Prefetch:
     def _read(self) -> None:
         batch: list[Any] | None = None
         hasher: Any = None
+        codec: Any = None  # the codec of the batch or large blob being received (None: raw bytes)
+        left = 0  # bytes of the large blob still to come
         try:
             while True:
                 kind, payload = self.wire.recv()
@@ -217,16 +285,25 @@ class Prefetch:
                     seen = json.loads(payload)
                     if "batch" in seen:
                         batch = seen["batch"]
+                        codec = seen.get("codec")
                     elif "blob" in seen:
                         hasher = hashlib.sha256() if not seen.get("offset") else None
+                        codec = seen.get("codec")
+                        left = blob_left(seen)
                     elif "sha256" in seen:
                         seen = dict(seen, received=hasher.hexdigest() if hasher is not None else None)
-                        hasher = None
+                        hasher = codec = None
                 elif batch is not None:
+                    if codec is not None:
+                        payload = inflate(codec, payload, batch_size(batch))
                     seen = sha256s(payload, batch)
-                    batch = None
-                elif hasher is not None:
-                    hasher.update(payload)
+                    batch = codec = None
+                else:
+                    if codec is not None:  # each chunk of a large blob is its own stream of min(CHUNK, left) bytes
+                        payload = inflate(codec, payload, min(CHUNK, left))
+                    left -= len(payload)
+                    if hasher is not None:
+                        hasher.update(payload)
                 self.frames.put((kind, payload, seen))
                 if kind == b"J" and seen.get("end"):
                     return
@@ -738,7 +815,7 @@ class Agent:
     def op_hello(self, msg: dict[str, Any]) -> dict[str, Any]:
         os.makedirs(self.root, exist_ok=True)
         return {"protocol": PROTOCOL, "root": self.root, "home": os.path.expanduser("~"), "uid": os.getuid(),
-                "gid": os.getgid(), "boot_id": boot_id(), "python": sys.executable}
+                "gid": os.getgid(), "boot_id": boot_id(), "python": sys.executable, "codecs": codecs()}
 
     def op_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
@@ -1116,7 +1193,10 @@ class Agent:
                 canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         else:
             kind, data = self.wire.recv()
-            canonical = zlib.decompress(data)
+            size = msg.get("size")
+            if not isinstance(size, int) or size > MAX_MANIFEST:
+                raise Fatal(f"protocol: a whole manifest must declare its size, at most {MAX_MANIFEST} bytes")
+            canonical = inflate("zlib", data, size)
         if hashlib.sha256(canonical).hexdigest() != msg["sha256"]:
             return {"mismatch": True}  # the client sends it whole instead
         if not base:

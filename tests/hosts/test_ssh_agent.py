@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,144 @@ def test_have_says_when_the_store_holds_no_blob_nor_part(tmp_path: Path) -> None
     (tmp_path / "blobs" / "tmp" / f"{'1' * 64}.part").unlink()
     (tmp_path / "blobs" / "ab").mkdir()
     assert serve(tmp_path, ask)[0]["empty"] is False
+
+
+# ------------------------------------------------- compressed upload data (protocol 2)
+def text(size: int) -> bytes:
+    line = b"    for item in self.items: total += item.value  # source-like\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+def test_inflate_gives_exactly_the_declared_bytes() -> None:
+    data = text(100_000)
+    assert remote_agent.inflate("zlib", zlib.compress(data), len(data)) == data
+
+
+@pytest.mark.parametrize("stream, declared, fragment", [
+    (zlib.compress(bytes(64 << 20)), 1 << 20, "inflates past its declared 1048576 bytes"),  # a bomb: 64 MiB of zeros
+    (zlib.compress(text(5000)), 5001, "ends short of its declared 5001 bytes"),
+    (zlib.compress(text(5000))[:-10], 5000, "ends short"),  # cut off
+    (zlib.compress(text(5000)) + b"extra", 5000, "bytes after the end"),
+    (b"not zlib at all" * 10, 5000, "zlib data is damaged"),
+    (zlib.compress(b""), 0, "without a positive declared size"),
+])
+def test_inflate_refuses_a_hostile_or_broken_stream(stream: bytes, declared: int, fragment: str) -> None:
+    with pytest.raises(remote_agent.Fatal, match=fragment):
+        remote_agent.inflate("zlib", stream, declared)
+
+
+def test_inflate_stops_a_bomb_at_its_cap_not_after_inflating_it() -> None:
+    """Inflating is asked for at most the declared size + 1: a 1 GiB bomb costs a MiB, not a GiB."""
+    import tracemalloc
+
+    bomb = zlib.compress(bytes(1 << 30), 9)  # ~1 MB on the wire
+    tracemalloc.start()
+    try:
+        with pytest.raises(remote_agent.Fatal, match="inflates past"):
+            remote_agent.inflate("zlib", bomb, 1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def test_inflate_refuses_a_codec_the_host_did_not_offer() -> None:
+    with pytest.raises(remote_agent.Fatal, match="not one this host offered"):
+        remote_agent.inflate("lzma", b"x", 1)
+
+
+ZSTD = remote_agent.zstd_module()
+NO_ZSTD = ("no zstd module on this Python (pyzstd comes with the dev extra: `make install`; "
+           "Python 3.14 has compression.zstd)")
+
+
+@pytest.mark.skipif(ZSTD is None, reason=NO_ZSTD)
+def test_zstd_is_offered_and_inflated_capped_when_the_host_has_it() -> None:
+    from mltrain.targets.ssh.codec import choose, compress
+
+    assert remote_agent.codecs() == ["zstd", "zlib"] and choose(remote_agent.codecs()) == "zstd"
+    data = text(200_000)
+    assert remote_agent.inflate("zstd", compress("zstd", data), len(data)) == data
+    with pytest.raises(remote_agent.Fatal, match="inflates past"):
+        remote_agent.inflate("zstd", compress("zstd", bytes(64 << 20)), 1 << 20)
+    with pytest.raises(remote_agent.Fatal, match="ends short"):
+        remote_agent.inflate("zstd", compress("zstd", data)[:-20], len(data))
+
+
+@pytest.mark.skipif(ZSTD is None, reason=NO_ZSTD)
+def test_a_zstd_upload_stream_is_placed_byte_identical(tmp_path: Path) -> None:
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.manifest import hash_bytes
+    from mltrain.targets.ssh.upload import UploadStats, _blob_frames
+
+    store = BlobStore(tmp_path / "client")
+    blobs = {hash_bytes(text(5000 + i)): text(5000 + i) for i in range(3)}
+    for digest, data in blobs.items():
+        store.put_bytes(digest, data)
+    stats = UploadStats()
+    frames = _blob_frames(store, [(d, 0) for d in blobs], {d: len(b) for d, b in blobs.items()}, stats, codec="zstd")
+    stream = request({"op": "put_blobs", "stream": True}) + b"".join(frame(k, p) for k, p in frames)
+    (reply,) = serve(tmp_path / "host", stream)
+    assert reply["placed"] == 3 and stats.codec == "zstd" and stats.packed < stats.bytes / 3
+    assert stored(tmp_path / "host") == {f"{d[:2]}/{d[2:]}": b for d, b in blobs.items()}
+
+
+def test_zlib_is_always_offered_and_chosen_without_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mltrain.targets.ssh import codec
+
+    assert remote_agent.codecs()[-1] == "zlib"
+    monkeypatch.setattr(remote_agent, "zstd_module", lambda: None)
+    assert codec.choose(["zstd", "zlib"]) == "zlib"
+    assert codec.choose([]) is None  # a protocol-1 helper: raw
+
+
+def test_pack_sends_incompressible_data_raw() -> None:
+    from mltrain.targets.ssh.codec import pack
+
+    noise = os.urandom(1 << 20)
+    assert pack("zlib", noise) == (None, noise)
+    used, packed = pack("zlib", text(1 << 20))
+    assert used == "zlib" and len(packed) < (1 << 20) // 4
+    assert pack(None, text(1000)) == (None, text(1000))
+
+
+def compressed_batch(blobs: list[tuple[str, bytes]]) -> bytes:
+    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
+    return request({"batch": rows, "codec": "zlib"}) + frame(b"D", zlib.compress(b"".join(b for _, b in blobs)))
+
+
+def test_a_compressed_batch_and_large_blob_arrive_byte_identical(tmp_path: Path) -> None:
+    small = [(hashlib.sha256(b"s%d" % i).hexdigest(), text(4096 + i)) for i in range(20)]
+    big = text(remote_agent.CHUNK * 2 + 12345)
+    big_digest = hashlib.sha256(b"big").hexdigest()
+    chunks = [big[at:at + remote_agent.CHUNK] for at in range(0, len(big), remote_agent.CHUNK)]
+    stream = (request({"op": "put_blobs", "stream": True}) + compressed_batch(small)
+              + request({"blob": big_digest, "offset": 0, "size": len(big), "codec": "zlib"})
+              + b"".join(frame(b"D", zlib.compress(c)) for c in chunks)
+              + request({"sha256": hashlib.sha256(big).hexdigest()}) + request({"end": True}))
+    (reply,) = serve(tmp_path, stream)
+    assert reply == {"placed": 21, "bytes": sum(len(b) for _, b in small) + len(big)}
+    assert stored(tmp_path) == {f"{d[:2]}/{d[2:]}": b for d, b in [*small, (big_digest, big)]}
+
+
+def test_hostile_compressed_streams_are_refused_and_nothing_is_placed(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    bomb_rows = [[digest, 4096, hashlib.sha256(bytes(4096)).hexdigest()]]
+    cases = {
+        # a batch declaring 4 KiB whose data inflates to 64 MiB
+        "bomb": request({"batch": bomb_rows, "codec": "zlib"}) + frame(b"D", zlib.compress(bytes(64 << 20))),
+        # a batch declaring more than any client sends: refused before inflating
+        "declared": request({"batch": [[digest, 1 << 30, "0" * 64]], "codec": "zlib"}) + frame(b"D", b"x"),
+        # a large blob's chunk longer than the blob
+        "overrun": request({"blob": digest, "offset": 0, "size": 1000, "codec": "zlib"})
+        + frame(b"D", zlib.compress(text(2000))),
+        "garbage": request({"blob": digest, "offset": 0, "size": 1000, "codec": "zlib"}) + frame(b"D", b"\x00" * 100),
+        "codec": request({"batch": bomb_rows, "codec": "bzip9"}) + frame(b"D", b"x"),
+    }
+    fragments = {"bomb": "inflates past", "declared": "more than", "overrun": "inflates past",
+                 "garbage": "damaged", "codec": "not one this host offered"}
+    for name, body in cases.items():
+        root = tmp_path / name
+        (reply,) = serve(root, request({"op": "put_blobs", "stream": True}) + body + request({"end": True}))
+        assert reply["fatal"] and reply["error"].startswith("protocol: ") and fragments[name] in reply["error"], reply
+        assert stored(root) == {}, name  # no blob, and no part of one

@@ -303,7 +303,7 @@ class Link:
         """The fields the client uses later; ``root`` is built into paths sent back and shown to the user."""
         from mltrain.hosts.agent import PROTOCOL
 
-        if hello.take("protocol", int) != PROTOCOL:
+        if hello.take("protocol", int) not in (1, PROTOCOL):  # 1: no codecs offered (uploads go raw)
             raise hello.bad(f"protocol {hello['protocol']}, not {PROTOCOL}")
         for key in ("root", "home", "boot_id", "python"):
             hello.take(key, str)

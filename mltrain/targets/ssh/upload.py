@@ -16,6 +16,10 @@ The remote keeps the same content-addressed store as the workspace
    size and sha256 for each, then their bytes in one frame), which keeps
    the per-file cost on both ends to a few microseconds; large ones go one
    at a time, in chunks from where the host's part ends, then their sha256.
+   Each batch and chunk is compressed with the codec agreed in the hello
+   (``codec``: zstd where both ends have it, else zlib; none with a
+   protocol-1 helper), on two threads a few pieces ahead of the link, or
+   sent raw when it does not shrink (``UploadStats.skipped`` counts those).
    The host checks each blob's sha256 before placing it. sha256 rather than
    the store's blake3: the host's ``python3`` has hashlib and no blake3, and
    a check only needs both ends to agree on the bytes (the link itself is
@@ -37,13 +41,17 @@ import json
 import logging
 import os
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from mltrain.errors import TargetError
 from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.manifest import name_in
+from mltrain.targets.ssh.codec import choose, compress, pack, shrinks
 from mltrain.targets.ssh.link import Link, RemoteError, Reply
 from mltrain.util import progress
 
@@ -53,6 +61,7 @@ CHUNK = 1 << 20
 SMALL = 256 << 10  # blobs below this travel in batches (a cut resends at most one batch)
 BATCH = 1 << 20
 SPECULATE = 256 << 10  # new blobs up to this much in all are sent without asking which the host lacks
+AHEAD = 4  # pieces compressed ahead of the link (~4 MiB)
 RECENT_BASES = 8
 ENOSPC = (28, 122)  # ENOSPC, EDQUOT
 
@@ -60,8 +69,11 @@ ENOSPC = (28, 122)  # ENOSPC, EDQUOT
 @dataclass
 class UploadStats:
     blobs: int = 0
-    bytes: int = 0
+    bytes: int = 0  # blob bytes sent, before compression
     resumed: int = 0
+    codec: str | None = None  # the codec agreed with the helper; None: everything went raw
+    packed: int = 0  # blob bytes as they went on the wire
+    skipped: int = 0  # batches and chunks sent raw under a codec: they did not shrink
 
 
 def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: UploadStats | None = None) -> str:
@@ -139,7 +151,7 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
     try:
         with progress.current().task(f"upload to {link.where}", total=total, unit="bytes") as task:
             reply = link.request({"op": "put_blobs", "stream": True}, body=_blob_frames(
-                store, missing, sizes, stats, lambda: task.advance(stats.bytes - sent_before)))
+                store, missing, sizes, stats, lambda: task.advance(stats.bytes - sent_before), _codec(link)))
             task.close(f"uploaded {progress.size(stats.bytes - sent_before)} to {link.where}")
     except RemoteError as exc:
         if exc.errno in ENOSPC:
@@ -148,6 +160,13 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
                               "then submit again") from None
         raise
     log.info("sent %d blobs (%d bytes) to %s", reply.take("placed", int), reply.take("bytes", int), link.where)
+
+
+def _codec(link: Link) -> str | None:
+    """The codec for this upload: the best the helper offered (a protocol-1 helper offers none: raw)."""
+    hello = link.hello()
+    offered = hello.maybe("codecs", list) or []
+    return choose([name for name in offered if isinstance(name, str)])
 
 
 def _missing(reply: Reply, sizes: dict[str, int], asked: set[str]) -> list[tuple[str, int]]:
@@ -162,12 +181,63 @@ def _missing(reply: Reply, sizes: dict[str, int], asked: set[str]) -> list[tuple
     return out
 
 
+@dataclass
+class _Piece:
+    """Frames ready to send and what they carry: blob bytes before compression, blobs completed."""
+
+    frames: list[tuple[bytes, bytes]]
+    raw: int = 0
+    blobs: int = 0
+    wire: int = 0  # blob bytes as sent (compressed or raw)
+    skipped: bool = False  # sent raw although a codec was agreed: it did not shrink
+    resumed: int = 0
+
+
 def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
-                 stats: UploadStats, sent: Callable[[], None] = lambda: None) -> Iterator[tuple[bytes, bytes]]:
+                 stats: UploadStats, sent: Callable[[], None] = lambda: None,
+                 codec: str | None = None) -> Iterator[tuple[bytes, bytes]]:
     """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends.
 
-    ``sent`` is told after each body frame went out (``stats.bytes`` counts it): the progress display.
+    With a ``codec``, each batch and chunk is compressed on two threads a few
+    pieces ahead of the link (zlib and zstd release the GIL), or sent raw when
+    it does not shrink. ``sent`` is told after each body frame went out
+    (``stats.bytes`` counts it): the progress display.
     """
+    jobs = _pieces(store, missing, sizes, codec)
+    if codec is None:
+        pieces: Iterator[_Piece] = (job() for job in jobs)
+        yield from _emitted(pieces, stats, sent)
+        return
+    with ThreadPoolExecutor(2, thread_name_prefix="mltrain-compress") as pool:
+        def ahead() -> Iterator[_Piece]:
+            queued: deque[Future[_Piece]] = deque()
+            for job in jobs:
+                queued.append(pool.submit(job))
+                if len(queued) > AHEAD:
+                    yield queued.popleft().result()
+            while queued:
+                yield queued.popleft().result()
+
+        yield from _emitted(ahead(), stats, sent)
+    stats.codec = codec
+
+
+def _emitted(pieces: Iterator[_Piece], stats: UploadStats, sent: Callable[[], None]) -> Iterator[tuple[bytes, bytes]]:
+    for piece in pieces:
+        yield from piece.frames
+        stats.blobs += piece.blobs
+        stats.packed += piece.wire
+        stats.skipped += piece.skipped
+        stats.resumed += piece.resumed
+        if piece.raw:
+            stats.bytes += piece.raw
+            sent()
+    yield b"J", b'{"end":true}'
+
+
+def _pieces(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
+            codec: str | None) -> Iterator[Callable[[], _Piece]]:
+    """What to send, in order, as jobs that make its frames (compressing is the part worth a thread)."""
     rows: list[list[Any]] = []
     body: list[bytes] = []
     batched = 0
@@ -179,34 +249,39 @@ def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[s
             body.append(data)
             batched += size
             if batched >= BATCH:
-                yield b"J", json.dumps({"batch": rows}).encode()
-                yield b"D", b"".join(body)
-                stats.blobs += len(rows)
-                stats.bytes += batched
-                sent()
+                yield partial(_batch, codec, rows, body)
                 rows, body, batched = [], [], 0
             continue
-        offset = have
-        yield b"J", json.dumps({"blob": digest, "offset": offset, "size": size}).encode()
         hasher = hashlib.sha256()
         with open(store.path(digest), "rb") as fh:
-            if offset:
-                hasher.update(fh.read(offset))
-                stats.resumed += 1
-            while chunk := fh.read(CHUNK):
+            if have:
+                hasher.update(fh.read(have))
+            chunk = fh.read(CHUNK)
+            used = codec if codec is not None and chunk and shrinks(chunk) else None  # one mode per blob
+            head: dict[str, Any] = {"blob": digest, "offset": have, "size": size}
+            if used:
+                head["codec"] = used
+            yield partial(_Piece, [(b"J", json.dumps(head).encode())], resumed=int(have > 0))
+            while chunk:
                 hasher.update(chunk)
-                yield b"D", chunk
-                stats.bytes += len(chunk)
-                sent()
-        yield b"J", json.dumps({"sha256": hasher.hexdigest()}).encode()
-        stats.blobs += 1
+                yield partial(_chunk, used, chunk, skipped=codec is not None and used is None)
+                chunk = fh.read(CHUNK)
+        yield partial(_Piece, [(b"J", json.dumps({"sha256": hasher.hexdigest()}).encode())], blobs=1)
     if rows:
-        yield b"J", json.dumps({"batch": rows}).encode()
-        yield b"D", b"".join(body)
-        stats.blobs += len(rows)
-        stats.bytes += batched
-        sent()
-    yield b"J", b'{"end":true}'
+        yield partial(_batch, codec, rows, body)
+
+
+def _batch(codec: str | None, rows: list[list[Any]], body: list[bytes]) -> _Piece:
+    data = b"".join(body)
+    used, payload = pack(codec, data)
+    head: dict[str, Any] = {"batch": rows, "codec": used} if used else {"batch": rows}
+    return _Piece([(b"J", json.dumps(head).encode()), (b"D", payload)], len(data), len(rows), len(payload),
+                  codec is not None and used is None)
+
+
+def _chunk(codec: str | None, chunk: bytes, *, skipped: bool) -> _Piece:
+    payload = compress(codec, chunk) if codec else chunk
+    return _Piece([(b"D", payload)], len(chunk), 0, len(payload), skipped)
 
 
 def _read_small(path: os.PathLike[str], size: int) -> bytes:
@@ -260,6 +335,7 @@ def _put_manifest(link: Link, manifest: _Manifest, base: _Manifest | None) -> Re
         if not reply.maybe("mismatch", bool):
             return reply
         log.info("%s rebuilt a different manifest from the edits; sending it whole", link.where)
+    msg["size"] = len(manifest.canonical)  # the helper inflates it capped at this
     reply = link.request(msg, body=iter([(b"D", zlib.compress(manifest.canonical, 1))]))
     if reply.maybe("mismatch", bool):
         raise TargetError(f"snapshot manifest {manifest.id[:12]} arrived damaged on {link.where}; submit again")
