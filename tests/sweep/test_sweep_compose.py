@@ -161,3 +161,33 @@ def test_quick_hydra_config_is_set_configs(loader: Any) -> None:
         assert ours.hydra._get_parent() is cfg and OmegaConf.is_readonly(ours.hydra)
         assert HydraConfig.get().job.name == theirs.hydra.job.name
         assert cfg.params.job == theirs.hydra.job.name  # ${hydra:...} resolves through what HydraConfig holds
+
+
+def test_trial_yaml_from_blocks_is_omegaconfs(loader: Any) -> None:
+    """Each trial's config.yaml, made from the top-level blocks it shares with the trial before, is exactly
+    ``OmegaConf.to_yaml`` -- for values that compare equal but print differently (1, 1.0, True), an enum,
+    a nested block that appears or goes, an interpolation, odd strings, and a config group switch."""
+    from enum import Enum
+
+    from mltrain.sweep.yaml_blocks import YamlBlocks
+
+    class Color(Enum):
+        RED = 1
+
+    composer = TrialComposer(loader, _master(loader, []))
+    blocks = YamlBlocks()
+    values = ["1", "1.0", "true", "'1'", "null", "[1,2]", "{a: 1}", "'${params.other}'", "'a: b # c'",
+              "'multi\\nline'", "''", "1", "'é'"]
+    made = 0
+    for value in values:
+        for group in ([], ["compute=box"]):
+            job, _ = composer.job(["script=train.py", f"+params.x={value}", "+params.other=2", *group])  # type: ignore[misc]
+            container = OmegaConf.to_container(job, resolve=False)
+            assert isinstance(container, dict)
+            assert blocks.to_yaml(job, container) == OmegaConf.to_yaml(job)
+            made += 1
+    plain = OmegaConf.create({"color": Color.RED, "n": 1, "nested": {"deep": [1, {"x": None}]}, "empty": {}})
+    for _ in range(2):
+        container = OmegaConf.to_container(plain, resolve=False)
+        assert blocks.to_yaml(plain, container) == OmegaConf.to_yaml(plain)  # type: ignore[arg-type]
+    assert made == 2 * len(values)
