@@ -305,16 +305,18 @@ class SweepController(Supervisor):
 
     # ---------------------------------------------------------------- trials
     def body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
+        from mltrain.hydra_compat import job_number
+
         work = self._body(job_return, suggestion)
         if work is not None and self.board is not None:
-            self.board.started(int(job_return.hydra_cfg.hydra.job.num))
+            self.board.started(job_number(job_return))
         return work
 
     def _body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
-        from mltrain.hydra_compat import job_value
+        from mltrain.hydra_compat import job_number, job_value
 
         prepared: PreparedTrial = job_value(job_return)
-        idx = int(job_return.hydra_cfg.hydra.job.num)
+        idx = job_number(job_return)
         spec = prepared.spec
         snap = self._snapshot(spec, {})
         trial = Trial(idx, suggestion.swept, self._fingerprint(prepared, snap),
@@ -419,18 +421,20 @@ class SweepController(Supervisor):
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
+        from mltrain.hydra_compat import job_number
+
         outcome = self._finished(job_return, suggestion)
         if self.board is not None:
-            self.board.ended(int(job_return.hydra_cfg.hydra.job.num),
+            self.board.ended(job_number(job_return),
                              outcome.value if outcome.state == COMPLETE else None)
         return outcome
 
     def _finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
         from hydra.core.utils import JobStatus
 
-        from mltrain.hydra_compat import job_value
+        from mltrain.hydra_compat import job_number, job_value
 
-        idx = int(job_return.hydra_cfg.hydra.job.num)
+        idx = job_number(job_return)
         trial = self.trials.get(idx)
         if job_return.status == JobStatus.FAILED:
             self._failed()
