@@ -31,6 +31,30 @@ class YamlBlocks:
             made_from = repr(value)
             block = self._blocks.get(key)
             if block is None or block[0] != made_from:
-                block = self._blocks[key] = (made_from, OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key])))
+                block = self._blocks[key] = (made_from, _block(cfg, key, value))
             parts.append(block[1])
         return "".join(parts)
+
+
+_PLAIN = (str, int, float, type(None))  # bool is an int
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _block(cfg: DictConfig, key: str, value: Any) -> str:
+    """``OmegaConf.to_yaml`` of ``{key: value}``: dumped as it does, straight from plain data; through
+    OmegaConf (which spells enums, paths and the like its own way) for anything else."""
+    if not _plain(value):
+        return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key]))
+    import yaml
+    from omegaconf._utils import get_omega_conf_dumper
+
+    text: str = yaml.dump({key: value}, default_flow_style=False, allow_unicode=True, sort_keys=False,
+                          Dumper=get_omega_conf_dumper())
+    return text
