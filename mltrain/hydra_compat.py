@@ -186,7 +186,8 @@ def set_hydra_config(cfg: DictConfig, *, adopt: bool = False) -> None:
     """
     from hydra.conf import HydraConf
 
-    OmegaConf.set_readonly(cfg.hydra, True)
+    if cfg.hydra._get_node_flag("readonly") is not True:  # (setting it walks the whole hydra subtree)
+        OmegaConf.set_readonly(cfg.hydra, True)
     hydra_node_type = OmegaConf.get_type(cfg, "hydra")
     assert hydra_node_type is not None and issubclass(hydra_node_type, HydraConf)
     node = cfg._get_node("hydra")

@@ -80,10 +80,14 @@ class TrialComposer:
         from mltrain.hydra_compat import overrides_dirname
 
         task = [o for o in parsed if not o.is_hydra_override()]
-        dirname = cfg.hydra.job.config.override_dirname
-        with read_write(cfg.hydra), open_dict(cfg.hydra):
-            cfg.hydra.overrides.task = [o.input_line for o in task]
-            cfg.hydra.job.override_dirname = overrides_dirname(
+        hydra = cfg.hydra
+        overrides, job = hydra.overrides, hydra.job
+        dirname = job.config.override_dirname
+        # Flags on the two small nodes changed, not on ``hydra``: setting a flag walks the node's whole
+        # subtree (OmegaConf's flag cache), and ``hydra`` is hundreds of nodes.
+        with read_write(overrides), open_dict(overrides), read_write(job), open_dict(job):
+            overrides.task = [o.input_line for o in task]
+            job.override_dirname = overrides_dirname(
                 task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
             )
 

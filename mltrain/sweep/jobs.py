@@ -56,9 +56,10 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
 
     from mltrain.hydra_compat import job_bookkeeping
 
-    with read_write(config.hydra), open_dict(config):  # read-only once HydraConfig has seen it
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
+    job = config.hydra.job
+    with read_write(job), open_dict(job):  # read-only once HydraConfig has seen it (flags on this node alone:
+        job.id = idx                       # setting one walks the node's subtree, and ``hydra`` is large)
+        job.num = idx
     if prepared is None:
         return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
