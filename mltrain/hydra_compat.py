@@ -74,6 +74,7 @@ __all__ = [
     "hydra_config_set",
     "job_bookkeeping",
     "job_ended",
+    "job_number",
     "job_value",
     "overrides_dirname",
     "plugin_being_set_up",
@@ -159,46 +160,69 @@ def replace_config_source(source_class: type) -> None:
 
 # --------------------------------------------------------------------- jobs
 @contextlib.contextmanager
-def hydra_config_set(config: DictConfig | None) -> Iterator[None]:
+def hydra_config_set(config: DictConfig | None, *, adopt: bool = False) -> Iterator[None]:
     """``HydraConfig`` holds ``config`` (``None``: as it was) inside the block, and what it held before after it.
 
     ``set_config`` refuses None, and Hydra's own ``run_job`` restores the raw attribute: so do we.
+    ``adopt``: see :func:`set_hydra_config`.
     """
     saved = HydraConfig.instance().cfg
     try:
         if config is not None:
-            set_hydra_config(config)
+            set_hydra_config(config, adopt=adopt)
         yield
     finally:
         HydraConfig.instance().cfg = saved
 
 
-def set_hydra_config(cfg: DictConfig) -> None:
+def set_hydra_config(cfg: DictConfig, *, adopt: bool = False) -> None:
     """``HydraConfig.instance().set_config(cfg)``, at a third of its cost: the same ``{"hydra": <copy of
     cfg.hydra>}`` with the copy read-only and parented to ``cfg``, but copied by pickling the node (C code)
     instead of OmegaConf's deepcopy (Python, node by node) -- per trial the biggest cost of a sweep's
-    bookkeeping. ``tests/test_hydra_compat.py`` checks that both make the same tree."""
-    import pickle
+    bookkeeping. ``tests/test_hydra_compat.py`` checks that both make the same tree.
 
+    ``adopt``: HydraConfig holds ``cfg.hydra`` itself, read-only, with no copy: for a caller that keeps
+    the node unchanged while HydraConfig holds it, and keeps no reference to what HydraConfig held.
+    """
     from hydra.conf import HydraConf
 
-    OmegaConf.set_readonly(cfg.hydra, True)
+    if cfg.hydra._get_node_flag("readonly") is not True:  # (setting it walks the whole hydra subtree)
+        OmegaConf.set_readonly(cfg.hydra, True)
     hydra_node_type = OmegaConf.get_type(cfg, "hydra")
     assert hydra_node_type is not None and issubclass(hydra_node_type, HydraConf)
     node = cfg._get_node("hydra")
     assert isinstance(node, DictConfig)
-    parent = node.__dict__["_parent"]
-    node.__dict__["_parent"] = None  # pickled alone, not with the whole config above it
-    try:
-        data = pickle.dumps(node, protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        node.__dict__["_parent"] = parent
-    copied = pickle.loads(data)  # bytes made just above
+    copied = node if adopt else copy_node(node)
     root = DictConfig({}, flags={"no_deepcopy_set_nodes": True})  # take the copy as it is: no second copy
     root["hydra"] = copied
     root._set_flag("no_deepcopy_set_nodes", None)
     copied._set_parent(cfg)
     HydraConfig.instance().cfg = root  # type: ignore[assignment]
+
+
+def pickled_node(node: DictConfig) -> bytes:
+    """``node`` alone (not the config above it), pickled: :func:`unpickled_node` makes deep copies of it."""
+    import pickle
+
+    parent = node.__dict__["_parent"]
+    node.__dict__["_parent"] = None  # pickled alone, not with the whole config above it
+    try:
+        return pickle.dumps(node, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        node.__dict__["_parent"] = parent
+
+
+def unpickled_node(data: bytes) -> DictConfig:
+    """A fresh copy of the node :func:`pickled_node` pickled, without a parent (bytes this process made)."""
+    import pickle
+
+    copied: DictConfig = pickle.loads(data)
+    return copied
+
+
+def copy_node(node: DictConfig) -> DictConfig:
+    """What ``copy.deepcopy(node)`` makes, by pickling (C code) rather than OmegaConf's node-by-node deepcopy."""
+    return unpickled_node(pickled_node(node))
 
 
 def hydra_config_copy() -> Any:
@@ -223,7 +247,8 @@ def flush_loggers() -> None:
 
 
 def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig, value: Any,
-                    task_function: Callable[..., Any]) -> Any:
+                    task_function: Callable[..., Any], *,
+                    fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
     """``hydra.core.utils.run_job`` (Hydra 1.3), step for step, minus the task call and ``on_job_end``.
 
     For a job whose body mltrain runs later in a worker thread: ``config`` is the job's whole
@@ -233,20 +258,33 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
     ``run_job``'s two deep copies of the whole config -- per trial the biggest cost in a
     sweep's main thread. Never changes the working directory (mltrain's launcher refuses
     ``hydra.job.chdir``).
+
+    ``fresh_hydra``: ``config`` is a scratch config that later jobs reuse, and this makes a fresh copy
+    of the ``hydra`` node it was made from, before any job's fields were set. HydraConfig then holds
+    ``config.hydra`` itself during the bookkeeping, and the ``JobReturn``'s ``hydra_cfg`` -- that copy
+    with this job's fields -- is made only if something reads it (a sweep of a thousand trials
+    otherwise unpickles a thousand ``hydra`` nodes nobody looks at; see :class:`_LaterHydraReturn`).
     """
     from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
 
-    with hydra_config_set(config):
+    with hydra_config_set(config, adopt=fresh_hydra is not None):
         output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
                                   str(OmegaConf.select(config, "hydra.sweep.subdir")))
         hydra_cfg: Any = HydraConfig.instance().cfg
         for node in (config.hydra.runtime, hydra_cfg.hydra.runtime):
             with read_write(node), open_dict(node):
                 node.output_dir = os.path.abspath(output_dir)
-        ret = JobReturn()
+        ret: Any = JobReturn() if fresh_hydra is None else _LaterHydraReturn()
         ret.cfg = job_cfg
-        ret.hydra_cfg = hydra_cfg
-        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        if fresh_hydra is None:
+            ret.hydra_cfg = hydra_cfg
+        else:
+            job = config.hydra.job
+            fields = {"job": {"id": job.id, "num": job.num, "override_dirname": job.override_dirname},
+                      "overrides": {"task": list(ret.overrides or ())},
+                      "runtime": {"output_dir": os.path.abspath(output_dir)}}
+            ret.later(int(job.num), lambda: _hydra_copy(fresh_hydra(), fields, config))
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         ret.working_dir = os.getcwd()
         configure_log(config.hydra.job_logging, config.hydra.verbose)
@@ -262,6 +300,48 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
         ret.task_name = JobRuntime.instance().get("name")
         flush_loggers()
         return ret
+
+
+def _hydra_copy(node: DictConfig, fields: dict[str, dict[str, Any]], parent: DictConfig) -> DictConfig:
+    """``{"hydra": node}`` as ``set_hydra_config`` makes it, ``node`` given a job's own ``fields`` first."""
+    with read_write(node), open_dict(node):
+        for group, values in fields.items():
+            for key, value in values.items():
+                setattr(node[group], key, value)
+    OmegaConf.set_readonly(node, True)
+    root = DictConfig({}, flags={"no_deepcopy_set_nodes": True})
+    root["hydra"] = node
+    root._set_flag("no_deepcopy_set_nodes", None)
+    node._set_parent(parent)
+    return root
+
+
+class _LaterHydraReturn(_core_utils.JobReturn):
+    """A ``JobReturn`` whose ``hydra_cfg`` is made the first time it is read; ``num`` is the job's number."""
+
+    num: int | None = None
+    _make: Callable[[], DictConfig] | None = None
+    _made: DictConfig | None = None
+
+    def later(self, num: int, make: Callable[[], DictConfig]) -> None:
+        self.num = num
+        self._make = make
+
+    @property
+    def hydra_cfg(self) -> DictConfig | None:
+        if self._made is None and self._make is not None:
+            self._made, self._make = self._make(), None
+        return self._made
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: DictConfig | None) -> None:
+        self._made, self._make = value, None
+
+
+def job_number(job_return: Any) -> int:
+    """``job_return.hydra_cfg.hydra.job.num``, without making a ``hydra_cfg`` that is made on demand."""
+    num = getattr(job_return, "num", None) if isinstance(job_return, _LaterHydraReturn) else None
+    return int(num) if num is not None else int(job_return.hydra_cfg.hydra.job.num)
 
 
 def job_ended(hydra_context: Any, config: DictConfig, job_return: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +82,15 @@ class Run:
         return self.workspace.run_paths(self.id)
 
     def wait(self, show_output: bool = False, raise_on_failure: bool = False, *,
-             out: Callable[[bytes], None] | None = None, stop: Callable[[], str | None] | None = None) -> RunRecord:
+             out: Callable[[bytes], None] | None = None, stop: Callable[[], str | None] | None = None,
+             store: Store | None = None) -> RunRecord:
         """Block until the run ends (streaming its output if asked); one Ctrl-C cancels it.
 
         ``out`` receives the output instead of stdout; a reason ``stop`` returns cancels the run.
+        ``store``: a connection to this run's workspace to use (left open) instead of a new one -- a
+        sweep's worker holds one for all the trials it runs.
         """
-        with self._store() as store:
+        with nullcontext(store) if store is not None else self._store() as store:
             record = store.get(self.id)
             mirror = _live_mirror(self.workspace, record)
             try:

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -46,13 +47,15 @@ T = TypeVar("T")
 
 def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_output: bool = False,
             parent_id: str | None = None, sweep_id: str | None = None, run_id: str | None = None,
-            idempotency_key: str | None = None) -> Run:
+            idempotency_key: str | None = None, store: Store | None = None) -> Run:
     """Record a run and carry out ``plan`` up to its launch; returns without waiting for the job.
 
     ``given``: results of stages the caller satisfied already -- ``{Stage.SNAPSHOT: SnapshotRef(...)}``.
     ``run_id``: the id to record the run under (a sweep names the run before it exists).
     ``idempotency_key``: if a run was recorded under this key before (in this workspace), that run is
     returned instead (``run.existing``); the same key with other overrides is an error.
+    ``store``: a connection to the run's workspace to record it through (left open), instead of a new one
+    -- a sweep's worker holds one for all the trials it runs (one of another workspace is not used).
     """
     from mltrain.config.spec import check_source
     from mltrain.hosts.client import PrepGroup, identity
@@ -73,7 +76,9 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
     workspace, executor = resolved.workspace, resolved.executor
     resources = executor.resources(spec)  # a request the target cannot honour is refused before a run exists
     client = identity()
-    with Store(workspace.db_path) as store:
+    if store is not None and store.path != workspace.db_path:  # another workspace's: this run's own
+        store = None
+    with nullcontext(store) if store is not None else Store(workspace.db_path) as store:
         try:
             record = store.create_run(
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),

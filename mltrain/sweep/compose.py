@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -53,8 +53,10 @@ class TrialComposer:
         self._set_task(cfg, parsed)
         return cfg
 
-    def for_bookkeeping(self, overrides: Sequence[str], callbacks: Any) -> DictConfig:
-        """A config for a validated trial's bookkeeping (:func:`mltrain.sweep.jobs.begin_job`).
+    def for_bookkeeping(self, overrides: Sequence[str],
+                        callbacks: Any) -> tuple[DictConfig, Callable[[], DictConfig] | None]:
+        """A config for a validated trial's bookkeeping (:func:`mltrain.sweep.jobs.begin_job`), and, when that
+        config is a scratch one later trials reuse, what makes a fresh copy of its template's ``hydra`` node.
 
         That bookkeeping reads only the ``hydra`` node, and of it per trial only ``job.id``/``num``
         (it sets them), ``overrides.task`` and ``job.override_dirname`` (set here). So with no
@@ -62,15 +64,15 @@ class TrialComposer:
         every trial, instead of a deep copy each (~6 ms).
         """
         if callbacks:
-            return self.compose(overrides)
+            return self.compose(overrides), None
         try:
             parsed, template, _ = self._split(overrides)
         except Exception:
-            return self.compose(overrides)
+            return self.compose(overrides), None
         if template.scratch is None:
             template.scratch = copy.deepcopy(template.config)
         self._set_task(template.scratch, parsed)
-        return template.scratch
+        return template.scratch, template.fresh_hydra
 
     @staticmethod
     def _set_task(cfg: DictConfig, parsed: list[Any]) -> None:
@@ -78,10 +80,14 @@ class TrialComposer:
         from mltrain.hydra_compat import overrides_dirname
 
         task = [o for o in parsed if not o.is_hydra_override()]
-        dirname = cfg.hydra.job.config.override_dirname
-        with read_write(cfg.hydra), open_dict(cfg.hydra):
-            cfg.hydra.overrides.task = [o.input_line for o in task]
-            cfg.hydra.job.override_dirname = overrides_dirname(
+        hydra = cfg.hydra
+        overrides, job = hydra.overrides, hydra.job
+        dirname = job.config.override_dirname
+        # Flags on the two small nodes changed, not on ``hydra``: setting a flag walks the node's whole
+        # subtree (OmegaConf's flag cache), and ``hydra`` is hundreds of nodes.
+        with read_write(overrides), open_dict(overrides), read_write(job), open_dict(job):
+            overrides.task = [o.input_line for o in task]
+            job.override_dirname = overrides_dirname(
                 task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
             )
 
@@ -156,6 +162,16 @@ class _Template:
 
     def fresh_job(self) -> DictConfig:
         return self._fresh("job", self.job)
+
+    def fresh_hydra(self) -> DictConfig:
+        """A copy of the template's ``hydra`` node alone, without a parent."""
+        from mltrain.hydra_compat import pickled_node, unpickled_node
+
+        if "hydra" not in self._pickled:
+            node = self.config._get_node("hydra")
+            assert isinstance(node, DictConfig)
+            self._pickled["hydra"] = pickled_node(node)
+        return unpickled_node(self._pickled["hydra"])
 
     def _fresh(self, name: str, node: DictConfig) -> DictConfig:
         if name not in self._pickled:

@@ -180,6 +180,8 @@ class SweepController(Supervisor):
         self._report_lock = threading.Lock()
         self._log_file: Any = None
         self._first_alone = FirstAlone()
+        self._stores = threading.local()  # each worker thread's Store (see _worker_store)
+        self._opened: list[Store] = []
         self.board: TrialBoard | None = None  # the progress display's tally, once the sweep runs here
         self.gpus = GpuPools(self.workspace)
 
@@ -305,16 +307,18 @@ class SweepController(Supervisor):
 
     # ---------------------------------------------------------------- trials
     def body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
+        from mltrain.hydra_compat import job_number
+
         work = self._body(job_return, suggestion)
         if work is not None and self.board is not None:
-            self.board.started(int(job_return.hydra_cfg.hydra.job.num))
+            self.board.started(job_number(job_return))
         return work
 
     def _body(self, job_return: Any, suggestion: Suggestion) -> Callable[[], Any] | None:
-        from mltrain.hydra_compat import job_value
+        from mltrain.hydra_compat import job_number, job_value
 
         prepared: PreparedTrial = job_value(job_return)
-        idx = int(job_return.hydra_cfg.hydra.job.num)
+        idx = job_number(job_return)
         spec = prepared.spec
         snap = self._snapshot(spec, {})
         trial = Trial(idx, suggestion.swept, self._fingerprint(prepared, snap),
@@ -403,34 +407,46 @@ class SweepController(Supervisor):
         from mltrain.plan.compile import compile
         from mltrain.plan.execute import execute
 
+        store = self._worker_store()
         with self.gpus.lease(trial.prepared.spec) as spec:  # disjoint devices while the run lasts (sweep.gpus)
-            with Store(self.workspace.db_path) as store:
-                # The trial names its run before the run exists: a resumed sweep finds whatever became of it.
-                store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, trial.run_id))
-                try:
-                    with self._first_alone(_target_key(spec)):
-                        run = execute(compile(spec), given={Stage.SNAPSHOT: snap}, sweep_id=self.sweep_id,
-                                      run_id=trial.run_id)
-                except MltrainError as exc:
-                    store.set_trial_error(self.sweep_id, trial.idx, str(exc))
-                    raise
+            # The trial names its run before the run exists: a resumed sweep finds whatever became of it.
+            store.put_trial(TrialRecord(self.sweep_id, trial.idx, trial.swept, trial.fingerprint, trial.run_id))
+            try:
+                with self._first_alone(_target_key(spec)):
+                    run = execute(compile(spec), given={Stage.SNAPSHOT: snap}, sweep_id=self.sweep_id,
+                                  run_id=trial.run_id, store=store)
+            except MltrainError as exc:
+                store.set_trial_error(self.sweep_id, trial.idx, str(exc))
+                raise
             self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
-            return run.wait(out=trial.monitor.feed, stop=trial.poll_stop)
+            return run.wait(out=trial.monitor.feed, stop=trial.poll_stop, store=store)
+
+    def _worker_store(self) -> Store:
+        """This worker thread's connection to the run history, opened by its first trial and kept for the
+        rest (opening one -- connect, pragmas, schema check -- cost each trial three); closed with the sweep."""
+        store: Store | None = getattr(self._stores, "store", None)
+        if store is None:
+            store = self._stores.store = Store(self.workspace.db_path)
+            with self._report_lock:
+                self._opened.append(store)
+        return store
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
+        from mltrain.hydra_compat import job_number
+
         outcome = self._finished(job_return, suggestion)
         if self.board is not None:
-            self.board.ended(int(job_return.hydra_cfg.hydra.job.num),
+            self.board.ended(job_number(job_return),
                              outcome.value if outcome.state == COMPLETE else None)
         return outcome
 
     def _finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
         from hydra.core.utils import JobStatus
 
-        from mltrain.hydra_compat import job_value
+        from mltrain.hydra_compat import job_number, job_value
 
-        idx = int(job_return.hydra_cfg.hydra.job.num)
+        idx = job_number(job_return)
         trial = self.trials.get(idx)
         if job_return.status == JobStatus.FAILED:
             self._failed()
@@ -518,6 +534,9 @@ class SweepController(Supervisor):
                 self._finish(error)
         finally:
             self.store.close()
+            for store in self._opened:  # the workers' (the pool has ended: none is in use)
+                store.close()
+            self._opened.clear()
             if self._log_file is not None:
                 self._log_file.close()
             _tell_cpu()

@@ -15,6 +15,7 @@ the main thread, as it would under Hydra's basic launcher.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, open_dict, read_write
@@ -41,27 +42,29 @@ def takes_prepared(task_function: Any) -> bool:
 
 
 def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: int, prepared: Any = None,
-              job_cfg: DictConfig | None = None) -> Any:
+              job_cfg: DictConfig | None = None, fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
     """Do Hydra's bookkeeping for job ``idx``; returns Hydra's ``JobReturn``.
 
     A plain task runs here, inside Hydra's own ``run_job``. A trial the task has already
     prepared (``prepared``, validated from ``job_cfg``: ``config`` without ``hydra``) gets
     ``run_job``'s bookkeeping without its two deep copies of the whole config
     (:func:`mltrain.hydra_compat.job_bookkeeping`) and a ``JobReturn`` holding the prepared
-    job; :func:`end_job` fills in its result once the body has run.
+    job; :func:`end_job` fills in its result once the body has run. ``fresh_hydra``: ``config`` is a scratch
+    config later jobs reuse (see :func:`mltrain.hydra_compat.job_bookkeeping`).
     """
     from hydra.core.utils import run_job
 
     from mltrain.hydra_compat import job_bookkeeping
 
-    with read_write(config.hydra), open_dict(config):  # read-only once HydraConfig has seen it
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
+    job = config.hydra.job
+    with read_write(job), open_dict(job):  # read-only once HydraConfig has seen it (flags on this node alone:
+        job.id = idx                       # setting one walks the node's subtree, and ``hydra`` is large)
+        job.num = idx
     if prepared is None:
         return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     assert job_cfg is not None
-    return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run)
+    return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run, fresh_hydra=fresh_hydra)
 
 
 def end_job(hydra_context: Any, config: DictConfig, job_return: Any, result: Any = None,

@@ -113,8 +113,10 @@ class LauncherCore:
                 validated[id(suggestion)] = trial
         return ran, validated, jobs
 
-    def _begin(self, config: DictConfig, index: int, job_cfg: DictConfig | None = None, prepared: Any = None) -> Any:
-        ret = begin_job(self.hydra_context, self.task_function, config, index, prepared=prepared, job_cfg=job_cfg)
+    def _begin(self, config: DictConfig, index: int, job_cfg: DictConfig | None = None, prepared: Any = None,
+               fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
+        ret = begin_job(self.hydra_context, self.task_function, config, index, prepared=prepared, job_cfg=job_cfg,
+                        fresh_hydra=fresh_hydra)
         self._configs[id(ret)] = config
         return ret
 
@@ -183,9 +185,11 @@ class LauncherCore:
             ret, _ = ran.get(id(suggestion)) or (None, None)
             if ret is None:
                 config, job, prepared = validated.pop(id(suggestion), None) or self._validate(suggestion, self._index)
+                fresh_hydra = None
                 if config is None:
-                    config = self.composer.for_bookkeeping(suggestion.overrides, self.config.hydra.callbacks)
-                ret = self._begin(config, self._index, job, prepared)
+                    config, fresh_hydra = self.composer.for_bookkeeping(suggestion.overrides,
+                                                                        self.config.hydra.callbacks)
+                ret = self._begin(config, self._index, job, prepared, fresh_hydra=fresh_hydra)
                 self._index += 1
                 returns.append(ret)
             body = supervisor.body(ret, suggestion) if ret.status != JobStatus.FAILED else None

@@ -66,7 +66,10 @@ class TrialTask(PreparingTask):
     __module__ = "mltrain.cli.main"  # Hydra names the job after the task's module
 
     def __init__(self) -> None:
+        from mltrain.sweep.yaml_blocks import YamlBlocks
+
         self._last: tuple[dict[str, Any], Any] | None = None  # (config without params, its validation)
+        self._yaml = YamlBlocks()  # each trial's config.yaml, made from the blocks it shares with the last
 
     def prepare_trial(self, cfg: DictConfig, overrides: list[str]) -> PreparedTrial:
         from omegaconf import OmegaConf
@@ -74,7 +77,7 @@ class TrialTask(PreparingTask):
         from mltrain.config.spec import check_source
 
         container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
-        spec = RunSpec.from_config(self._validate(cfg, container), OmegaConf.to_yaml(cfg), overrides)
+        spec = RunSpec.from_config(self._validate(cfg, container), self._yaml.to_yaml(cfg, container), overrides)
         check_source(spec)
         return PreparedTrial(spec, cfg, container)
 

@@ -161,3 +161,68 @@ def test_quick_hydra_config_is_set_configs(loader: Any) -> None:
         assert ours.hydra._get_parent() is cfg and OmegaConf.is_readonly(ours.hydra)
         assert HydraConfig.get().job.name == theirs.hydra.job.name
         assert cfg.params.job == theirs.hydra.job.name  # ${hydra:...} resolves through what HydraConfig holds
+
+
+def test_trial_yaml_from_blocks_is_omegaconfs(loader: Any) -> None:
+    """Each trial's config.yaml, made from the top-level blocks it shares with the trial before, is exactly
+    ``OmegaConf.to_yaml`` -- for values that compare equal but print differently (1, 1.0, True), an enum,
+    a nested block that appears or goes, an interpolation, odd strings, and a config group switch."""
+    from enum import Enum
+
+    from mltrain.sweep.yaml_blocks import YamlBlocks
+
+    class Color(Enum):
+        RED = 1
+
+    composer = TrialComposer(loader, _master(loader, []))
+    blocks = YamlBlocks()
+    values = ["1", "1.0", "true", "'1'", "null", "[1,2]", "{a: 1}", "'${params.other}'", "'a: b # c'",
+              "'multi\\nline'", "''", "1", "'é'"]
+    made = 0
+    for value in values:
+        for group in ([], ["compute=box"]):
+            job, _ = composer.job(["script=train.py", f"+params.x={value}", "+params.other=2", *group])  # type: ignore[misc]
+            container = OmegaConf.to_container(job, resolve=False)
+            assert isinstance(container, dict)
+            assert blocks.to_yaml(job, container) == OmegaConf.to_yaml(job)
+            made += 1
+    plain = OmegaConf.create({"color": Color.RED, "n": 1, "nested": {"deep": [1, {"x": None}]}, "empty": {}})
+    for _ in range(2):
+        container = OmegaConf.to_container(plain, resolve=False)
+        assert blocks.to_yaml(plain, container) == OmegaConf.to_yaml(plain)  # type: ignore[arg-type]
+    assert made == 2 * len(values)
+
+
+def test_bookkeeping_on_a_scratch_config_makes_each_trials_hydra_cfg_later(loader: Any, tmp_path: Path) -> None:
+    """Without callbacks the trials share one scratch config, and a trial's ``JobReturn.hydra_cfg`` is made
+    only when read -- after later trials changed the scratch -- yet it is the tree the trial's own composed
+    config gives, and its number is known without making it."""
+    from types import SimpleNamespace
+
+    from omegaconf import open_dict, read_write
+
+    from mltrain.hydra_compat import job_bookkeeping, job_number
+
+    master = _master(loader, [f"hydra.sweep.dir={tmp_path}"])
+    composer = TrialComposer(loader, master)
+    context = SimpleNamespace(callbacks=SimpleNamespace(on_job_start=lambda **_: None))
+    later, now = [], []
+    for num, lr in enumerate(("0.1", "0.2", "0.3")):
+        trial = ["script=train.py", f"params.lr={lr}"]
+        scratch, fresh_hydra = composer.for_bookkeeping(trial, callbacks=None)
+        assert fresh_hydra is not None
+        whole = composer.compose(trial)
+        for cfg in (scratch, whole):
+            with read_write(cfg.hydra), open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = num
+        job = OmegaConf.masked_copy(whole, [str(k) for k in whole if k != "hydra"])
+        later.append(job_bookkeeping(context, scratch, job, "pending", print, fresh_hydra=fresh_hydra))
+        now.append(job_bookkeeping(context, whole, job, "pending", print))
+    assert [job_number(ret) for ret in later] == [0, 1, 2] and all(ret._made is None for ret in later)
+    for ours, theirs in zip(later, now, strict=True):
+        assert ours.overrides == theirs.overrides and ours.working_dir == theirs.working_dir
+        assert _shape(ours.hydra_cfg.hydra) == _shape(theirs.hydra_cfg.hydra)
+        assert OmegaConf.to_yaml(ours.hydra_cfg) == OmegaConf.to_yaml(theirs.hydra_cfg)
+        assert OmegaConf.is_readonly(ours.hydra_cfg.hydra) and ours.hydra_cfg is ours.hydra_cfg
+        assert job_number(ours) == job_number(theirs) == ours.hydra_cfg.hydra.job.num
+    assert composer.for_bookkeeping(["script=train.py"], callbacks=[{"x": 1}])[1] is None
