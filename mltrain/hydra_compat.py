@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,9 +247,74 @@ def flush_loggers() -> None:
     _core_utils._flush_loggers()
 
 
+class SweepDirs:
+    """A sweep's ``hydra.sweep.dir``/``subdir`` joined for each job, without OmegaConf resolving them each time.
+
+    Resolving the two interpolations through OmegaConf was a seventh of a sweep's per-trial bookkeeping.
+    A value that is plain text and ``${mltrain_sweep_dir:}`` (the running sweep's folder: the same for every
+    job) is resolved once per sweep; one that is plain text and the job's own ``${hydra.job.num}``,
+    ``${hydra.job.id}``, ``${hydra.job.override_dirname}`` is put together from the job's fields as OmegaConf
+    would (``str()`` of each). Anything else (another node, another resolver, an escape, both kinds in one
+    value) is resolved by OmegaConf, per job, as before.
+    """
+
+    _PART = re.compile(r"\$\{([^${}\\]*)\}")
+    _JOB_KEYS = {"hydra.job.num": "num", "hydra.job.id": "id", "hydra.job.override_dirname": "override_dirname"}
+    _SWEEP_CONSTANT = frozenset({"mltrain_sweep_dir:"})
+    _ONCE = "once"
+
+    def __init__(self) -> None:
+        self._plans: dict[str, list[str | tuple[str]] | str | None] = {}
+        self._resolved: dict[tuple[str, str], str] = {}
+
+    def output_dir(self, config: DictConfig, job: dict[str, Any]) -> str:
+        """``os.path.join(hydra.sweep.dir, hydra.sweep.subdir)`` of ``config``, for the job whose fields
+        (``num``, ``id``, ``override_dirname``) ``job`` holds (as ``config.hydra.job`` does)."""
+        return os.path.join(self._value(config, "dir", job), self._value(config, "subdir", job))
+
+    def _value(self, config: DictConfig, name: str, job: dict[str, Any]) -> str:
+        node = config.hydra.sweep._get_node(name)
+        raw = node._value() if node is not None else None
+        if not isinstance(raw, str):
+            return str(OmegaConf.select(config, f"hydra.sweep.{name}"))
+        if raw not in self._plans:
+            self._plans[raw] = self._plan(raw)
+        plan = self._plans[raw]
+        if plan is None:
+            return str(OmegaConf.select(config, f"hydra.sweep.{name}"))
+        if plan == self._ONCE:
+            if (name, raw) not in self._resolved:
+                self._resolved[(name, raw)] = str(OmegaConf.select(config, f"hydra.sweep.{name}"))
+            return self._resolved[(name, raw)]
+        return "".join(part if isinstance(part, str) else str(job[self._JOB_KEYS[part[0]]]) for part in plan)
+
+    def _plan(self, raw: str) -> list[str | tuple[str]] | str | None:
+        """How ``raw`` is resolved: once (``_ONCE``), from plain text and job keys (``(key,)``), or by OmegaConf
+        each time (None)."""
+        if "\\" in raw:
+            return None
+        plan: list[str | tuple[str]] = []
+        at = 0
+        for match in self._PART.finditer(raw):
+            key = match.group(1).strip()
+            if key not in self._JOB_KEYS and key not in self._SWEEP_CONSTANT:
+                return None
+            plan += [raw[at:match.start()], (key,)]
+            at = match.end()
+        plan.append(raw[at:])
+        if "${" in "".join(part for part in plan if isinstance(part, str)):
+            return None  # a nested or unusual interpolation: OmegaConf's
+        keys = {part[0] for part in plan if not isinstance(part, str)}
+        if not keys & self._JOB_KEYS.keys():
+            return self._ONCE
+        if keys & self._SWEEP_CONSTANT:
+            return None
+        return [part for part in plan if part != ""]
+
+
 def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig, value: Any,
                     task_function: Callable[..., Any], *,
-                    fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
+                    fresh_hydra: Callable[[], DictConfig] | None = None, dirs: SweepDirs | None = None) -> Any:
     """``hydra.core.utils.run_job`` (Hydra 1.3), step for step, minus the task call and ``on_job_end``.
 
     For a job whose body mltrain runs later in a worker thread: ``config`` is the job's whole
@@ -268,8 +334,13 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
     from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
 
     with hydra_config_set(config, adopt=fresh_hydra is not None):
-        output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                  str(OmegaConf.select(config, "hydra.sweep.subdir")))
+        job = config.hydra.job
+        job_fields = {"id": job.id, "num": job.num, "override_dirname": job.override_dirname}
+        if dirs is not None:
+            output_dir = dirs.output_dir(config, job_fields)
+        else:
+            output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                      str(OmegaConf.select(config, "hydra.sweep.subdir")))
         hydra_cfg: Any = HydraConfig.instance().cfg
         for node in (config.hydra.runtime, hydra_cfg.hydra.runtime):
             with read_write(node), open_dict(node):
@@ -280,8 +351,7 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
         if fresh_hydra is None:
             ret.hydra_cfg = hydra_cfg
         else:
-            job = config.hydra.job
-            fields = {"job": {"id": job.id, "num": job.num, "override_dirname": job.override_dirname},
+            fields = {"job": job_fields,
                       "overrides": {"task": list(ret.overrides or ())},
                       "runtime": {"output_dir": os.path.abspath(output_dir)}}
             ret.later(int(job.num), lambda: _hydra_copy(fresh_hydra(), fields, config))

@@ -370,3 +370,42 @@ def test_nothing_else_touches_hydras_private_symbols() -> None:
     files += list((ROOT.parent / "hydra_plugins" / "mltrain_plugins").glob("*.py"))
     found = [use for path in files for use in _private_uses(path)]
     assert not found, "use mltrain.hydra_compat for these:\n" + "\n".join(found)
+
+
+def test_sweep_dirs_join_each_jobs_folder_as_omegaconf_resolves_it(loader: Any, tmp_path: Path) -> None:
+    """``SweepDirs`` gives what resolving ``hydra.sweep.dir``/``subdir`` through OmegaConf gives, job after job,
+    for the values it joins itself and for those it leaves to OmegaConf."""
+    from omegaconf import open_dict, read_write
+
+    from mltrain.sweep import session
+
+    forms = [  # (dir, subdir, whether SweepDirs joins the subdir itself)
+        ("${mltrain_sweep_dir:}", "${hydra.job.num}", True),
+        (str(tmp_path / "plain"), "n${hydra.job.num}-i${hydra.job.id}_${hydra.job.override_dirname}_", True),
+        ("${mltrain_sweep_dir:}/x", "${ hydra.job.num }", True),
+        ("${hydra.job.num}", "${hydra.job.override_dirname}", True),
+        (str(tmp_path), "${params.lr}_${hydra.job.num}", False),  # another node
+        (str(tmp_path), "${oc.env:HOME}/${hydra.job.num}", False),  # another resolver
+        (str(tmp_path), "${mltrain_sweep_dir:}${hydra.job.num}", False),  # both kinds
+        (str(tmp_path), "a\\${hydra.job.num}", False),  # an escape
+    ]
+    session.begin(session.SweepSession(sweep_dir=str(tmp_path / "sweep")))
+    try:
+        for sweep_dir, subdir, joined in forms:
+            dirs = hydra_compat.SweepDirs()
+            for num, lr in ((0, "0.5"), (1, "0.25"), (7, "0.5")):
+                cfg = _composed(loader, ["script=x.py", f"params.lr={lr}"], multirun=True)
+                with read_write(cfg.hydra), open_dict(cfg):
+                    cfg.hydra.sweep.dir, cfg.hydra.sweep.subdir = sweep_dir, subdir
+                    cfg.hydra.job.id = cfg.hydra.job.num = num
+                    cfg.hydra.job.override_dirname = f"params.lr={lr}"
+                job = {"id": num, "num": num, "override_dirname": f"params.lr={lr}"}
+                expected = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                        str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+                assert dirs.output_dir(cfg, job) == expected, (sweep_dir, subdir, num)
+            assert (dirs._plans[subdir] is not None) is joined, subdir
+        cfg = _composed(loader, ["script=x.py"], multirun=True)  # the default: the sweep's folder / the job's number
+        assert hydra_compat.SweepDirs().output_dir(cfg, {"id": 3, "num": 3, "override_dirname": ""}) == str(
+            tmp_path / "sweep" / "3")
+    finally:
+        session.end()

@@ -366,11 +366,15 @@ class Store:
         with self._write() as db:
             db.execute(f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?", (*values, ident))
 
-    def transition(self, run_id: str, status: str, *, unlaunched: bool = False, **fields: Any) -> bool:
-        """Move a run forward to ``status``; returns False (and changes nothing) if that is not forward.
+    def transition(self, run_id: str, status: str, *, unlaunched: bool = False,
+                   metrics: Iterable[tuple[str, float, int | None, float | None]] | None = None,
+                   **fields: Any) -> bool:
+        """Move a run forward to ``status``; returns False (and changes nothing else) if that is not forward.
 
         ``unlaunched``: only if the run was never launched (Queued or Preparing, no handle) -- what a reader
         may decide for a run whose client died, without racing that client's last write.
+        ``metrics``: first set the run's metrics to exactly these (:meth:`replace_metrics`, done whether or
+        not the move is forward), in the same transaction: a run's end is one write, not two.
         """
         if status not in STATUSES:
             raise ValueError(status)
@@ -387,7 +391,10 @@ class Store:
         allowed = (QUEUED, PREPARING) if unlaunched else _allowed_predecessors(status)
         sets = ", ".join(["status = ?", *(f"{n} = ?" for n in names)])
         guard = " AND handle IS NULL" if unlaunched else ""
+        rows = None if metrics is None else _metric_rows(run_id, metrics)
         with self._write() as db:
+            if rows is not None:
+                _replace_metrics(db, run_id, rows)
             cursor = db.execute(
                 f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({', '.join('?' * len(allowed))}){guard}",
                 (status, *values, run_id, *allowed),
@@ -466,12 +473,9 @@ class Store:
 
     def replace_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int | None, float | None]]) -> int:
         """Set a run's metrics to exactly ``metrics`` (finalising twice must not double them)."""
-        rows = [(run_id, name, step, value, when) for name, value, step, when in metrics]
+        rows = _metric_rows(run_id, metrics)
         with self._write() as db:
-            db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
-            db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
-            db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
-            db.executemany("INSERT INTO metric_last VALUES (?,?,?,?,?)", _last_rows(rows))
+            _replace_metrics(db, run_id, rows)
         return len(rows)
 
     def unindexed_runs(self, limit: int = 1000) -> list[str]:
@@ -674,6 +678,18 @@ def _trial_record(row: Sequence[Any]) -> TrialRecord:
 def _number(value: float | None) -> float:
     """A stored metric value: SQLite keeps a NaN as NULL."""
     return math.nan if value is None else value
+
+
+def _metric_rows(run_id: str, metrics: Iterable[tuple[str, float, int | None, float | None]]) -> list[tuple[Any, ...]]:
+    return [(run_id, name, step, value, when) for name, value, step, when in metrics]
+
+
+def _replace_metrics(db: sqlite3.Connection, run_id: str, rows: list[tuple[Any, ...]]) -> None:
+    """Inside a write: the run's metrics become exactly ``rows``."""
+    db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+    db.execute("DELETE FROM metric_last WHERE run_id = ?", (run_id,))
+    db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
+    db.executemany("INSERT INTO metric_last VALUES (?,?,?,?,?)", _last_rows(rows))
 
 
 def _last_rows(rows: list[tuple[str, str, int | None, float, float | None]]) -> list[tuple[Any, ...]]:

@@ -42,7 +42,8 @@ def takes_prepared(task_function: Any) -> bool:
 
 
 def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: int, prepared: Any = None,
-              job_cfg: DictConfig | None = None, fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
+              job_cfg: DictConfig | None = None, fresh_hydra: Callable[[], DictConfig] | None = None,
+              dirs: Any = None) -> Any:
     """Do Hydra's bookkeeping for job ``idx``; returns Hydra's ``JobReturn``.
 
     A plain task runs here, inside Hydra's own ``run_job``. A trial the task has already
@@ -50,7 +51,8 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
     ``run_job``'s bookkeeping without its two deep copies of the whole config
     (:func:`mltrain.hydra_compat.job_bookkeeping`) and a ``JobReturn`` holding the prepared
     job; :func:`end_job` fills in its result once the body has run. ``fresh_hydra``: ``config`` is a scratch
-    config later jobs reuse (see :func:`mltrain.hydra_compat.job_bookkeeping`).
+    config later jobs reuse (see :func:`mltrain.hydra_compat.job_bookkeeping`). ``dirs``: the sweep's
+    :class:`mltrain.hydra_compat.SweepDirs`, which joins a prepared job's output folder.
     """
     from hydra.core.utils import run_job
 
@@ -64,7 +66,8 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
         return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     assert job_cfg is not None
-    return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run, fresh_hydra=fresh_hydra)
+    return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run, fresh_hydra=fresh_hydra,
+                           dirs=dirs)
 
 
 def end_job(hydra_context: Any, config: DictConfig, job_return: Any, result: Any = None,

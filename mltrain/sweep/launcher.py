@@ -37,11 +37,14 @@ log = logging.getLogger(__name__)
 
 class LauncherCore:
     def __init__(self, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from mltrain.hydra_compat import SweepDirs
+
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
         self.composer = TrialComposer(hydra_context.config_loader, config)
         self._configs: dict[int, DictConfig] = {}  # each job's full config, for the callbacks at its end
+        self._dirs = SweepDirs()  # each prepared job's output folder, joined without OmegaConf where it can be
 
     @staticmethod
     def refuse_app_settings(compute: str | None, environment: str | None, max_concurrent: int | None,
@@ -116,7 +119,7 @@ class LauncherCore:
     def _begin(self, config: DictConfig, index: int, job_cfg: DictConfig | None = None, prepared: Any = None,
                fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
         ret = begin_job(self.hydra_context, self.task_function, config, index, prepared=prepared, job_cfg=job_cfg,
-                        fresh_hydra=fresh_hydra)
+                        fresh_hydra=fresh_hydra, dirs=self._dirs)
         self._configs[id(ret)] = config
         return ret
 

@@ -549,13 +549,14 @@ def finalize(store: Store, workspace: Workspace, record: RunRecord, handle: Hand
         metrics += read_metrics_file(paths.metrics, final=True)[0]
     if paths.log.exists():
         metrics += scan_log(paths.log, final=True)[0]
-    store.replace_metrics(record.id, [(m.name, m.value, m.step, m.time) for m in metrics])
+    points = [(m.name, m.value, m.step, m.time) for m in metrics]  # set with the end, in one write
     if canceled is not None:
-        ended = store.transition(record.id, CANCELED, reason=canceled, exit_code=info.exit_code)
+        ended = store.transition(record.id, CANCELED, reason=canceled, exit_code=info.exit_code, metrics=points)
     elif info.succeeded:
-        ended = store.transition(record.id, COMPLETED, exit_code=0)
+        ended = store.transition(record.id, COMPLETED, exit_code=0, metrics=points)
     else:
-        ended = store.transition(record.id, FAILED, exit_code=info.exit_code, reason=_failure_reason(info, paths))
+        ended = store.transition(record.id, FAILED, exit_code=info.exit_code, reason=_failure_reason(info, paths),
+                                 metrics=points)
     if ended:  # the one process that ended the run cleans its log, once nothing appends to it
         try:
             clean_log(paths.log)

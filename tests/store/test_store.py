@@ -79,6 +79,31 @@ def test_replace_metrics_is_idempotent(tmp_path: Path) -> None:
         assert store.last_metrics(run_id) == {"acc": 0.9, "loss": 0.5}
 
 
+def test_a_transition_with_metrics_sets_them_and_the_status_in_one_write(tmp_path: Path) -> None:
+    """What ``finalize`` does: a run's metrics and its end in one transaction, the same records as the two
+    writes it replaces (metrics replaced even when the move is refused, as ``replace_metrics`` then would)."""
+    import sqlite3
+
+    statements: list[str] = []
+    with Store(tmp_path / "runs.db") as store:
+        run_id = _new(store)
+        store.add_metrics(run_id, [("loss", 9.0, 0, None)])
+        store._db.set_trace_callback(statements.append)
+        assert store.transition(run_id, "Completed", exit_code=0,
+                                metrics=[("loss", 1.0, 0, None), ("loss", 0.5, 1, None), ("acc", 0.9, 1, None)])
+        store._db.set_trace_callback(None)
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        record = store.get(run_id)
+        assert (record.status, record.exit_code) == ("Completed", 0)
+        assert [s for s, _ in store.transitions(run_id)] == ["Queued", "Completed"]
+        assert len(store.metrics(run_id)) == 3 and store.last_metrics(run_id) == {"acc": 0.9, "loss": 0.5}
+        assert not store.transition(run_id, "Failed", metrics=[("loss", 2.0, 0, None)])  # terminal: refused
+        assert store.get(run_id).status == "Completed" and store.last_metrics(run_id) == {"loss": 2.0}
+        with pytest.raises(sqlite3.Error):  # a failing write leaves neither the metrics nor the status
+            store.transition(run_id, "Completed", metrics=[("loss", object(), 0, None)])  # type: ignore[list-item]
+        assert store.last_metrics(run_id) == {"loss": 2.0}
+
+
 def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     import sqlite3
 

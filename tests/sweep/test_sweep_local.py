@@ -282,3 +282,20 @@ def test_attach_resumes_a_sweep_whose_controller_died(project: Project) -> None:
     assert "still running as run" in attached.stdout  # the trial the dead controller started was followed
     assert [t["status"] for t in _show(project, sweep_id)["trials"]] == ["Completed", "Completed"]
     assert len(_runs_of(project, sweep_id)) == 2
+
+
+def test_each_trial_gets_its_own_output_folder_from_the_sweep_subdir(project: Project) -> None:
+    """The trial's folder is hydra.sweep.dir/subdir joined for that trial (mltrain joins the job's own
+    ${hydra.job.num}/${hydra.job.override_dirname} itself, without OmegaConf: see hydra_compat.SweepDirs)."""
+    project.write("noop.py", "pass\n")
+    project.run("-m", "script=noop.py", "params.a=1,2", "experiment=plain", check=True)
+    project.run("-m", "script=noop.py", "params.a=1,2", "params.b=x", "experiment=named",
+                "hydra.sweep.subdir=t${hydra.job.num}_${hydra.job.override_dirname}", check=True)
+    by_experiment = {s["experiment"]: s["id"] for s in _sweeps(project)}
+
+    def folders(experiment: str) -> set[str]:
+        folder = project.workspace / "sweeps" / by_experiment[experiment]
+        return {p.name for p in folder.iterdir() if p.is_dir()}
+
+    assert folders("plain") == {"0", "1"}
+    assert folders("named") == {f"t{n}_experiment=named,params.a={n + 1},params.b=x,script=noop.py" for n in (0, 1)}
