@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,14 @@ def remove_labelled(label: str) -> None:
                          text=True).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    """An sshd container for one test module (a module imports it as its ``host`` fixture)."""
+    require_sshd_image()
+    server = SshHost(tmp_path_factory.mktemp("sshhost"))
+    try:
+        yield server
+    finally:
+        server.remove()

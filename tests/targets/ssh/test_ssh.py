@@ -3,6 +3,7 @@ upload, environments on the host, a dropped link, reboots, host keys, a full dis
 What every target does (exit codes, argv and env, outputs and metrics, the outputs policy, detach/attach, cancel,
 reasons, the client killed) is in tests/conformance/."""
 
+# ruff: noqa: F811  (the fixture imported from sshtest is named as the test arguments)
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import Project, assert_one_line_error, wait_for
-from sshtest import SshHost, keygen, require_sshd_image
+from sshtest import SshHost, host, keygen, require_sshd_image  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,16 +38,6 @@ LINES = textwrap.dedent(
     open(os.path.join(os.environ["MLTRAIN_OUTPUT_DIR"], "done.txt"), "w").write("yes")
     """
 )
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
-    require_sshd_image()
-    server = SshHost(tmp_path_factory.mktemp("sshhost"))
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 class SshProject(Project):

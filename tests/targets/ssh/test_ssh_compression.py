@@ -2,6 +2,7 @@
 does not shrink goes raw, a helper that offers no codecs (protocol 1) still gets everything, and a hostile
 compressed stream is refused by the real helper with one clear line and nothing placed."""
 
+# ruff: noqa: F811  (the fixture imported from sshtest is named as the test arguments)
 from __future__ import annotations
 
 import hashlib
@@ -9,24 +10,13 @@ import json
 import os
 import random
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sshtest import SshHost, require_sshd_image
+from sshtest import SshHost, host  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
-    require_sshd_image()
-    server = SshHost(tmp_path_factory.mktemp("sshhost"))
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 WORDS = [f"name{i}" for i in range(200)] + ["def", "return", "self", "(", ")", ":", "=", "for", "in", "if"] * 10
