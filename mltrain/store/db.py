@@ -464,7 +464,7 @@ class Store:
     # --------------------------------------------------------------- metrics
     def add_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int | None, float | None]]) -> int:
         """Append metric points; each metric's latest value is kept in ``metric_last`` in the same transaction."""
-        rows = [(run_id, name, step, value, when) for name, value, step, when in metrics]
+        rows = _metric_rows(run_id, metrics)
         if rows:
             with self._write() as db:
                 db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
