@@ -7,8 +7,8 @@ contents the store lacks, and what to remember for next time.
 from __future__ import annotations
 
 import os
-from itertools import compress
-from operator import itemgetter, ne, not_
+from itertools import compress, repeat
+from operator import is_not, itemgetter, ne, not_
 from typing import TYPE_CHECKING, Final, cast
 
 from mltrain.errors import SnapshotError
@@ -16,8 +16,6 @@ from mltrain.snapshot.cache import MAX_DELTA_ROWS, RACY_WINDOW_NS, Columns, Stat
 from mltrain.snapshot.hashing import Claims, hash_files
 from mltrain.snapshot.manifest import (
     ALGORITHM,
-    EXEC_MODE,
-    FILE_MODE,
     LINK_MODE,
     Manifest,
     hash_bytes,
@@ -52,11 +50,9 @@ class Inventory:
         self.stat_sizes: list[int] = list(map(itemgetter(1), files))
         self.mtimes: list[int] = list(map(itemgetter(2), files))
         self.inodes: list[int] = list(map(itemgetter(3), files))
-        self.modes = [EXEC_MODE if found[4] & 0o100 else FILE_MODE for found in files]
+        self.modes: list[int] = list(map(itemgetter(4), files))  # the walk gives the manifest's modes
         self.links: list[str | None] = list(map(itemgetter(5), files))
-        self.link_rows = [index for index, link in enumerate(self.links) if link is not None]
-        for index in self.link_rows:
-            self.modes[index] = LINK_MODE
+        self.link_rows = list(compress(range(len(files)), map(is_not, self.links, repeat(None))))
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
