@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from common import median_seconds, report, run_cmd  # noqa: E402
-from make_tree import make_source_tree, make_tree, small_path  # noqa: E402
+from make_tree import SMALL_SIZE, make_source_tree, make_tree, small_path  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MLTRAIN = str(BIN / "mltrain")
@@ -99,9 +99,19 @@ def shaped(root: Path) -> None:
             times.append(_timed(fn))
             wire.append(rx_bytes() - before)
 
+        # The floor: the bytes no codec shrinks (the random files), alone, through one ssh connection.
+        blobs = sorted(p for p in tree.rglob("*") if p.is_file() and p.stat().st_size > SMALL_SIZE * 16)
+        blob_bytes = sum(p.stat().st_size for p in blobs)
+
+        def random_part() -> None:
+            with subprocess.Popen(["cat", *map(str, blobs)], stdout=subprocess.PIPE) as cat:
+                subprocess.run([*ssh.split(), f"root@{host.host}", "cat > /dev/null"], stdin=cat.stdout, check=True)
+
         ours: list[float] = []
         theirs: list[float] = []
         zlib_rsync: list[float] = []
+        floor: list[float] = []
+        floor_wire: list[int] = []
         our_wire: list[int] = []
         their_wire: list[int] = []
         zlib_wire: list[int] = []
@@ -109,6 +119,7 @@ def shaped(root: Path) -> None:
             measured(lambda i=i: rsync(f"/root/rsync-{i}"), theirs, their_wire)
             measured(lambda i=i: stage(f"/root/ml-{i}", first), ours, our_wire)
             measured(lambda i=i: rsync(f"/root/rsync-zlib-{i}", "--compress-choice=zlib"), zlib_rsync, zlib_wire)
+            measured(random_part, floor, floor_wire)
         upload = last[0].upload
         raw = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
         print(f"shaped link: host-side veth {veth}, tbf rate {RATE}; tree {raw / 2**20:.1f} MiB "
@@ -121,6 +132,7 @@ def shaped(root: Path) -> None:
         print(f"{'  rsync -az --compress-choice=zlib (what a zlib-only host gets)':<58} "
               f"{statistics.median(zlib_rsync) * 1000:8.1f} ms, {statistics.median(zlib_wire) / 2**20:.1f} MiB: "
               f"mltrain {statistics.median(ours) / statistics.median(zlib_rsync):.2f}x of it (for reading, no goal)")
+        _print_floor(tree, blobs, blob_bytes, statistics.median(floor), statistics.median(theirs))
 
         changed = tree / small_path(4321)
         rng = __import__("random").Random(7)
@@ -142,6 +154,37 @@ def shaped(root: Path) -> None:
         if veth is not None:
             subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
         host.remove()
+
+
+def _print_floor(tree: Path, blobs: list[Path], blob_bytes: int, blob_seconds: float, rsync_seconds: float) -> None:
+    """What no uploader can beat on this link: the random bytes' own time, plus the text at the size a codec
+    makes of it in 1 MiB batches (as ours are), sent at the rate the random bytes got, with no other cost at
+    all. zlib -3 is what the test host's helper can inflate (its Python 3.11 has no zstd module); zstd -3 is
+    what rsync -az negotiates between its own two ends here. Against rsync's time: how low the ratio can go."""
+    import zlib
+
+    from mltrain.hosts.agent import zstd_module
+
+    texts = [p for p in sorted(tree.rglob("*")) if p.is_file() and p not in blobs]
+    batches, batch = [], bytearray()
+    for path in texts:
+        batch += path.read_bytes()
+        if len(batch) >= 1 << 20:
+            batches.append(bytes(batch))
+            batch = bytearray()
+    batches.append(bytes(batch))
+    rate = blob_bytes / blob_seconds
+    print(f"{'  floor: the random files alone, one ssh connection':<58} {blob_seconds * 1000:8.1f} ms = "
+          f"{blob_seconds / rsync_seconds:.2f}x rsync -az ({blob_bytes / 2**20:.1f} MiB, {rate / 1e6:.1f} MB/s)")
+    zstd = zstd_module()
+    codecs: list[tuple[str, Callable[[bytes], bytes]]] = [("zlib -3", lambda b: zlib.compress(b, 3))]
+    if zstd is not None:
+        codecs.append(("zstd -3", lambda b: bytes(zstd.compress(b, 3))))
+    for name, squeeze in codecs:
+        packed = sum(len(squeeze(b)) for b in batches)
+        least = blob_seconds + packed / rate
+        print(f"{'  floor: + the text as ' + name + f' ({packed / 2**20:.1f} MiB) at that rate':<58} "
+              f"{least * 1000:8.1f} ms = {least / rsync_seconds:.2f}x rsync -az")
 
 
 def main() -> int:

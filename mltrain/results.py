@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mltrain.errors import MltrainError, RunFailed, StoreError
 from mltrain.store.db import COMPLETED, RunRecord, Store
 from mltrain.store.workspace import Workspace
-from mltrain.targets.base import Handle, cancel_run, follow, reconcile
+from mltrain.targets.base import FOLLOW_WAIT, Handle, cancel_run, follow, reconcile
 
 if TYPE_CHECKING:
     import pandas
@@ -83,19 +83,20 @@ class Run:
 
     def wait(self, show_output: bool = False, raise_on_failure: bool = False, *,
              out: Callable[[bytes], None] | None = None, stop: Callable[[], str | None] | None = None,
-             store: Store | None = None) -> RunRecord:
+             store: Store | None = None, idle_wait: float = FOLLOW_WAIT) -> RunRecord:
         """Block until the run ends (streaming its output if asked); one Ctrl-C cancels it.
 
         ``out`` receives the output instead of stdout; a reason ``stop`` returns cancels the run.
         ``store``: a connection to this run's workspace to use (left open) instead of a new one -- a
-        sweep's worker holds one for all the trials it runs.
+        sweep's worker holds one for all the trials it runs. ``idle_wait``: the longest look between reads
+        of a quiet log (:func:`mltrain.targets.base.follow`).
         """
         with nullcontext(store) if store is not None else self._store() as store:
             record = store.get(self.id)
             mirror = _live_mirror(self.workspace, record)
             try:
                 record = follow(store, self.workspace, record, out=out or (_write_stdout if show_output else None),
-                                offset=self._offset, handle=self._handle, stop=stop)
+                                offset=self._offset, handle=self._handle, stop=stop, idle_wait=idle_wait)
             finally:
                 if mirror is not None:
                     mirror.finish()

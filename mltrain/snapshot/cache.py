@@ -26,6 +26,7 @@ import logging
 import marshal
 import operator
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -81,6 +82,8 @@ class StatCache:
     """The columns as the full file holds them (before any delta), which a delta is relative to."""
     _base_sum: str = ""
     """Checksum of the full file's payload: a delta names the full file it extends."""
+    _delta_rows: frozenset[int] = frozenset()
+    """Rows where :attr:`columns` differ from the full file (those the delta file holds)."""
 
     @property
     def index(self) -> dict[str, int]:
@@ -111,23 +114,31 @@ class StatCache:
         cache._apply_delta()
         return cache
 
-    def save(self, columns: Columns, manifest_id: str | None, manifest_count: int) -> None:
-        """Replace the cache; failure only costs speed next time, so it is logged, not raised."""
+    def save(
+        self, columns: Columns, manifest_id: str | None, manifest_count: int, *, touched: Iterable[int] | None = None
+    ) -> None:
+        """Replace the cache; failure only costs speed next time, so it is logged, not raised.
+
+        ``touched``, when given, vouches that ``columns`` has the same paths as :attr:`columns` and differs
+        from it in no other row: the delta is then found from those rows alone, not by comparing every
+        row (100k files, one edited file: saving took 42-44 ms, now 4.5-4.7).
+        """
+        rows = self._changed_rows(columns) if touched is None else self._changed_among(columns, touched)
         self.columns, self.manifest_id, self.manifest_count, self._index = columns, manifest_id, manifest_count, None
         if self.path is None:
             return
-        rows = self._changed_rows(columns)
         if rows is not None:
             picked = [[column[i] for i in rows] for column in columns.as_tuple()[1:]]
             delta = marshal.dumps((self._base_sum, manifest_id, manifest_count, rows, picked), 2)
-            self._write(self.path + ".delta", DELTA_MAGIC, delta)
+            if self._write(self.path + ".delta", DELTA_MAGIC, delta):
+                self._delta_rows = frozenset(rows)
             return
         # Version 2: no back-references. Version 4 tracks every object the walk also holds
         # (all of them), which made dumps 2.5x slower (10k files: 6-7 ms against 2.5-3 ms).
         payload = marshal.dumps((self.root, manifest_id, manifest_count, columns.as_tuple()), 2)
         checksum = self._write(self.path, MAGIC, payload)
         if checksum:
-            self._base, self._base_sum = columns, checksum
+            self._base, self._base_sum, self._delta_rows = columns, checksum, frozenset()
             with contextlib.suppress(OSError):
                 os.unlink(self.path + ".delta")  # a stale one would not match the new checksum anyway
 
@@ -149,6 +160,7 @@ class StatCache:
         except (ValueError, EOFError, TypeError, IndexError):
             return
         self.columns, self.manifest_id, self.manifest_count = Columns(*merged), manifest_id, count
+        self._delta_rows = frozenset(rows)
 
     def _changed_rows(self, columns: Columns) -> list[int] | None:
         """Rows that differ from the full file, when they are few and the paths are the same; else None."""
@@ -162,6 +174,18 @@ class StatCache:
                 if len(changed) > MAX_DELTA_ROWS:
                     return None
         return sorted(changed)
+
+    def _changed_among(self, columns: Columns, touched: Iterable[int]) -> list[int] | None:
+        """:meth:`_changed_rows` when only ``touched`` rows can differ from :attr:`columns`: the rows that
+        differ from the full file are among those and the ones the delta already holds."""
+        base = self._base
+        if base is None or not self._base_sum or self.path is None:
+            return None
+        candidates = self._delta_rows.union(touched)
+        if len(candidates) > MAX_DELTA_ROWS:
+            return None
+        pairs = list(zip(columns.as_tuple()[1:], base.as_tuple()[1:], strict=True))
+        return sorted(i for i in candidates if any(new[i] != old[i] for new, old in pairs))
 
     def _write(self, path: str, magic: bytes, payload: bytes) -> str:
         """Write ``magic``, the payload's checksum and the payload atomically; the checksum, or "" on failure."""

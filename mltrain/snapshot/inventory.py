@@ -7,17 +7,15 @@ contents the store lacks, and what to remember for next time.
 from __future__ import annotations
 
 import os
-from itertools import compress
-from operator import itemgetter, ne
+from itertools import compress, repeat
+from operator import is_not, itemgetter, ne, not_
 from typing import TYPE_CHECKING, Final, cast
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot.cache import RACY_WINDOW_NS, Columns, StatCache
+from mltrain.snapshot.cache import MAX_DELTA_ROWS, RACY_WINDOW_NS, Columns, StatCache
 from mltrain.snapshot.hashing import Claims, hash_files
 from mltrain.snapshot.manifest import (
     ALGORITHM,
-    EXEC_MODE,
-    FILE_MODE,
     LINK_MODE,
     Manifest,
     hash_bytes,
@@ -52,11 +50,9 @@ class Inventory:
         self.stat_sizes: list[int] = list(map(itemgetter(1), files))
         self.mtimes: list[int] = list(map(itemgetter(2), files))
         self.inodes: list[int] = list(map(itemgetter(3), files))
-        self.modes = [EXEC_MODE if found[4] & 0o100 else FILE_MODE for found in files]
+        self.modes: list[int] = list(map(itemgetter(4), files))  # the walk gives the manifest's modes
         self.links: list[str | None] = list(map(itemgetter(5), files))
-        self.link_rows = [index for index, link in enumerate(self.links) if link is not None]
-        for index in self.link_rows:
-            self.modes[index] = LINK_MODE
+        self.link_rows = list(compress(range(len(files)), map(is_not, self.links, repeat(None))))
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
@@ -65,9 +61,11 @@ class Inventory:
         self._unchanged = False
         self._same_paths = False
         self._touched: set[int] | None = None
+        """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
+        self._hashed: list[int] = []
+        """Rows read by :meth:`build`."""
         self.warnings: list[str] = []
         """Files skipped or read while changing, as the run's snapshot warnings say."""
-        """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
 
     def compare(self, cache: StatCache) -> None:
         """Take every digest the cache can vouch for; decide whether the tree is unchanged."""
@@ -180,6 +178,7 @@ class Inventory:
         gone = []
         hashed_all = hash_files(work, store, claims, dry_run=self.dry_run, warnings=self.warnings,
                                  workers=workers)
+        self._hashed = jobs
         for index, hashed in zip(jobs, hashed_all, strict=True):
             if hashed is None:
                 gone.append(index)
@@ -242,20 +241,51 @@ class Inventory:
         stay equal so the next comparison is still position by position.
         """
         cutoff = walk_started_ns - RACY_WINDOW_NS
-        mtimes = [m if m < cutoff else _NEVER for m in self.mtimes]
         stored = not self.dry_run
-        if not stored:
-            remembered = list(self.remembered)
-        elif self.sizes == self.stat_sizes:
-            remembered = [True] * len(mtimes)
-        else:  # a file that grew while it was read: its row does not describe the manifest's entry
-            remembered = list(map(int.__eq__, self.sizes, self.stat_sizes))
-        digests = [d or "" for d in self.digests]
+        touched = self._rows_unlike_cache()
+        if touched is not None:
+            # Only these rows can differ from the cache: fix up just them, and the cache writes just them.
+            mtimes = list(self.mtimes)
+            for i in touched:
+                if mtimes[i] >= cutoff:
+                    mtimes[i] = _NEVER
+            digests = cast("list[str]", self.digests)  # every row was hashed or taken from the cache
+            if stored:
+                remembered = [True] * len(mtimes)
+                for i in touched:
+                    remembered[i] = self.sizes[i] == self.stat_sizes[i]
+            else:
+                remembered = list(self.remembered)
+        else:
+            mtimes = [m if m < cutoff else _NEVER for m in self.mtimes]
+            if not stored:
+                remembered = list(self.remembered)
+            elif self.sizes == self.stat_sizes:
+                remembered = [True] * len(mtimes)
+            else:  # a file that grew while it was read: its row does not describe the manifest's entry
+                remembered = list(map(int.__eq__, self.sizes, self.stat_sizes))
+            digests = [d or "" for d in self.digests]
         new = Columns(self.rels, self.stat_sizes, mtimes, self.inodes, self.modes, digests, remembered)
         if stored:
-            self.cache.save(new, manifest.id, manifest.count)
+            self.cache.save(new, manifest.id, manifest.count, touched=touched)
         else:
-            self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count)
+            self.cache.save(new, self.cache.manifest_id, self.cache.manifest_count, touched=touched)
+
+    def _rows_unlike_cache(self) -> set[int] | None:
+        """The rows this snapshot's cache columns can differ in from the loaded cache's; None if unknown.
+
+        Known when the paths are the same: a row outside this set kept its stat and mode (so its mtime,
+        already past the racy window when cached, and its cached digest), was not read again, is no link
+        (whose text is read every time) and was already remembered. With few such rows, saving the cache
+        touches only them instead of every row: the cost of one edit does not grow with the tree.
+        """
+        if self._touched is None or len(self._touched) > MAX_DELTA_ROWS:
+            return None
+        rows = self._touched.union(self.link_rows, self._hashed)
+        old = self.cache.columns.remembered
+        if not all(old):
+            rows.update(compress(range(len(old)), map(not_, old)))
+        return rows if len(rows) <= MAX_DELTA_ROWS else None
 
     def _manifest(self, manifest_id: str | None = None, canonical: bytes | None = None) -> Manifest:
         """The manifest over this inventory's columns (shared, not copied: the inventory is done with them)."""

@@ -28,12 +28,15 @@ from mltrain.snapshot.ignore import (
     Verdict,
     escape_glob,
 )
-from mltrain.snapshot.manifest import link_stays_inside
+from mltrain.snapshot.manifest import EXEC_MODE, FILE_MODE, LINK_MODE, file_mode, link_stays_inside
 
 logger = logging.getLogger(__name__)
 
 Found = tuple[str, int, int, int, int, str | None]
-"""(relative path, size, mtime_ns, inode, st_mode, symlink text or None) of one kept file, from its lstat.
+"""(relative path, size, mtime_ns, inode, manifest mode, symlink text or None) of one kept file, from its lstat.
+
+The mode is already the manifest's (0o644, 0o755, or 0o777 for a link), decided here while the stat
+result is at hand: one pass over 100k tuples to reduce ``st_mode`` afterwards took ~25 ms.
 
 Only these facts are kept, not the ``os.stat_result`` (some 20 objects) nor the absolute path: at
 100k files the peak RSS of a first snapshot went from 190 to 131 MB, of an unchanged one from 165 to 93 MB."""
@@ -194,15 +197,15 @@ def _visit(
         # One tight comprehension for the lstat calls: the bulk of an unchanged re-snapshot.
         files += [
             (rel_dir + e.name, (lst := e.stat(follow_symlinks=False)).st_size, lst.st_mtime_ns, lst.st_ino,
-             lst.st_mode, None)
+             EXEC_MODE if lst.st_mode & 0o100 else FILE_MODE, None)
             for e in regular
         ]
     except OSError:  # one vanished since the listing: again, one by one
         for entry in regular:
             found = _lstat(entry, rel_dir, warnings)
             if found is not None:
-                files.append((rel_dir + entry.name, found.st_size, found.st_mtime_ns, found.st_ino, found.st_mode,
-                              None))
+                files.append((rel_dir + entry.name, found.st_size, found.st_mtime_ns, found.st_ino,
+                              file_mode(found.st_mode), None))
     if len(regular) == len(kept):
         return
     for entry in kept:
@@ -221,7 +224,7 @@ def _visit(
                     raise SnapshotError(f"cannot read symlink {show(rel)}: {exc.strerror}") from None
                 warnings.append(gone(rel))
                 continue
-            links.append((rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, target))
+            links.append((rel, st.st_size, st.st_mtime_ns, st.st_ino, LINK_MODE, target))
         else:
             kind = next((label for test, label in _SPECIAL_KINDS if test(st.st_mode)), "special file")
             warnings.append(f"skipped {kind} {show(rel)} (a snapshot holds only regular files and symlinks)")

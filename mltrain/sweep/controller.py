@@ -66,6 +66,9 @@ from mltrain.util.progress import TrialBoard
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
+# The longest look between reads of a quiet trial's log: a trial's early stop or cancel waits at most this
+# long; its end does not (the wait wakes on it).
+TRIAL_IDLE_WAIT = 0.5
 CPU_FILE_ENV = "MLTRAIN_DEBUG_SWEEP_CPU"
 
 
@@ -398,7 +401,7 @@ class SweepController(Supervisor):
         def body() -> RunRecord:
             with Store(self.workspace.db_path) as store:
                 return follow(store, self.workspace, store.get(record.id), out=trial.monitor.feed,
-                              stop=trial.poll_stop, handle=handle)
+                              stop=trial.poll_stop, handle=handle, idle_wait=TRIAL_IDLE_WAIT)
 
         return body
 
@@ -419,7 +422,7 @@ class SweepController(Supervisor):
                 store.set_trial_error(self.sweep_id, trial.idx, str(exc))
                 raise
             self.report(f"trial {trial.idx} started as run {run.id}: {shown_params(trial.swept)}")
-            return run.wait(out=trial.monitor.feed, stop=trial.poll_stop, store=store)
+            return run.wait(out=trial.monitor.feed, stop=trial.poll_stop, store=store, idle_wait=TRIAL_IDLE_WAIT)
 
     def _worker_store(self) -> Store:
         """This worker thread's connection to the run history, opened by its first trial and kept for the

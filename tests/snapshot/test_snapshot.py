@@ -610,6 +610,74 @@ def test_delta_of_an_older_full_file_or_damaged_is_ignored(
     assert take_snapshot(src, store, cache_dir=cache).manifest.id == third.manifest.id
 
 
+def _age_one(path: Path) -> None:
+    """Make one file look old (``age`` moves every file's mtime, which touches every row)."""
+    past = time.time() - 3600
+    os.utime(path, (past, past), follow_symlinks=False)
+
+
+def _swap_unseen(path: Path, data: bytes, store: BlobStore) -> None:
+    """Change a file's bytes in place keeping its stat, and drop its blob and the stored manifests,
+    so only a read (not the stat cache) can see the new content."""
+    before = path.stat()
+    old = path.read_bytes()
+    assert len(data) == len(old)
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.unlink(store._blob(hash_bytes(old)))
+    for marker in Path(store._manifests).iterdir():
+        marker.unlink()
+
+
+def test_cache_saved_from_the_touched_rows_equals_the_one_saved_from_every_row(
+    tmp_path: Path, src: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit saves the stat cache by looking only at the rows it touched; after each kind of edit
+    (aged, racy, mode, link text, a blob gone from the store, a dry run) the cache must be exactly the
+    one a comparison of every row writes."""
+    from mltrain.snapshot.cache import StatCache
+
+    (src / "pkg" / "link.py").symlink_to("model.py")
+    age(src)
+    edits: list[Callable[[], object]] = [
+        lambda: (src / "pkg" / "__init__.py").rename(src / "pkg" / "base.py"),  # new paths: a whole new cache file
+        lambda: _age_one(write(src, "pkg/model.py", b"W = 2\n")),
+        lambda: write(src, "train.py", b"print('racy')\n"),  # too recent to trust: kept with a never-matching mtime
+        lambda: _age_one(src / "train.py"),
+        lambda: (src / "run.sh").chmod(0o644),
+        lambda: ((src / "pkg" / "link.py").unlink(), (src / "pkg" / "link.py").symlink_to("base.py")),
+        lambda: _swap_unseen(src / "data" / "table.csv", b"a,b\n5,6\n", store),  # read again: its blob is gone
+        lambda: _age_one(write(src, "pkg/model.py", b"W = 3\n")),
+    ]
+    saves: list[bool] = []
+    original = inventory_module.Inventory._rows_unlike_cache
+
+    def spy(self: inventory_module.Inventory) -> set[int] | None:
+        rows = original(self)
+        saves.append(rows is not None)
+        return rows
+
+    take_snapshot(src, store)  # every blob stored: a dry run's unremembered rows are then not read again
+    for step, edit in enumerate([lambda: None, *edits]):
+        edit()
+        # At first a dry run leaves every row unremembered in the caches the real runs then use;
+        # after that, dry runs keep their own caches.
+        for dry_run, caches in ((True, ""), (False, "")) if step == 0 else ((False, ""), (True, "-dry")):
+            pair = (tmp_path / f"fast{caches}", tmp_path / f"full{caches}")
+            with monkeypatch.context() as mp:
+                mp.setattr(inventory_module.Inventory, "_rows_unlike_cache", spy)
+                ours = take_snapshot(src, store, cache_dir=pair[0], dry_run=dry_run)
+            with monkeypatch.context() as mp:
+                mp.setattr(inventory_module.Inventory, "_rows_unlike_cache", lambda self: None)
+                theirs = take_snapshot(src, store, cache_dir=pair[1], dry_run=dry_run)
+            assert ours.manifest.id == theirs.manifest.id, step
+            loaded = [StatCache.load(folder, os.path.realpath(src)) for folder in pair]
+            assert loaded[0].columns == loaded[1].columns, (step, dry_run)
+            assert loaded[0].manifest_id == loaded[1].manifest_id, (step, dry_run)
+    assert saves.count(True) >= len(edits)  # the touched-rows path was taken, not just the full one
+
+
 @pytest.mark.parametrize(
     ("edit", "splices"),
     [

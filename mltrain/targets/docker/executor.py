@@ -564,6 +564,9 @@ class DockerExecutor(Executor):
                 self._put_files(engine, container, owner)
             logs.begin(request.paths.log, request.paths.dir)
             engine.start(container)
+            # Inside the try: a Ctrl-C before the handle exists would leave the job running with no record of it.
+            logs.start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(),
+                              engine.api_version)
         except BaseException as exc:
             try:
                 engine.remove(container)
@@ -573,7 +576,6 @@ class DockerExecutor(Executor):
                 refused = gpu_refusal(exc, self.engine.describe()) if "DeviceRequests" in host_limits else None
                 raise refused or engine_error(f"start the container for run {request.run_id}", exc) from exc
             raise
-        logs.start_mirror(request.paths.log, request.paths.dir, container, self.engine.to_dict(), engine.api_version)
         return DockerHandle(request.paths, container, spec.name, self.engine, keep_container=self.config.keep_container,
                             mem_limit=self._limit_label(request.resources), mounted=mounted,
                             api_version=engine.api_version,

@@ -411,3 +411,28 @@ def test_cancel_reaches_the_job_behind_the_filter(dproject: DockerProject) -> No
     assert "got TERM ***" in dproject.log(run_id)  # the job's own handler ran, long before the 60 s grace
     record = dproject.record(run_id)
     assert record["status"] == "Canceled" and record["exit_code"] == 143
+
+
+def test_ctrl_c_right_after_the_container_starts_leaves_no_container(dproject: DockerProject,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C between the container's start and its handle (the log mirror starting): the container goes too.
+
+    The interrupt is injected where the mirror starts (a real Ctrl-C cannot be aimed at that moment);
+    the container and the engine are real.
+    """
+    from mltrain.run import submit
+    from mltrain.targets.docker import logs
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        assert dproject.containers(), "the container should have been started by now"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(logs, "start_mirror", interrupted)
+    monkeypatch.chdir(dproject.root)
+    for name, value in dproject.env.items():
+        monkeypatch.setenv(name, value)
+    dproject.write("slow.py", SLOW)
+    with pytest.raises(KeyboardInterrupt):
+        submit(dproject.overrides("script=slow.py", "+env_vars.STEPS=100", build=False))
+    assert dproject.containers() == []
+    assert dproject.record()["status"] == "Canceled"
