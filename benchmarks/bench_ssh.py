@@ -124,7 +124,7 @@ def shaped(root: Path) -> None:
         raw = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
         print(f"shaped link: host-side veth {veth}, tbf rate {RATE}; tree {raw / 2**20:.1f} MiB "
               f"(10,000 text files ~4:1 + 40 MiB random); mltrain codec {upload.codec}, "
-              f"pieces sent raw (did not shrink) {upload.skipped}")
+              f"batches sent lzma (link-bound) {upload.strong}, pieces sent raw (did not shrink) {upload.skipped}")
         report("first upload over 100 Mbit/s, source-like tree, vs rsync -az", statistics.median(ours),
                statistics.median(theirs), "<= 0.8x")
         print(f"{'  bytes received by the host: mltrain / rsync -az':<58} {statistics.median(our_wire) / 2**20:8.1f} "
@@ -159,8 +159,10 @@ def shaped(root: Path) -> None:
 def _print_floor(tree: Path, blobs: list[Path], blob_bytes: int, blob_seconds: float, rsync_seconds: float) -> None:
     """What no uploader can beat on this link: the random bytes' own time, plus the text at the size a codec
     makes of it in 1 MiB batches (as ours are), sent at the rate the random bytes got, with no other cost at
-    all. zlib -3 is what the test host's helper can inflate (its Python 3.11 has no zstd module); zstd -3 is
-    what rsync -az negotiates between its own two ends here. Against rsync's time: how low the ratio can go."""
+    all. zlib -3 and lzma -1 are what the test host's helper can inflate (its Python 3.11 has no zstd module;
+    mltrain uses lzma for the batches that have time for it); zstd -3 is what rsync -az negotiates between its
+    own two ends here. Against rsync's time: how low the ratio can go."""
+    import lzma
     import zlib
 
     from mltrain.hosts.agent import zstd_module
@@ -177,7 +179,9 @@ def _print_floor(tree: Path, blobs: list[Path], blob_bytes: int, blob_seconds: f
     print(f"{'  floor: the random files alone, one ssh connection':<58} {blob_seconds * 1000:8.1f} ms = "
           f"{blob_seconds / rsync_seconds:.2f}x rsync -az ({blob_bytes / 2**20:.1f} MiB, {rate / 1e6:.1f} MB/s)")
     zstd = zstd_module()
-    codecs: list[tuple[str, Callable[[bytes], bytes]]] = [("zlib -3", lambda b: zlib.compress(b, 3))]
+    codecs: list[tuple[str, Callable[[bytes], bytes]]] = [
+        ("zlib -3", lambda b: zlib.compress(b, 3)),
+        ("lzma -1", lambda b: lzma.compress(b, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=1))]
     if zstd is not None:
         codecs.append(("zstd -3", lambda b: bytes(zstd.compress(b, 3))))
     for name, squeeze in codecs:

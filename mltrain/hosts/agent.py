@@ -198,9 +198,34 @@ def zstd_module() -> Any:
     return None
 
 
+def lzma_module() -> Any:
+    """The stdlib's ``lzma``, or None on a Python built without liblzma."""
+    try:
+        import lzma
+    except ImportError:
+        return None
+    return lzma
+
+
+LZMA_MEMLIMIT = 64 << 20  # an xz stream asking for a larger dictionary than this is refused, not allocated
+
+
 def codecs() -> list[str]:
-    """What this host can decompress, best first: zstd if its Python has a module for it, zlib always."""
-    return (["zstd"] if zstd_module() is not None else []) + ["zlib"]
+    """What this host can decompress: zstd if its Python has a module for it, zlib always, lzma where built in."""
+    return (["zstd"] if zstd_module() is not None else []) + ["zlib"] + (["lzma"] if lzma_module() else [])
+
+
+def _decoder(codec: Any) -> Any:
+    """A fresh decompressor for one stream of ``codec``, or None when this host did not offer it."""
+    if codec == "zlib":
+        return zlib.decompressobj()
+    if codec == "zstd":
+        module = zstd_module()
+        return module.ZstdDecompressor() if module is not None else None
+    if codec == "lzma":
+        module = lzma_module()
+        return module.LZMADecompressor(module.FORMAT_XZ, memlimit=LZMA_MEMLIMIT) if module is not None else None
+    return None
 
 
 def inflate(codec: Any, data: bytes, size: int) -> bytes:
@@ -212,13 +237,12 @@ def inflate(codec: Any, data: bytes, size: int) -> bytes:
     """
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise Fatal("protocol: compressed data without a positive declared size")
-    module = zlib if codec == "zlib" else zstd_module() if codec == "zstd" else None
-    if module is None:
+    decoder = _decoder(codec)
+    if decoder is None:
         raise Fatal(f"protocol: codec {str(codec)[:20]!r} is not one this host offered")
-    decoder = module.decompressobj() if codec == "zlib" else module.ZstdDecompressor()
     try:
         out = decoder.decompress(data, size + 1)
-    except Exception as exc:  # zlib.error, ZstdError: the bytes are not a stream of that codec
+    except Exception as exc:  # zlib.error, ZstdError, LZMAError (memlimit too): not a stream of that codec
         raise Fatal(f"protocol: {codec} data is damaged ({exc})") from None
     if len(out) > size:
         raise Fatal(f"protocol: {codec} data inflates past its declared {size} bytes")

@@ -15,6 +15,7 @@ import pytest
 
 from mltrain.hosts import agent as remote_agent
 from mltrain.hosts.agent import HEAD, Agent, Wire
+from mltrain.targets.ssh.codec import Codecs
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -304,7 +305,35 @@ def test_inflate_stops_a_bomb_at_its_cap_not_after_inflating_it() -> None:
 
 def test_inflate_refuses_a_codec_the_host_did_not_offer() -> None:
     with pytest.raises(remote_agent.Fatal, match="not one this host offered"):
-        remote_agent.inflate("lzma", b"x", 1)
+        remote_agent.inflate("brotli", b"x", 1)
+
+
+def test_lzma_is_offered_and_inflated_capped() -> None:
+    """The strong codec beside zlib: exact size, a bomb stops at its cap, a cut stream is refused."""
+    from mltrain.targets.ssh.codec import choose, compress
+
+    assert "lzma" in remote_agent.codecs()
+    assert choose(["zlib", "lzma"]) == Codecs("zlib", "lzma") and choose(["zlib"]) == Codecs("zlib")
+    data = text(200_000)
+    assert remote_agent.inflate("lzma", compress("lzma", data), len(data)) == data
+    with pytest.raises(remote_agent.Fatal, match="inflates past"):
+        remote_agent.inflate("lzma", compress("lzma", bytes(64 << 20)), 1 << 20)
+    with pytest.raises(remote_agent.Fatal, match="ends short"):
+        remote_agent.inflate("lzma", compress("lzma", data)[:-20], len(data))
+    with pytest.raises(remote_agent.Fatal, match="bytes after the end"):
+        remote_agent.inflate("lzma", compress("lzma", data) + b"tail", len(data))
+
+
+def test_an_lzma_stream_asking_for_more_memory_than_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The xz header names the dictionary the decoder allocates: the helper caps it, whatever the sender asks."""
+    import lzma
+
+    data = text(100_000)
+    stream = lzma.compress(data, format=lzma.FORMAT_XZ, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 8 << 20}])
+    assert remote_agent.inflate("lzma", stream, len(data)) == data  # within the real limit
+    monkeypatch.setattr(remote_agent, "LZMA_MEMLIMIT", 4 << 20)
+    with pytest.raises(remote_agent.Fatal, match="lzma data is damaged"):
+        remote_agent.inflate("lzma", stream, len(data))
 
 
 ZSTD = remote_agent.zstd_module()
@@ -316,7 +345,7 @@ NO_ZSTD = ("no zstd module on this Python (pyzstd comes with the dev extra: `mak
 def test_zstd_is_offered_and_inflated_capped_when_the_host_has_it() -> None:
     from mltrain.targets.ssh.codec import choose, compress
 
-    assert remote_agent.codecs() == ["zstd", "zlib"] and choose(remote_agent.codecs()) == "zstd"
+    assert remote_agent.codecs()[:2] == ["zstd", "zlib"] and choose(remote_agent.codecs()) == Codecs("zstd")
     data = text(200_000)
     assert remote_agent.inflate("zstd", compress("zstd", data), len(data)) == data
     with pytest.raises(remote_agent.Fatal, match="inflates past"):
@@ -336,7 +365,8 @@ def test_a_zstd_upload_stream_is_placed_byte_identical(tmp_path: Path) -> None:
     for digest, data in blobs.items():
         store.put_bytes(digest, data)
     stats = UploadStats()
-    frames = _blob_frames(store, [(d, 0) for d in blobs], {d: len(b) for d, b in blobs.items()}, stats, codec="zstd")
+    frames = _blob_frames(store, [(d, 0) for d in blobs], {d: len(b) for d, b in blobs.items()}, stats,
+                          codecs=Codecs("zstd"))
     stream = request({"op": "put_blobs", "stream": True}) + b"".join(frame(k, p) for k, p in frames)
     (reply,) = serve(tmp_path / "host", stream)
     assert reply["placed"] == 3 and stats.codec == "zstd" and stats.packed < stats.bytes / 3
@@ -346,10 +376,58 @@ def test_a_zstd_upload_stream_is_placed_byte_identical(tmp_path: Path) -> None:
 def test_zlib_is_always_offered_and_chosen_without_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
     from mltrain.targets.ssh import codec
 
-    assert remote_agent.codecs()[-1] == "zlib"
+    assert "zlib" in remote_agent.codecs()
     monkeypatch.setattr(remote_agent, "zstd_module", lambda: None)
-    assert codec.choose(["zstd", "zlib"]) == "zlib"
+    assert codec.choose(["zstd", "zlib"]) == Codecs("zlib")
     assert codec.choose([]) is None  # a protocol-1 helper: raw
+
+
+def test_while_the_link_is_the_bottleneck_batches_go_lzma_and_arrive_byte_identical(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large (incompressible) blobs go first; the text batches behind them, with pieces queued up for the link,
+    take the strong codec; the real helper places every blob byte-identical."""
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.manifest import hash_bytes
+    from mltrain.targets.ssh import upload
+
+    monkeypatch.setattr(upload, "RATE_SAMPLE", 1)
+    monkeypatch.setattr(upload, "READY_SECONDS", 0.0)  # any queue counts: the strong codec from the first batch on
+    store = BlobStore(tmp_path / "client")
+    small = {hash_bytes(text(4000 + i) + bytes([i % 256])): text(4000 + i) + bytes([i % 256]) for i in range(600)}
+    weights = os.urandom(3 << 19)
+    blobs = {**small, hash_bytes(weights): weights}
+    for digest, data in blobs.items():
+        store.put_bytes(digest, data)
+    stats = upload.UploadStats()
+    order = [*[(d, 0) for d in small], (hash_bytes(weights), 0)]  # the large blob listed last
+    frames = list(upload._blob_frames(store, order, {d: len(b) for d, b in blobs.items()}, stats,
+                                      codecs=Codecs("zlib", "lzma")))
+    heads = [json.loads(p) for k, p in frames if k == b"J"]
+    assert heads[0].get("blob") == hash_bytes(weights)  # sent first, though listed last
+    assert any(h.get("codec") == "lzma" for h in heads if "batch" in h) and stats.strong > 0
+    stream = request({"op": "put_blobs", "stream": True}) + b"".join(frame(k, p) for k, p in frames)
+    (reply,) = serve(tmp_path / "host", stream)
+    assert reply["placed"] == len(blobs) and stats.codec == "zlib"
+    assert stored(tmp_path / "host") == {f"{d[:2]}/{d[2:]}": b for d, b in blobs.items()}
+
+
+def test_the_strong_codec_waits_for_a_known_rate_and_a_queue_worth_its_time() -> None:
+    from mltrain.targets.ssh.upload import RATE_SAMPLE, READY_SECONDS, _Pace, _Piece
+
+    pace = _Pace()
+    piece = _Piece([(b"D", bytes(1 << 20))])
+    for _ in range(4):
+        pace.finished(piece)
+    assert not pace.strong()  # 4 MiB queued, but the link's rate is not known yet
+    pace.taken(piece, 0.1)
+    for _ in range(RATE_SAMPLE >> 20):
+        pace.finished(piece)
+        pace.taken(piece, 0.1)  # 10 MiB/s
+    assert pace.ready == 3 << 20 and READY_SECONDS > 3 / 10
+    assert not pace.strong()  # 0.3 s of link time queued: compressing harder would starve the link
+    for _ in range(3):
+        pace.finished(piece)
+    assert pace.strong()  # 0.6 s queued
 
 
 def test_pack_sends_incompressible_data_raw() -> None:

@@ -16,10 +16,13 @@ The remote keeps the same content-addressed store as the workspace
    size and sha256 for each, then their bytes in one frame), which keeps
    the per-file cost on both ends to a few microseconds; large ones go one
    at a time, in chunks from where the host's part ends, then their sha256.
-   Each batch and chunk is compressed with the codec agreed in the hello
-   (``codec``: zstd where both ends have it, else zlib; none with a
-   protocol-1 helper), on two threads a few pieces ahead of the link, or
-   sent raw when it does not shrink (``UploadStats.skipped`` counts those).
+   Large blobs go first: they are the ones that often do not shrink, and
+   the link carries them while the text behind them is compressed. Each
+   batch and chunk is compressed with the codec agreed in the hello
+   (``codec``: zstd where both ends have it, else zlib, with lzma for
+   batches while finished pieces queue up for the link; none with a
+   protocol-1 helper), on a pool up to 32 MiB ahead of the link, or sent
+   raw when it does not shrink (``UploadStats.skipped`` counts those).
    The host checks each blob's sha256 before placing it. sha256 rather than
    the store's blake3: the host's ``python3`` has hashlib and no blake3, and
    a check only needs both ends to agree on the bytes (the link itself is
@@ -40,8 +43,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
+import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +56,7 @@ from typing import Any
 from mltrain.errors import TargetError
 from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.manifest import name_in
-from mltrain.targets.ssh.codec import choose, compress, pack, shrinks
+from mltrain.targets.ssh.codec import Codecs, choose, compress, pack, shrinks
 from mltrain.targets.ssh.link import Link, RemoteError, Reply
 from mltrain.util import progress
 
@@ -61,7 +66,10 @@ CHUNK = 1 << 20
 SMALL = 256 << 10  # blobs below this travel in batches (a cut resends at most one batch)
 BATCH = 1 << 20
 SPECULATE = 256 << 10  # new blobs up to this much in all are sent without asking which the host lacks
-AHEAD = 4  # pieces compressed ahead of the link (~4 MiB)
+AHEAD_BYTES = 32 << 20  # read ahead of the link: room to compress the text behind 40 MB of weights (memory: ~2x)
+WORKERS = max(2, min(8, os.cpu_count() or 2))  # compressing threads
+READY_SECONDS = 0.5  # link time waiting in finished pieces that makes the next one worth the strong codec
+RATE_SAMPLE = 4 << 20  # bytes the link must have taken before its rate is trusted (its window fills at once)
 RECENT_BASES = 8
 ENOSPC = (28, 122)  # ENOSPC, EDQUOT
 
@@ -71,9 +79,10 @@ class UploadStats:
     blobs: int = 0
     bytes: int = 0  # blob bytes sent, before compression
     resumed: int = 0
-    codec: str | None = None  # the codec agreed with the helper; None: everything went raw
+    codec: str | None = None  # the fast codec agreed with the helper; None: everything went raw
     packed: int = 0  # blob bytes as they went on the wire
     skipped: int = 0  # batches and chunks sent raw under a codec: they did not shrink
+    strong: int = 0  # batches sent with the strong codec (lzma), while the link was the bottleneck
 
 
 def stage_snapshot(link: Link, store: BlobStore, manifest_id: str, stats: UploadStats | None = None) -> str:
@@ -162,8 +171,8 @@ def _send_blobs(link: Link, store: BlobStore, digests: list[str], sizes: dict[st
     log.info("sent %d blobs (%d bytes) to %s", reply.take("placed", int), reply.take("bytes", int), link.where)
 
 
-def _codec(link: Link) -> str | None:
-    """The codec for this upload: the best the helper offered (a protocol-1 helper offers none: raw)."""
+def _codec(link: Link) -> Codecs | None:
+    """The codecs for this upload: the best the helper offered (a protocol-1 helper offers none: raw)."""
     hello = link.hello()
     offered = hello.maybe("codecs", list) or []
     return choose([name for name in offered if isinstance(name, str)])
@@ -191,44 +200,138 @@ class _Piece:
     wire: int = 0  # blob bytes as sent (compressed or raw)
     skipped: bool = False  # sent raw although a codec was agreed: it did not shrink
     resumed: int = 0
+    strong: bool = False  # compressed with the strong codec
+
+    @property
+    def size(self) -> int:
+        """Bytes of its frames' payloads: what the link has to carry for it."""
+        return sum(len(payload) for _, payload in self.frames)
+
+
+class _Pace:
+    """How much finished work waits for the link, and how fast the link drains it.
+
+    As zstd's ``--adapt`` does: while compressed pieces queue up for the link
+    (it is the bottleneck: a slow uplink, or incompressible data going first),
+    CPU spent on the strong codec costs no time and saves bytes; when they do
+    not, the fast codec keeps the link fed. On loopback or a LAN the queue
+    never holds ``READY_SECONDS`` of link time, so nothing changes there.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = 0  # bytes of finished pieces not yet handed to the link
+        self.sent = 0  # bytes handed to the link ...
+        self.busy = 0.0  # ... and the seconds it took to take them
+
+    def finished(self, piece: _Piece) -> _Piece:
+        with self.lock:
+            self.ready += piece.size
+        return piece
+
+    def taken(self, piece: _Piece, seconds: float) -> None:
+        with self.lock:
+            self.ready -= piece.size
+            self.sent += piece.size
+            self.busy += seconds
+
+    def strong(self) -> bool:
+        """Whether the pieces waiting for the link will keep it busy for ``READY_SECONDS`` (once its rate is known)."""
+        with self.lock:
+            if self.sent < RATE_SAMPLE or self.busy <= 0:
+                return False
+            return self.ready >= READY_SECONDS * self.sent / self.busy
+
+
+class _ReadAhead:
+    """Reads files and hands pieces to the compressing pool on a thread of its own, up to ``AHEAD_BYTES``
+    ahead of the link: the text behind a large incompressible file is compressed while that file is on the
+    wire, and the sending thread only sends. Iterating gives the finished pieces in order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, Callable[[], _Piece]]],
+                 pace: _Pace) -> None:
+        self.queued: queue.SimpleQueue[tuple[int, Future[_Piece]] | BaseException | None] = queue.SimpleQueue()
+        self.room = threading.Condition()
+        self.unsent = 0  # raw bytes of pieces submitted and not yet sent
+        self.stopped = False
+        self.thread = threading.Thread(target=self._fill, args=(pool, jobs, pace), name="mltrain-read-ahead",
+                                       daemon=True)
+        self.thread.start()
+
+    def _fill(self, pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, Callable[[], _Piece]]],
+              pace: _Pace) -> None:
+        try:
+            for raw, job in jobs:
+                with self.room:
+                    while self.unsent > AHEAD_BYTES and not self.stopped:
+                        self.room.wait()
+                    if self.stopped:
+                        return
+                    self.unsent += raw
+                self.queued.put((raw, pool.submit(_timed_job, job, pace)))
+            self.queued.put(None)
+        except BaseException as exc:  # a damaged local blob (TargetError) included: the sender raises it
+            self.queued.put(exc)
+
+    def __iter__(self) -> Iterator[_Piece]:
+        while (item := self.queued.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            raw, future = item
+            yield future.result()
+            with self.room:
+                self.unsent -= raw
+                self.room.notify()
+
+    def stop(self) -> None:
+        with self.room:
+            self.stopped = True
+            self.room.notify()
+        self.thread.join()
+
+
+def _timed_job(job: Callable[[], _Piece], pace: _Pace) -> _Piece:
+    return pace.finished(job())
 
 
 def _blob_frames(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
                  stats: UploadStats, sent: Callable[[], None] = lambda: None,
-                 codec: str | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """Small blobs in batches (one header, one body), large ones in chunks from where the host's part ends.
+                 codecs: Codecs | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Large blobs first, in chunks from where the host's part ends; then small ones in batches (one header, one
+    body).
 
-    With a ``codec``, each batch and chunk is compressed on two threads a few
-    pieces ahead of the link (zlib and zstd release the GIL), or sent raw when
-    it does not shrink. ``sent`` is told after each body frame went out
-    (``stats.bytes`` counts it): the progress display.
+    Large first: they are the ones that often do not shrink (weights, archives), and the link carries them
+    while the text behind is compressed. With ``codecs``, each batch and chunk is compressed on a pool
+    (zlib, zstd and lzma release the GIL) up to ``AHEAD_BYTES`` ahead of the link, or sent raw when it does
+    not shrink. ``sent`` is told after each body frame went out (``stats.bytes`` counts it): the progress
+    display.
     """
-    jobs = _pieces(store, missing, sizes, codec)
-    if codec is None:
-        pieces: Iterator[_Piece] = (job() for job in jobs)
-        yield from _emitted(pieces, stats, sent)
+    ordered = sorted(missing, key=lambda row: sizes[row[0]] < SMALL)  # stable: manifest order within each
+    if codecs is None:
+        yield from _emitted((job() for _, job in _pieces(store, ordered, sizes, None, _Pace())), stats, sent)
         return
-    with ThreadPoolExecutor(2, thread_name_prefix="mltrain-compress") as pool:
-        def ahead() -> Iterator[_Piece]:
-            queued: deque[Future[_Piece]] = deque()
-            for job in jobs:
-                queued.append(pool.submit(job))
-                if len(queued) > AHEAD:
-                    yield queued.popleft().result()
-            while queued:
-                yield queued.popleft().result()
-
-        yield from _emitted(ahead(), stats, sent)
-    stats.codec = codec
+    pace = _Pace()
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="mltrain-compress") as pool:
+        ahead = _ReadAhead(pool, _pieces(store, ordered, sizes, codecs, pace), pace)
+        try:
+            yield from _emitted(iter(ahead), stats, sent, pace)
+        finally:
+            ahead.stop()
+    stats.codec = codecs.fast
 
 
-def _emitted(pieces: Iterator[_Piece], stats: UploadStats, sent: Callable[[], None]) -> Iterator[tuple[bytes, bytes]]:
+def _emitted(pieces: Iterator[_Piece], stats: UploadStats, sent: Callable[[], None],
+             pace: _Pace | None = None) -> Iterator[tuple[bytes, bytes]]:
     for piece in pieces:
-        yield from piece.frames
+        started = time.perf_counter()
+        yield from piece.frames  # the consumer sends while we are suspended here
+        if pace is not None:
+            pace.taken(piece, time.perf_counter() - started)
         stats.blobs += piece.blobs
         stats.packed += piece.wire
         stats.skipped += piece.skipped
         stats.resumed += piece.resumed
+        stats.strong += piece.strong
         if piece.raw:
             stats.bytes += piece.raw
             sent()
@@ -236,11 +339,13 @@ def _emitted(pieces: Iterator[_Piece], stats: UploadStats, sent: Callable[[], No
 
 
 def _pieces(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, int],
-            codec: str | None) -> Iterator[Callable[[], _Piece]]:
-    """What to send, in order, as jobs that make its frames (compressing is the part worth a thread)."""
+            codecs: Codecs | None, pace: _Pace) -> Iterator[tuple[int, Callable[[], _Piece]]]:
+    """What to send, in order, as (raw bytes, a job that makes its frames): compressing is the part worth a
+    thread."""
     rows: list[list[Any]] = []
     body: list[bytes] = []
     batched = 0
+    fast = codecs.fast if codecs is not None else None
     for digest, have in missing:
         size = sizes[digest]
         if size < SMALL:
@@ -249,7 +354,7 @@ def _pieces(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, i
             body.append(data)
             batched += size
             if batched >= BATCH:
-                yield partial(_batch, codec, rows, body)
+                yield batched, partial(_batch, codecs, pace, rows, body)
                 rows, body, batched = [], [], 0
             continue
         hasher = hashlib.sha256()
@@ -257,26 +362,27 @@ def _pieces(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, i
             if have:
                 hasher.update(fh.read(have))
             chunk = fh.read(CHUNK)
-            used = codec if codec is not None and chunk and shrinks(chunk) else None  # one mode per blob
+            used = fast if fast is not None and chunk and shrinks(chunk) else None  # one mode per blob
             head: dict[str, Any] = {"blob": digest, "offset": have, "size": size}
             if used:
                 head["codec"] = used
-            yield partial(_Piece, [(b"J", json.dumps(head).encode())], resumed=int(have > 0))
+            yield 0, partial(_Piece, [(b"J", json.dumps(head).encode())], resumed=int(have > 0))
             while chunk:
                 hasher.update(chunk)
-                yield partial(_chunk, used, chunk, skipped=codec is not None and used is None)
+                yield len(chunk), partial(_chunk, used, chunk, skipped=fast is not None and used is None)
                 chunk = fh.read(CHUNK)
-        yield partial(_Piece, [(b"J", json.dumps({"sha256": hasher.hexdigest()}).encode())], blobs=1)
+        yield 0, partial(_Piece, [(b"J", json.dumps({"sha256": hasher.hexdigest()}).encode())], blobs=1)
     if rows:
-        yield partial(_batch, codec, rows, body)
+        yield batched, partial(_batch, codecs, pace, rows, body)
 
 
-def _batch(codec: str | None, rows: list[list[Any]], body: list[bytes]) -> _Piece:
+def _batch(codecs: Codecs | None, pace: _Pace, rows: list[list[Any]], body: list[bytes]) -> _Piece:
     data = b"".join(body)
-    used, payload = pack(codec, data)
+    strong = codecs is not None and codecs.strong is not None and pace.strong()
+    used, payload = pack(None if codecs is None else codecs.strong if strong else codecs.fast, data)
     head: dict[str, Any] = {"batch": rows, "codec": used} if used else {"batch": rows}
     return _Piece([(b"J", json.dumps(head).encode()), (b"D", payload)], len(data), len(rows), len(payload),
-                  codec is not None and used is None)
+                  codecs is not None and used is None, strong=strong and used is not None)
 
 
 def _chunk(codec: str | None, chunk: bytes, *, skipped: bool) -> _Piece:

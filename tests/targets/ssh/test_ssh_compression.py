@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import random
 import zlib
@@ -73,6 +74,24 @@ def test_a_compressible_upload_arrives_byte_identical_and_compressed(host: SshHo
     assert link.bytes_sent < total / 2.5  # what the helper's channel carried, requests and manifest included
 
 
+def test_with_pieces_queued_for_the_link_batches_go_lzma_and_arrive_byte_identical(
+        host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real host's Python inflates lzma too: batches take it while the link is the bottleneck (forced here:
+    any queue counts), the large blob goes first and fast, and every file arrives as it was."""
+    from mltrain.targets.ssh import upload
+
+    monkeypatch.setattr(upload, "RATE_SAMPLE", 1)
+    monkeypatch.setattr(upload, "READY_SECONDS", 0.0)
+    rng = random.Random(3)
+    files = {f"src/f{i}.py": source_text(rng, rng.randint(500, 6000)) for i in range(600)}
+    files["data/weights.bin"] = os.urandom(3 << 19)
+    expected = write(tmp_path / "src", files)
+    stats, link, path = stage(host, tmp_path, tmp_path / "src")
+    assert "lzma" in link.info["codecs"]
+    assert arrived(host, path) == expected
+    assert stats.strong > 0 and stats.bytes == sum(map(len, files.values()))
+
+
 def test_an_incompressible_blob_is_sent_raw(host: SshHost, tmp_path: Path) -> None:
     files = {"weights.bin": os.urandom(3 << 19), **{f"rand/f{i}": os.urandom(4096) for i in range(50)}}
     expected = write(tmp_path / "src", files)
@@ -117,6 +136,9 @@ def hostile_streams() -> dict[str, tuple[list[tuple[bytes, bytes]], str]]:
                  "protocol: zlib data inflates past its declared 4096 bytes"),
         "longer": ([frame_json({"blob": digest, "offset": 0, "size": 1000, "codec": "zlib"}),
                     (b"D", zlib.compress(text))], "protocol: zlib data inflates past its declared 1000 bytes"),
+        "lzma-bomb": ([frame_json({"batch": [[digest, 4096, zeros_sha]], "codec": "lzma"}),
+                       (b"D", lzma.compress(bytes(64 << 20), format=lzma.FORMAT_XZ))],
+                      "protocol: lzma data inflates past its declared 4096 bytes"),
         "garbage": ([frame_json({"blob": digest, "offset": 0, "size": 6000, "codec": "zlib"}),
                      (b"D", os.urandom(3000))], "protocol: zlib data is damaged"),
         "outside": ([frame_json({"batch": [["../../../tmp/escaped", len(text), hashlib.sha256(text).hexdigest()]],
