@@ -367,6 +367,70 @@ def sha256s(data: bytes, rows: list[Any]) -> list[str] | None:
     return out
 
 
+class Prebuild:
+    """A checkout built while its blobs arrive: each file is linked as soon as its blob is placed.
+
+    A first upload's 10,000 links cost ~0.3 s on a small VM once the last
+    byte is in; made while the link is still busy they cost nothing after
+    it. ``placed`` is called from the writer threads. Only a whole build is
+    kept (``finish``: the manifest stored, its marker written, the folder
+    renamed into place, as ``put_manifest`` does); anything else -- a blob
+    that never came, an error making an entry -- leaves no trace, and the
+    client's ``put_manifest`` builds the checkout as before.
+    """
+
+    def __init__(self, agent: Agent, manifest_id: str, canonical: bytes, entries: list[Any]) -> None:
+        import threading
+
+        self.agent = agent
+        self.manifest_id = manifest_id
+        self.canonical = canonical
+        self.lock = threading.Lock()
+        self.failed = False
+        self.folders: set[bytes] = set()
+        self.tmp = agent.checkout_tmp(manifest_id)
+        self.top = os.fsencode(self.tmp)
+        self.waiting: dict[str, list[Any]] = {}
+        for item in entries:
+            if item[4] is None and item[2] > 0:
+                agent.blob_path(item[3])  # a digest, or the helper stops before anything is made
+                self.waiting.setdefault(item[3], []).append(item)
+            else:
+                self._make([item])
+        for digest in agent.present(list(self.waiting)):
+            self.placed(digest)
+
+    def _make(self, items: list[Any]) -> None:
+        try:
+            for item in items:
+                self.agent._make(self.top, item, self.folders)
+        except Exception:  # OSError, or Fatal for a link that leaves the tree: put_manifest will say so
+            self.failed = True
+
+    def placed(self, digest: str) -> None:
+        with self.lock:
+            items = self.waiting.pop(digest, None)
+        if items and not self.failed:
+            self._make(items)
+
+    def finish(self) -> str | None:
+        """The checkout's path once it is whole and in place; None (and nothing left) otherwise."""
+        final = os.path.join(self.agent.root, "checkouts", self.manifest_id)
+        if self.failed or self.waiting:
+            self.abandon()
+            return None
+        try:
+            self.agent.store_manifest(self.manifest_id, self.canonical)
+            os.rename(self.tmp, final)
+        except OSError:
+            self.abandon()
+            return final if os.path.isdir(final) else None  # made meanwhile by another upload
+        return final
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 class Writers:
     """Two threads that write blobs while the main thread hands out the next ones.
 
@@ -1036,17 +1100,47 @@ class Agent:
         self._begin_upload()  # the client may send a few small blobs without asking first
         if self.tmpfile:
             self.blobs_fd()  # opened once, before two threads may want it
+        prebuilt = self._prebuild(msg) if "manifest" in msg else None
         frames = Prefetch(self.wire)
         writers = Writers()
         try:
-            placed, received = self._put_blobs(frames, writers)
+            placed, received = self._put_blobs(frames, writers, prebuilt)
             writers.wait()
+        except BaseException:
+            if prebuilt is not None:
+                prebuilt.abandon()
+            raise
         finally:
             writers.close()
         self._end_upload()
-        return {"placed": placed, "bytes": received}
+        reply: dict[str, Any] = {"placed": placed, "bytes": received}
+        if prebuilt is not None:
+            path = prebuilt.finish()
+            if path is not None:
+                reply["path"] = path
+        return reply
 
-    def _put_blobs(self, frames: Prefetch, writers: Writers) -> tuple[int, int]:
+    def _prebuild(self, msg: dict[str, Any]) -> Prebuild | None:
+        """The whole manifest sent ahead of the blobs: its checkout is built while they arrive (``Prebuild``).
+
+        Its frame is read whatever happens; a manifest that does not match its sha256 only means no prebuild
+        (``put_manifest`` comes next, as without one).
+        """
+        kind, data = self.wire.recv()
+        head = msg["manifest"]
+        size = head.get("size") if isinstance(head, dict) else None
+        if kind != b"D" or not isinstance(size, int) or size > MAX_MANIFEST:
+            raise Fatal(f"protocol: a manifest sent with blobs must declare its size, at most {MAX_MANIFEST} bytes")
+        canonical = inflate("zlib", data, size)
+        if hashlib.sha256(canonical).hexdigest() != head.get("sha256"):
+            return None
+        manifest_id = str(head.get("id"))
+        self.blob_path(manifest_id)  # a digest, or the helper stops
+        if os.path.isdir(os.path.join(self.root, "checkouts", manifest_id)):
+            return None
+        return Prebuild(self, manifest_id, canonical, [entry(r) for r in json.loads(canonical)["entries"]])
+
+    def _put_blobs(self, frames: Prefetch, writers: Writers, prebuilt: Prebuild | None = None) -> tuple[int, int]:
         placed = received = 0
         made: set[str] = set()
         while True:
@@ -1054,7 +1148,7 @@ class Agent:
             if head.get("end"):
                 break
             if "batch" in head:
-                received += self._receive_batch(frames, head["batch"], made, writers)
+                received += self._receive_batch(frames, head["batch"], made, writers, prebuilt)
                 placed += len(head["batch"])
                 continue
             digest, offset, size = head["blob"], int(head["offset"]), int(head["size"])
@@ -1066,6 +1160,8 @@ class Agent:
                 os.replace(part, final)
                 self.known.add(digest)
                 placed += 1
+                if prebuilt is not None:
+                    prebuilt.placed(digest)
             except EOFError:
                 raise  # the link dropped: keep the part for the next upload
             except BaseException:
@@ -1082,7 +1178,8 @@ class Agent:
             made.add(folder)
         return folder
 
-    def _receive_batch(self, frames: Prefetch, rows: list[Any], made: set[str], writers: Writers) -> int:
+    def _receive_batch(self, frames: Prefetch, rows: list[Any], made: set[str], writers: Writers,
+                       prebuilt: Prebuild | None = None) -> int:
         """Check every blob of the batch, then hand its halves to the writers (``made`` is shared: sets are)."""
         kind, data, hashes = frames.recv_seen()
         if kind != b"D" or hashes is None:
@@ -1093,18 +1190,20 @@ class Agent:
         for index, (digest, size, sha) in enumerate(rows):
             if hashes[index] != sha:
                 raise Fatal(f"blob {digest} failed verification (sha256 mismatch); submit again")
-            blobs.append((self.blob_path(digest), view[at:at + size]))
+            blobs.append((self.blob_path(digest), view[at:at + size], digest))
             at += size
         half = len(blobs) // 2
         for part in (blobs[:half], blobs[half:]):
             if part:
-                writers.submit(self._place_all, part, made)
+                writers.submit(self._place_all, part, made, prebuilt)
         self.known.update(row[0] for row in rows)
         return len(data)
 
-    def _place_all(self, blobs: list[Any], made: set[str]) -> None:
-        for final, data in blobs:
+    def _place_all(self, blobs: list[Any], made: set[str], prebuilt: Prebuild | None = None) -> None:
+        for final, data, digest in blobs:
             self._place(final, data, made)
+            if prebuilt is not None:
+                prebuilt.placed(digest)
 
     def _place(self, final: str, data: memoryview, made: set[str]) -> None:
         """Write a whole blob under its final name atomically: an unnamed file, linked once written."""
@@ -1232,12 +1331,7 @@ class Agent:
         missing = sorted(d for d in needed if d not in have)
         if missing:
             return {"missing": missing}
-        path = self.blob_path(manifest_id)
-        if not os.path.exists(path):
-            write_atomic(path, canonical)
-            os.chmod(path, BLOB_MODE)
-        marker = os.path.join(self.blobs, "manifests", manifest_id)
-        write_atomic(marker, b"")
+        marker = self.store_manifest(manifest_id, canonical)
         final = os.path.join(self.root, "checkouts", manifest_id)
         try:
             if (base and not os.path.isdir(final)
@@ -1256,6 +1350,16 @@ class Agent:
                 raise
             os.unlink(marker)
             return {"missing": missing}
+
+    def store_manifest(self, manifest_id: str, canonical: bytes) -> str:
+        """Keep the manifest and write its marker (all its blobs are here: callers checked); the marker's path."""
+        path = self.blob_path(manifest_id)
+        if not os.path.exists(path):
+            write_atomic(path, canonical)
+            os.chmod(path, BLOB_MODE)
+        marker = os.path.join(self.blobs, "manifests", manifest_id)
+        write_atomic(marker, b"")
+        return marker
 
     # Checkouts are immutable while a run uses them. A new snapshot usually differs from the last one in a
     # few files, and building 10,000 hardlinks costs far more than sending one file; so when no live run uses
@@ -1340,16 +1444,22 @@ class Agent:
                 shutil.copyfile(self.blob_path(digest), dest)
                 os.chmod(dest, BLOB_MODE)
 
+    def checkout_tmp(self, manifest_id: str) -> str:
+        """A fresh, empty folder a checkout is built in before it is renamed into place."""
+        checkouts = os.path.join(self.root, "checkouts")
+        os.makedirs(checkouts, exist_ok=True)
+        tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}-{threading.get_ident()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o755)
+        return tmp
+
     def _checkout(self, manifest_id: str, entries: list[Any]) -> str:
         """Build ``checkouts/<id>`` in a temp folder renamed into place."""
         checkouts = os.path.join(self.root, "checkouts")
         final = os.path.join(checkouts, manifest_id)
         if os.path.isdir(final):
             return final
-        os.makedirs(checkouts, exist_ok=True)
-        tmp = os.path.join(checkouts, f".tmp-{manifest_id[:16]}-{os.getpid()}-{threading.get_ident()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp, 0o755)
+        tmp = self.checkout_tmp(manifest_id)
         top = os.fsencode(tmp)
         folders: set[bytes] = set()
         try:

@@ -480,3 +480,81 @@ def test_hostile_compressed_streams_are_refused_and_nothing_is_placed(tmp_path: 
         (reply,) = serve(root, request({"op": "put_blobs", "stream": True}) + body + request({"end": True}))
         assert reply["fatal"] and reply["error"].startswith("protocol: ") and fragments[name] in reply["error"], reply
         assert stored(root) == {}, name  # no blob, and no part of one
+
+
+# ------------------------------------------- a first upload's checkout, built while its blobs arrive
+def _first_upload(tmp_path: Path, tree: Path, edit: Any = None, sha256: str | None = None) -> list[dict[str, Any]]:
+    """put_blobs with the whole manifest ahead of the blobs, as a first upload sends it: the helper's replies.
+    ``edit`` may change the manifest's document (a manifest the host must refuse on its own terms); ``sha256``
+    replaces the one sent with it."""
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import take_snapshot
+    from mltrain.targets.ssh import upload
+
+    store = BlobStore(tmp_path / "client")
+    manifest = upload._load(store, take_snapshot(tree, store).manifest.id)
+    canonical = manifest.canonical
+    if edit is not None:
+        doc = json.loads(canonical)
+        edit(doc)
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    sizes = {row[3]: row[2] for row in manifest.rows if len(row) == 4 and row[2] > 0}
+    head = {"id": manifest.id, "sha256": sha256 or hashlib.sha256(canonical).hexdigest(), "size": len(canonical)}
+    frames = upload._blob_frames(store, [(d, 0) for d in sizes], sizes, upload.UploadStats(), codecs=Codecs("zlib"))
+    stream = (request({"op": "put_blobs", "stream": True, "manifest": head}) + frame(b"D", zlib.compress(canonical))
+              + b"".join(frame(k, p) for k, p in frames))
+    return serve(tmp_path / "host", stream)
+
+
+def _source_tree(root: Path) -> Path:
+    (root / "pkg" / "deep").mkdir(parents=True)
+    (root / "pkg" / "deep" / "mod.py").write_bytes(text(3000))
+    (root / "pkg" / "same.py").write_bytes(text(3000))  # the same blob twice
+    (root / "weights.bin").write_bytes(os.urandom(600_000))  # a large blob: chunks
+    (root / "empty").write_bytes(b"")
+    (root / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "pkg" / "link").symlink_to("same.py")
+    return root
+
+
+def test_a_first_upload_gets_its_checkout_built_while_the_blobs_arrive(tmp_path: Path) -> None:
+    tree = _source_tree(tmp_path / "tree")
+    (reply,) = _first_upload(tmp_path, tree)
+    checkout = Path(reply["path"])
+    assert checkout == tmp_path / "host" / "checkouts" / checkout.name
+    made = {str(p.relative_to(checkout)): p for p in checkout.rglob("*") if not p.is_dir()}
+    assert set(made) == {"pkg/deep/mod.py", "pkg/same.py", "weights.bin", "empty", "run.sh", "pkg/link"}
+    for name, path in made.items():
+        assert path.read_bytes() == (tree / name).read_bytes(), name
+    assert os.readlink(made["pkg/link"]) == "same.py" and os.access(made["run.sh"], os.X_OK)
+    assert (tmp_path / "host" / "blobs" / "manifests" / checkout.name).exists()  # as put_manifest leaves it
+    assert [p.name for p in checkout.parent.iterdir()] == [checkout.name]  # no temp folder left
+
+
+def test_a_prebuild_that_cannot_finish_leaves_nothing_and_put_manifest_decides(tmp_path: Path) -> None:
+    """A file where the manifest also wants a folder: the blobs are placed; no checkout, marker or temp folder."""
+    def clash(doc: dict[str, Any]) -> None:
+        mod = next(row for row in doc["entries"] if row[0] == "pkg/deep/mod.py")
+        doc["entries"].append(["pkg/same.py/x", 420, mod[2], mod[3]])
+
+    (reply,) = _first_upload(tmp_path, _source_tree(tmp_path / "tree"), clash)
+    assert "path" not in reply and reply["placed"] == 3
+    checkouts = tmp_path / "host" / "checkouts"
+    assert not checkouts.exists() or list(checkouts.iterdir()) == []
+    assert not (tmp_path / "host" / "blobs" / "manifests").exists()
+
+
+def test_a_manifest_with_an_unsafe_path_sent_ahead_stops_the_helper_before_anything_is_made(tmp_path: Path) -> None:
+    (reply,) = _first_upload(tmp_path, _source_tree(tmp_path / "tree"), lambda doc: doc["entries"].append(
+        ["pkg/zz", 511, 5, "0" * 64, "../../../etc/passwd"]))
+    assert "unsafe path" in reply["error"] and reply.get("fatal") is True
+    assert not (tmp_path / "host" / "checkouts").exists()
+    assert stored(tmp_path / "host") == {}
+
+
+def test_a_manifest_that_does_not_match_its_sha256_is_only_not_prebuilt(tmp_path: Path) -> None:
+    """Damaged on the way (or a client bug): the blobs are placed, no checkout is, put_manifest comes next."""
+    (reply,) = _first_upload(tmp_path, _source_tree(tmp_path / "tree"), sha256="0" * 64)
+    assert "path" not in reply and reply["placed"] == 3
+    assert not (tmp_path / "host" / "checkouts").exists() or list((tmp_path / "host" / "checkouts").iterdir()) == []
