@@ -282,7 +282,7 @@ class Prefetch:
     so the next request is read as usual.
 
     Each frame comes with what the reader made of it: a JSON frame's object;
-    for a batch's data, the sha256 of each blob in it (None if its size does
+    for a batch's data, the sha256 of all of it (None if its size does
     not match the header); for a large blob's trailer, the sha256 of the
     bytes that came for it (None when it resumed a part: those bytes are
     hashed by the writer, from the part).
@@ -320,7 +320,7 @@ class Prefetch:
                 elif batch is not None:
                     if codec is not None:
                         payload = inflate(codec, payload, batch_size(batch))
-                    seen = sha256s(payload, batch)
+                    seen = batch_sha256(payload, batch)
                     batch = codec = None
                 else:
                     if codec is not None:  # each chunk of a large blob is its own stream of min(CHUNK, left) bytes
@@ -353,18 +353,11 @@ class Prefetch:
         return obj
 
 
-def sha256s(data: bytes, rows: list[Any]) -> list[str] | None:
-    """The sha256 of each blob of a batch's data, as its header lists them (None: the sizes do not add up)."""
+def batch_sha256(data: bytes, rows: list[Any]) -> str | None:
+    """The sha256 of a batch's data (None: its length is not what the header's sizes add up to)."""
     if len(data) != sum(int(r[1]) for r in rows):
         return None
-    view = memoryview(data)
-    out = []
-    at = 0
-    for row in rows:
-        size = int(row[1])
-        out.append(hashlib.sha256(view[at:at + size]).hexdigest())
-        at += size
-    return out
+    return hashlib.sha256(data).hexdigest()
 
 
 class Prebuild:
@@ -1148,7 +1141,7 @@ class Agent:
             if head.get("end"):
                 break
             if "batch" in head:
-                received += self._receive_batch(frames, head["batch"], made, writers, prebuilt)
+                received += self._receive_batch(frames, head, made, writers, prebuilt)
                 placed += len(head["batch"])
                 continue
             digest, offset, size = head["blob"], int(head["offset"]), int(head["size"])
@@ -1178,18 +1171,19 @@ class Agent:
             made.add(folder)
         return folder
 
-    def _receive_batch(self, frames: Prefetch, rows: list[Any], made: set[str], writers: Writers,
+    def _receive_batch(self, frames: Prefetch, head: dict[str, Any], made: set[str], writers: Writers,
                        prebuilt: Prebuild | None = None) -> int:
-        """Check every blob of the batch, then hand its halves to the writers (``made`` is shared: sets are)."""
-        kind, data, hashes = frames.recv_seen()
-        if kind != b"D" or hashes is None:
+        """Check the batch's sha256, then hand its blobs' halves to the writers (``made`` is shared: sets are)."""
+        rows = head["batch"]
+        kind, data, sha = frames.recv_seen()
+        if kind != b"D" or sha is None:
             raise Fatal("protocol: a batch of blobs does not match its header")
+        if sha != head.get("sha256"):
+            raise Fatal(f"a batch of {len(rows)} blobs failed verification (sha256 mismatch); submit again")
         view = memoryview(data)
         blobs = []
         at = 0
-        for index, (digest, size, sha) in enumerate(rows):
-            if hashes[index] != sha:
-                raise Fatal(f"blob {digest} failed verification (sha256 mismatch); submit again")
+        for digest, size in rows:
             blobs.append((self.blob_path(digest), view[at:at + size], digest))
             at += size
         half = len(blobs) // 2

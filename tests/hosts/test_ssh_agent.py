@@ -47,6 +47,12 @@ def blob(seed: int, size: int = 4096) -> tuple[str, bytes]:
     return hashlib.sha256(b"digest" + data).hexdigest(), data  # any 64-hex name: the helper only checks sha256
 
 
+def batch_head(blobs: list[tuple[str, bytes]], **extra: Any) -> bytes:
+    """A batch's header as the client sends it: each blob's digest and size, one sha256 of their bytes."""
+    rows = [[d, len(b)] for d, b in blobs]
+    return request({"batch": rows, "sha256": hashlib.sha256(b"".join(b for _, b in blobs)).hexdigest(), **extra})
+
+
 def stored(root: Path) -> dict[str, bytes]:
     """Every file under blobs/ but the upload lock, by path relative to blobs/."""
     out = {}
@@ -59,8 +65,7 @@ def stored(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_batch_places_each_blob_read_only(tmp_path: Path, tmpfile: bool) -> None:
     blobs = [blob(i) for i in range(5)]
-    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
-    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+    stream = (request({"op": "put_blobs", "stream": True}) + batch_head(blobs)
               + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
     (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
     assert reply == {"placed": 5, "bytes": 5 * 4096}
@@ -72,10 +77,9 @@ def test_batch_places_each_blob_read_only(tmp_path: Path, tmpfile: bool) -> None
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_a_blob_failing_verification_is_never_placed(tmp_path: Path, tmpfile: bool) -> None:
     blobs = [blob(i) for i in range(3)]
-    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
-    rows[1][2] = "0" * 64
-    stream = (request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
-              + frame(b"D", b"".join(b for _, b in blobs)) + request({"end": True}))
+    sent = [blobs[0], (blobs[1][0], blobs[1][1][:-1] + b"?"), blobs[2]]  # one byte changed on the way
+    stream = (request({"op": "put_blobs", "stream": True}) + batch_head(blobs)
+              + frame(b"D", b"".join(b for _, b in sent)) + request({"end": True}))
     (reply,) = serve(tmp_path, stream, tmpfile=tmpfile)
     assert reply["fatal"] and "failed verification" in reply["error"]
     assert stored(tmp_path) == {}  # a batch is checked whole before any of it is written; no temp file either
@@ -84,7 +88,7 @@ def test_a_blob_failing_verification_is_never_placed(tmp_path: Path, tmpfile: bo
 def test_a_batch_that_does_not_match_its_header_is_refused(tmp_path: Path) -> None:
     digest, data = blob(0)
     stream = (request({"op": "put_blobs", "stream": True})
-              + request({"batch": [[digest, len(data) + 1, hashlib.sha256(data).hexdigest()]]})
+              + request({"batch": [[digest, len(data) + 1]], "sha256": hashlib.sha256(data).hexdigest()})
               + frame(b"D", data) + request({"end": True}))
     (reply,) = serve(tmp_path, stream)
     assert reply["fatal"] and "does not match" in reply["error"]
@@ -93,9 +97,8 @@ def test_a_batch_that_does_not_match_its_header_is_refused(tmp_path: Path) -> No
 
 def test_a_cut_batch_leaves_nothing(tmp_path: Path) -> None:
     blobs = [blob(i) for i in range(3)]
-    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
     body = frame(b"D", b"".join(b for _, b in blobs))
-    assert serve(tmp_path, request({"op": "put_blobs", "stream": True}) + request({"batch": rows})
+    assert serve(tmp_path, request({"op": "put_blobs", "stream": True}) + batch_head(blobs)
                  + body[:len(body) // 2]) == []
     assert stored(tmp_path) == {}
 
@@ -441,8 +444,7 @@ def test_pack_sends_incompressible_data_raw() -> None:
 
 
 def compressed_batch(blobs: list[tuple[str, bytes]]) -> bytes:
-    rows = [[d, len(b), hashlib.sha256(b).hexdigest()] for d, b in blobs]
-    return request({"batch": rows, "codec": "zlib"}) + frame(b"D", zlib.compress(b"".join(b for _, b in blobs)))
+    return batch_head(blobs, codec="zlib") + frame(b"D", zlib.compress(b"".join(b for _, b in blobs)))
 
 
 def test_a_compressed_batch_and_large_blob_arrive_byte_identical(tmp_path: Path) -> None:
@@ -461,12 +463,12 @@ def test_a_compressed_batch_and_large_blob_arrive_byte_identical(tmp_path: Path)
 
 def test_hostile_compressed_streams_are_refused_and_nothing_is_placed(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"x").hexdigest()
-    bomb_rows = [[digest, 4096, hashlib.sha256(bytes(4096)).hexdigest()]]
+    bomb_rows = [[digest, 4096]]
     cases = {
         # a batch declaring 4 KiB whose data inflates to 64 MiB
         "bomb": request({"batch": bomb_rows, "codec": "zlib"}) + frame(b"D", zlib.compress(bytes(64 << 20))),
         # a batch declaring more than any client sends: refused before inflating
-        "declared": request({"batch": [[digest, 1 << 30, "0" * 64]], "codec": "zlib"}) + frame(b"D", b"x"),
+        "declared": request({"batch": [[digest, 1 << 30]], "codec": "zlib"}) + frame(b"D", b"x"),
         # a large blob's chunk longer than the blob
         "overrun": request({"blob": digest, "offset": 0, "size": 1000, "codec": "zlib"})
         + frame(b"D", zlib.compress(text(2000))),

@@ -12,8 +12,9 @@ The remote keeps the same content-addressed store as the workspace
    the candidates are a few KiB in all (a file or two changed), or the host
    holds no blob at all (``have`` says so), they are sent without asking.
 3. ``put_blobs``: every missing blob in one stream over the helper's
-   channel. Small blobs go in batches of about a MiB (a header of digest,
-   size and sha256 for each, then their bytes in one frame), which keeps
+   channel. Small blobs go in batches of about a MiB (a header of digest
+   and size for each and one sha256 of them all, then their bytes in one
+   frame: a sha256 per blob was 0.7 MB of hex for 10,000 files), which keeps
    the per-file cost on both ends to a few microseconds; large ones go one
    at a time, in chunks from where the host's part ends, then their sha256.
    Large blobs go first: they are the ones that often do not shrink, and
@@ -369,7 +370,7 @@ def _pieces(store: BlobStore, missing: list[tuple[str, int]], sizes: dict[str, i
         size = sizes[digest]
         if size < SMALL:
             data = _read_small(store.path(digest), size)
-            rows.append([digest, size, hashlib.sha256(data).hexdigest()])
+            rows.append([digest, size])
             body.append(data)
             batched += size
             if batched >= BATCH:
@@ -399,7 +400,9 @@ def _batch(codecs: Codecs | None, pace: _Pace, rows: list[list[Any]], body: list
     data = b"".join(body)
     strong = codecs is not None and codecs.strong is not None and pace.strong()
     used, payload = pack(None if codecs is None else codecs.strong if strong else codecs.fast, data)
-    head: dict[str, Any] = {"batch": rows, "codec": used} if used else {"batch": rows}
+    head: dict[str, Any] = {"batch": rows, "sha256": hashlib.sha256(data).hexdigest()}
+    if used:
+        head["codec"] = used
     return _Piece([(b"J", json.dumps(head).encode()), (b"D", payload)], len(data), len(rows), len(payload),
                   codecs is not None and used is None, strong=strong and used is not None)
 

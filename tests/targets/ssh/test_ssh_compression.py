@@ -131,18 +131,19 @@ def hostile_streams() -> dict[str, tuple[list[tuple[bytes, bytes]], str]]:
     zeros_sha = hashlib.sha256(bytes(4096)).hexdigest()
     text = b"x = 1\n" * 1000
     return {
-        "bomb": ([frame_json({"batch": [[digest, 4096, zeros_sha]], "codec": "zlib"}),
+        "bomb": ([frame_json({"batch": [[digest, 4096]], "sha256": zeros_sha, "codec": "zlib"}),
                   (b"D", zlib.compress(bytes(64 << 20), 9))],
                  "protocol: zlib data inflates past its declared 4096 bytes"),
         "longer": ([frame_json({"blob": digest, "offset": 0, "size": 1000, "codec": "zlib"}),
                     (b"D", zlib.compress(text))], "protocol: zlib data inflates past its declared 1000 bytes"),
-        "lzma-bomb": ([frame_json({"batch": [[digest, 4096, zeros_sha]], "codec": "lzma"}),
+        "lzma-bomb": ([frame_json({"batch": [[digest, 4096]], "sha256": zeros_sha, "codec": "lzma"}),
                        (b"D", lzma.compress(bytes(64 << 20), format=lzma.FORMAT_XZ))],
                       "protocol: lzma data inflates past its declared 4096 bytes"),
         "garbage": ([frame_json({"blob": digest, "offset": 0, "size": 6000, "codec": "zlib"}),
                      (b"D", os.urandom(3000))], "protocol: zlib data is damaged"),
-        "outside": ([frame_json({"batch": [["../../../tmp/escaped", len(text), hashlib.sha256(text).hexdigest()]],
-                                 "codec": "zlib"}), (b"D", zlib.compress(text))], "bad digest"),
+        "outside": ([frame_json({"batch": [["../../../tmp/escaped", len(text)]],
+                                 "sha256": hashlib.sha256(text).hexdigest(), "codec": "zlib"}),
+                     (b"D", zlib.compress(text))], "bad digest"),
     }
 
 
