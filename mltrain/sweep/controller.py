@@ -183,8 +183,7 @@ class SweepController(Supervisor):
         self._report_lock = threading.Lock()
         self._log_file: Any = None
         self._first_alone = FirstAlone()
-        self._stores = threading.local()  # each worker thread's Store (see _worker_store)
-        self._opened: list[Store] = []
+        self._shared_store: Store | None = None  # the workers' connection (see _worker_store)
         self.board: TrialBoard | None = None  # the progress display's tally, once the sweep runs here
         self.gpus = GpuPools(self.workspace)
 
@@ -425,14 +424,16 @@ class SweepController(Supervisor):
             return run.wait(out=trial.monitor.feed, stop=trial.poll_stop, store=store, idle_wait=TRIAL_IDLE_WAIT)
 
     def _worker_store(self) -> Store:
-        """This worker thread's connection to the run history, opened by its first trial and kept for the
-        rest (opening one -- connect, pragmas, schema check -- cost each trial three); closed with the sweep."""
-        store: Store | None = getattr(self._stores, "store", None)
-        if store is None:
-            store = self._stores.store = Store(self.workspace.db_path)
-            with self._report_lock:
-                self._opened.append(store)
-        return store
+        """The workers' one connection to the run history, opened by the first trial; closed with the sweep.
+
+        One for all (a ``Store`` serializes its threads' statements): with one a worker, each commit made the
+        other 31 connections re-read the pages it changed, and the run history cost the workers 2.2 ms a
+        trial on the 1,000-trial grid of ``benchmarks/bench_sweep.py`` (opening one a trial, three times more).
+        """
+        with self._report_lock:
+            if self._shared_store is None:
+                self._shared_store = Store(self.workspace.db_path)
+            return self._shared_store
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
@@ -537,9 +538,9 @@ class SweepController(Supervisor):
                 self._finish(error)
         finally:
             self.store.close()
-            for store in self._opened:  # the workers' (the pool has ended: none is in use)
-                store.close()
-            self._opened.clear()
+            if self._shared_store is not None:  # the workers' (the pool has ended: none is in use)
+                self._shared_store.close()
+                self._shared_store = None
             if self._log_file is not None:
                 self._log_file.close()
             _tell_cpu()
