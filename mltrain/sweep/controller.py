@@ -183,7 +183,6 @@ class SweepController(Supervisor):
         self._report_lock = threading.Lock()
         self._log_file: Any = None
         self._first_alone = FirstAlone()
-        self._shared_store: Store | None = None  # the workers' connection (see _worker_store)
         self.board: TrialBoard | None = None  # the progress display's tally, once the sweep runs here
         self.gpus = GpuPools(self.workspace)
 
@@ -424,16 +423,15 @@ class SweepController(Supervisor):
             return run.wait(out=trial.monitor.feed, stop=trial.poll_stop, store=store, idle_wait=TRIAL_IDLE_WAIT)
 
     def _worker_store(self) -> Store:
-        """The workers' one connection to the run history, opened by the first trial; closed with the sweep.
+        """The workers' connection to the run history: the controller's own, shared (a ``Store`` serializes
+        its threads' statements).
 
-        One for all (a ``Store`` serializes its threads' statements): with one a worker, each commit made the
-        other 31 connections re-read the pages it changed, and the run history cost the workers 2.2 ms a
-        trial on the 1,000-trial grid of ``benchmarks/bench_sweep.py`` (opening one a trial, three times more).
+        With a connection a worker, each commit made the other connections re-read the pages it changed (and
+        pass SQLite's process-wide file-lock mutex): the run history cost the workers 2.2-2.9 ms a trial on the
+        1,000-trial grid of ``benchmarks/bench_sweep.py``, ~1.9 ms with one. The controller writes the history
+        alone meanwhile, so one connection's page cache stays valid between its statements.
         """
-        with self._report_lock:
-            if self._shared_store is None:
-                self._shared_store = Store(self.workspace.db_path)
-            return self._shared_store
+        return self.store
 
     # -------------------------------------------------------------- results
     def finished(self, job_return: Any, suggestion: Suggestion) -> Outcome:
@@ -537,10 +535,7 @@ class SweepController(Supervisor):
             if self.started:
                 self._finish(error)
         finally:
-            self.store.close()
-            if self._shared_store is not None:  # the workers' (the pool has ended: none is in use)
-                self._shared_store.close()
-                self._shared_store = None
+            self.store.close()  # the workers' too: the pool has ended, none is in use
             if self._log_file is not None:
                 self._log_file.close()
             _tell_cpu()
