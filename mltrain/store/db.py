@@ -23,6 +23,7 @@ import json
 import math
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -240,10 +241,17 @@ class _Taken(Exception):
 
 
 class Store:
-    """A connection to one workspace's ``runs.db``."""
+    """A connection to one workspace's ``runs.db``; threads may share it.
+
+    Each method's statements run under the store's lock, so threads sharing one ``Store`` never interleave
+    inside a transaction. A sweep's workers share one: with a connection each, every commit by one made the
+    others re-read the pages it changed and pass SQLite's process-wide file-lock mutex (see
+    :class:`mltrain.sweep.controller.SweepController`).
+    """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        self._lock = threading.RLock()
         if not path.exists() and not create:
             raise StoreError(f"no run history at {path}; submit a run first, or set MLTRAIN_HOME")
         try:
@@ -283,7 +291,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode = WAL")
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -293,13 +302,19 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """A read's rows, fetched whole under the lock (a thread sharing the connection may be mid-write)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------------ runs
     def create_run(
@@ -316,26 +331,28 @@ class Store:
         so of two clients submitting the same key at once exactly one creates the run.
         """
         now = time.time()
+        row: dict[str, Any] = {
+            "experiment": experiment, "status": QUEUED, "created": now, "script": script, "source_dir": source_dir,
+            "compute": compute, "environment": environment, "parent_id": parent_id, "sweep_id": sweep_id,
+            "overrides": json.dumps(list(overrides)), "client": json.dumps(client) if client else None,
+            "idempotency_key": idempotency_key, "params": json.dumps(params or {}),
+        }
 
         def insert(db: sqlite3.Connection, candidate: str) -> None:
             if idempotency_key is not None:
-                row = db.execute("SELECT id FROM runs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                if row is not None:
-                    raise _Taken(row[0])
-            db.execute(
-                "INSERT INTO runs (id, experiment, status, created, script, source_dir, compute,"
-                " environment, parent_id, sweep_id, overrides, client, idempotency_key, params)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (candidate, experiment, QUEUED, now, script, source_dir, compute, environment,
-                 parent_id, sweep_id, json.dumps(list(overrides)), json.dumps(client) if client else None,
-                 idempotency_key, json.dumps(params or {})),
-            )
+                found = db.execute("SELECT id FROM runs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if found is not None:
+                    raise _Taken(found[0])
+            db.execute(f"INSERT INTO runs (id, {', '.join(row)}) VALUES (?{', ?' * len(row)})",
+                       (candidate, *row.values()))
             db.execute("INSERT INTO transitions VALUES (?,?,?)", (candidate, QUEUED, now))
 
         try:
-            return self.get(self._insert_new("run", run_id, insert))
+            created = self._insert_new("run", run_id, insert)
         except _Taken as taken:
             raise IdempotencyHit(self.get(taken.run_id)) from None
+        # The row as inserted, read back without reading it back (a sweep's worker saves a query a trial).
+        return _record(tuple(created if name == "id" else row.get(name) for name in _COLUMNS))
 
     def _insert_new(self, what: str, wanted: str | None, insert: Callable[[sqlite3.Connection, str], None]) -> str:
         """Run ``insert`` with ``wanted`` or a fresh random id (retried on a clash); returns the id."""
@@ -411,10 +428,10 @@ class Store:
     def _by_id(self, table: str, columns: Sequence[str], ident: str, missing: type[StoreError]) -> Any:
         """The row whose id is ``ident``, else the one whose id starts with it; ``missing`` if none or several."""
         select = f"SELECT {', '.join(columns)} FROM {table}"
-        rows = self._db.execute(f"{select} WHERE id = ?", (ident,)).fetchall()
+        rows = self._rows(f"{select} WHERE id = ?", (ident,))
         if not rows and ident:
             pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = self._db.execute(f"{select} WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (pattern,)).fetchall()
+            rows = self._rows(f"{select} WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (pattern,))
         noun = table.rstrip("s")
         if not rows:
             raise missing(f"no {noun} {ident!r} in {self.path.parent}; `mltrain {table} list` shows the ids")
@@ -438,17 +455,17 @@ class Store:
         sql += " ORDER BY created DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [_record(row) for row in self._db.execute(sql, params)]
+        return [_record(row) for row in self._rows(sql, params)]
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
+        return int(self._rows("SELECT count(*) FROM runs")[0][0])
 
     def transitions(self, run_id: str) -> list[tuple[str, float]]:
-        rows = self._db.execute("SELECT status, time FROM transitions WHERE run_id = ? ORDER BY rowid", (run_id,))
+        rows = self._rows("SELECT status, time FROM transitions WHERE run_id = ? ORDER BY rowid", (run_id,))
         return [(status, when) for status, when in rows]
 
     def snapshot_ids(self) -> set[str]:
-        rows = self._db.execute("SELECT DISTINCT snapshot_id FROM runs WHERE snapshot_id IS NOT NULL")
+        rows = self._rows("SELECT DISTINCT snapshot_id FROM runs WHERE snapshot_id IS NOT NULL")
         return {row[0] for row in rows}
 
     def delete_runs(self, run_ids: Iterable[str]) -> int:
@@ -481,7 +498,7 @@ class Store:
     def unindexed_runs(self, limit: int = 1000) -> list[str]:
         """Runs recorded before params and ``metric_last`` were filled on write (``params`` is NULL):
         ``index_runs`` brings each up to date, once."""
-        rows = self._db.execute("SELECT id FROM runs WHERE params IS NULL LIMIT ?", (limit,))
+        rows = self._rows("SELECT id FROM runs WHERE params IS NULL LIMIT ?", (limit,))
         return [row[0] for row in rows]
 
     def index_runs(self, params: dict[str, dict[str, Any]]) -> None:
@@ -500,7 +517,7 @@ class Store:
         found: dict[str, dict[str, float]] = {run_id: {} for run_id in run_ids}
         for start in range(0, len(run_ids), 500):
             chunk = list(run_ids[start:start + 500])
-            rows = self._db.execute(
+            rows = self._rows(
                 f"SELECT run_id, name, value FROM metric_last WHERE run_id IN ({', '.join('?' * len(chunk))})"
                 " ORDER BY name", chunk)
             for run_id, name, value in rows:
@@ -514,21 +531,21 @@ class Store:
         if limit:
             sql += f" LIMIT {int(limit)}"
         try:
-            return [_record(row) for row in self._db.execute(sql, list(args))]
+            return [_record(row) for row in self._rows(sql, list(args))]
         except sqlite3.OperationalError as exc:
             raise StoreError(f"the run history could not answer the query ({exc})") from exc
 
     def count_where(self, where: str, args: Sequence[Any]) -> int:
-        return int(self._db.execute(f"SELECT count(*) FROM runs WHERE {where}", list(args)).fetchone()[0])
+        return int(self._rows(f"SELECT count(*) FROM runs WHERE {where}", list(args))[0][0])
 
     def metrics(self, run_id: str) -> list[tuple[str, int | None, float, float | None]]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT name, step, value, time FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
         )
         return [(name, step, _number(value), when) for name, step, value, when in rows]
 
     def last_metrics(self, run_id: str) -> dict[str, float]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT name, value FROM metrics WHERE rowid IN "
             "(SELECT max(rowid) FROM metrics WHERE run_id = ? GROUP BY name) ORDER BY name",
             (run_id,),
@@ -576,7 +593,7 @@ class Store:
         sql += " ORDER BY created DESC, rowid DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [_sweep_record(row) for row in self._db.execute(sql, params)]
+        return [_sweep_record(row) for row in self._rows(sql, params)]
 
     def put_trial(self, trial: TrialRecord) -> None:
         """Insert or replace the trial ``(sweep_id, idx)``."""
@@ -597,7 +614,7 @@ class Store:
             db.execute("UPDATE trials SET error = ? WHERE sweep_id = ? AND idx = ?", (error, sweep_id, idx))
 
     def trials(self, sweep_id: str) -> list[TrialRecord]:
-        rows = self._db.execute(
+        rows = self._rows(
             f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE sweep_id = ? ORDER BY idx", (sweep_id,)
         )
         return [_trial_record(row) for row in rows]
@@ -605,16 +622,16 @@ class Store:
     def completed_run_with(self, fingerprint: str, *, or_canceled_for: str | None = None) -> str | None:
         """The newest Completed run of any trial with this fingerprint (what a sweep may reuse); with
         ``or_canceled_for``, failing that, the newest run Canceled for that reason (a trial stopped early)."""
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT runs.id FROM trials JOIN runs ON runs.id = trials.run_id"
             " WHERE trials.fingerprint = ? AND (runs.status = ? OR (runs.status = ? AND runs.reason = ?))"
             " ORDER BY runs.status = ? DESC, runs.created DESC LIMIT 1",
             (fingerprint, COMPLETED, CANCELED, or_canceled_for, COMPLETED),
-        ).fetchone()
-        return None if row is None else str(row[0])
+        )
+        return str(rows[0][0]) if rows else None
 
     def integrity_check(self) -> str:
-        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+        return str(self._rows("PRAGMA integrity_check")[0][0])
 
 
 _SWEEP_COLUMNS = (

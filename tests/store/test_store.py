@@ -52,6 +52,53 @@ def test_racing_terminal_writers_leave_one_winner(tmp_path: Path) -> None:
         assert store.get(run_id).status == wins[0]
 
 
+def test_threads_sharing_one_store_never_mix_their_transactions(tmp_path: Path) -> None:
+    """A sweep's workers share one Store: each method's statements run whole, so sixteen threads creating,
+    moving and reading runs through one connection leave every run as its own thread left it."""
+    errors: list[BaseException] = []
+    with Store(tmp_path / "runs.db") as store:
+
+        def work(n: int) -> None:
+            try:
+                for i in range(20):
+                    run_id = _new(store)
+                    store.update(run_id, env_fingerprint=f"{n}-{i}")
+                    assert store.transition(run_id, "Running", handle={"pid": n})
+                    store.add_metrics(run_id, [("loss", float(i), i, None)])
+                    assert store.transition(run_id, "Completed", exit_code=0, metrics=[("loss", float(n), 0, None)])
+                    record = store.get(run_id)
+                    assert (record.status, record.env_fingerprint, record.handle) == ("Completed", f"{n}-{i}",
+                                                                                     {"pid": n})
+                    assert store.metrics(run_id) == [("loss", 0, float(n), None)]
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert store.count() == 16 * 20
+        assert {r.status for r in store.find()} == {"Completed"}
+        assert store.integrity_check() == "ok"
+
+
+def test_create_run_returns_the_row_as_stored(tmp_path: Path) -> None:
+    """``create_run`` builds its record from what it inserted instead of reading it back: the same record."""
+    with Store(tmp_path / "runs.db") as store:
+        record = store.create_run(
+            experiment="e", script="s.py", source_dir="/x", compute="local", environment="user_managed",
+            overrides=("params.lr=0.1", "params.n=3"), parent_id="p1", sweep_id="s1", run_id="abcd1234",
+            client={"pid": 1, "host": "h"}, idempotency_key="k", params={"lr": 0.1, "n": 3, "flag": True},
+        )
+        assert record == store.get("abcd1234")
+        plain = store.create_run(experiment="e", script="s.py", source_dir="/x", compute="local",
+                                 environment="user_managed")
+        assert plain == store.get(plain.id)
+        assert (plain.overrides, plain.client, plain.params, plain.idempotency_key) == ([], None, {}, None)
+
+
 def test_prefix_lookup(tmp_path: Path) -> None:
     with Store(tmp_path / "runs.db") as store:
         a = store.create_run(
