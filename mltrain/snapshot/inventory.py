@@ -7,8 +7,8 @@ contents the store lacks, and what to remember for next time.
 from __future__ import annotations
 
 import os
-from itertools import compress, repeat
-from operator import is_not, itemgetter, ne, not_
+from itertools import compress
+from operator import ne, not_
 from typing import TYPE_CHECKING, Final, cast
 
 from mltrain.errors import SnapshotError
@@ -22,7 +22,7 @@ from mltrain.snapshot.manifest import (
     row_json,
     splice_rows,
 )
-from mltrain.snapshot.walk import Found
+from mltrain.snapshot.walk import WalkResult
 
 if TYPE_CHECKING:
     from mltrain.snapshot.blobstore import BlobStore
@@ -40,19 +40,18 @@ class Inventory:
     an unchanged tree, is a handful of whole-list comparisons.
     """
 
-    def __init__(self, files: list[Found], root: str, store: BlobStore, *, dry_run: bool) -> None:
-        """``files`` as the walk found them under ``root``; only their columns are kept, not the list."""
+    def __init__(self, walked: WalkResult, root: str, store: BlobStore, *, dry_run: bool) -> None:
+        """The files as the walk found them under ``root``: its columns are taken over, not copied."""
         self.root = root
         self.store = store
         self.dry_run = dry_run
-        # One C-level pass per column (100k files: 30 ms against 50 ms for zip(*files)).
-        self.rels: list[str] = list(map(itemgetter(0), files))
-        self.stat_sizes: list[int] = list(map(itemgetter(1), files))
-        self.mtimes: list[int] = list(map(itemgetter(2), files))
-        self.inodes: list[int] = list(map(itemgetter(3), files))
-        self.modes: list[int] = list(map(itemgetter(4), files))  # the walk gives the manifest's modes
-        self.links: list[str | None] = list(map(itemgetter(5), files))
-        self.link_rows = list(compress(range(len(files)), map(is_not, self.links, repeat(None))))
+        self.rels: list[str] = walked.rels
+        self.stat_sizes: list[int] = walked.sizes
+        self.mtimes: list[int] = walked.mtimes
+        self.inodes: list[int] = walked.inodes
+        self.modes: list[int] = walked.modes  # the walk gives the manifest's modes
+        self.links: list[str | None] = walked.links()
+        self.link_rows = sorted(walked.link_targets)
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
