@@ -137,6 +137,10 @@ class Columns:
     def as_tuple(self) -> tuple[Sequence[Any], ...]:
         return (self.rels, self.sizes, self.mtimes, self.inodes, self.modes, self.digests, self.remembered)
 
+    def fields(self) -> tuple[Sequence[Any], ...]:
+        """:meth:`as_tuple` without the paths, and the digests as :meth:`digest_view` (for reading a few rows)."""
+        return (self.sizes, self.mtimes, self.inodes, self.modes, self.digest_view(), self.remembered)
+
     def packed(self) -> tuple[int, str, bytes, bytes, bytes, bytes, str, bytes]:
         """What the cache file holds: the row count and each column packed."""
         columns = (self.sizes, self.mtimes, self.inodes, self.modes)
@@ -360,7 +364,7 @@ class StatCache:
         candidates = self._delta_rows.union(touched)
         if len(candidates) > MAX_DELTA_ROWS:
             return None
-        pairs = list(zip(columns.as_tuple()[1:], base.as_tuple()[1:], strict=True))
+        pairs = list(zip(columns.fields(), base.fields(), strict=True))  # rows looked at one by one: kept packed
         return sorted(i for i in candidates if any(new[i] != old[i] for new, old in pairs))
 
     def _write(self, path: str, magic: bytes, payload: bytes) -> str:

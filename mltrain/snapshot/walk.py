@@ -175,7 +175,7 @@ def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -
                 continue
             if GITIGNORE in names:
                 here = here.with_gitignore(rel_dir, _read_ignore_file(folder, rel_dir + GITIGNORE, follow=False))
-            _visit(fd, folder + "/", entries, rel_dir, here, skip, stack, result)
+            _visit(fd, folder + "/", entries, names, rel_dir, here, skip, stack, result)
         finally:
             os.close(fd)
     if result.link_targets:
@@ -199,6 +199,7 @@ def _visit(
     fd: int,
     folder: str,
     entries: list[os.DirEntry[str]],
+    names: list[str],
     rel_dir: str,
     rules: IgnoreRules,
     skip: frozenset[str],
@@ -210,6 +211,15 @@ def _visit(
     verdict = rules.verdict
     memo_files, memo_dirs = rules.name_memo or ({}, {})
     memoize = rules.name_memo is not None
+    if memoize and ALWAYS_EXCLUDED_NAMES.isdisjoint(names):
+        # The common folder: regular files only, each name already judged and kept. Decided for the whole
+        # folder in C-level passes instead of a Python step per entry (100k files: ~8% of a re-snapshot).
+        regular = [entry for entry in entries if entry.is_file(follow_symlinks=False)]
+        if len(regular) == len(entries):
+            judged = list(map(memo_files.get, names))
+            if judged.count(Verdict.INCLUDE) == len(judged):
+                result._add(_stat_files(fd, regular, rel_dir, warnings))
+                return
     kept: list[os.DirEntry[str]] = []
     subdirs: list[tuple[str, _Folder]] = []
     for entry in entries:
