@@ -319,7 +319,11 @@ class StatCache:
             return
         # Version 2: no back-references. Version 4 tracks every object the walk also holds
         # (all of them), which made dumps 2.5x slower (10k files: 6-7 ms against 2.5-3 ms).
-        payload = marshal.dumps((self.root, manifest_id, manifest_count, columns.packed()), 2)
+        try:
+            payload = marshal.dumps((self.root, manifest_id, manifest_count, columns.packed()), 2)
+        except OverflowError:  # a stat field beyond 64 bits (an mtime past 2262): such a tree goes uncached
+            logger.debug("not caching %s: a stat field does not fit 64 bits", self.root)
+            return
         checksum = self._write(self.path, MAGIC, payload)
         if checksum:
             self._base, self._base_sum, self._delta_rows = columns, checksum, frozenset()

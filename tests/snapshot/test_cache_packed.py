@@ -14,6 +14,7 @@ from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.cache import Columns, StatCache
 from mltrain.snapshot.manifest import Manifest
 from mltrain.snapshot.take import take_snapshot
+from tests.snapshot.test_snapshot import age
 
 
 def _write(root: Path, rel: str, data: bytes, *, old: bool = True) -> None:
@@ -25,13 +26,6 @@ def _write(root: Path, rel: str, data: bytes, *, old: bool = True) -> None:
         os.utime(path, (past, past))
 
 
-def _age(root: Path) -> None:
-    past = time.time() - 3600
-    for folder, _, names in os.walk(root):
-        for name in names:
-            os.utime(os.path.join(folder, name), (past, past), follow_symlinks=False)
-
-
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
     root = tmp_path / "src"
@@ -39,7 +33,7 @@ def src(tmp_path: Path) -> Path:
         _write(root, f"pkg{i % 3}/m{i}.py", f"x = {i}\n".encode())
     _write(root, "a.txt", b"a")
     (root / "link.py").symlink_to("pkg0/m0.py")
-    _age(root)
+    age(root)
     return root
 
 
@@ -98,3 +92,10 @@ def test_cached_snapshots_equal_uncached_ones_after_each_edit(
         loaded = StatCache.load(cache, os.path.realpath(src))
         assert loaded.manifest_id == cached.id, step
         assert loaded.columns.rels == [e.path for e in fresh.entries], step
+
+
+def test_a_stat_field_beyond_64_bits_leaves_the_tree_uncached_not_failed(tmp_path: Path) -> None:
+    cache = StatCache.load(tmp_path, "/some/root")
+    cache.save(Columns(["a"], [1], [2**63], [1], [0o644], ["0" * 64], [True]), "0" * 64, 1)
+    assert StatCache.load(tmp_path, "/some/root").columns == Columns()
+    assert not Columns.unpacked(Columns(["a"], [1], [5], [1], [0o644], ["0" * 64], [True]).packed()).same_paths([])
