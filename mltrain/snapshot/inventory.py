@@ -81,7 +81,7 @@ class Inventory:
             # Every row as cached: the digests are taken as the cache holds them, not unpacked
             # (a link whose text changed below unpacks them).
             self.digests = old.digest_view()  # type: ignore[assignment]
-            self.remembered = old.remembered
+            self.remembered = old.remembered.copy()  # a memcpy when packed
             self._touched = set()
         else:
             self.digests, self.remembered = self._lookup()
