@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot.walk import Found, ignore_hint, show
+from mltrain.snapshot.walk import Found, WalkResult, ignore_hint, show
 
 if TYPE_CHECKING:
     from mltrain.config.schema import SnapshotConfig
@@ -47,12 +46,13 @@ def human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def check_limits(files: Sequence[Found], limits: SnapshotLimits, root: str) -> None:
+def check_limits(walked: WalkResult, limits: SnapshotLimits, root: str) -> None:
     """Raise a one-line :class:`SnapshotError` if the walked files exceed ``limits``."""
-    count = len(files)
-    total = sum(map(itemgetter(1), files))
+    count = len(walked.rels)
+    total = sum(walked.sizes)
     if count <= limits.max_files and total <= limits.max_bytes:
         return
+    files = walked.files
     by_bytes = total > limits.max_bytes
     biggest = ", ".join(
         f"{show(rel)}{'/' if is_dir else ''} {human(size) if by_bytes else _files(n)} ({ignore_hint(rel, is_dir)})"

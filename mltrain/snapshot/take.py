@@ -88,9 +88,8 @@ def _take(
         _refuse_large_root(root)
     root_real = os.path.realpath(root)
     walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir))
-    check_limits(walked.files, limits, root)
-    snap = Inventory(walked.files, root, store, dry_run=dry_run)
-    walked.files.clear()  # the inventory keeps the columns; the per-file tuples can go
+    check_limits(walked, limits, root)
+    snap = Inventory(walked, root, store, dry_run=dry_run)
     snap.compare(StatCache.load(cache_dir, root_real))
     if dry_run:
         manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.unchanged() else snap.build(workers)
