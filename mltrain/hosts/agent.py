@@ -334,6 +334,10 @@ class Prefetch:
         except BaseException as exc:  # EOFError (the link dropped) included: the reader raises it
             self.frames.put(exc)
 
+    def idle(self) -> bool:
+        """Whether no frame is waiting (the link is what the helper waits for)."""
+        return self.frames.empty()
+
     def recv_seen(self) -> tuple[bytes, bytes, Any]:
         item = self.frames.get()
         if isinstance(item, BaseException):
@@ -361,11 +365,14 @@ def batch_sha256(data: bytes, rows: list[Any]) -> str | None:
 
 
 class Prebuild:
-    """A checkout built while its blobs arrive: each file is linked as soon as its blob is placed.
+    """A checkout built while its blobs arrive: each file is linked once its blob is placed, while the helper
+    would otherwise wait for the link.
 
     A first upload's 10,000 links cost ~0.3 s on a small VM once the last
-    byte is in; made while the link is still busy they cost nothing after
-    it. ``placed`` is called from the writer threads. Only a whole build is
+    byte is in; made while a slow link keeps the helper waiting they cost
+    nothing after it. Only while it waits, though: on loopback the stream
+    keeps every core busy, and linking from the writer threads there slowed
+    the upload by more than it saved (``link_while``). Only a whole build is
     kept (``finish``: the manifest stored, its marker written, the folder
     renamed into place, as ``put_manifest`` does); anything else -- a blob
     that never came, an error making an entry -- leaves no trace, and the
@@ -373,41 +380,44 @@ class Prebuild:
     """
 
     def __init__(self, agent: Agent, manifest_id: str, canonical: bytes, entries: list[Any]) -> None:
-        import threading
+        import collections
 
         self.agent = agent
         self.manifest_id = manifest_id
         self.canonical = canonical
-        self.lock = threading.Lock()
         self.failed = False
         self.folders: set[bytes] = set()
         self.tmp = agent.checkout_tmp(manifest_id)
         self.top = os.fsencode(self.tmp)
         self.waiting: dict[str, list[Any]] = {}
+        self.ready: collections.deque[str] = collections.deque()  # placed, not yet linked (deques are thread-safe)
         for item in entries:
             if item[4] is None and item[2] > 0:
                 agent.blob_path(item[3])  # a digest, or the helper stops before anything is made
                 self.waiting.setdefault(item[3], []).append(item)
             else:
-                self._make([item])
-        for digest in agent.present(list(self.waiting)):
-            self.placed(digest)
+                self._make(self.top, [item])
+        self.ready.extend(agent.present(list(self.waiting)))
 
-    def _make(self, items: list[Any]) -> None:
+    def _make(self, top: bytes, items: list[Any]) -> None:
         try:
             for item in items:
-                self.agent._make(self.top, item, self.folders)
+                self.agent._make(top, item, self.folders)
         except Exception:  # OSError, or Fatal for a link that leaves the tree: put_manifest will say so
             self.failed = True
 
     def placed(self, digest: str) -> None:
-        with self.lock:
-            items = self.waiting.pop(digest, None)
-        if items and not self.failed:
-            self._make(items)
+        """Called from the writer threads: linked later, by the main thread (``link_while``, ``finish``)."""
+        self.ready.append(digest)
+
+    def link_while(self, idle: Callable[[], bool]) -> None:
+        """Link placed blobs' files while ``idle()`` says nothing else is waiting to be done."""
+        while self.ready and not self.failed and idle():
+            self._make(self.top, self.waiting.pop(self.ready.popleft(), []))
 
     def finish(self) -> str | None:
         """The checkout's path once it is whole and in place; None (and nothing left) otherwise."""
+        self.link_while(lambda: True)
         final = os.path.join(self.agent.root, "checkouts", self.manifest_id)
         if self.failed or self.waiting:
             self.abandon()
@@ -1137,6 +1147,8 @@ class Agent:
         placed = received = 0
         made: set[str] = set()
         while True:
+            if prebuilt is not None:
+                prebuilt.link_while(frames.idle)
             head = frames.recv_json()
             if head.get("end"):
                 break
