@@ -272,3 +272,24 @@ def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
             return value
         time.sleep(every)
     raise AssertionError(f"still not true after {timeout} s: {predicate}")
+
+
+def errors_in_threads(work: Callable[[int], object], count: int) -> list[BaseException]:
+    """Run ``work(n)`` for n in range(count) on as many threads at once; what each raised (a thread's own
+    exception is otherwise only printed, and the test would pass)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

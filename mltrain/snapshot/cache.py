@@ -33,10 +33,11 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeAlias, overload
+from typing import Any, Final, TypeAlias
 
 from mltrain.hosts.agent import temp_name
 from mltrain.snapshot.manifest import hash_bytes
+from mltrain.util.sequences import IndexedStrings
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def _as_array(code: str, column: IntColumn) -> array[int]:
     return column if isinstance(column, array) and column.typecode == code else array(code, column)
 
 
-class _DigestView(Sequence[str]):
+class _DigestView(IndexedStrings):
     """Read-only rows of a fixed-width digest text, each made only when asked for."""
 
     __slots__ = ("_joined",)
@@ -226,18 +227,7 @@ class _DigestView(Sequence[str]):
     def __len__(self) -> int:
         return len(self._joined) // _DIGEST_WIDTH
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(index)
+    def _item(self, index: int) -> str:
         digest = self._joined[index * _DIGEST_WIDTH : (index + 1) * _DIGEST_WIDTH]
         return "" if digest == _NO_DIGEST else digest
 

@@ -21,15 +21,16 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, overload
+from typing import Any, Final
 
 from mltrain.errors import ConfigError
+from mltrain.util.sequences import IndexedStrings
 
 LISTED_MAX: Final = 100_000
 """A ``range()`` with more values than this is not listed but computed on demand (see :class:`RangeValues`)."""
 
 
-class RangeValues(Sequence[str]):
+class RangeValues(IndexedStrings):
     """The values of a long ``range(start, stop, step)`` as override text, computed by index, never listed.
 
     ``range(0, 10**9)`` on a command line is a valid sweep for a random
@@ -51,19 +52,7 @@ class RangeValues(Sequence[str]):
     def __len__(self) -> int:
         return self._len
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._len))]
-        if index < 0:
-            index += self._len
-        if not 0 <= index < self._len:
-            raise IndexError(index)
+    def _item(self, index: int) -> str:
         if self.integer:
             return str(self._ints[index])
         return str(float(self._start + index * self._step))

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import errors_in_threads
 
 from mltrain.errors import RunNotFound, StoreError
 from mltrain.store.db import Store
@@ -55,29 +56,21 @@ def test_racing_terminal_writers_leave_one_winner(tmp_path: Path) -> None:
 def test_threads_sharing_one_store_never_mix_their_transactions(tmp_path: Path) -> None:
     """A sweep's workers share one Store: each method's statements run whole, so sixteen threads creating,
     moving and reading runs through one connection leave every run as its own thread left it."""
-    errors: list[BaseException] = []
     with Store(tmp_path / "runs.db") as store:
 
         def work(n: int) -> None:
-            try:
-                for i in range(20):
-                    run_id = _new(store)
-                    store.update(run_id, env_fingerprint=f"{n}-{i}")
-                    assert store.transition(run_id, "Running", handle={"pid": n})
-                    store.add_metrics(run_id, [("loss", float(i), i, None)])
-                    assert store.transition(run_id, "Completed", exit_code=0, metrics=[("loss", float(n), 0, None)])
-                    record = store.get(run_id)
-                    assert (record.status, record.env_fingerprint, record.handle) == ("Completed", f"{n}-{i}",
-                                                                                     {"pid": n})
-                    assert store.metrics(run_id) == [("loss", 0, float(n), None)]
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for i in range(20):
+                run_id = _new(store)
+                store.update(run_id, env_fingerprint=f"{n}-{i}")
+                assert store.transition(run_id, "Running", handle={"pid": n})
+                store.add_metrics(run_id, [("loss", float(i), i, None)])
+                assert store.transition(run_id, "Completed", exit_code=0, metrics=[("loss", float(n), 0, None)])
+                record = store.get(run_id)
+                assert (record.status, record.env_fingerprint, record.handle) == ("Completed", f"{n}-{i}",
+                                                                                 {"pid": n})
+                assert store.metrics(run_id) == [("loss", 0, float(n), None)]
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = errors_in_threads(work, 16)
         assert not errors, errors[:3]
         assert store.count() == 16 * 20
         assert {r.status for r in store.find()} == {"Completed"}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import Project, errors_in_threads
 
 from mltrain.errors import ConfigError, SnapshotError
 from mltrain.snapshot.blobstore import BlobStore
@@ -330,25 +330,16 @@ def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Pat
 
     monkeypatch.setattr(workdir, "_probed", {})
     workspace = Workspace(tmp_path / "ws")
-    errors: list[BaseException] = []
     answers: list[str] = []
     start = threading.Barrier(6)
 
     def trial(n: int) -> None:
-        try:
-            start.wait()
-            answers.append(workdir._cached_probe(workspace))
-            for _ in range(200):
-                write_atomic(str(workspace.cache / "hammer.json"), json.dumps({"writer": n}).encode())
-        except BaseException as exc:  # what a trial thread would have died of
-            errors.append(exc)
+        start.wait()
+        answers.append(workdir._cached_probe(workspace))
+        for _ in range(200):
+            write_atomic(str(workspace.cache / "hammer.json"), json.dumps({"writer": n}).encode())
 
-    threads = [threading.Thread(target=trial, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert errors_in_threads(trial, 6) == []  # what a trial thread would have died of
     assert len(set(answers)) == 1 and len(answers) == 6
     assert json.loads((workspace.cache / "hammer.json").read_text())["writer"] in range(6)
     assert json.loads((workspace.cache / workdir.PROBE_FILE).read_text())["unavailable"] == answers[0]
