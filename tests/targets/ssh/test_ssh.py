@@ -581,6 +581,14 @@ HOSTILE = textwrap.dedent("""
             frame(b"J", b"[" * 100000 + b"]" * 100000)
         elif how == "bases":  # a base manifest the client never named: it would be loaded from its store
             reply({"checkout": False, "manifest": False, "bases": ["../../etc/passwd"], "empty": False})
+        elif how == "prebuilt":  # takes a first upload, then names its checkout with a list
+            reply({"checkout": False, "manifest": False, "bases": [], "empty": True})
+            while True:
+                kind, size = struct.unpack(">cI", inp.read(5))
+                body = inp.read(size)
+                if kind == b"J" and b'"end"' in body:
+                    break
+            reply({"placed": 1, "bytes": 5, "path": ["..", "etc"]})
     inp.read()  # until the client hangs up
 """)
 
@@ -630,6 +638,20 @@ def _stage(link: Any) -> Any:
         return stage_snapshot(link, BlobStore(Path(store)), "0" * 64)
 
 
+def _first_upload(link: Any) -> Any:
+    import tempfile
+
+    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.take import take_snapshot
+    from mltrain.targets.ssh.upload import stage_snapshot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "src").mkdir()
+        (Path(tmp) / "src" / "train.py").write_text("print(1)\n")
+        store = BlobStore(Path(tmp) / "blobs")
+        return stage_snapshot(link, store, take_snapshot(Path(tmp) / "src", store).manifest.id)
+
+
 @pytest.mark.parametrize("how, step, fragment", [
     ("huge", _ping, "a J frame of 4294967295 bytes, over its limit"),
     ("list", _ping, "a JSON list where an object was due"),
@@ -642,6 +664,7 @@ def _stage(link: Any) -> Any:
     ("types", _mtimes, "'mtimes' is of type str, not list"),
     ("nested", _ping, "a JSON frame that is not JSON"),
     ("bases", _stage, "'bases' names manifests that were not asked about"),
+    ("prebuilt", _first_upload, "'path' is of type list, not str"),
 ])
 def test_a_hostile_helper_gets_a_one_line_error(host: SshHost, hostile: Any, tmp_path: Path, how: str, step: Any,
                                                 fragment: str) -> None:
