@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra._internal import utils as _hydra_utils
@@ -35,6 +35,9 @@ from hydra.core import utils as _core_utils
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+if TYPE_CHECKING:
+    from mltrain.sweep.compose import JobTask
 
 HYDRA_VERSION: str = hydra.__version__
 
@@ -272,6 +275,20 @@ class SweepDirs:
         (``num``, ``id``, ``override_dirname``) ``job`` holds (as ``config.hydra.job`` does)."""
         return os.path.join(self._value(config, "dir", job), self._value(config, "subdir", job))
 
+    def from_fields(self, config: DictConfig) -> bool:
+        """Whether :meth:`output_dir` joins ``config``'s job folders from the job's fields alone (or constants),
+        never reading the job's nodes of ``config``."""
+        for name in ("dir", "subdir"):
+            node = config.hydra.sweep._get_node(name)
+            raw = node._value() if node is not None else None
+            if not isinstance(raw, str):
+                return False
+            if raw not in self._plans:
+                self._plans[raw] = self._plan(raw)
+            if self._plans[raw] is None:
+                return False
+        return True
+
     def _value(self, config: DictConfig, name: str, job: dict[str, Any]) -> str:
         node = config.hydra.sweep._get_node(name)
         raw = node._value() if node is not None else None
@@ -312,9 +329,24 @@ class SweepDirs:
         return [part for part in plan if part != ""]
 
 
+def lean_bookkeeping(config: DictConfig, dirs: SweepDirs) -> bool:
+    """Whether a job's bookkeeping on ``config`` (with no callbacks) reads none of the job's own fields from it
+    and writes nothing: no ``.hydra/`` (``hydra.output_subdir: null``), no job logging (``hydra/job_logging:
+    none``, not verbose), no ``hydra.job.env_set``, and ``dirs`` joins the job's folder from its fields.
+    mltrain's own defaults are all of these. Then :func:`job_bookkeeping` given the job's ``task`` has only
+    the job's folder to make and the ``JobReturn`` to fill in.
+    """
+    hydra = config.hydra
+    logging_config = hydra.job_logging
+    return (hydra.output_subdir is None and isinstance(logging_config, DictConfig)
+            and logging_config.get("root") is None and hydra.verbose is False and not hydra.job.env_set
+            and dirs.from_fields(config))
+
+
 def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig, value: Any,
                     task_function: Callable[..., Any], *,
-                    fresh_hydra: Callable[[], DictConfig] | None = None, dirs: SweepDirs | None = None) -> Any:
+                    fresh_hydra: Callable[[], DictConfig] | None = None, dirs: SweepDirs | None = None,
+                    task: JobTask | None = None, num: int | None = None) -> Any:
     """``hydra.core.utils.run_job`` (Hydra 1.3), step for step, minus the task call and ``on_job_end``.
 
     For a job whose body mltrain runs later in a worker thread: ``config`` is the job's whole
@@ -330,8 +362,15 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
     ``config.hydra`` itself during the bookkeeping, and the ``JobReturn``'s ``hydra_cfg`` -- that copy
     with this job's fields -- is made only if something reads it (a sweep of a thousand trials
     otherwise unpickles a thousand ``hydra`` nodes nobody looks at; see :class:`_LaterHydraReturn`).
+
+    ``task`` (with ``fresh_hydra``, ``dirs`` and the job's number ``num``): where :func:`lean_bookkeeping`
+    holds, the job's overrides and ``override_dirname``; ``config`` is then neither read for them nor written.
     """
     from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
+
+    if task is not None:
+        assert fresh_hydra is not None and dirs is not None and num is not None
+        return _lean_bookkeeping(config, job_cfg, value, fresh_hydra, dirs, task, num)
 
     with hydra_config_set(config, adopt=fresh_hydra is not None):
         job = config.hydra.job
@@ -370,6 +409,27 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
         ret.task_name = JobRuntime.instance().get("name")
         flush_loggers()
         return ret
+
+
+def _lean_bookkeeping(config: DictConfig, job_cfg: DictConfig, value: Any, fresh_hydra: Callable[[], DictConfig],
+                      dirs: SweepDirs, task: JobTask, num: int) -> Any:
+    """What :func:`job_bookkeeping` leaves where :func:`lean_bookkeeping` holds: the same ``JobReturn``."""
+    from hydra.core.utils import JobRuntime, JobStatus
+
+    job_fields = {"id": num, "num": num, "override_dirname": task.override_dirname}
+    output_dir = os.path.abspath(dirs.output_dir(config, job_fields))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # each job's own folder, as Hydra makes it
+    ret = _LaterHydraReturn()
+    ret.cfg = job_cfg
+    ret.overrides = list(task.overrides)
+    fields: dict[str, dict[str, Any]] = {"job": job_fields, "overrides": {"task": list(task.overrides)},
+                                         "runtime": {"output_dir": output_dir}}
+    ret.later(num, lambda: _hydra_copy(fresh_hydra(), fields, config))
+    ret.working_dir = os.getcwd()
+    ret.return_value = value
+    ret.status = JobStatus.COMPLETED
+    ret.task_name = JobRuntime.instance().get("name")
+    return ret
 
 
 def _hydra_copy(node: DictConfig, fields: dict[str, dict[str, Any]], parent: DictConfig) -> DictConfig:

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -31,7 +31,7 @@ from mltrain.errors import MltrainError, UsageError
 from mltrain.plan.resolve import Resolved, resolve
 from mltrain.plan.stages import CACHED, DONE, FAILED, GIVEN, LATER, Plan, SnapshotRef, Stage
 from mltrain.results import Run
-from mltrain.store.db import CANCELED, PREPARING, RUNNING, IdempotencyHit, RunRecord, Store
+from mltrain.store.db import CANCELED, RUNNING, IdempotencyHit, RunRecord, Store
 from mltrain.store.db import FAILED as RUN_FAILED
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import ExitInfo, Handle, Resources, finalize
@@ -79,12 +79,13 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
     if store is not None and store.path != workspace.db_path:  # another workspace's: this run's own
         store = None
     with nullcontext(store) if store is not None else Store(workspace.db_path) as store:
-        try:
+        try:  # created Preparing, with what is known already: one write, where there were three
             record = store.create_run(
                 experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
                 compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
                 parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key, params=_queryable_params(spec),
+                idempotency_key=idempotency_key, params=_queryable_params(spec), preparing=True,
+                fields=_given_fields(given),
             )
         except IdempotencyHit as hit:
             return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
@@ -104,23 +105,32 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
 
         try:
             with PrepGroup(record_group):
-                store.transition(record.id, PREPARING)
                 _carry_out(work, given)
         except MltrainError as exc:
-            if store.transition(record.id, RUN_FAILED, reason=str(exc)) or store.get(record.id).status != CANCELED:
+            if store.transition(record.id, RUN_FAILED, reason=str(exc), **work.pending) \
+                    or store.get(record.id).status != CANCELED:
                 raise
             work.handle = None  # canceled while prepared: the cancel stopped the step that failed; nothing to report
         except KeyboardInterrupt:
             if work.handle is not None:  # launched already: the job must not outlive the Ctrl-C
                 work.handle.cancel(executor.cancel_grace)
-            store.transition(record.id, CANCELED, reason="canceled by user during preparation")
+            store.transition(record.id, CANCELED, reason="canceled by user during preparation", **work.pending)
             raise
         except BaseException as exc:
-            store.transition(record.id, RUN_FAILED, reason=f"internal error: {type(exc).__name__}: {exc}")
+            store.transition(record.id, RUN_FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
+                             **work.pending)
             raise
         finally:
             work.log_file.close()
     return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+
+
+def _given_fields(given: Mapping[Stage, object]) -> dict[str, Any]:
+    """The run's fields a given stage result already holds, to record with the run itself."""
+    ref = given.get(Stage.SNAPSHOT)
+    if not isinstance(ref, SnapshotRef):
+        return {}
+    return {"snapshot_id": ref.id, **({"git": dict(ref.git)} if ref.git is not None else {})}
 
 
 def _queryable_params(spec: RunSpec) -> dict[str, Any]:
@@ -148,6 +158,8 @@ class _Work:
     code_dir: str | None = None
     handle: Handle | None = None
     offset: int = 0
+    pending: dict[str, Any] = field(default_factory=dict)
+    """Fields a stage found, written with the run's next status change (a write of their own each, before)."""
 
     @property
     def spec(self) -> RunSpec:
@@ -219,10 +231,9 @@ def _given_snapshot(work: _Work, ref: object, details: dict[str, Any]) -> _Outco
     if not isinstance(ref, SnapshotRef):
         raise TypeError(f"given[Stage.SNAPSHOT] must be a SnapshotRef, not {type(ref).__name__}")
     result = stored(work.resolved.workspace, ref)
-    fields: dict[str, Any] = {"snapshot_id": ref.id}
-    if ref.git is not None:
-        fields["git"] = dict(ref.git)
-    work.store.update(work.record.id, **fields)
+    fields = _given_fields({Stage.SNAPSHOT: ref})
+    if work.record.snapshot_id != ref.id:  # not recorded with the run already
+        work.store.update(work.record.id, **fields)
     copy_patch(ref, work.paths.git_patch)
     work.snapshot_id = ref.id
     details.update(_snapshot_details(result))
@@ -248,7 +259,7 @@ def _environment(work: _Work, details: dict[str, Any]) -> _Outcome:
     cached = own is not None or environment.is_prepared(executor)
     prepared = own or environment.prepare(work.note, executor)
     work.prepared = prepared
-    work.store.update(work.record.id, env_fingerprint=prepared.fingerprint)
+    work.pending["env_fingerprint"] = prepared.fingerprint
     mark_used(prepared.fingerprint)  # `mltrain gc --envs` spares what any project used lately
     if prepared.freeze is not None:
         work.paths.environment_freeze.write_text(prepared.freeze + "\n")
@@ -287,7 +298,9 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     )
     work.offset = work.log_file.tell()
     work.handle = handle = executor.launch(request)
-    if not store.transition(record.id, RUNNING, handle=handle.to_dict()):
+    fields, work.pending = work.pending, {}
+    if not store.transition(record.id, RUNNING, handle=handle.to_dict(), **fields):
+        store.update(record.id, **fields)  # canceled meanwhile: what the stages found is kept all the same
         _stop_unwanted(store, work.resolved.workspace, record.id, handle, executor.cancel_grace)
     _record_hardware(work, resources)
     return _Outcome(DONE, summary=" ".join(shown))

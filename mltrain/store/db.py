@@ -174,6 +174,9 @@ _COLUMNS = (
 )
 _JSON_COLUMNS = ("handle", "git", "overrides", "client", "hardware", "params", "mlflow")
 _UPDATABLE = frozenset(_COLUMNS) - {"id", "status", "created"}
+# Set by create_run's own arguments: not through its ``fields``.
+_CREATED_WITH = frozenset({"experiment", "script", "source_dir", "compute", "environment", "parent_id", "sweep_id",
+                           "overrides", "client", "idempotency_key", "params"})
 
 
 @dataclass
@@ -321,22 +324,32 @@ class Store:
         self, *, experiment: str, script: str, source_dir: str, compute: str, environment: str,
         overrides: Sequence[str] = (), parent_id: str | None = None, sweep_id: str | None = None,
         run_id: str | None = None, client: dict[str, Any] | None = None, idempotency_key: str | None = None,
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None, preparing: bool = False, fields: dict[str, Any] | None = None,
     ) -> RunRecord:
         """A new Queued run; with ``idempotency_key``, raises ``IdempotencyHit`` if a run has that key already.
 
         ``params``: the script's params, flat (``{"model.depth": 4}``), kept for queries (``runs list --where``).
+        ``preparing``: the run is Preparing at once (both transitions recorded), ``fields``: more of its
+        updatable fields (``snapshot_id``, ``git``) -- what the submit would otherwise write right after, in
+        writes of their own (a sweep's worker saves two a trial).
 
         The look-up and the insert are one ``BEGIN IMMEDIATE`` transaction (and the key has a unique index),
         so of two clients submitting the same key at once exactly one creates the run.
         """
+        extra = dict(fields or {})
+        unknown = set(extra) - (_UPDATABLE - _CREATED_WITH)
+        if unknown:
+            raise ValueError(f"not settable at creation: {sorted(unknown)}")
         now = time.time()
         row: dict[str, Any] = {
-            "experiment": experiment, "status": QUEUED, "created": now, "script": script, "source_dir": source_dir,
+            "experiment": experiment, "status": PREPARING if preparing else QUEUED, "created": now,
+            "script": script, "source_dir": source_dir,
             "compute": compute, "environment": environment, "parent_id": parent_id, "sweep_id": sweep_id,
             "overrides": json.dumps(list(overrides)), "client": json.dumps(client) if client else None,
             "idempotency_key": idempotency_key, "params": json.dumps(params or {}),
         }
+        row.update({name: json.dumps(value) if name in _JSON_COLUMNS else value for name, value in extra.items()})
+        statuses = (QUEUED, PREPARING) if preparing else (QUEUED,)
 
         def insert(db: sqlite3.Connection, candidate: str) -> None:
             if idempotency_key is not None:
@@ -345,7 +358,7 @@ class Store:
                     raise _Taken(found[0])
             db.execute(f"INSERT INTO runs (id, {', '.join(row)}) VALUES (?{', ?' * len(row)})",
                        (candidate, *row.values()))
-            db.execute("INSERT INTO transitions VALUES (?,?,?)", (candidate, QUEUED, now))
+            db.executemany("INSERT INTO transitions VALUES (?,?,?)", [(candidate, status, now) for status in statuses])
 
         try:
             created = self._insert_new("run", run_id, insert)

@@ -14,6 +14,9 @@ from pathlib import Path
 from mltrain.errors import StoreError
 
 DIRNAME = ".mltrain"
+# Workspaces this process has made and found writable: a sweep's workers call ``ensure`` for every trial, and
+# its three mkdirs and probe file were ~0.3 ms of a trial's controller CPU on the 1,000-trial grid.
+_ENSURED: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,12 @@ class Workspace:
         return self.db_path.exists()
 
     def ensure(self) -> Workspace:
-        """Create the folders; an unwritable place is a one-line error, not a traceback."""
+        """Create the folders; an unwritable place is a one-line error, not a traceback.
+
+        Checked once per process: later calls only look that ``runs/`` is still there (else check again).
+        """
+        if self.root in _ENSURED and self.runs.is_dir():
+            return self
         try:
             for folder in (self.root, self.runs, self.cache):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -135,10 +143,12 @@ class Workspace:
             probe.touch()
             probe.unlink()
         except OSError as exc:
+            _ENSURED.discard(self.root)
             raise StoreError(
                 f"workspace {self.root} is not writable ({exc.strerror}); "
                 "set MLTRAIN_HOME or workspace.dir to a writable folder"
             ) from exc
+        _ENSURED.add(self.root)
         return self
 
     def _hide_from_git(self) -> None:

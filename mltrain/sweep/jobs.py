@@ -43,7 +43,7 @@ def takes_prepared(task_function: Any) -> bool:
 
 def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: int, prepared: Any = None,
               job_cfg: DictConfig | None = None, fresh_hydra: Callable[[], DictConfig] | None = None,
-              dirs: Any = None) -> Any:
+              dirs: Any = None, task: Any = None) -> Any:
     """Do Hydra's bookkeeping for job ``idx``; returns Hydra's ``JobReturn``.
 
     A plain task runs here, inside Hydra's own ``run_job``. A trial the task has already
@@ -52,12 +52,17 @@ def begin_job(hydra_context: Any, task_function: Any, config: DictConfig, idx: i
     (:func:`mltrain.hydra_compat.job_bookkeeping`) and a ``JobReturn`` holding the prepared
     job; :func:`end_job` fills in its result once the body has run. ``fresh_hydra``: ``config`` is a scratch
     config later jobs reuse (see :func:`mltrain.hydra_compat.job_bookkeeping`). ``dirs``: the sweep's
-    :class:`mltrain.hydra_compat.SweepDirs`, which joins a prepared job's output folder.
+    :class:`mltrain.hydra_compat.SweepDirs`, which joins a prepared job's output folder. ``task``: the job's
+    own fields where its bookkeeping leaves ``config`` alone (``TrialComposer.for_bookkeeping``).
     """
     from hydra.core.utils import run_job
 
     from mltrain.hydra_compat import job_bookkeeping
 
+    if task is not None:
+        assert prepared is not None and job_cfg is not None
+        return job_bookkeeping(hydra_context, config, job_cfg, prepared, prepared.run, fresh_hydra=fresh_hydra,
+                               dirs=dirs, task=task, num=idx)
     job = config.hydra.job
     with read_write(job), open_dict(job):  # read-only once HydraConfig has seen it (flags on this node alone:
         job.id = idx                       # setting one walks the node's subtree, and ``hydra`` is large)

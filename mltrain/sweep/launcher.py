@@ -117,9 +117,9 @@ class LauncherCore:
         return ran, validated, jobs
 
     def _begin(self, config: DictConfig, index: int, job_cfg: DictConfig | None = None, prepared: Any = None,
-               fresh_hydra: Callable[[], DictConfig] | None = None) -> Any:
+               fresh_hydra: Callable[[], DictConfig] | None = None, task: Any = None) -> Any:
         ret = begin_job(self.hydra_context, self.task_function, config, index, prepared=prepared, job_cfg=job_cfg,
-                        fresh_hydra=fresh_hydra, dirs=self._dirs)
+                        fresh_hydra=fresh_hydra, dirs=self._dirs, task=task)
         self._configs[id(ret)] = config
         return ret
 
@@ -188,11 +188,11 @@ class LauncherCore:
             ret, _ = ran.get(id(suggestion)) or (None, None)
             if ret is None:
                 config, job, prepared = validated.pop(id(suggestion), None) or self._validate(suggestion, self._index)
-                fresh_hydra = None
+                fresh_hydra = task = None
                 if config is None:
-                    config, fresh_hydra = self.composer.for_bookkeeping(suggestion.overrides,
-                                                                        self.config.hydra.callbacks)
-                ret = self._begin(config, self._index, job, prepared, fresh_hydra=fresh_hydra)
+                    config, fresh_hydra, task = self.composer.for_bookkeeping(
+                        suggestion.overrides, self.config.hydra.callbacks, self._dirs)
+                ret = self._begin(config, self._index, job, prepared, fresh_hydra=fresh_hydra, task=task)
                 self._index += 1
                 returns.append(ret)
             body = supervisor.body(ret, suggestion) if ret.status != JobStatus.FAILED else None

@@ -32,6 +32,22 @@ def test_status_moves_forward_only(tmp_path: Path) -> None:
         assert record.started is not None and record.ended is not None
 
 
+def test_a_run_created_preparing_with_fields_reads_back_as_if_written_one_by_one(tmp_path: Path) -> None:
+    git = {"commit": "abc", "dirty": False}
+    with Store(tmp_path / "runs.db") as store:
+        made = store.create_run(experiment="e", script="s.py", source_dir="/x", compute="local",
+                                environment="user_managed", preparing=True,
+                                fields={"snapshot_id": "f" * 64, "git": git})
+        record = store.get(made.id)
+        assert record == made  # what create_run returned is the row as stored
+        assert (record.status, record.snapshot_id, record.git) == ("Preparing", "f" * 64, git)
+        assert [s for s, _ in store.transitions(made.id)] == ["Queued", "Preparing"]
+        assert not store.transition(made.id, "Preparing")  # already there
+        with pytest.raises(ValueError, match="not settable at creation"):
+            store.create_run(experiment="e", script="s.py", source_dir="/x", compute="local",
+                             environment="user_managed", fields={"status": "Completed"})
+
+
 def test_racing_terminal_writers_leave_one_winner(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     with Store(path) as store:

@@ -193,36 +193,57 @@ def test_trial_yaml_from_blocks_is_omegaconfs(loader: Any) -> None:
     assert made == 2 * len(values)
 
 
-def test_bookkeeping_on_a_scratch_config_makes_each_trials_hydra_cfg_later(loader: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["scratch", "lean"])
+def test_bookkeeping_on_a_scratch_config_makes_each_trials_hydra_cfg_later(loader: Any, tmp_path: Path,
+                                                                           lean: bool) -> None:
     """Without callbacks the trials share one scratch config, and a trial's ``JobReturn.hydra_cfg`` is made
     only when read -- after later trials changed the scratch -- yet it is the tree the trial's own composed
-    config gives, and its number is known without making it."""
+    config gives, and its number is known without making it. ``lean`` (mltrain's defaults, the sweep's
+    folders joined from the job's fields): the same ``JobReturn`` and job folder, the scratch never written."""
     from types import SimpleNamespace
 
     from omegaconf import open_dict, read_write
 
-    from mltrain.hydra_compat import job_bookkeeping, job_number
+    from mltrain.hydra_compat import SweepDirs, job_bookkeeping, job_number
 
-    master = _master(loader, [f"hydra.sweep.dir={tmp_path}"])
+    sweep_dir = tmp_path / "sweep"
+    master = _master(loader, [f"hydra.sweep.dir={sweep_dir}"])
     composer = TrialComposer(loader, master)
+    dirs = SweepDirs() if lean else None
     context = SimpleNamespace(callbacks=SimpleNamespace(on_job_start=lambda **_: None))
     later, now = [], []
     for num, lr in enumerate(("0.1", "0.2", "0.3")):
         trial = ["script=train.py", f"params.lr={lr}"]
-        scratch, fresh_hydra = composer.for_bookkeeping(trial, callbacks=None)
-        assert fresh_hydra is not None
+        scratch, fresh_hydra, task = composer.for_bookkeeping(trial, callbacks=None, dirs=dirs)
+        assert fresh_hydra is not None and (task is not None) == lean
+        before = OmegaConf.to_yaml(scratch)
         whole = composer.compose(trial)
-        for cfg in (scratch, whole):
+        for cfg in (whole,) if lean else (scratch, whole):
             with read_write(cfg.hydra), open_dict(cfg):
                 cfg.hydra.job.id = cfg.hydra.job.num = num
         job = OmegaConf.masked_copy(whole, [str(k) for k in whole if k != "hydra"])
-        later.append(job_bookkeeping(context, scratch, job, "pending", print, fresh_hydra=fresh_hydra))
+        later.append(job_bookkeeping(context, scratch, job, "pending", print, fresh_hydra=fresh_hydra, dirs=dirs,
+                                     task=task, num=num))
+        if lean:
+            assert OmegaConf.to_yaml(scratch) == before and (sweep_dir / str(num)).is_dir()
         now.append(job_bookkeeping(context, whole, job, "pending", print))
     assert [job_number(ret) for ret in later] == [0, 1, 2] and all(ret._made is None for ret in later)
     for ours, theirs in zip(later, now, strict=True):
         assert ours.overrides == theirs.overrides and ours.working_dir == theirs.working_dir
+        assert (ours.cfg, ours.status, ours.task_name) == (theirs.cfg, theirs.status, theirs.task_name)
         assert _shape(ours.hydra_cfg.hydra) == _shape(theirs.hydra_cfg.hydra)
         assert OmegaConf.to_yaml(ours.hydra_cfg) == OmegaConf.to_yaml(theirs.hydra_cfg)
         assert OmegaConf.is_readonly(ours.hydra_cfg.hydra) and ours.hydra_cfg is ours.hydra_cfg
         assert job_number(ours) == job_number(theirs) == ours.hydra_cfg.hydra.job.num
     assert composer.for_bookkeeping(["script=train.py"], callbacks=[{"x": 1}])[1] is None
+
+
+def test_bookkeeping_is_lean_only_where_nothing_reads_the_jobs_fields(loader: Any, tmp_path: Path) -> None:
+    """A job log, ``.hydra/``, ``env_set`` or a folder OmegaConf must resolve each keeps the full bookkeeping."""
+    from mltrain.hydra_compat import SweepDirs
+
+    for extra, lean in ([], True), (["hydra/job_logging=default"], False), (["hydra.output_subdir=.hydra"], False), \
+            (["+hydra.job.env_set.X=1"], False), (["hydra.sweep.subdir=${hydra.job.name}_${hydra.job.num}"], False):
+        composer = TrialComposer(loader, _master(loader, [f"hydra.sweep.dir={tmp_path}", *extra]))
+        task = composer.for_bookkeeping(["script=train.py", "params.lr=1"], callbacks=None, dirs=SweepDirs())[2]
+        assert (task is not None) == lean, extra
