@@ -6,6 +6,7 @@ import compileall
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -14,6 +15,17 @@ HERE = Path(__file__).parent
 BENCHES = ["bench_core.py", "bench_docker.py", "bench_ssh.py", "bench_spark.py", "bench_ray.py", "bench_sweep.py",
            "bench_hydra_app.py", "bench_plots.py", "bench_query.py", "bench_distributed.py", "bench_snapshot.py",
            "bench_resubmit.py"]  # after the snapshot bench: it also deletes ~0.5M files at its end
+
+
+def settle(quiet: float = 0.5, patience: float = 120.0) -> tuple[float, float]:
+    """Wait (up to ``patience`` s) for the 1-minute load average to fall below ``quiet`` per core: what the last
+    benchmark left winding down (a Ray cluster stopping, a JVM, containers being removed) would otherwise be
+    measured as the next one's. Returns the seconds waited and the load then."""
+    started = time.monotonic()
+    cores = os.cpu_count() or 1
+    while (load := os.getloadavg()[0]) > quiet * cores and time.monotonic() - started < patience:
+        time.sleep(5)
+    return time.monotonic() - started, load
 
 
 def main() -> int:
@@ -27,7 +39,8 @@ def main() -> int:
         path = HERE / name
         if not path.exists():
             continue
-        print(f"== {name}", flush=True)
+        waited, load = settle()
+        print(f"== {name} (load {load:.2f} after {waited:.0f} s waiting for the machine to settle)", flush=True)
         failed += subprocess.run([sys.executable, str(path)], env=env).returncode != 0
     return 1 if failed else 0
 

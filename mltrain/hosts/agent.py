@@ -765,7 +765,10 @@ class Jobs:
         info = self.record(folder)
         if info is None or exit_code(folder) is not None:
             return self.poll(folder)
-        if self._leader_ended(info, timeout) is not None:
+        ended = self._leader_ended(info, timeout)
+        if ended is False:  # the job's own process is still there (no need to look again)
+            return {"state": "running"}
+        if ended:
             return self.poll(folder)
         deadline = time.monotonic() + timeout
         beat = time.monotonic() + self.tick_every

@@ -298,24 +298,24 @@ def _launch(work: _Work, details: dict[str, Any]) -> _Outcome:
     )
     work.offset = work.log_file.tell()
     work.handle = handle = executor.launch(request)
-    fields, work.pending = work.pending, {}
+    fields, work.pending = {**work.pending, **_hardware(work, resources)}, {}
     if not store.transition(record.id, RUNNING, handle=handle.to_dict(), **fields):
         store.update(record.id, **fields)  # canceled meanwhile: what the stages found is kept all the same
         _stop_unwanted(store, work.resolved.workspace, record.id, handle, executor.cancel_grace)
-    _record_hardware(work, resources)
     return _Outcome(DONE, summary=" ".join(shown))
 
 
-def _record_hardware(work: _Work, resources: Resources) -> None:
-    """What the job's host gave it (``runs.hardware``); a probe that fails leaves the run going, unrecorded."""
+def _hardware(work: _Work, resources: Resources) -> dict[str, Any]:
+    """What the job's host gave it (``runs.hardware``), recorded with the run's move to Running; a probe that
+    fails leaves the run going, unrecorded."""
     try:
         hardware = work.resolved.executor.hardware(resources)
-        if hardware is not None:
-            work.store.update(work.record.id, hardware=hardware)
     except Exception as exc:
         import logging
 
         logging.getLogger(__name__).warning("could not record the hardware of run %s: %s", work.record.id, exc)
+        return {}
+    return {"hardware": hardware} if hardware is not None else {}
 
 
 def _later(work: _Work, details: dict[str, Any]) -> _Outcome:
