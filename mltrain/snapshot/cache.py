@@ -202,14 +202,70 @@ class Columns:
     __hash__ = None  # type: ignore[assignment]
 
 
-def same_ints(new: list[int], cached: IntColumn) -> bool:
-    """A walked integer column equals a cached one (compared in C, whichever way the cached one is held)."""
-    if isinstance(cached, array):
-        try:
-            return len(new) == len(cached) and array(cached.typecode, new) == cached
-        except OverflowError:
-            return False
-    return new == cached
+def changed_rows(new: list[int], cached: IntColumn) -> list[int] | None:
+    """The rows where a walked integer column differs from a cached one of the same length (``[]``: equal);
+    None when the lengths differ or a value does not fit the cached column's type.
+
+    Found by halving the two columns' bytes, compared in C without copies: an edit or two among 100k rows is a
+    few dozen comparisons, where comparing row by row in Python took ~5 ms a column.
+    """
+    if len(new) != len(cached):
+        return None
+    if not isinstance(cached, array):
+        return [i for i, (a, b) in enumerate(zip(new, cached, strict=True)) if a != b]
+    try:
+        mine = memoryview(array(cached.typecode, new)).cast("B")
+    except OverflowError:
+        return None
+    theirs, width = memoryview(cached).cast("B"), cached.itemsize
+    rows: list[int] = []
+    spans = [(0, len(new))]
+    while spans:
+        lo, hi = spans.pop()
+        if mine[lo * width : hi * width] == theirs[lo * width : hi * width]:
+            continue
+        if hi - lo == 1:
+            rows.append(lo)
+            continue
+        mid = (lo + hi) // 2
+        spans += ((mid, hi), (lo, mid))
+    return rows
+
+
+class PatchedDigests(IndexedStrings):
+    """A column of digests as another (read-only, maybe packed) holds them, with some rows set here.
+
+    What a re-snapshot of a tree with a few changed files works on: the unchanged rows stay in the cache's
+    packed text, where a list of 100k digest strings took ~15 ms to make. A row set to None is unknown yet.
+    """
+
+    __slots__ = ("_base", "_set")
+
+    def __init__(self, base: Sequence[str], changes: dict[int, str | None]) -> None:
+        self._base = base
+        self._set = changes
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def _item(self, index: int) -> str:
+        return self._set[index] if index in self._set else self._base[index]  # type: ignore[return-value]
+
+    def __setitem__(self, index: int, value: str | None) -> None:
+        if not 0 <= index < len(self._base):
+            raise IndexError(index)
+        self._set[index] = value
+
+    def __iter__(self) -> Iterator[str]:
+        rows = list(self._base)
+        for index, value in self._set.items():
+            rows[index] = value  # type: ignore[assignment]
+        return iter(rows)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _as_array(code: str, column: IntColumn) -> array[int]:

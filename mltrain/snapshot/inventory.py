@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 from itertools import compress
-from operator import ne, not_
+from operator import not_
 from typing import TYPE_CHECKING, Final, cast
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot.cache import MAX_DELTA_ROWS, RACY_WINDOW_NS, Columns, Flags, StatCache, same_ints
+from mltrain.snapshot.cache import (
+    MAX_DELTA_ROWS,
+    RACY_WINDOW_NS,
+    Columns,
+    Flags,
+    PatchedDigests,
+    StatCache,
+    changed_rows,
+)
 from mltrain.snapshot.hashing import Claims, hash_files
 from mltrain.snapshot.manifest import (
     ALGORITHM,
@@ -25,6 +33,8 @@ from mltrain.snapshot.manifest import (
 from mltrain.snapshot.walk import WalkResult
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mltrain.snapshot.blobstore import BlobStore
 
 _NEVER = -1
@@ -55,7 +65,7 @@ class Inventory:
         self.sizes = list(self.stat_sizes)
         """Manifest sizes: a link's is its target's byte length; a file's what was read."""
         self.cache = StatCache("")
-        self.digests: list[str | None] = []
+        self.digests: list[str | None] | PatchedDigests = []
         self.remembered: Flags = []
         self._unchanged = False
         self._same_paths = False
@@ -71,18 +81,17 @@ class Inventory:
         self.cache = cache
         old = cache.columns
         self._same_paths = old.same_paths(self.rels)
-        if (
-            self._same_paths
-            and same_ints(self.stat_sizes, old.sizes)
-            and same_ints(self.mtimes, old.mtimes)
-            and same_ints(self.inodes, old.inodes)
-            and same_ints(self.modes, old.modes)
-        ):
-            # Every row as cached: the digests are taken as the cache holds them, not unpacked
-            # (a link whose text changed below unpacks them).
-            self.digests = old.digest_view()  # type: ignore[assignment]
+        found = [changed_rows(new, cached) for new, cached in (
+            (self.stat_sizes, old.sizes), (self.mtimes, old.mtimes), (self.inodes, old.inodes),
+            (self.modes, old.modes))] if self._same_paths else [None]
+        if not any(found) and None not in found:
+            # Every row as cached: the digests are taken as the cache holds them, not unpacked.
+            self.digests = PatchedDigests(old.digest_view(), {})
             self.remembered = old.remembered.copy()  # a memcpy when packed
             self._touched = set()
+        elif None not in found:  # the same paths: only the rows that differ are touched
+            stat_changed: set[int] = set().union(*found[:3])
+            self.digests, self.remembered = self._patched(stat_changed, set(found[3] or ()))
         else:
             self.digests, self.remembered = self._lookup()
         for index in self.link_rows:
@@ -91,10 +100,8 @@ class Inventory:
             digest = hash_bytes(data)
             self.sizes[index] = len(data)
             if self.digests[index] != digest:
-                if not isinstance(self.digests, list):
-                    self.digests, self.remembered = list(self.digests), list(self.remembered)
                 j = cache.index.get(self.rels[index])
-                self.remembered[index] = j is not None and bool(old.remembered[j]) and old.digests[j] == digest
+                self.remembered[index] = j is not None and bool(old.remembered[j]) and old.digest_view()[j] == digest
                 self.digests[index] = digest
         self._unchanged = (
             cache.manifest_id is not None
@@ -103,29 +110,22 @@ class Inventory:
             and self.store.has_manifest(cache.manifest_id)
         )
 
-    def _lookup(self) -> tuple[list[str | None], Flags]:
-        """Cache hits file by file (the tree changed somewhere)."""
+    def _patched(self, stat_changed: set[int], mode_changed: set[int]) -> tuple[PatchedDigests, Flags]:
+        """The cache's digests and flags, the same paths in the same rows: a row whose stat changed is unknown,
+        one whose stat or mode changed not remembered. The rest stay as the cache holds them (packed)."""
         old = self.cache.columns
-        if self._same_paths:
-            # Same paths: compare whole columns (in C), then touch only the rows that differ.
-            rows = range(len(self.rels))
-            stat_changed: set[int] = set()
-            for new, cached in ((self.stat_sizes, old.sizes), (self.mtimes, old.mtimes), (self.inodes, old.inodes)):
-                if not same_ints(new, cached):
-                    stat_changed.update(compress(rows, map(ne, new, cached)))
-            mode_changed: set[int] = set()
-            if not same_ints(self.modes, old.modes):
-                mode_changed.update(compress(rows, map(ne, self.modes, old.modes)))
-            digests: list[str | None] = list(old.digests)
-            remembered: list[bool] | list[int] = list(old.remembered)
-            for row in stat_changed:
-                digests[row] = None
-            self._touched = stat_changed | mode_changed
-            for row in self._touched:
-                remembered[row] = False
-            return digests, remembered
+        digests = PatchedDigests(old.digest_view(), dict.fromkeys(stat_changed))
+        remembered = bytearray(old.remembered)
+        self._touched = stat_changed | mode_changed
+        for row in self._touched:
+            remembered[row] = False
+        return digests, remembered
+
+    def _lookup(self) -> tuple[list[str | None], Flags]:
+        """Cache hits file by file, by path (the paths changed)."""
+        old = self.cache.columns
         index = self.cache.index
-        digests = []
+        digests: list[str | None] = []
         flags: list[bool] = []
         for i, rel in enumerate(self.rels):
             j = index.get(rel)
@@ -159,12 +159,15 @@ class Inventory:
         ``workers``: threads that read and store (None: sized to the machine and the work).
         """
         store, claims = self.store, Claims()
-        if not isinstance(self.digests, list):  # as the cache held them: this build may replace some
-            self.digests = list(self.digests)
         remembered_complete = self.cache.manifest_id is not None and store.has_manifest(self.cache.manifest_id)
+        rows: Iterable[int] = range(len(self.digests))
+        if remembered_complete and self._touched is not None and 0 not in self.cache.columns.remembered:
+            # Every other row is a remembered file of that complete manifest: nothing to do for it.
+            rows = sorted(self._touched.union(self.link_rows))
         bytes_new = 0
         jobs: list[int] = []
-        for index, digest in enumerate(self.digests):
+        for index in rows:
+            digest = self.digests[index]
             if digest is None:
                 jobs.append(index)
                 continue
@@ -219,19 +222,20 @@ class Inventory:
         A link whose text changed is rebuilt in full (the cache has no link texts).
         """
         old = self.cache.columns
-        if self._touched is None or self.cache.manifest_id is None or not all(old.remembered):
+        if self._touched is None or self.cache.manifest_id is None or 0 in old.remembered:
             return None
         # A row can differ from the remembered manifest only if its stat or mode did, or it is a link.
         n = len(self.rels)
+        old_digests = old.digest_view()  # rows read one by one: left packed
         changed = {
             i for i in self._touched.union(self.link_rows)
-            if self.digests[i] != old.digests[i] or self.modes[i] != old.modes[i] or self.sizes[i] != old.sizes[i]
+            if self.digests[i] != old_digests[i] or self.modes[i] != old.modes[i] or self.sizes[i] != old.sizes[i]
         }
         if len(changed) > SPLICE_MAX or any(old.modes[i] == LINK_MODE for i in changed):
             return None
         rels, digests = self.rels, cast("list[str]", self.digests)
         edits = [
-            (i, row_json(rels[i], old.modes[i], old.sizes[i], old.digests[i], None),
+            (i, row_json(rels[i], old.modes[i], old.sizes[i], old_digests[i], None),
              row_json(rels[i], self.modes[i], self.sizes[i], digests[i], self.links[i]))
             for i in sorted(changed)
         ]

@@ -99,3 +99,33 @@ def test_a_stat_field_beyond_64_bits_leaves_the_tree_uncached_not_failed(tmp_pat
     cache.save(Columns(["a"], [1], [2**63], [1], [0o644], ["0" * 64], [True]), "0" * 64, 1)
     assert StatCache.load(tmp_path, "/some/root").columns == Columns()
     assert not Columns.unpacked(Columns(["a"], [1], [5], [1], [0o644], ["0" * 64], [True]).packed()).same_paths([])
+
+
+@pytest.mark.parametrize("changed", [[], [0], [99_999], [3, 4, 77_777], list(range(0, 100_000, 997))])
+def test_changed_rows_finds_exactly_the_rows_that_differ(changed: list[int]) -> None:
+    from array import array
+
+    from mltrain.snapshot.cache import changed_rows
+
+    cached = list(range(100_000))
+    walked = list(cached)
+    for row in changed:
+        walked[row] = -walked[row] - 1
+    assert changed_rows(walked, array("q", cached)) == changed
+    assert changed_rows(walked, cached) == changed  # an unpacked cache column
+    assert changed_rows(walked[:-1], array("q", cached)) is None  # other lengths: no row-by-row answer
+    assert changed_rows([2**64, *walked[1:]], array("q", cached)) is None  # beyond the column's type
+
+
+def test_patched_digests_read_as_the_list_they_stand_for() -> None:
+    from mltrain.snapshot.cache import PatchedDigests
+
+    base = [f"{i:064x}" for i in range(10)]
+    patched = PatchedDigests(base, {3: None})
+    patched[7] = "f" * 64
+    expected = [*base[:3], None, *base[4:7], "f" * 64, *base[8:]]
+    assert list(patched) == expected and patched == expected and len(patched) == 10
+    assert [patched[i] for i in range(-10, 10)] == expected + expected
+    assert patched[2:5] == expected[2:5] and base[7] == f"{7:064x}"  # the base is never written
+    with pytest.raises(IndexError):
+        patched[10] = "0" * 64
