@@ -36,8 +36,13 @@ provision:
 	bash .ci/provision-ssh.sh
 	bash .ci/provision-browser.sh
 
+# Two pytest-xdist workers: most of the suite's time is spent waiting on subprocesses, containers and clusters.
+# Each worker starts the session/module servers and clusters its tests need (every one on free ports, in its
+# own folders). PYTEST_XDIST="" runs the suite in one process.
+PYTEST_XDIST ?= -n 2
+
 test: install provision
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mltrain hydra_plugins tests benchmarks examples .ci

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import wait_for
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def checkout_build_lock() -> Iterator[None]:
+    """Held while a test builds or installs mltrain from the checkout itself: setuptools writes ``build/`` and
+    ``*.egg-info`` there, which two builds at once (pytest-xdist workers) would share and break."""
+    name = hashlib.sha256(str(CHECKOUT).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"mltrain-test-build-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_wheel(folder: Path, name: str = "mltrain_probe_pkg", version: str = "1.0") -> Path:

@@ -41,6 +41,34 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # a pytest-xdist worker: the terminal size the suite itself was started with
+        for name, value in workerinput["mltrain_terminal_env"].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_TERMINAL_ENV = ("COLUMNS", "LINES")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: hand each worker the controller's ``COLUMNS`` and ``LINES`` (or their absence).
+
+    A worker finds ``COLUMNS=80 LINES=24`` in its environment where the suite had none, and every CLI a test
+    starts would inherit them: output that fits the terminal's width (``runs plot``) would differ from a run
+    in one process.
+    """
+    node.workerinput["mltrain_terminal_env"] = {name: os.environ.get(name) for name in _TERMINAL_ENV}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the shared Ray cluster, if this process started one, while the session is still ours to finish."""
+    raytest = sys.modules.get("raytest")
+    if raytest is not None:
+        raytest.stop_shared()
 
 
 _STARTED: list[tuple[subprocess.Popen[str], Project]] = []

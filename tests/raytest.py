@@ -76,6 +76,7 @@ class RayCluster:
     url: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
+    stopped: bool = False
 
     def _ports(self) -> list[str]:
         names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
@@ -145,7 +146,13 @@ class RayCluster:
         self.seen |= descendants([p.pid for p in self.procs])
 
     def stop(self) -> None:
-        """TERM the ``ray start`` processes and everything below them, KILL what is left: all by pid."""
+        """TERM the ``ray start`` processes and everything below them, KILL what is left: all by pid.
+
+        Once only: a second call (``atexit`` after ``stop_shared``) must not signal pids that may be reused by then.
+        """
+        if self.stopped:
+            return
+        self.stopped = True
         self._remember()
         pids = set(self.seen)
         for pid in pids:
@@ -187,6 +194,13 @@ def shared_cluster(folder: Path) -> RayCluster:
         atexit.register(cluster.stop)
         cluster.start()
     return _SHARED[0]
+
+
+def stop_shared() -> None:
+    """Stop the session's cluster now (``pytest_sessionfinish``): a pytest-xdist worker may be killed 10 s after
+    its session ends, before ``atexit`` handlers have stopped the cluster."""
+    for cluster in _SHARED:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session", name="ray_cluster")

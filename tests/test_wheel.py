@@ -8,6 +8,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from buildtest import checkout_build_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_wheel_in_fresh_venv(tmp_path: Path, base_env: dict[str, str]) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    with checkout_build_lock():
+        subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     (wheel,) = dist.glob("mltrain-*.whl")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)

@@ -14,13 +14,16 @@ import sysconfig
 import venv
 from pathlib import Path
 
+from buildtest import checkout_build_lock
+
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("wheel", "editable")
 
 
 def build_wheel(dist: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
+    with checkout_build_lock():
+        subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+                       check=True, capture_output=True, timeout=600)
     (wheel,) = dist.glob("mltrain-*.whl")
     return wheel
 
@@ -33,8 +36,9 @@ def make_venv(folder: Path, mode: str, wheel: Path | None = None) -> Path:
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "_mltrain_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     target = ["-e", str(ROOT)] if mode == "editable" else [str(wheel)]
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", *target], check=True, capture_output=True, timeout=600)
+    with checkout_build_lock():
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                        "--disable-pip-version-check", *target], check=True, capture_output=True, timeout=600)
     return python
 
 

@@ -201,8 +201,13 @@ def test_ui_shows_the_workspace_store_and_stops_with_mltrain(project: Project) -
     assert project.root.name in names
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    with socket.socket() as sock:  # the server went with it
+    with socket.socket() as sock:  # the server went with it: nothing listens on the port
+        # SO_REUSEADDR: a connection the server closed first lingers in TIME_WAIT on the port (more often on a
+        # loaded machine), which fails a plain bind though no server is left; Linux still refuses the bind
+        # while any socket listens there.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+        sock.listen(1)
 
 
 WAITS = """
