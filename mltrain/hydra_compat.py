@@ -278,25 +278,20 @@ class SweepDirs:
     def from_fields(self, config: DictConfig) -> bool:
         """Whether :meth:`output_dir` joins ``config``'s job folders from the job's fields alone (or constants),
         never reading the job's nodes of ``config``."""
-        for name in ("dir", "subdir"):
-            node = config.hydra.sweep._get_node(name)
-            raw = node._value() if node is not None else None
-            if not isinstance(raw, str):
-                return False
-            if raw not in self._plans:
-                self._plans[raw] = self._plan(raw)
-            if self._plans[raw] is None:
-                return False
-        return True
+        return all(self._planned(config, name)[1] is not None for name in ("dir", "subdir"))
 
-    def _value(self, config: DictConfig, name: str, job: dict[str, Any]) -> str:
+    def _planned(self, config: DictConfig, name: str) -> tuple[str, list[str | tuple[str]] | str | None]:
+        """``hydra.sweep.<name>`` as written, and how it is resolved (None: by OmegaConf, each time)."""
         node = config.hydra.sweep._get_node(name)
         raw = node._value() if node is not None else None
         if not isinstance(raw, str):
-            return str(OmegaConf.select(config, f"hydra.sweep.{name}"))
+            return "", None
         if raw not in self._plans:
             self._plans[raw] = self._plan(raw)
-        plan = self._plans[raw]
+        return raw, self._plans[raw]
+
+    def _value(self, config: DictConfig, name: str, job: dict[str, Any]) -> str:
+        raw, plan = self._planned(config, name)
         if plan is None:
             return str(OmegaConf.select(config, f"hydra.sweep.{name}"))
         if plan == self._ONCE:
@@ -390,10 +385,7 @@ def job_bookkeeping(hydra_context: Any, config: DictConfig, job_cfg: DictConfig,
         if fresh_hydra is None:
             ret.hydra_cfg = hydra_cfg
         else:
-            fields = {"job": job_fields,
-                      "overrides": {"task": list(ret.overrides or ())},
-                      "runtime": {"output_dir": os.path.abspath(output_dir)}}
-            ret.later(int(job.num), lambda: _hydra_copy(fresh_hydra(), fields, config))
+            _made_later(ret, config, fresh_hydra, job_fields, list(ret.overrides or ()), os.path.abspath(output_dir))
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         ret.working_dir = os.getcwd()
         configure_log(config.hydra.job_logging, config.hydra.verbose)
@@ -422,14 +414,19 @@ def _lean_bookkeeping(config: DictConfig, job_cfg: DictConfig, value: Any, fresh
     ret = _LaterHydraReturn()
     ret.cfg = job_cfg
     ret.overrides = list(task.overrides)
-    fields: dict[str, dict[str, Any]] = {"job": job_fields, "overrides": {"task": list(task.overrides)},
-                                         "runtime": {"output_dir": output_dir}}
-    ret.later(num, lambda: _hydra_copy(fresh_hydra(), fields, config))
+    _made_later(ret, config, fresh_hydra, job_fields, list(task.overrides), output_dir)
     ret.working_dir = os.getcwd()
     ret.return_value = value
     ret.status = JobStatus.COMPLETED
     ret.task_name = JobRuntime.instance().get("name")
     return ret
+
+
+def _made_later(ret: _LaterHydraReturn, config: DictConfig, fresh_hydra: Callable[[], DictConfig],
+                job_fields: dict[str, Any], overrides: list[str], output_dir: str) -> None:
+    """``ret.hydra_cfg`` is made when first read: the template's ``hydra`` node with this job's fields."""
+    fields = {"job": job_fields, "overrides": {"task": overrides}, "runtime": {"output_dir": output_dir}}
+    ret.later(int(job_fields["num"]), lambda: _hydra_copy(fresh_hydra(), fields, config))
 
 
 def _hydra_copy(node: DictConfig, fields: dict[str, dict[str, Any]], parent: DictConfig) -> DictConfig:

@@ -128,8 +128,10 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
 def _given_fields(given: Mapping[Stage, object]) -> dict[str, Any]:
     """The run's fields a given stage result already holds, to record with the run itself."""
     ref = given.get(Stage.SNAPSHOT)
-    if not isinstance(ref, SnapshotRef):
-        return {}
+    return _snapshot_fields(ref) if isinstance(ref, SnapshotRef) else {}
+
+
+def _snapshot_fields(ref: SnapshotRef) -> dict[str, Any]:
     return {"snapshot_id": ref.id, **({"git": dict(ref.git)} if ref.git is not None else {})}
 
 
@@ -218,7 +220,7 @@ def _snapshot(work: _Work, details: dict[str, Any]) -> _Outcome:
     from mltrain.plan.snapshot import take
 
     ref, result = take(work.spec, work.resolved.workspace, note=work.note, patch_file=work.paths.git_patch)
-    work.store.update(work.record.id, git=ref.git, snapshot_id=ref.id)
+    work.store.update(work.record.id, **_snapshot_fields(ref))
     work.snapshot_id = ref.id
     details.update(_snapshot_details(result))
     cached = result.bytes_new == 0
@@ -231,9 +233,8 @@ def _given_snapshot(work: _Work, ref: object, details: dict[str, Any]) -> _Outco
     if not isinstance(ref, SnapshotRef):
         raise TypeError(f"given[Stage.SNAPSHOT] must be a SnapshotRef, not {type(ref).__name__}")
     result = stored(work.resolved.workspace, ref)
-    fields = _given_fields({Stage.SNAPSHOT: ref})
     if work.record.snapshot_id != ref.id:  # not recorded with the run already
-        work.store.update(work.record.id, **fields)
+        work.store.update(work.record.id, **_snapshot_fields(ref))
     copy_patch(ref, work.paths.git_patch)
     work.snapshot_id = ref.id
     details.update(_snapshot_details(result))

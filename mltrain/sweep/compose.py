@@ -91,7 +91,7 @@ class TrialComposer:
 
     @staticmethod
     def _task(cfg: DictConfig, parsed: list[Any]) -> JobTask:
-        """What :meth:`_set_task` would set, as plain values."""
+        """A job's own overrides and its ``override_dirname`` (by ``cfg``'s rules for it), as plain values."""
         from mltrain.hydra_compat import overrides_dirname
 
         task = [o for o in parsed if not o.is_hydra_override()]
@@ -99,22 +99,16 @@ class TrialComposer:
         return JobTask([str(o.input_line) for o in task], overrides_dirname(
             task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys))
 
-    @staticmethod
-    def _set_task(cfg: DictConfig, parsed: list[Any]) -> None:
+    @classmethod
+    def _set_task(cls, cfg: DictConfig, parsed: list[Any]) -> None:
         """What Hydra records of a job's own overrides: ``hydra.overrides.task``, ``hydra.job.override_dirname``."""
-        from mltrain.hydra_compat import overrides_dirname
-
-        task = [o for o in parsed if not o.is_hydra_override()]
-        hydra = cfg.hydra
-        overrides, job = hydra.overrides, hydra.job
-        dirname = job.config.override_dirname
+        task = cls._task(cfg, parsed)
+        overrides, job = cfg.hydra.overrides, cfg.hydra.job
         # Flags on the two small nodes changed, not on ``hydra``: setting a flag walks the node's whole
         # subtree (OmegaConf's flag cache), and ``hydra`` is hundreds of nodes.
         with read_write(overrides), open_dict(overrides), read_write(job), open_dict(job):
-            overrides.task = [o.input_line for o in task]
-            job.override_dirname = overrides_dirname(
-                task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
-            )
+            overrides.task = task.overrides
+            job.override_dirname = task.override_dirname
 
     def job(self, overrides: Sequence[str]) -> tuple[DictConfig, list[str]] | None:
         """Only the job's part of the config (what the task sees) and the task's overrides -- a third of the
