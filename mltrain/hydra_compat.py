@@ -43,6 +43,7 @@ HYDRA_VERSION: str = hydra.__version__
 
 SYMBOLS: tuple[str, ...] = (
     "hydra._internal.utils._run_hydra",
+    "hydra._internal.utils._run_hydra (its multirun steps)",
     "hydra._internal.utils.get_args_parser",
     "hydra._internal.utils.create_automatic_config_search_path",
     "hydra._internal.config_loader_impl.ConfigLoaderImpl",
@@ -95,10 +96,52 @@ def args_parser() -> argparse.ArgumentParser:
 
 
 def run_hydra(args: argparse.Namespace, parser: argparse.ArgumentParser, task_function: Callable[..., Any],
-              config_path: str, config_name: str) -> None:
+              config_path: str | None, config_name: str | None) -> None:
     """What ``@hydra.main`` does with parsed arguments, for a task function mltrain builds (not a decorated one)."""
+    calling = _hydra_utils.detect_calling_file_or_module_from_task_function(task_function)
+    if _plain_multirun(args) and calling != (None, None):  # else Hydra looks for it up the stack: let it
+        _multirun(args, task_function, calling, config_path, config_name)
+        return
     _hydra_utils._run_hydra(args=args, args_parser=parser, task_function=task_function, config_path=config_path,
                             config_name=config_name)
+
+
+_OTHER_COMMANDS = ("run", "cfg", "info", "shell_completion", "help", "hydra_help", "resolve", "config_dir")
+
+
+def _plain_multirun(args: argparse.Namespace) -> bool:
+    """``-m`` and nothing that makes ``_run_hydra`` do something else first (help, ``--cfg``, ``-cd``...)."""
+    return bool(args.multirun) and not any(getattr(args, name, None) for name in _OTHER_COMMANDS)
+
+
+def _multirun(args: argparse.Namespace, task_function: Callable[..., Any], calling: tuple[str | None, str | None],
+              config_path: str | None, config_name: str | None) -> None:
+    """``_run_hydra`` for a plain ``-m``, less its first composition of the whole config.
+
+    Hydra composes the config once only to read ``hydra.mode`` (``Hydra.get_mode``), and then again to run.
+    Under ``-m`` the answer changes nothing: unless the config already says MULTIRUN, Hydra adds the override
+    ``hydra.mode=MULTIRUN`` (with a warning where it said RUN), and so do we, without asking. That first
+    composition is ~0.15 s of every sweep's start, before any trial may begin.
+    """
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_name = args.config_name if args.config_name is not None else config_name
+    config_path = args.config_path if args.config_path is not None else config_path
+    calling_file, calling_module = calling
+    task_name = _hydra_utils.detect_task_name(calling_file, calling_module)
+    _core_utils.validate_config_path(config_path)
+    search_path = _hydra_utils.create_automatic_config_search_path(calling_file, calling_module, config_path)
+    runner = _hydra_utils.run_and_report(lambda: Hydra.create_main_hydra2(task_name=task_name,
+                                                                          config_search_path=search_path))
+    overrides = list(args.overrides)
+    if "hydra.mode=MULTIRUN" not in overrides:
+        overrides.append("hydra.mode=MULTIRUN")
+    try:
+        _hydra_utils.run_and_report(lambda: runner.multirun(config_name=config_name, task_function=task_function,
+                                                            overrides=overrides))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def plugin_being_set_up(exc: BaseException) -> str | None:

@@ -93,6 +93,53 @@ def test_run_hydra(tmp_path: Path) -> None:
         assert json.loads(done.stdout.splitlines()[-1]) == [{"a": 1}]
 
 
+@covers("hydra._internal.utils._run_hydra (its multirun steps)")
+def test_plain_multirun_is_run_as_run_hydra_runs_it(tmp_path: Path) -> None:
+    """``run_hydra``'s own way through a plain ``-m`` (no ``get_mode`` composition) gives each job what Hydra's
+    ``_run_hydra`` gives it: the same config, mode, Hydra overrides, job name and sweep folders."""
+    script = textwrap.dedent("""
+        import json, os, sys
+        from hydra._internal import utils
+        from hydra.core.hydra_config import HydraConfig
+        from mltrain import hydra_compat
+        seen, start = [], os.getcwd()
+
+        def task(cfg):
+            hc = HydraConfig.get()
+            seen.append([dict(cfg), str(hc.mode), list(hc.overrides.hydra), list(hc.overrides.task), hc.job.name,
+                         hc.runtime.output_dir.replace(start, "DIR"), hc.job.num])
+
+        parser = hydra_compat.args_parser()
+        args = parser.parse_args(["-m", "+a=1,2", "+b=x", "hydra.sweep.dir=sweep",
+                                  "hydra/job_logging=none", "hydra/hydra_logging=none"])
+        run = utils._run_hydra if sys.argv[1] == "theirs" else hydra_compat.run_hydra
+        run(args, parser, task, None, None)
+        print(json.dumps(seen))
+    """)
+    with contract("hydra._internal.utils._run_hydra (its multirun steps)"):
+        seen = {}
+        for way in ("theirs", "ours"):
+            (tmp_path / way).mkdir()
+            done = subprocess.run([sys.executable, "-c", script, way], capture_output=True, text=True, timeout=120,
+                                  cwd=tmp_path / way, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+            assert done.returncode == 0, done.stderr
+            seen[way] = json.loads(done.stdout.splitlines()[-1])
+        assert len(seen["ours"]) == 2
+        assert seen["ours"] == seen["theirs"]
+        assert seen["ours"][0][1] == "RunMode.MULTIRUN"
+        assert (tmp_path / "ours" / "sweep" / "multirun.yaml").read_text().replace(str(tmp_path / "ours"), "DIR") == (
+            tmp_path / "theirs" / "sweep" / "multirun.yaml").read_text().replace(str(tmp_path / "theirs"), "DIR")
+
+
+def test_multirun_with_another_command_takes_hydras_own_way() -> None:
+    """``--cfg``, ``--help``, ``-cd`` and the like change what ``_run_hydra`` does: those go through it."""
+    parser = hydra_compat.args_parser()
+    assert hydra_compat._plain_multirun(parser.parse_args(["-m", "a=1"]))
+    for flags in (["--cfg", "job"], ["--info", "all"], ["-cd", "conf"], ["--help"], ["--hydra-help"]):
+        assert not hydra_compat._plain_multirun(parser.parse_args(["-m", *flags, "a=1"])), flags
+    assert not hydra_compat._plain_multirun(parser.parse_args(["a=1"]))
+
+
 @covers("hydra._internal.utils.get_args_parser")
 def test_get_args_parser() -> None:
     with contract("hydra._internal.utils.get_args_parser"):
