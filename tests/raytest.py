@@ -82,7 +82,10 @@ class RayCluster:
         names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                  "--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
         args = [arg for name in names for arg in (name, str(free_port()))]
-        low = 11000 + (os.getpid() * 97 + len(self.procs) * 500) % 18000  # below the ephemeral ports free_port gives
+        # Worker ports below the ephemeral ones free_port gives, a block of 1,000 per test process: the xdist
+        # workers of one session share their parent and differ in index, so their clusters never overlap.
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        low = 11000 + (os.getppid() * 7 + worker) % 18 * 1000 + len(self.procs) * 500
         return [*args, "--min-worker-port", str(low), "--max-worker-port", str(low + 400)]
 
     def start(self) -> RayCluster:
