@@ -93,8 +93,11 @@ def _sweep(url: str, project: Path, env: dict[str, str]) -> None:
                    f"compute.address={url}", f"sweep.max_concurrent={CONCURRENT}"], cwd=project, env=env)
     report(f"sweep {TRIALS} x {TRIAL_SECONDS} s, max_concurrent={CONCURRENT}: mltrain vs ideal", ours, ideal, "<= 1.5x")
 
+    import logging
+
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per job packaged and uploaded in the report
     start = time.perf_counter()
     client = JobSubmissionClient(url)
 
