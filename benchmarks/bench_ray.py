@@ -97,7 +97,9 @@ def _sweep(url: str, project: Path, env: dict[str, str]) -> None:
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per job packaged and uploaded in the report
+    # Not a line per job packaged and uploaded in the report (dashboard_sdk sets its own logger to INFO).
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     start = time.perf_counter()
     client = JobSubmissionClient(url)
 
