@@ -146,7 +146,7 @@ def runs_show(parsed: argparse.Namespace) -> int:
     with store:
         record = reconcile(store, workspace, store.get(parsed.run_id))
         data = _show_dict(store, workspace, record)
-        curves = series(store.metrics(record.id)) if not parsed.json else {}
+        curves = series(store.metric_points(record.id)) if not parsed.json else {}
     if parsed.json:
         out(json_text(data))
         return 0

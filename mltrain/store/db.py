@@ -557,6 +557,17 @@ class Store:
         )
         return [(name, step, _number(value), when) for name, step, value, when in rows]
 
+    def metric_points(self, run_id: str) -> list[tuple[str, int | None, float]]:
+        """(name, step, value) of every point, grouped by metric, each metric's in logging order: what the
+        sparklines and plots draw (``mltrain.tracking.sparkline.series``).
+
+        Grouped by name, SQLite walks the (run_id, name) index in order; logging order across metrics
+        (``ORDER BY rowid``, :meth:`metrics`) makes it sort every row first. With no ``time`` column either,
+        100k points read in ~half the time.
+        """
+        rows = self._rows("SELECT name, step, value FROM metrics WHERE run_id = ? ORDER BY name, rowid", (run_id,))
+        return [(name, step, _number(value)) for name, step, value in rows]
+
     def last_metrics(self, run_id: str) -> dict[str, float]:
         rows = self._rows(
             "SELECT name, value FROM metrics WHERE rowid IN "

@@ -84,7 +84,7 @@ def load(store: Store, workspace: Workspace, run_ids: Sequence[str]) -> list[Run
     shown = differing([run_params(workspace, r) for r in records]) if len(records) > 1 else [""]
     return [RunCurves(r, " ".join(part for part in (r.id, extra, "" if r.status == COMPLETED else f"({r.status})")
                                   if part),
-                      {name: thin(points) for name, points in series(store.metrics(r.id)).items()})
+                      {name: thin(points) for name, points in series(store.metric_points(r.id)).items()})
             for r, extra in zip(records, shown, strict=True)]
 
 

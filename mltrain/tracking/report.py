@@ -141,7 +141,7 @@ def write_report(workspace: Workspace, sweep_id: str, path: Path) -> Path:
     with Store(workspace.db_path, create=False) as store:
         report = sweep_report(store, workspace, store.get_sweep(sweep_id))
         trials = [Trial(row, _params(row.params),
-                        {n: thin(p, MAX_REPORT_POINTS) for n, p in series(store.metrics(row.run_id)).items()}
+                        {n: thin(p, MAX_REPORT_POINTS) for n, p in series(store.metric_points(row.run_id)).items()}
                         if row.run_id else {})
                   for row in report.rows]
     page = render(report, trials, get_plotlyjs())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from mltrain.sweep.report import number
 
@@ -27,17 +28,20 @@ logged a million steps must not make a report of hundreds of megabytes."""
 Point = tuple[float, float]  # (step, value)
 
 
-def series(rows: Iterable[tuple[str, int | None, float, float | None]]) -> dict[str, list[Point]]:
-    """``Store.metrics`` rows (name, step, value, time; in logging order) as each metric's points by step.
+def series(rows: Iterable[tuple[str, int | None, float]]) -> dict[str, list[Point]]:
+    """``Store.metric_points`` rows (name, step, value; each metric's in logging order) as its points by step.
 
     A point logged without a step takes its place in the order it was logged (its index in that metric);
     points are then sorted by step, the logging order kept among equal steps.
     """
     found: dict[str, list[Point]] = {}
-    for name, step, value, _ in rows:
+    for name, step, value in rows:
         points = found.setdefault(name, [])
         points.append((float(len(points) if step is None else step), float(value)))
-    return {name: sorted(points, key=lambda p: p[0]) for name, points in found.items()}
+    return {name: sorted(points, key=_step) for name, points in found.items()}
+
+
+_step = itemgetter(0)
 
 
 def thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:

@@ -48,3 +48,24 @@ def test_older_runs_are_indexed_once_from_their_config(tmp_path: Path) -> None:
         assert store.get(run_id).params == {"lr": 0.01, "model.depth": 4}
         assert _last(store, run_id) == [("acc", 2, 0.8)]
         assert ensure_indexed(store, workspace) == 0
+
+
+def test_metric_points_are_each_metrics_points_in_logging_order(tmp_path: Path) -> None:
+    """``metric_points`` groups by metric (the index's order, no sort of every row) and keeps each metric's
+    logging order, steps or none, NaN included: the curves drawn from it are those of ``metrics``' rows."""
+    import math
+
+    from mltrain.tracking.sparkline import series
+
+    with Store(tmp_path / "runs.db") as store:
+        run_id, other = _new(store), _new(store)
+        store.add_metrics(run_id, [("loss", 2.0, 5, 1.0), ("acc", 0.1, None, 1.0), ("loss", math.nan, 3, 2.0)])
+        store.add_metrics(other, [("loss", 9.0, 1, 1.0)])
+        store.add_metrics(run_id, [("acc", 0.2, None, 3.0), ("b", 1.0, 0, 3.0), ("loss", 1.0, 3, 4.0)])
+        points = store.metric_points(run_id)
+        assert [(n, s) for n, s, _ in points] == [("acc", None), ("acc", None), ("b", 0), ("loss", 5), ("loss", 3),
+                                                  ("loss", 3)]
+        assert [v for n, _, v in points if n == "acc"] == [0.1, 0.2] and math.isnan(points[4][2])
+        drawn, logged = series(points), series((n, s, v) for n, s, v, _ in store.metrics(run_id))
+        assert repr(sorted(drawn.items())) == repr(sorted(logged.items()))  # repr: NaN == NaN there
+        assert drawn["loss"][:2] == [(3.0, drawn["loss"][0][1]), (3.0, 1.0)] and drawn["loss"][2] == (5.0, 2.0)

@@ -61,7 +61,7 @@ def test_sparkline_levels_buckets_and_gaps() -> None:
 
 
 def test_series_orders_by_step_and_thin_keeps_the_ends() -> None:
-    rows = [("loss", 2, 0.2, None), ("loss", 1, 0.1, None), ("acc", None, 0.5, None), ("acc", None, 0.6, None)]
+    rows = [("loss", 2, 0.2), ("loss", 1, 0.1), ("acc", None, 0.5), ("acc", None, 0.6)]
     assert series(rows) == {"loss": [(1.0, 0.1), (2.0, 0.2)], "acc": [(0.0, 0.5), (1.0, 0.6)]}
     points = [(float(i), float(i)) for i in range(10_001)]
     thinned = thin(points, 100)
