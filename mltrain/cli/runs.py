@@ -140,7 +140,7 @@ def _show_dict(store: Store, workspace: Workspace, record: RunRecord) -> dict[st
 
 
 def runs_show(parsed: argparse.Namespace) -> int:
-    from mltrain.tracking.sparkline import run_lines, series
+    from mltrain.tracking.sparkline import printable, run_lines, series
 
     workspace, store = open_history(parsed)
     with store:
@@ -175,7 +175,8 @@ def runs_show(parsed: argparse.Namespace) -> int:
 
         lines += describe(record.hardware)
     if data["metrics"]:
-        lines.append("metrics     " + "  ".join(f"{k}={v:g}" for k, v in data["metrics"].items()))
+        # A job chose these names: printable, so an escape sequence logged as a name cannot drive the terminal.
+        lines.append("metrics     " + "  ".join(f"{printable(k)}={v:g}" for k, v in data["metrics"].items()))
     lines.append("history     " + "  ".join(f"{t['status']} {when(t['time'])[11:]}" for t in data["transitions"]))
     for label, value in (record.handle or {}).get("display", {}).items():  # target-specific (e.g. Spark app id)
         lines.append(f"{label:<12}{value}")
@@ -242,7 +243,10 @@ def runs_metrics(parsed: argparse.Namespace) -> int:
     if not rows:
         out(f"run {record.id} logged no metrics")
         return 0
-    cells = [("NAME", "STEP", "VALUE")] + [(n, "-" if s is None else str(s), f"{v:g}") for n, s, v, _ in rows]
+    from mltrain.tracking.sparkline import printable
+
+    cells = [("NAME", "STEP", "VALUE")] + [(printable(n), "-" if s is None else str(s), f"{v:g}")
+                                           for n, s, v, _ in rows]
     out(table(cells))
     return 0
 

@@ -6,6 +6,7 @@ real run; the commands are the real CLI.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -142,3 +143,29 @@ def test_completion_line_prints_each_metrics_last_value(project: Project) -> Non
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mltrain: run ") and " Completed in " in last
     assert last.endswith(" (last acc=0.75, loss=0.3)"), last
+
+
+def test_runs_show_draws_what_a_job_logged_interleaved_stepless_and_not_finite(project: Project) -> None:
+    """A real job's metric lines, hostile as a job may make them: metrics interleaved, points without steps,
+    steps out of order, NaN and inf, a name with an escape sequence. ``runs show`` (each metric's points read
+    grouped, ``Store.metric_points``) draws each metric's own points in step order and prints no escape."""
+    project.write("noisy.py", r"""
+        print("::metric loss=3 step=2")
+        print("::metric acc=0.1")
+        print("::metric loss=nan step=1")
+        print("::metric \x1b[2Jx=inf")
+        print("::metric acc=0.2")
+        print("::metric loss=1 step=0")
+        print("::metric acc=0.3")
+    """)
+    project.run("script=noisy.py", check=True)
+    run_id = project.run("runs", "list", "--json", check=True)
+    shown = project.run("runs", "show", json.loads(run_id.stdout)[0]["id"], check=True).stdout
+    assert "\x1b" not in shown
+    curves = shown.splitlines()[-3:]
+    assert "?[2Jx" in curves[0] and curves[0].rstrip().endswith("  inf")  # names sorted: ESC first
+    assert "acc" in curves[1] and curves[1].endswith("0.1 -> 0.3  (3 points)")
+    assert "loss" in curves[2] and curves[2].endswith("1 -> 3  (3 points)") and "!" in curves[2]  # NaN at step 1
+    assert "metrics     ?[2Jx=inf  acc=0.3  loss=1" in shown
+    table = project.run("runs", "metrics", json.loads(run_id.stdout)[0]["id"], check=True).stdout
+    assert "\x1b" not in table and "?[2Jx  -     inf" in table
