@@ -104,9 +104,9 @@ class Run:
             raise RunFailed(f"run {record.id} {record.status.lower()}: {record.reason}")
         return record
 
-    def cancel(self) -> RunRecord:
+    def cancel(self, reason: str = "canceled by user") -> RunRecord:
         with self._store() as store:
-            return cancel_run(store, self.workspace, store.get(self.id), handle=self._handle)
+            return cancel_run(store, self.workspace, store.get(self.id), reason=reason, handle=self._handle)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -86,23 +86,27 @@ def command(args: list[str]) -> int:
     key = parsed.idempotency_key
     if key is not None and (not key.strip() or len(key) > MAX_KEY or not key.isprintable()):
         raise UsageError(f"--idempotency-key must be 1 to {MAX_KEY} printable characters, e.g. the CI job's id")
-    from mltrain.run import submit
+    from mltrain.run import Run, submit
+    from mltrain.targets.base import CTRL_C
 
-    with progress(parsed.quiet):
-        run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
-                     idempotency_key=key)
-    if parsed.detach:
-        out(run.id)
-        return 0
+    run: Run | None = None
     try:
+        with progress(parsed.quiet):  # a Ctrl-C until the run is returned is submit's to cancel
+            run = submit(parsed.overrides, config_name=parsed.config_name, show_output=not parsed.detach,
+                         idempotency_key=key)
+        if parsed.detach:
+            out(run.id)
+            return 0
         if run.existing:
             info(f"run {run.id} was submitted before with idempotency key {key}; following it "
                  f"(mltrain runs show {run.id})")
         else:
             info(f"run {run.id} started (mltrain runs show {run.id})")
         record = run.wait(show_output=True)
-    except KeyboardInterrupt:  # landed before wait() could catch it: still one Ctrl-C, one cancel
-        record = run.cancel()
+    except KeyboardInterrupt:  # landed outside wait()'s own catch: still one Ctrl-C, one cancel
+        if run is None or parsed.detach:
+            raise
+        record = run.cancel(CTRL_C)
     return run_ended(record, run.workspace)
 
 

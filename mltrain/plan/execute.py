@@ -78,51 +78,71 @@ def execute(plan: Plan, *, given: Mapping[Stage, object] = NOTHING_GIVEN, show_o
     client = identity()
     if store is not None and store.path != workspace.db_path:  # another workspace's: this run's own
         store = None
-    with nullcontext(store) if store is not None else Store(workspace.db_path) as store:
-        try:  # created Preparing, with what is known already: one write, where there were three
-            record = store.create_run(
-                experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
-                compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
-                parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
-                idempotency_key=idempotency_key, params=_queryable_params(spec), preparing=True,
-                fields=_given_fields(given),
-            )
-        except IdempotencyHit as hit:
-            return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
-        if spec.mlflow_uri is not None:  # followers mirror it (mltrain.tracking.mlflow); the run never waits on it
-            from mltrain.tracking.mlflow import mirror_state
+    record: RunRecord | None = None
+    work: _Work | None = None
+    try:
+        with nullcontext(store) if store is not None else Store(workspace.db_path) as store:
+            try:  # created Preparing, with what is known already: one write, where there were three
+                record = store.create_run(
+                    experiment=spec.experiment, script=spec.script, source_dir=str(spec.source_dir),
+                    compute=spec.compute.type, environment=spec.environment.type, overrides=spec.overrides,
+                    parent_id=parent_id, sweep_id=sweep_id, run_id=run_id, client=client,
+                    idempotency_key=idempotency_key, params=_queryable_params(spec), preparing=True,
+                    fields=_given_fields(given),
+                )
+            except IdempotencyHit as hit:
+                return _existing(hit.record, spec.overrides, workspace, str(idempotency_key))
+            if spec.mlflow_uri is not None:  # followers mirror it (mltrain.tracking.mlflow); the run never waits on it
+                from mltrain.tracking.mlflow import mirror_state
 
-            store.update(record.id, mlflow=mirror_state(spec.mlflow_uri, workspace))
-        paths = workspace.run_paths(record.id)
-        paths.dir.mkdir(parents=True)
-        paths.config.write_text(spec.config_yaml)
-        paths.overrides.write_text(json.dumps(list(spec.overrides)))
-        work = _Work(plan, resolved, store, record, paths, open(paths.log, "ab"), show_output,  # noqa: SIM115
-                     resources=resources)
+                store.update(record.id, mlflow=mirror_state(spec.mlflow_uri, workspace))
+            paths = workspace.run_paths(record.id)
+            paths.dir.mkdir(parents=True)
+            paths.config.write_text(spec.config_yaml)
+            paths.overrides.write_text(json.dumps(list(spec.overrides)))
+            work = _Work(plan, resolved, store, record, paths, open(paths.log, "ab"), show_output,  # noqa: SIM115
+                         resources=resources)
 
-        def record_group(group: dict[str, Any]) -> None:
-            store.update(record.id, client={**client, "group": group})
+            def record_group(group: dict[str, Any]) -> None:
+                store.update(record.id, client={**client, "group": group})
 
-        try:
-            with PrepGroup(record_group):
-                _carry_out(work, given)
-        except MltrainError as exc:
-            if store.transition(record.id, RUN_FAILED, reason=str(exc), **work.pending) \
-                    or store.get(record.id).status != CANCELED:
+            try:
+                with PrepGroup(record_group):
+                    _carry_out(work, given)
+            except MltrainError as exc:
+                if store.transition(record.id, RUN_FAILED, reason=str(exc), **work.pending) \
+                        or store.get(record.id).status != CANCELED:
+                    raise
+                work.handle = None  # canceled while prepared: the cancel stopped the failed step; nothing to report
+            except KeyboardInterrupt:
+                raise  # canceled below, once this connection and the log are closed
+            except BaseException as exc:
+                store.transition(record.id, RUN_FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
+                                 **work.pending)
                 raise
-            work.handle = None  # canceled while prepared: the cancel stopped the step that failed; nothing to report
-        except KeyboardInterrupt:
-            if work.handle is not None:  # launched already: the job must not outlive the Ctrl-C
-                work.handle.cancel(executor.cancel_grace)
-            store.transition(record.id, CANCELED, reason="canceled by user during preparation", **work.pending)
-            raise
-        except BaseException as exc:
-            store.transition(record.id, RUN_FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
-                             **work.pending)
-            raise
-        finally:
-            work.log_file.close()
-    return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+            finally:
+                work.log_file.close()
+        return Run(record.id, workspace, _handle=work.handle, _offset=work.offset)
+    except KeyboardInterrupt:
+        if record is not None:  # wherever it landed, from the run's record to the return: one Ctrl-C, one cancel
+            _cancel_interrupted(workspace, record.id, work)
+        raise
+
+
+def _cancel_interrupted(workspace: Workspace, run_id: str, work: _Work | None) -> None:
+    """Ctrl-C once the run was recorded: it ends Canceled, its job (if launched) stopped and collected."""
+    from mltrain.targets.base import CTRL_C, cancel_run
+
+    with Store(workspace.db_path) as store:
+        record = store.get(run_id)
+        if record.is_terminal:
+            return
+        if work is not None and work.pending:  # what the stages found is kept all the same
+            store.update(run_id, **work.pending)
+        if work is None or work.handle is None:
+            store.transition(run_id, CANCELED, reason=f"{CTRL_C} during preparation")
+        else:  # launched already: the job must not outlive the Ctrl-C
+            cancel_run(store, workspace, record, reason=CTRL_C, handle=work.handle)
 
 
 def _given_fields(given: Mapping[Stage, object]) -> dict[str, Any]:

@@ -650,6 +650,8 @@ def cancel_run(store: Store, workspace: Workspace, record: RunRecord, *, grace: 
     return finalize(store, workspace, record, handle, info, canceled=reason)
 
 
+CTRL_C = "canceled by user (Ctrl-C)"  # the reason a run canceled by its own client's Ctrl-C ends with
+
 FOLLOW_WAIT = 0.05  # seconds a follower waits for a run's end between reads of its log (more while it is quiet)
 
 
@@ -702,7 +704,7 @@ def follow(store: Store, workspace: Workspace, record: RunRecord, *, out: Callab
             return finalize(store, workspace, current, handle, info)
     except KeyboardInterrupt:
         log.info("cancelling run %s", record.id)
-        return cancel_run(store, workspace, store.get(record.id), reason="canceled by user (Ctrl-C)",
+        return cancel_run(store, workspace, store.get(record.id), reason=CTRL_C,
                           handle=handle)
 
 

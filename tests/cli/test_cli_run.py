@@ -56,6 +56,27 @@ def test_ctrl_c_cancels_the_run(project: Project, tmp_path: Path) -> None:
     wait_for(lambda: not _pid_alive(script_pid), timeout=5)
 
 
+def test_ctrl_c_between_the_submit_and_the_follow_cancels_the_run(
+        in_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's hand-off from submitting to following, where a Ctrl-C is nobody's to catch but the command's:
+    injected as the follow begins (a real signal cannot be aimed at that instant), it cancels the run too."""
+    from mltrain.cli.main import main
+    from mltrain.results import Run
+
+    pidfile = tmp_path / "pid"
+    in_project.write("slow.py", SLOW.format(pidfile=pidfile))
+
+    def ctrl_c(self: Run, *args: object, **kwargs: object) -> None:
+        wait_for(pidfile.exists)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "wait", ctrl_c)
+    assert main(["--quiet", "script=slow.py", "compute.cancel_grace=2"]) == 130
+    (record,) = in_project.runs()
+    assert (record["status"], record["reason"]) == ("Canceled", "canceled by user (Ctrl-C)")
+    wait_for(lambda: not _pid_alive(int(pidfile.read_text())), timeout=5)
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell without job control starts `cmd &`
 

@@ -204,3 +204,55 @@ def test_a_secret_never_shows_in_the_printed_plan(project: Project) -> None:
     for flags in (("plan",), ("plan", "--json")):
         shown = project.run(*flags, *args, env={"PLAN_KEY": secret}, check=True).stdout
         assert secret not in shown and "***" in shown
+
+
+SLOW_WITH_PID = """
+import os, time
+open({pidfile!r}, "w").write(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+@pytest.mark.parametrize("where", ["before the launch", "as the job starts", "as the run is handed back"])
+def test_ctrl_c_anywhere_in_a_submit_cancels_the_run_and_stops_its_job(
+        in_project: Project, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A Ctrl-C is a signal, so it lands at any instant. Injected here at three (a real one at these exact
+    instants cannot be aimed): the run ends Canceled, saying Ctrl-C, and no job it started outlives it."""
+    import time
+
+    import mltrain.plan.execute as execute_module
+    from mltrain.plan.compile import compile
+    pidfile = in_project.root.parent / "started.pid"  # outside the snapshot: the job writes it by this path
+    in_project.write("slow.py", SLOW_WITH_PID.format(pidfile=str(pidfile)))
+
+    def ctrl_c(*args: object, **kwargs: object) -> Any:
+        if where != "before the launch":  # the user saw the job start, then pressed Ctrl-C
+            deadline = time.monotonic() + 30
+            while not pidfile.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    if where == "before the launch":
+        monkeypatch.setitem(execute_module._DO, execute_module.Stage.STAGE_CODE, ctrl_c)
+    elif where == "as the job starts":  # launched, not yet recorded Running
+        monkeypatch.setattr(execute_module, "_hardware", ctrl_c)
+    else:  # every stage done, the history closed: as execute hands back the run
+        monkeypatch.setattr(execute_module, "Run", ctrl_c)
+
+    with pytest.raises(KeyboardInterrupt):
+        execute_module.execute(compile(_spec("script=slow.py", "compute.cancel_grace=2")))
+    (record,) = in_project.runs()
+    assert record["status"] == "Canceled", record
+    assert "Ctrl-C" in str(record["reason"])
+    if where == "before the launch":
+        assert not pidfile.exists()
+    else:
+        assert _stopped(int(pidfile.read_text()))
