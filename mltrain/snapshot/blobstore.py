@@ -3,7 +3,8 @@
 Layout under ``root`` (``<workspace>/blobs/``)::
 
     ab/cdef...        one read-only (0o444) file per distinct content, named by its digest
-    manifests/<id>    an empty marker per stored manifest (the manifest itself is blob <id>)
+    manifests/<id>    a marker per stored manifest: empty when the manifest is blob <id>, else the edits
+                      that make it from one that is (see ``put_manifest``)
     tmp/              blobs being written
     lock              flock: snapshots and checkouts share it, gc takes it alone
 
@@ -21,6 +22,7 @@ Invariants the rest of mltrain relies on:
   younger than its grace period (a snapshot in progress has no manifest yet,
   and a run records its snapshot id only after the snapshot is taken). A
   marker's mtime is refreshed each time the manifest is stored again.
+  A manifest stored as edits keeps the manifest they apply to: gc keeps that blob with it.
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot.manifest import Manifest, hash_bytes
+from mltrain.snapshot.manifest import Manifest, hash_bytes, splice_rows
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,12 @@ BLOB_MODE: Final = 0o444
 GC_GRACE_SECONDS: Final = 3600.0
 _HEX: Final = frozenset("0123456789abcdef")
 _counter = itertools.count()
+EDITS_MAGIC: Final = b"mltrain-manifest-edits-1\n"
+MAX_STORED_EDITS: Final = 256
+"""A manifest further than this many entries from the last one stored in full is stored in full again."""
+
+Edit = tuple[int, str, str]
+"""(entry index, the entry's row in the base manifest, its row in this one): see ``manifest.splice_rows``."""
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -173,17 +182,20 @@ class BlobStore:
         return manifest
 
     def manifest_bytes(self, manifest_id: str) -> bytes:
-        """A stored manifest's canonical JSON, checked against its id."""
+        """A stored manifest's canonical JSON, checked against its id (rebuilt when stored as edits)."""
         if not is_digest(manifest_id):
             raise SnapshotError(f"unknown snapshot {manifest_id!r}: a snapshot id is 64 hex digits")
+        data: bytes | None
         try:
             with open(self._blob(manifest_id), "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
+            data = self._from_edits(manifest_id)
+        if data is None:
             raise SnapshotError(
                 f"unknown snapshot {manifest_id}: it is not in the blob store {self.root_str} "
                 "(garbage-collected or never stored); take the snapshot again"
-            ) from None
+            )
         if hash_bytes(data) != manifest_id:
             raise SnapshotError(
                 f"snapshot {manifest_id} is damaged in the blob store {self.root_str}; take the snapshot again"
@@ -208,20 +220,89 @@ class BlobStore:
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
-    def put_manifest(self, manifest: Manifest) -> str:
-        """Store the manifest (as a blob) and mark it complete. Call after its blobs are stored."""
+    def put_manifest(self, manifest: Manifest, *, base: str | None = None, edits: Sequence[Edit] = ()) -> str:
+        """Store the manifest and mark it complete. Call after its blobs are stored.
+
+        ``base`` and ``edits``: the manifest is stored manifest ``base`` (as many entries) with these entries
+        rewritten, as a re-snapshot of a few edited files builds it. It is then kept as the edits from the last
+        manifest stored in full (a few hundred bytes; in full it is ~106 bytes a file, 10 MB at 100k files),
+        until those are more than ``MAX_STORED_EDITS``.
+        """
         manifest_id = manifest.id
-        if not self.has(manifest_id):
-            self.put_bytes(manifest_id, manifest.canonical)
         marker = os.path.join(self._manifests, manifest_id)
+        stored_edits = None
+        if not self.has(manifest_id) and self._stored_edits(manifest_id) is None:
+            if base is not None:
+                stored_edits = self._edits_from_full(base, edits, manifest.count)
+            if stored_edits is None:
+                self.put_bytes(manifest_id, manifest.canonical)
         try:
             os.makedirs(self._manifests, exist_ok=True)
-            with open(marker, "ab"):
-                pass
-            os.utime(marker)
+            if stored_edits is not None:
+                tmp, fd = self._open_temp()
+                try:
+                    _write_all(fd, stored_edits)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, marker)
+            else:
+                try:
+                    os.utime(marker)
+                except FileNotFoundError:
+                    with open(marker, "ab"):
+                        pass
         except OSError as exc:
             raise _store_error(self.root_str, exc) from None
         return manifest_id
+
+    def _edits_from_full(self, base: str, edits: Sequence[Edit], count: int) -> bytes | None:
+        """The marker of a manifest that is ``base`` with ``edits``, as edits of a manifest stored in full;
+        None where it is to be stored in full itself."""
+        full, chain = base, list(edits)
+        stored = self._stored_edits(base)
+        if stored is not None:  # base is itself edits of a full one: both sets of edits, from that one
+            full, base_count, base_edits = stored
+            if base_count != count:
+                return None
+            chain = _composed(base_edits, chain)
+        if len(chain) > MAX_STORED_EDITS or not self.has(full):
+            return None
+        doc = {"base": full, "count": count, "edits": chain}
+        return EDITS_MAGIC + json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def _stored_edits(self, manifest_id: str) -> tuple[str, int, list[Edit]] | None:
+        """(full manifest, entries, edits) of a manifest stored as edits; None for one stored in full or
+        not at all, or whose marker is damaged (its manifest then reads as damaged: ``manifest_bytes``)."""
+        try:
+            with open(os.path.join(self._manifests, manifest_id), "rb") as fh:
+                data = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not data.startswith(EDITS_MAGIC):
+            return None
+        try:
+            doc = json.loads(data[len(EDITS_MAGIC):])
+            base, count, rows = doc["base"], doc["count"], doc["edits"]
+            edits = [(int(i), str(old), str(new)) for i, old, new in rows]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not is_digest(base) or not isinstance(count, int) or any(
+                not 0 <= i < count for i, _, _ in edits) or edits != sorted(edits):
+            return None
+        return base, count, edits
+
+    def _from_edits(self, manifest_id: str) -> bytes | None:
+        """The canonical JSON of a manifest stored as edits (checked against its id by the caller)."""
+        stored = self._stored_edits(manifest_id)
+        if stored is None:
+            return None
+        base, count, edits = stored
+        try:
+            with open(self._blob(base), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        return splice_rows(data, count, edits) or b""
 
     @contextlib.contextmanager
     def shared_lock(self) -> Iterator[None]:
@@ -257,6 +338,9 @@ class BlobStore:
                     continue
                 referenced.add(manifest_id)
                 referenced.update(e.digest for e in manifest.entries)
+                stored = self._stored_edits(manifest_id)
+                if stored is not None:  # stored as edits: the manifest they apply to stays
+                    referenced.add(stored[0])
             if not dry_run:
                 for marker in markers:
                     if marker not in keep:
@@ -339,6 +423,15 @@ class BlobStore:
             yield
         finally:
             os.close(fd)
+
+
+def _composed(first: list[Edit], then: list[Edit]) -> list[Edit]:
+    """Edits ``first`` then ``then`` as one set from the first's base: a row both touched goes from its
+    first old row to its last new row, and a row that came back to where it began is left out."""
+    rows = {i: (old, new) for i, old, new in first}
+    for i, old, new in then:
+        rows[i] = (rows[i][0] if i in rows else old, new)
+    return [(i, old, new) for i, (old, new) in sorted(rows.items()) if old != new]
 
 
 def _list(folder: str) -> list[str]:

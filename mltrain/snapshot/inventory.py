@@ -35,7 +35,7 @@ from mltrain.snapshot.walk import WalkResult
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from mltrain.snapshot.blobstore import BlobStore
+    from mltrain.snapshot.blobstore import BlobStore, Edit
 
 _NEVER = -1
 """An mtime no file has: the row never matches, so the file is hashed again."""
@@ -73,6 +73,9 @@ class Inventory:
         """Rows whose stat or mode differs from the cache's row at the same position; None if the paths differ."""
         self._hashed: list[int] = []
         """Rows read by :meth:`build`."""
+        self.spliced_from: tuple[str, list[Edit]] | None = None
+        """(remembered manifest, edits) when :meth:`build` made the manifest from that one's JSON: the store
+        keeps it as those edits (``BlobStore.put_manifest``)."""
         self.warnings: list[str] = []
         """Files skipped or read while changing, as the run's snapshot warnings say."""
 
@@ -243,7 +246,10 @@ class Inventory:
             canonical = self.store.manifest_bytes(self.cache.manifest_id)
         except SnapshotError:
             return None
-        return splice_rows(canonical, n, edits)
+        spliced = splice_rows(canonical, n, edits)
+        if spliced is not None:
+            self.spliced_from = (self.cache.manifest_id, edits)
+        return spliced
 
     def save_cache(self, manifest: Manifest, walk_started_ns: int) -> None:
         """Remember this snapshot's digests and, unless a dry run, its manifest.

@@ -96,7 +96,8 @@ def _take(
     else:
         with store.shared_lock():  # gc waits until the manifest (and so every blob) is marked kept
             manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.still_unchanged() else snap.build(workers)
-            store.put_manifest(manifest)
+            base, edits = snap.spliced_from or (None, [])
+            store.put_manifest(manifest, base=base, edits=edits)
     if not snap.unchanged():
         snap.save_cache(manifest, walk_started_ns)
     warnings = tuple(sorted(walked.warnings + snap.warnings))

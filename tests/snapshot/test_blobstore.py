@@ -203,3 +203,122 @@ def test_gc_removes_stale_temp_files(tmp_path: Path) -> None:
 
 def test_gc_on_missing_store_is_a_no_op(tmp_path: Path) -> None:
     assert BlobStore(tmp_path / "nothing").gc([]) == (0, 0)
+
+
+def _aged_tree(root: Path, count: int = 30) -> None:
+    """Files past the stat cache's racy window, so a re-snapshot trusts their stat."""
+    for i in range(count):
+        path = root / f"m{i // 10}" / f"f{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"print({i})\n")
+        _age(path, 60)
+
+
+def _edit(root: Path, i: int, text: str, age: float) -> None:
+    path = root / f"m{i // 10}" / f"f{i}.py"
+    path.write_text(text)
+    _age(path, age)  # a new mtime, still out of the racy window
+
+
+def _stored_as(store: BlobStore, manifest_id: str) -> tuple[str, list[int]] | None:
+    """(the full manifest, the edited entries) when stored as edits; None when stored in full."""
+    marker = (store.root / "manifests" / manifest_id).read_bytes()
+    if not marker:
+        assert store.has(manifest_id)
+        return None
+    assert not store.has(manifest_id) and marker.startswith(blobstore.EDITS_MAGIC)
+    import json
+
+    doc = json.loads(marker[len(blobstore.EDITS_MAGIC):])
+    return doc["base"], [i for i, _, _ in doc["edits"]]
+
+
+def _from_scratch(tree: Path, tmp_path: Path) -> str:
+    """The id a snapshot of ``tree`` has when taken with no cache into an empty store."""
+    from mltrain.snapshot.take import take_snapshot
+
+    return take_snapshot(tree, BlobStore(tmp_path / f"scratch{time.monotonic_ns()}")).manifest.id
+
+
+def test_a_re_snapshot_of_a_few_edits_stores_them_not_the_whole_manifest(tmp_path: Path) -> None:
+    """One edited file in a large tree: its new manifest is kept as that one edit (where in full it grows
+    ~106 bytes a file), from the last manifest stored in full, and reads back exactly as a full one."""
+    from mltrain.snapshot.take import take_snapshot
+
+    tree, store, cache = tmp_path / "tree", BlobStore(tmp_path / "blobs"), tmp_path / "cache"
+    _aged_tree(tree)
+    first = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    assert _stored_as(store, first) is None
+
+    _edit(tree, 3, "print('three')\n", 50)
+    second = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    assert _stored_as(store, second) == (first, [3])
+    assert second == _from_scratch(tree, tmp_path)
+    assert store.load_manifest(second).canonical == BlobStore(tmp_path / "blobs").manifest_bytes(second)
+
+    _edit(tree, 27, "print('twenty-seven')\n", 40)  # edits of edits: both, from the full one
+    third = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    assert _stored_as(store, third) == (first, [3, 27])
+    assert third == _from_scratch(tree, tmp_path)
+
+    _edit(tree, 3, "print(3)\n", 30)  # back as it was: only the other edit is left
+    fourth = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    assert _stored_as(store, fourth) == (first, [27])
+    entries = {e.path: e.digest for e in store.load_manifest(fourth).entries}
+    assert entries["m0/f3.py"] == hash_bytes(b"print(3)\n")
+    assert entries["m2/f27.py"] == hash_bytes(b"print('twenty-seven')\n")
+
+
+def test_a_manifest_too_far_from_the_full_one_is_stored_in_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mltrain.snapshot.take import take_snapshot
+
+    monkeypatch.setattr(blobstore, "MAX_STORED_EDITS", 2)
+    tree, store, cache = tmp_path / "tree", BlobStore(tmp_path / "blobs"), tmp_path / "cache"
+    _aged_tree(tree)
+    first = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    for i in (1, 2):
+        _edit(tree, i, f"print('edit {i}')\n", 50 - i)
+        edited = take_snapshot(tree, store, cache_dir=cache).manifest.id
+        assert _stored_as(store, edited) == (first, list(range(1, i + 1)))
+    _edit(tree, 5, "print('a third edit')\n", 45)
+    full = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    assert _stored_as(store, full) is None
+    _edit(tree, 6, "print('after it')\n", 44)  # the next edits start from that one
+    assert _stored_as(store, take_snapshot(tree, store, cache_dir=cache).manifest.id) == (full, [6])
+
+
+def test_gc_keeps_the_manifest_that_stored_edits_apply_to(tmp_path: Path) -> None:
+    from mltrain.snapshot.take import take_snapshot
+
+    tree, store, cache = tmp_path / "tree", BlobStore(tmp_path / "blobs"), tmp_path / "cache"
+    _aged_tree(tree)
+    first = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    _edit(tree, 3, "print('three')\n", 50)
+    second = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    _age_store(store)
+    removed, _ = store.gc([second])
+    assert removed == 1  # f3's first content, which only the first snapshot held
+    assert not store.has_manifest(first) and store.has(first)  # no longer a snapshot, still the edits' base
+    assert second == store.load_manifest(second).id == _from_scratch(tree, tmp_path)
+    store.gc([])  # nothing kept: the base goes with the edits
+    assert not store.has(first) and not store.has_manifest(second)
+
+
+def test_a_damaged_edits_marker_reads_as_a_damaged_snapshot(tmp_path: Path) -> None:
+    from mltrain.snapshot.take import take_snapshot
+
+    tree, store, cache = tmp_path / "tree", BlobStore(tmp_path / "blobs"), tmp_path / "cache"
+    _aged_tree(tree)
+    take_snapshot(tree, store, cache_dir=cache)
+    _edit(tree, 3, "print('three')\n", 50)
+    second = take_snapshot(tree, store, cache_dir=cache).manifest.id
+    marker = store.root / "manifests" / second
+    marker.chmod(0o644)
+    forged = hash_bytes(b"print('forged')\n").encode()
+    marker.write_bytes(marker.read_bytes().replace(hash_bytes(b"print('three')\n").encode(), forged))
+    with pytest.raises(SnapshotError, match="damaged"):
+        store.load_manifest(second)
+    marker.write_bytes(blobstore.EDITS_MAGIC + b'{"base": "not json')
+    with pytest.raises(SnapshotError, match="not in the blob store"):
+        store.load_manifest(second)
