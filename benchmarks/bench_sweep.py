@@ -97,6 +97,31 @@ def sweeps(project: Path, kw: dict[str, object]) -> None:
                              for r in range(3))
     report(f"{WIDE_TRIALS} x 1s trials, max_concurrent={WIDE_CONCURRENT}: mltrain vs ideal (median of 3)", wide,
            WIDE_TRIALS / WIDE_CONCURRENT + startup, "<= 1.3x")
+    # What this box gives the same 64 scripts with no launcher at all: each trial's own interpreter start
+    # competes for the cores at every wave of 16, and that share of the ratio is not the controller's.
+    floor = statistics.median(plain_processes([sys.executable, "sleep1.py", "--i", "1"], WIDE_TRIALS,
+                                              WIDE_CONCURRENT, project) for _ in range(3))
+    report(f"  (floor: {WIDE_TRIALS} bare `python sleep1.py`, {WIDE_CONCURRENT} at a time, vs 4 s)", floor,
+           WIDE_TRIALS / WIDE_CONCURRENT, "-")
+    report("  (mltrain vs that floor plus one submit)", wide, floor + startup, "-")
+
+
+def plain_processes(argv: list[str], count: int, width: int, cwd: Path) -> float:
+    """Seconds to run ``argv`` ``count`` times as bare processes, ``width`` at a time."""
+    start = time.perf_counter()
+    running: dict[int, subprocess.Popen[bytes]] = {}
+    started = 0
+    while started < count or running:
+        while started < count and len(running) < width:
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            running[proc.pid] = proc
+            started += 1
+        pid, status = os.wait()
+        proc = running.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}")
+    return time.perf_counter() - start
 
 
 def grid(root: Path, project: Path, env: dict[str, str]) -> None:
