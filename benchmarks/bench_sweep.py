@@ -64,13 +64,31 @@ def main() -> None:
 def sweeps(project: Path, kw: dict[str, object]) -> None:
     """The wide sweeps: against Hydra's basic launcher and the ideal, and the launch overhead per trial."""
     trials = f"params.i=range(0,{TRIALS})"
+    startup = median_seconds(run_cmd([*MLTRAIN, "script=noop.py"], **kw), repeat=5)
+
+    # Throughput at width: 64 x 1 s at max_concurrent=16, against 4 s of sleeping plus one submit. The median
+    # of three sweeps: one 6 s sample on the 2-core box swings by ~10% with whatever else runs. Measured first,
+    # before the other sweeps make and remove thousands of run folders (this VM's file system is slow for
+    # minutes after mass deletes: the bench of 2026-12-07 read 1.47x there, against 1.26x alone).
+    (project / "sleep1.py").write_text("import time\ntime.sleep(1)\n")
+    wide = statistics.median(wall([*MLTRAIN, "-m", "script=sleep1.py", f"params.i=range(0,{WIDE_TRIALS})",
+                                   f"sweep.max_concurrent={WIDE_CONCURRENT}", f"experiment=wide{r}"], **kw)
+                             for r in range(3))
+    report(f"{WIDE_TRIALS} x 1s trials, max_concurrent={WIDE_CONCURRENT}: mltrain vs ideal (median of 3)", wide,
+           WIDE_TRIALS / WIDE_CONCURRENT + startup, "<= 1.3x")
+    # What this box gives the same 64 scripts with no launcher at all: each trial's own interpreter start
+    # competes for the cores at every wave of 16, and that share of the ratio is not the controller's.
+    floor = statistics.median(plain_processes([sys.executable, "sleep1.py", "--i", "1"], WIDE_TRIALS,
+                                              WIDE_CONCURRENT, project) for _ in range(3))
+    report(f"  (floor: {WIDE_TRIALS} bare `python sleep1.py`, {WIDE_CONCURRENT} at a time, vs 4 s)", floor,
+           WIDE_TRIALS / WIDE_CONCURRENT, "-")
+    report("  (mltrain vs that floor plus one submit)", wide, floor + startup, "-")
 
     # `experiment=` differs per sweep so no trial is reused from an earlier one (same fingerprint).
     ours = wall([*MLTRAIN, "-m", "script=sleep.py", trials, f"sweep.max_concurrent={CONCURRENT}",
                  "experiment=ours"], **kw)
     basic = wall([*MLTRAIN, "-m", "script=sleep.py", trials, "hydra/launcher=basic", "hydra/sweeper=basic",
                   "experiment=basic"], **kw)
-    startup = median_seconds(run_cmd([*MLTRAIN, "script=noop.py"], **kw), repeat=5)
     ideal = TRIALS * SLEEP / CONCURRENT + startup
     report(f"{TRIALS} x {SLEEP}s trials, max_concurrent={CONCURRENT}: Hydra basic launcher vs mltrain",
            basic, ours, ">= 3x faster")
@@ -88,22 +106,6 @@ def sweeps(project: Path, kw: dict[str, object]) -> None:
                                   cwd=project), repeat=15)
     report("launch overhead per trial beyond its own process start", per_trial - bare, None, "<= 40 ms")
     report("  (per trial at max_concurrent=1, its process start alone)", per_trial, bare, "-")
-
-    # Throughput at width: 64 x 1 s at max_concurrent=16, against 4 s of sleeping plus one submit. The median
-    # of three sweeps: one 6 s sample on the 2-core box swings by ~10% with whatever else runs.
-    (project / "sleep1.py").write_text("import time\ntime.sleep(1)\n")
-    wide = statistics.median(wall([*MLTRAIN, "-m", "script=sleep1.py", f"params.i=range(0,{WIDE_TRIALS})",
-                                   f"sweep.max_concurrent={WIDE_CONCURRENT}", f"experiment=wide{r}"], **kw)
-                             for r in range(3))
-    report(f"{WIDE_TRIALS} x 1s trials, max_concurrent={WIDE_CONCURRENT}: mltrain vs ideal (median of 3)", wide,
-           WIDE_TRIALS / WIDE_CONCURRENT + startup, "<= 1.3x")
-    # What this box gives the same 64 scripts with no launcher at all: each trial's own interpreter start
-    # competes for the cores at every wave of 16, and that share of the ratio is not the controller's.
-    floor = statistics.median(plain_processes([sys.executable, "sleep1.py", "--i", "1"], WIDE_TRIALS,
-                                              WIDE_CONCURRENT, project) for _ in range(3))
-    report(f"  (floor: {WIDE_TRIALS} bare `python sleep1.py`, {WIDE_CONCURRENT} at a time, vs 4 s)", floor,
-           WIDE_TRIALS / WIDE_CONCURRENT, "-")
-    report("  (mltrain vs that floor plus one submit)", wide, floor + startup, "-")
 
 
 def plain_processes(argv: list[str], count: int, width: int, cwd: Path) -> float:
