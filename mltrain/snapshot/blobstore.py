@@ -197,10 +197,13 @@ class BlobStore:
                 "(garbage-collected or never stored); take the snapshot again"
             )
         if hash_bytes(data) != manifest_id:
-            raise SnapshotError(
-                f"snapshot {manifest_id} is damaged in the blob store {self.root_str}; take the snapshot again"
-            )
+            raise self._damaged(manifest_id)
         return data
+
+    def _damaged(self, manifest_id: str) -> SnapshotError:
+        return SnapshotError(
+            f"snapshot {manifest_id} is damaged in the blob store {self.root_str}; take the snapshot again"
+        )
 
     # ------------------------------------------------------------------ writing
     def put_bytes(self, digest: str, data: bytes | bytearray | memoryview) -> None:
@@ -270,9 +273,10 @@ class BlobStore:
         doc = {"base": full, "count": count, "edits": chain}
         return EDITS_MAGIC + json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def _stored_edits(self, manifest_id: str) -> tuple[str, int, list[Edit]] | None:
+    def _stored_edits(self, manifest_id: str, *, strict: bool = False) -> tuple[str, int, list[Edit]] | None:
         """(full manifest, entries, edits) of a manifest stored as edits; None for one stored in full or
-        not at all, or whose marker is damaged (its manifest then reads as damaged: ``manifest_bytes``)."""
+        not at all. A damaged edits marker is None too (storing the manifest again repairs it), or with
+        ``strict`` (reading it) a one-line SnapshotError."""
         try:
             with open(os.path.join(self._manifests, manifest_id), "rb") as fh:
                 data = fh.read()
@@ -284,16 +288,18 @@ class BlobStore:
             doc = json.loads(data[len(EDITS_MAGIC):])
             base, count, rows = doc["base"], doc["count"], doc["edits"]
             edits = [(int(i), str(old), str(new)) for i, old, new in rows]
+            if not is_digest(base) or not isinstance(count, int) or any(
+                    not 0 <= i < count for i, _, _ in edits) or edits != sorted(edits):
+                raise ValueError("edits out of range or order")
         except (ValueError, TypeError, KeyError):
-            return None
-        if not is_digest(base) or not isinstance(count, int) or any(
-                not 0 <= i < count for i, _, _ in edits) or edits != sorted(edits):
+            if strict:
+                raise self._damaged(manifest_id) from None
             return None
         return base, count, edits
 
     def _from_edits(self, manifest_id: str) -> bytes | None:
         """The canonical JSON of a manifest stored as edits (checked against its id by the caller)."""
-        stored = self._stored_edits(manifest_id)
+        stored = self._stored_edits(manifest_id, strict=True)
         if stored is None:
             return None
         base, count, edits = stored
