@@ -87,13 +87,7 @@ def submit(overrides: Sequence[str] = (), *, script: str | None = None, params: 
     run = Run._of(submit_overrides([*keywords, *overrides], config_name=config_name, show_output=show_output,
                                    idempotency_key=idempotency_key))
     if not detach:
-        try:
-            run.wait(show_output=show_output)
-        except KeyboardInterrupt:  # landed before wait()'s own catch: the run must not outlive it either
-            from mltrain.targets.base import CTRL_C
-
-            run.cancel(CTRL_C)
-            raise
+        run.wait(show_output=show_output)
     return run
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mltrain.errors import MltrainError, RunFailed, StoreError
 from mltrain.store.db import COMPLETED, RunRecord, Store
 from mltrain.store.workspace import Workspace
-from mltrain.targets.base import FOLLOW_WAIT, Handle, cancel_run, follow, reconcile
+from mltrain.targets.base import CTRL_C, FOLLOW_WAIT, Handle, cancel_run, follow, reconcile
 
 if TYPE_CHECKING:
     import pandas
@@ -92,11 +92,14 @@ class Run:
         of a quiet log (:func:`mltrain.targets.base.follow`).
         """
         with nullcontext(store) if store is not None else self._store() as store:
-            record = store.get(self.id)
-            mirror = _live_mirror(self.workspace, record)
+            mirror = None
             try:
+                record = store.get(self.id)
+                mirror = _live_mirror(self.workspace, record)
                 record = follow(store, self.workspace, record, out=out or (_write_stdout if show_output else None),
                                 offset=self._offset, handle=self._handle, stop=stop, idle_wait=idle_wait)
+            except KeyboardInterrupt:  # before follow() could catch it: the same one Ctrl-C, the same cancel
+                record = cancel_run(store, self.workspace, store.get(self.id), reason=CTRL_C, handle=self._handle)
             finally:
                 if mirror is not None:
                     mirror.finish()

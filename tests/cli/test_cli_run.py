@@ -56,21 +56,26 @@ def test_ctrl_c_cancels_the_run(project: Project, tmp_path: Path) -> None:
     wait_for(lambda: not _pid_alive(script_pid), timeout=5)
 
 
+@pytest.mark.parametrize("where", ["as the follow begins", "in the follow, before its own catch"])
 def test_ctrl_c_between_the_submit_and_the_follow_cancels_the_run(
-        in_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's hand-off from submitting to following, where a Ctrl-C is nobody's to catch but the command's:
-    injected as the follow begins (a real signal cannot be aimed at that instant), it cancels the run too."""
+        in_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The hand-off from submitting to following: a Ctrl-C there is the command's (or ``Run.wait``'s) to catch.
+    Injected at those instants (a real signal cannot be aimed there), it cancels the run too."""
+    import mltrain.results
     from mltrain.cli.main import main
     from mltrain.results import Run
 
     pidfile = tmp_path / "pid"
     in_project.write("slow.py", SLOW.format(pidfile=pidfile))
 
-    def ctrl_c(self: Run, *args: object, **kwargs: object) -> None:
+    def ctrl_c(*args: object, **kwargs: object) -> None:
         wait_for(pidfile.exists)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Run, "wait", ctrl_c)
+    if where == "as the follow begins":
+        monkeypatch.setattr(Run, "wait", ctrl_c)
+    else:  # wait() has opened the history and is about to follow
+        monkeypatch.setattr(mltrain.results, "_live_mirror", ctrl_c)
     assert main(["--quiet", "script=slow.py", "compute.cancel_grace=2"]) == 130
     (record,) = in_project.runs()
     assert (record["status"], record["reason"]) == ("Canceled", "canceled by user (Ctrl-C)")
@@ -292,3 +297,23 @@ def test_a_fifo_left_as_the_metrics_file_does_not_hang_the_client(project: Proje
     assert record["status"] == "Completed"
     shown = json.loads(project.run("runs", "show", str(record["id"]), "--json", check=True).stdout)
     assert shown["metrics"] == {"ok": 1.0}
+
+
+def test_ctrl_c_as_the_api_starts_following_cancels_the_run(
+        in_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mltrain.submit(detach=False)`` has no command around it: ``Run.wait`` itself catches a Ctrl-C that lands
+    before its follow does (injected there), and the run ends Canceled like any other Ctrl-C."""
+    import mltrain.results
+    from mltrain.api import submit
+
+    pidfile = tmp_path / "pid"
+    in_project.write("slow.py", SLOW.format(pidfile=pidfile))
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        wait_for(pidfile.exists)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mltrain.results, "_live_mirror", ctrl_c)
+    run = submit(script="slow.py", compute={"cancel_grace": 2}, detach=False)
+    assert (run.record.status, run.record.reason) == ("Canceled", "canceled by user (Ctrl-C)")
+    wait_for(lambda: not _pid_alive(int(pidfile.read_text())), timeout=5)
