@@ -1,121 +1,111 @@
 """Start a job inside its working directory seen as an overlay: the shared checkout below, the run's own layer above.
 
-This file is also a program, run by this machine's Python before the job
-(``python -I -S -c <this file> LOWER UPPER WORK DIR ARGV...``: standard
-library only; isolated, so nothing in the job's folder can stand in for it).
-It gives itself a mount namespace, mounts an overlay on ``DIR`` (the run's
-``wd/``, its current directory) with the read-only checkout ``LOWER`` below
-and ``UPPER`` (``.``: ``DIR`` itself, beneath the mount) above, enters it and
-execs ``ARGV``. ``LOWER``, ``UPPER`` and ``WORK`` are relative to ``DIR``:
-mount options cannot carry every character a path may hold, and these
-relative paths hold only ids.
+:func:`command` is the argv put before the job's own: util-linux's ``unshare``
+gives the process a mount namespace, ``sh`` mounts an overlay on ``FOLDER``
+(the run's ``wd/``, its current directory) with the read-only checkout
+``lower`` below and ``upper`` (``.``: ``FOLDER`` itself, beneath the mount)
+above, enters it and execs the job, so the job keeps the pid the client
+started. Compiled programs, not a Python helper: a Python start was ~15 ms of
+CPU on every trial of a sweep, this chain is ~5 ms (``benchmarks/bench_sweep.py``).
+``lower``, ``upper`` and ``work`` are relative to ``FOLDER``: mount options
+cannot carry every character a path may hold, and these relative paths hold
+only ids.
 
-* Root with ``CAP_SYS_ADMIN`` needs only the mount namespace. Anyone else gets
-  a user namespace too, mapping just their own uid and gid to themselves
-  (Linux 5.11+ lets such a namespace mount an overlay): the job runs as the
-  same user, with no capabilities, but files of other users show as owned by
-  ``nobody`` and set-uid programs (``sudo``) do not raise privileges there.
+* ``root`` style (a process with ``CAP_SYS_ADMIN``) needs only the mount
+  namespace.
+* ``user`` style, for anyone else: a user namespace too, where the mount is
+  made as the namespace's root (Linux 5.11+ lets such a namespace mount an
+  overlay), then a nested one mapping the user back to themselves
+  (``unshare --map-user``, util-linux 2.38+). The job runs as the same user,
+  with no capabilities, but files of other users show as owned by ``nobody``
+  and set-uid programs (``sudo``) do not raise privileges there.
 * Mounts made here never propagate out (the namespace's tree is a slave of
   the host's), and the mount ends with the job's last process: the client
-  removes ``DIR`` and ``WORK`` when it finalizes the run.
+  removes ``FOLDER`` and ``work`` when it finalizes the run.
 
-A failure prints one line to the run log and exits 126 before anything of
-the job runs; ``--probe FOLDER`` checks that all of this works here.
+A failed mount prints one line to the run log, starting with
+:data:`MOUNT_FAILED`, and exits :data:`FAILED` before anything of the job
+runs; an ``unshare`` refused by the kernel prints its own ``unshare:`` line.
+:func:`probe` checks that all of this works here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
+import shlex
+import shutil
+import subprocess
+from typing import Final
 
-# No `typing` here: this runs before every job, and importing it costs as much as starting Python (~10 ms).
+STYLES: Final = ("root", "user")
+FAILED: Final = 126
+HINT: Final = "set compute.workdir=links to run in a tree of links instead"
+MOUNT_FAILED: Final = "mltrain: cannot mount the run's working directory"  # the log's first line when it failed
+UNSHARE_FAILED: Final = "unshare: "  # util-linux's own line when the kernel refuses the namespaces
+TOOLS: Final = ("unshare", "sh", "mount")
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-MS_REC = 0x4000
-MS_SLAVE = 1 << 19
-FAILED = 126
-HINT = "set compute.workdir=links to run in a tree of links instead"
-MOUNT_FAILED = "mltrain: cannot mount the run's working directory"  # the log's first line when it failed
-
-
-def _call(libc: object, name: str, *args: object) -> None:
-    import ctypes
-
-    if getattr(libc, name)(*args) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+# $1 mount, $2 options, $3 folder, then the job. mount's own complaint is kept (its first line) inside ours.
+_SCRIPT: Final = f"""m=$1 o=$2 d=$3; shift 3
+said=$("$m" -n -t overlay -o "$o" overlay . 2>&1) || {{
+  said=${{said%%"
+"*}}; printf '%s (%s); %s\\n' {shlex.quote(MOUNT_FAILED)} "$said" {shlex.quote(HINT)} >&2; exit {FAILED}; }}
+cd -P -- "$d" || exit {FAILED}
+exec "$@\""""
 
 
-def enter(lower: str, upper: str, work: str, folder: str) -> None:
-    """Mount the overlay on ``folder`` (this process's current directory) in namespaces of its own; enter it."""
-    import ctypes  # here, not above: the client reads this module's constants without paying for ctypes
+@functools.cache
+def tools() -> dict[str, str] | None:
+    """Where ``unshare``, ``sh`` and ``mount`` are (absolute: the job's ``PATH`` does not pick them), or None."""
+    found = {name: shutil.which(name, path=os.defpath + ":/usr/sbin:/sbin") or "" for name in TOOLS}
+    return found if all(found.values()) else None
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    uid, gid = os.geteuid(), os.getegid()
+
+def command(style: str, lower: str, upper: str, work: str, folder: str, argv: list[str] | tuple[str, ...],
+            *, found: dict[str, str] | None = None) -> list[str]:
+    """The argv that runs ``argv`` in ``folder`` seen as an overlay (the caller starts it with ``cwd=folder``)."""
+    found = found or tools()
+    if found is None:
+        raise OSError(2, f"{', '.join(TOOLS)} are needed for an overlay working directory")
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    try:
-        _call(libc, "unshare", CLONE_NEWNS)
-    except OSError:
-        _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{uid} {uid} 1")
-        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    namespaces = ["--mount"]
+    if style == "user":
+        namespaces = ["--user", "--map-root-user", "--mount"]
         options += ",userxattr"  # trusted.* xattrs are root's; the user namespace keeps overlay's own in user.*
-    _call(libc, "mount", None, b"/", None, MS_REC | MS_SLAVE, None)
-    _call(libc, "mount", b"overlay", b".", b"overlay", 0, options.encode())
-    os.chdir(folder)  # the mount's top, not the folder beneath it
+        argv = [found["unshare"], f"--map-user={os.geteuid()}", f"--map-group={os.getegid()}", "--", *argv]
+    return [found["unshare"], *namespaces, "--propagation", "slave", "--",
+            found["sh"], "-c", _SCRIPT, "sh", found["mount"], options, folder, *argv]
 
 
-def probe(folder: str) -> str:
-    """'' when an overlay works here: a file written into a folder of the layer below lands in ``wd/`` itself."""
+def reason(stderr: str, returncode: int) -> str:
+    """Why a start through :func:`command` failed, in a few words (its last line, less our own framing)."""
+    lines = stderr.strip().splitlines() or [f"exited {returncode}"]
+    line = lines[-1]
+    if line.startswith(MOUNT_FAILED):
+        line = line[len(MOUNT_FAILED):].removesuffix(f"; {HINT}").strip(" ()") or line
+    return line
+
+
+def probe(folder: str, style: str, timeout: float) -> str:
+    """'' when ``style`` works here: a file written into a folder of the layer below lands in ``wd/`` itself."""
     for name in ("lower", "lower/sub", "work", "wd"):
         os.mkdir(os.path.join(folder, name))
     with open(os.path.join(folder, "lower", "sub", "seen"), "w") as fh:
-        fh.write("lower")
+        fh.write("lower\n")
     wd = os.path.join(folder, "wd")
-    below = os.open(wd, os.O_RDONLY | os.O_DIRECTORY)
-    os.chdir(wd)
-    enter("../lower", ".", "../work", wd)
-    with open("sub/new", "w") as fh:
-        fh.write("new")
-    with open("sub/seen") as fh:
-        seen = fh.read()
-    os.stat("sub/new", dir_fd=below)  # FileNotFoundError (an OSError) if it went anywhere else
-    if seen != "lower" or os.listdir(os.path.join(folder, "lower", "sub")) != ["seen"]:
+    found = tools()
+    if found is None:
+        return f"{', '.join(TOOLS)} (util-linux) not found"
+    job = [found["sh"], "-c", 'read -r seen < sub/seen && echo "$seen" && echo new > sub/new']
+    try:
+        done = subprocess.run(command(style, "../lower", ".", "../work", wd, job), cwd=wd, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=timeout, start_new_session=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the overlay probe failed ({exc})"
+    if done.returncode != 0:
+        return reason(done.stderr, done.returncode)
+    if done.stdout.strip() != "lower" or not os.path.isfile(os.path.join(wd, "sub", "new")):
+        return "the overlay did not show the layer below, or kept the run's files elsewhere"
+    if os.listdir(os.path.join(folder, "lower", "sub")) != ["seen"]:
         return "the overlay changed the layer below"
     return ""
-
-
-def main(args: list[str]) -> int:
-    if args[:1] == ["--probe"]:
-        try:
-            why = probe(args[1])
-        except OSError as exc:
-            why = str(exc.strerror or exc)
-        print(why or "ok", file=sys.stderr)
-        return 1 if why else 0
-    try:
-        lower, upper, work, folder, *argv = args
-        enter(lower, upper, work, folder)
-    except OSError as exc:
-        print(f"{MOUNT_FAILED} ({exc.strerror or exc}); {HINT}",
-              file=sys.stderr, flush=True)
-        return FAILED
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        print(f"mltrain: cannot start {argv[0]}: {exc.strerror}", file=sys.stderr, flush=True)
-        return 127 if isinstance(exc, FileNotFoundError) else FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

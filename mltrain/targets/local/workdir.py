@@ -19,20 +19,20 @@ cannot change for the others. Two ways to get that, chosen by ``compute.workdir`
   shows the whole tree.
 * ``auto`` (default): ``overlay`` where a probe finds that it works here (a
   Linux that allows this user the namespaces and the mount, a file system
-  that can hold the layer), else ``links``. The answer is kept per boot, user,
-  interpreter and namespaces (a container has its own) in ``cache/workdir.json``.
+  that can hold the layer, util-linux's ``unshare`` and ``mount``), else
+  ``links``. The answer (and which of :data:`~mltrain.targets.local.overlay.STYLES`
+  works) is kept per boot, user, programs and namespaces (a container has its
+  own) in ``cache/workdir.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import re
 import stat
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -55,7 +55,7 @@ PROBE_TIMEOUT: Final = 10.0
 PROBE_FILE: Final = "workdir.json"
 PROBE_PREFIX: Final = ".probe-overlay-"
 _SAFE_OPTION: Final = re.compile(r"[A-Za-z0-9._/-]+")  # what an overlay mount option can carry as it is
-_probed: dict[Path, str] = {}  # this process's answers, per workspace: '' = overlay works, else why not
+_probed: dict[Path, tuple[str, str]] = {}  # this process's answers per workspace: (style that works, else why not)
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,19 @@ def make(mode: str, workspace: Workspace, paths: RunPaths, checkout: Path,
     if mode != "links":
         lower = os.path.relpath(checkout, paths.workdir)
         why = "" if _SAFE_OPTION.fullmatch(lower) else f"the checkout's path {checkout} cannot be a mount option"
-        why = why or overlay_unavailable(workspace)
+        style, why = ("", why) if why else _answer(workspace)
         if not why:
-            return _overlay(paths, lower)
+            return _overlay(paths, lower, style)
         if mode == "overlay":
             raise ConfigError(f"compute.workdir=overlay: {why}; use compute.workdir=links (or auto)")
         logger.info("working directory: links (%s)", why)
     return WorkingDir(str(make_workdir(manifest(), store(), paths.workdir)))
 
 
-def _overlay(paths: RunPaths, lower: str) -> WorkingDir:
+def _overlay(paths: RunPaths, lower: str, style: str) -> WorkingDir:
     from mltrain.errors import SnapshotError
     from mltrain.snapshot.materialize import remove_tree
+    from mltrain.targets.local.overlay import command
 
     made: list[Path] = []
     try:
@@ -99,8 +100,7 @@ def _overlay(paths: RunPaths, lower: str) -> WorkingDir:
                             " (check the workspace)") from None
     scratch = os.path.relpath(paths.workdir_scratch, paths.workdir)
     # The run's own layer is wd/ itself, under the mount: from outside, wd/ shows what the run wrote.
-    prefix = (sys.executable, "-I", "-S", "-c", overlay_source(), lower, ".", scratch, str(paths.workdir))
-    return WorkingDir(str(paths.workdir), prefix)
+    return WorkingDir(str(paths.workdir), tuple(command(style, lower, ".", scratch, str(paths.workdir), [])))
 
 
 def remove(paths: RunPaths) -> None:
@@ -120,46 +120,47 @@ def remove(paths: RunPaths) -> None:
 
 
 def _mount_failed(log: Path) -> bool:
-    from mltrain.targets.local.overlay import MOUNT_FAILED
+    from mltrain.targets.local.overlay import MOUNT_FAILED, UNSHARE_FAILED
 
     try:
         with open(log, "rb") as fh:
-            return fh.read(len(MOUNT_FAILED)) == MOUNT_FAILED.encode()
+            first = fh.read(len(MOUNT_FAILED))
     except OSError:
         return False
-
-
-@functools.cache
-def overlay_source() -> str:
-    """:mod:`mltrain.targets.local.overlay` as a program for ``python -I -S -c``."""
-    return Path(__file__).with_name("overlay.py").read_text(encoding="utf-8")
+    return first == MOUNT_FAILED.encode() or first.startswith(UNSHARE_FAILED.encode())
 
 
 def overlay_unavailable(workspace: Workspace) -> str:
     """'' when an overlay working directory works for this user on this boot, else why not (probed once)."""
+    return _answer(workspace)[1]
+
+
+def _answer(workspace: Workspace) -> tuple[str, str]:
     key = workspace.root
     if key not in _probed:
         _probed[key] = _cached_probe(workspace)
     return _probed[key]
 
 
-def _cached_probe(workspace: Workspace) -> str:
+def _cached_probe(workspace: Workspace) -> tuple[str, str]:
     from mltrain.hosts.agent import boot_id, write_atomic
+    from mltrain.targets.local.overlay import STYLES, tools
 
     cache = workspace.cache / PROBE_FILE
     # A container shares the host's boot id but not its namespaces (nor, maybe, the capabilities it started with)
-    ident = {"boot_id": boot_id(), "uid": os.geteuid(), "python": sys.executable, "namespaces": _namespaces()}
+    ident = {"boot_id": boot_id(), "uid": os.geteuid(), "tools": tools(), "namespaces": _namespaces()}
     try:
         known = json.loads(cache.read_text())
-        if {k: known.get(k) for k in ident} == ident and isinstance(known.get("unavailable"), str):
-            return str(known["unavailable"])
+        if {k: known.get(k) for k in ident} == ident and isinstance(known.get("unavailable"), str) \
+                and known.get("style") in (*STYLES, ""):
+            return str(known["style"]), str(known["unavailable"])
     except (OSError, ValueError, AttributeError):
         pass
-    why = _probe(workspace.runs)
-    logger.info("overlay working directories: %s", why or "available")
+    style, why = _probe(workspace.runs)
+    logger.info("overlay working directories: %s", why or f"available ({style} style)")
     if ident["boot_id"]:  # no boot id, no way to tell a stale answer: probe again next time
-        write_atomic(os.fspath(cache), json.dumps({**ident, "unavailable": why}).encode())
-    return why
+        write_atomic(os.fspath(cache), json.dumps({**ident, "style": style, "unavailable": why}).encode())
+    return style, why
 
 
 def _namespaces() -> str:
@@ -169,25 +170,32 @@ def _namespaces() -> str:
         return ""
 
 
-def _probe(runs: Path) -> str:
-    """Mount a tiny overlay where run folders live (same file system, same user) in a throwaway process."""
+def _probe(runs: Path) -> tuple[str, str]:
+    """Mount a tiny overlay where run folders live (same file system, same user) in throwaway processes.
+
+    Root tries a mount namespace alone first (a container's root may lack ``CAP_SYS_ADMIN``, then a user
+    namespace may still do); anyone else needs the user namespace. Answers (style, '') or ('', why not).
+    """
+    from mltrain.snapshot.materialize import remove_tree
+    from mltrain.targets.local.overlay import probe
+
     if not sys.platform.startswith("linux"):
-        return "overlay mounts are Linux only"
+        return "", "overlay mounts are Linux only"
     runs.mkdir(parents=True, exist_ok=True)
     _remove_stale_probes(runs)
-    folder = tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=runs)
-    try:
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", overlay_source(), "--probe", folder],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                              start_new_session=True)
-        lines = (done.stderr.strip() or f"the probe exited {done.returncode}").splitlines()
-        return "" if done.returncode == 0 else lines[-1]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"the overlay probe failed ({exc})"
-    finally:
-        from mltrain.snapshot.materialize import remove_tree
-
-        remove_tree(folder)
+    first_why = ""
+    for style in ("root", "user") if os.geteuid() == 0 else ("user",):
+        folder = tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=runs)
+        try:
+            why = probe(folder, style, PROBE_TIMEOUT)
+        except OSError as exc:
+            why = f"the overlay probe failed ({exc.strerror or exc})"
+        finally:
+            remove_tree(folder)
+        if not why:
+            return style, ""
+        first_why = first_why or why
+    return "", first_why
 
 
 def _remove_stale_probes(runs: Path) -> None:

@@ -11,7 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,19 +24,19 @@ from mltrain.snapshot.materialize import make_workdir, remove_tree
 from mltrain.snapshot.take import take_snapshot
 from mltrain.store.workspace import Workspace
 from mltrain.targets.local import workdir
-from mltrain.targets.local.overlay import FAILED, MOUNT_FAILED
+from mltrain.targets.local.overlay import FAILED, MOUNT_FAILED, command
 
 
 @pytest.fixture(scope="module")
-def overlay_missing(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Why an overlay working directory does not work on this machine ('' when it does), probed for real."""
+def overlay_style(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """How an overlay working directory works on this machine, probed for real: (style, '') or ('', why not)."""
     return workdir._probe(tmp_path_factory.mktemp("probe"))
 
 
 @pytest.fixture(params=["overlay", "links"])
-def mode(request: pytest.FixtureRequest, overlay_missing: str) -> str:
-    if request.param == "overlay" and overlay_missing:
-        pytest.skip(f"no overlay working directories here: {overlay_missing}")
+def mode(request: pytest.FixtureRequest, overlay_style: tuple[str, str]) -> str:
+    if request.param == "overlay" and overlay_style[1]:
+        pytest.skip(f"no overlay working directories here: {overlay_style[1]}")
     return str(request.param)
 
 CWD_SCRIPT = """
@@ -164,9 +163,9 @@ def test_auto_falls_back_to_links_where_no_overlay_can_be_mounted(tmp_path: Path
     monkeypatch.setattr(workdir, "_probed", {})
     probes: list[Path] = []
 
-    def refused(runs: Path) -> str:
+    def refused(runs: Path) -> tuple[str, str]:
         probes.append(runs)
-        return "unshare: Operation not permitted"
+        return "", "unshare: Operation not permitted"
 
     monkeypatch.setattr(workdir, "_probe", refused)
     paths = workspace.run_paths("r1")
@@ -207,12 +206,6 @@ NOBODY = 65534
 def test_overlay_as_an_unprivileged_user(nobody_dir: Path) -> None:
     """What a user without privileges gets: the overlay in a user namespace of their own, as themselves."""
     as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-    overlay = [sys.executable, "-I", "-S", "-c", workdir.overlay_source()]
-    subprocess.run([*as_nobody, "mkdir", str(nobody_dir / "probe")], check=True)
-    probe = subprocess.run([*as_nobody, *overlay, "--probe", str(nobody_dir / "probe")], capture_output=True,
-                           text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no overlay for an unprivileged user here: {probe.stderr.strip()}")
     for name in ("checkout/sub", "run/wd", "run/wd.work"):
         (nobody_dir / name).mkdir(parents=True)
     (nobody_dir / "checkout" / "sub" / "ro.txt").write_text("snapshot")
@@ -221,8 +214,12 @@ def test_overlay_as_an_unprivileged_user(nobody_dir: Path) -> None:
         for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
             os.chown(name, NOBODY, NOBODY)
     wd = nobody_dir / "run" / "wd"
-    done = subprocess.run([*as_nobody, *overlay, "../../checkout", ".", "../wd.work", str(wd),
-                           "/bin/sh", "-c", UNPRIVILEGED], cwd=wd, capture_output=True, text=True)
+    overlay = command("user", "../../checkout", ".", "../wd.work", str(wd), ["/bin/sh", "-c", UNPRIVILEGED])
+    overlay[overlay.index("--map-user=0")] = f"--map-user={NOBODY}"  # built by root for nobody
+    overlay[overlay.index("--map-group=0")] = f"--map-group={NOBODY}"
+    done = subprocess.run([*as_nobody, *overlay], cwd=wd, capture_output=True, text=True)
+    if done.returncode == FAILED or done.stderr.startswith("unshare: "):
+        pytest.skip(f"no overlay for an unprivileged user here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(NOBODY), "ro", "refused"]  # the same user, and no capabilities
     assert (wd / "sub" / "new.txt").read_text() == "new\n"  # the run's own layer
@@ -230,13 +227,16 @@ def test_overlay_as_an_unprivileged_user(nobody_dir: Path) -> None:
     assert (nobody_dir / "checkout" / "sub" / "ro.txt").read_text() == "snapshot"
 
 
-def test_a_failed_mount_is_one_line_in_the_log_and_runs_nothing(tmp_path: Path) -> None:
+def test_a_failed_mount_is_one_line_in_the_log_and_runs_nothing(tmp_path: Path,
+                                                               overlay_style: tuple[str, str]) -> None:
+    if overlay_style[1]:
+        pytest.skip(f"no overlay working directories here: {overlay_style[1]}")
     (tmp_path / "wd").mkdir()
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", workdir.overlay_source(), "../missing", ".",
-                           "../work", str(tmp_path / "wd"), "touch", str(tmp_path / "ran")],
+    done = subprocess.run(command(overlay_style[0], "../missing", ".", "../work", str(tmp_path / "wd"),
+                                  ["touch", str(tmp_path / "ran")]),
                           cwd=tmp_path / "wd", capture_output=True, text=True)
     assert done.returncode == FAILED
-    assert done.stderr.startswith("mltrain: cannot mount the run's working directory (")
+    assert done.stderr.startswith("mltrain: cannot mount the run's working directory (mount: ")
     assert "compute.workdir=links" in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "ran").exists()
 
@@ -306,7 +306,8 @@ def test_a_run_whose_mount_failed_makes_the_next_run_probe_again(tmp_path: Path)
     workspace = Workspace(tmp_path / "ws").ensure()
     kept = workspace.cache / workdir.PROBE_FILE
     kept.parent.mkdir(parents=True, exist_ok=True)
-    for run_id, first_line in (("ok", "ran\n"), ("failed", f"{MOUNT_FAILED} (mount: Operation not permitted)\n")):
+    for run_id, first_line in (("ok", "ran\n"), ("failed", f"{MOUNT_FAILED} (mount: Operation not permitted)\n"),
+                               ("refused", "unshare: unshare failed: Operation not permitted\n")):
         paths = workspace.run_paths(run_id)
         for folder in (paths.workdir, paths.workdir_scratch):
             folder.mkdir(parents=True)
@@ -314,7 +315,7 @@ def test_a_run_whose_mount_failed_makes_the_next_run_probe_again(tmp_path: Path)
         kept.write_text("{}")
         workdir.remove(paths)
         assert not paths.workdir.exists() and not paths.workdir_scratch.exists()
-        assert kept.exists() == (run_id == "ok")
+        assert kept.exists() == (run_id == "ok")  # the kernel refusing the namespaces counts too
 
 
 def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Path,
@@ -330,7 +331,7 @@ def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Pat
 
     monkeypatch.setattr(workdir, "_probed", {})
     workspace = Workspace(tmp_path / "ws")
-    answers: list[str] = []
+    answers: list[tuple[str, str]] = []
     start = threading.Barrier(6)
 
     def trial(n: int) -> None:
@@ -342,7 +343,7 @@ def test_trials_probing_a_new_workspace_at_once_all_get_the_answer(tmp_path: Pat
     assert errors_in_threads(trial, 6) == []  # what a trial thread would have died of
     assert len(set(answers)) == 1 and len(answers) == 6
     assert json.loads((workspace.cache / "hammer.json").read_text())["writer"] in range(6)
-    assert json.loads((workspace.cache / workdir.PROBE_FILE).read_text())["unavailable"] == answers[0]
+    assert json.loads((workspace.cache / workdir.PROBE_FILE).read_text())["unavailable"] == answers[0][1]
     assert sorted(p.name for p in workspace.cache.iterdir()) == ["hammer.json", workdir.PROBE_FILE]
 
 
