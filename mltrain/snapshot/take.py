@@ -87,10 +87,12 @@ def _take(
     if not limits.allow_large_root:
         _refuse_large_root(root)
     root_real = os.path.realpath(root)
-    walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir))
+    cache = StatCache.load(cache_dir, root_real)
+    walked = walk(root, load_rules(root), skip=_inside(root_real, store.root, cache_dir),
+                  expect=cache.manifest_count)
     check_limits(walked, limits, root)
     snap = Inventory(walked, root, store, dry_run=dry_run)
-    snap.compare(StatCache.load(cache_dir, root_real))
+    snap.compare(cache)
     if dry_run:
         manifest, bytes_new = (snap.manifest_as_cached(), 0) if snap.unchanged() else snap.build(workers)
     else:

@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from mltrain.errors import SnapshotError
 from mltrain.snapshot.ignore import (
@@ -29,6 +30,9 @@ from mltrain.snapshot.ignore import (
     escape_glob,
 )
 from mltrain.snapshot.manifest import EXEC_MODE, FILE_MODE, LINK_MODE, file_mode, link_stays_inside
+
+if TYPE_CHECKING:
+    from mltrain.snapshot.statpool import StatPool
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +138,27 @@ def _read_ignore_file(folder: str, rel: str, *, follow: bool) -> bytes:
         raise SnapshotError(f"cannot read ignore file {show(rel)}: {exc.strerror} (fix its permissions)") from None
 
 
-def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -> WalkResult:
+def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset(), expect: int = 0) -> WalkResult:
     """List every kept regular file and symlink under ``root`` (an existing directory), in path order.
 
     ``skip`` holds relative directory paths never to enter (a workspace that lives inside the tree).
+    ``expect``: about how many files the tree held last time; a large tree is stat'ed on more than one
+    core (:mod:`mltrain.snapshot.statpool`).
 
     Depth first, each folder's entries taken in the order of their paths (a subfolder ``d`` sorts as
     ``d/``): the paths under a folder form one block of the sorted list, so visiting in that order
     lists the files already sorted.
     """
+    from mltrain.snapshot.statpool import StatPool, helpers_for
+
+    helpers = helpers_for(expect)
+    if not helpers:
+        return _walk(root, rules, skip, None)
+    with StatPool(helpers) as pool:
+        return _walk(root, rules, skip, pool)
+
+
+def _walk(root: str, rules: IgnoreRules, skip: frozenset[str], pool: StatPool | None) -> WalkResult:
     result = WalkResult()
     root_real = os.path.realpath(root)
     stack: list[_Folder | _Chunk] = [(root, "", rules)]
@@ -175,9 +191,11 @@ def walk(root: str, rules: IgnoreRules, *, skip: frozenset[str] = frozenset()) -
                 continue
             if GITIGNORE in names:
                 here = here.with_gitignore(rel_dir, _read_ignore_file(folder, rel_dir + GITIGNORE, follow=False))
-            _visit(fd, folder + "/", entries, names, rel_dir, here, skip, stack, result)
+            _visit(fd, folder + "/", entries, names, rel_dir, here, skip, stack, result, pool)
         finally:
             os.close(fd)
+    if pool is not None:
+        _drop_failed(result, pool.collect(root, result))
     if result.link_targets:
         links = [(result.rels[row], target) for row, target in result.link_targets.items()]
         for rel, target in links:
@@ -205,6 +223,7 @@ def _visit(
     skip: frozenset[str],
     stack: list[_Folder | _Chunk],
     result: WalkResult,
+    pool: StatPool | None,
 ) -> None:
     """Sort one folder's entries into kept files (added, or queued in order) and subfolders (queued)."""
     warnings = result.warnings
@@ -218,7 +237,12 @@ def _visit(
         if len(regular) == len(entries):
             judged = list(map(memo_files.get, names))
             if judged.count(Verdict.INCLUDE) == len(judged):
-                result._add(_stat_files(fd, regular, rel_dir, warnings))
+                if pool is not None and pool.offer(fd, names, len(result.rels), rel_dir):
+                    count = len(names)  # stat'ed by a helper: its rows are filled in after the walk
+                    result._add(([rel_dir + name for name in names], [0] * count, [0] * count, [0] * count,
+                                 [0] * count, [None] * count))
+                else:
+                    result._add(_stat_files(fd, regular, rel_dir, warnings))
                 return
     kept: list[os.DirEntry[str]] = []
     subdirs: list[tuple[str, _Folder]] = []
@@ -271,6 +295,22 @@ def _visit(
     if run:
         pending.append(_pick(chunk, run))
     stack += reversed(pending)
+
+
+def _drop_failed(result: WalkResult, failed: list[tuple[int, str, int]]) -> None:
+    """Rows a helper could not stat: gone since the listing (a warning, and the row goes), else an error."""
+    if not failed:
+        return
+    for _, rel, code in failed:
+        if code not in _GONE:
+            raise SnapshotError(f"cannot stat {show(rel)}: {os.strerror(code)}")
+        result.warnings.append(gone(rel))
+    dropped = {row for row, _, _ in failed}
+    keep = [row for row in range(len(result.rels)) if row not in dropped]
+    links = result.links()
+    result.rels, result.sizes, result.mtimes, result.inodes, result.modes, kept_links = _pick(
+        (result.rels, result.sizes, result.mtimes, result.inodes, result.modes, links), keep)
+    result.link_targets = {row: target for row, target in enumerate(kept_links) if target is not None}
 
 
 def _pick(chunk: _Chunk, rows: list[int]) -> _Chunk:
