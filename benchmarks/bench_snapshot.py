@@ -44,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tree import SMALL_SIZE, commit_all, make_tree, small_path
 
 from mltrain.snapshot.blobstore import BlobStore
-from mltrain.snapshot.hashing import POOL_MAX, pool_size, usable_cores
+from mltrain.snapshot.hashing import POOL_MAX, pool_size
 from mltrain.snapshot.materialize import make_workdir, remove_tree
 from mltrain.snapshot.statpool import helpers_for
 from mltrain.snapshot.take import materialize, take_snapshot
+from mltrain.util.cores import usable_cores
 
 GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 

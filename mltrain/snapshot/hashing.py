@@ -39,6 +39,7 @@ from blake3 import blake3
 from mltrain.errors import SnapshotError
 from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.walk import gone, ignore_hint, show
+from mltrain.util.cores import usable_cores
 
 SMALL: Final = 1 << 20
 """Files below this size are read with one syscall and written with one."""
@@ -102,14 +103,6 @@ POOL_MIN_BYTES: Final = 64 << 20
 BATCH_FILES: Final = 64
 BATCH_BYTES: Final = 16 << 20
 """A worker takes neighbouring files (one directory, mostly) up to these many or these bytes at a time."""
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def pool_size(jobs: Sequence[Job]) -> int:

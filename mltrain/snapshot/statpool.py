@@ -81,12 +81,12 @@ if __name__ == "__main__":
 
 def helpers_for(expected_files: int) -> int:
     """How many helpers a walk of about ``expected_files`` files gets (0: the walk stats everything itself)."""
-    from mltrain.snapshot.hashing import usable_cores
+    from mltrain.util import cores
 
     interpreter = os.path.basename(sys.executable or "").lower()
     if expected_files < MIN_FILES or not sys.platform.startswith("linux") or "py" not in interpreter:
         return 0  # (embedded, sys.executable may be the host program: uwsgi, say)
-    return min(usable_cores() - 1, MAX_HELPERS)
+    return min(cores.usable_cores() - 1, MAX_HELPERS)
 
 
 class _Helper:
@@ -125,15 +125,16 @@ class _Helper:
             self.sock.setblocking(True)
             self.sock.settimeout(timeout)
             data = bytearray()
-            while chunk := self.sock.recv(1 << 20):
+            width = array.array("q").itemsize
+            expected = width * (1 + len(COLUMNS) * self.files)
+            while len(data) <= expected and (chunk := self.sock.recv(1 << 20)):
                 data += chunk
         except OSError:
             return None
-        width = array.array("q").itemsize
         if len(data) < width:
             return None
         count = array.array("q", data[:width])[0]
-        if count != self.files or len(data) != width * (1 + 4 * count):
+        if count != self.files or len(data) != expected:
             return None
         columns = []
         for i, kind in enumerate(COLUMNS):

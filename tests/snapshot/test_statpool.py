@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from mltrain.errors import SnapshotError
-from mltrain.snapshot import hashing, statpool
+from mltrain.snapshot import statpool
 from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.statpool import StatPool
 from mltrain.snapshot.take import take_snapshot
 from mltrain.snapshot.walk import WalkResult, load_rules, walk
+from mltrain.util import cores
 
 FORCE = 10**9
 """An ``expect`` past :data:`statpool.MIN_FILES`: helpers whatever this small tree's size."""
@@ -27,7 +28,7 @@ FORCE = 10**9
 @pytest.fixture(autouse=True)
 def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """A one-core machine gets no helper; these tests want one wherever they run."""
-    monkeypatch.setattr(hashing, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
 
 
 def _tree(root: Path) -> None:
@@ -86,7 +87,7 @@ def test_a_small_tree_or_one_core_starts_no_helper(tmp_path: Path, monkeypatch: 
     _tree(tmp_path)
     taken = _offers(monkeypatch)
     walk(os.fspath(tmp_path), load_rules(os.fspath(tmp_path)), expect=statpool.MIN_FILES - 1)
-    monkeypatch.setattr(hashing, "usable_cores", lambda: 1)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 1)
     walk(os.fspath(tmp_path), load_rules(os.fspath(tmp_path)), expect=FORCE)
     assert taken == []
 
