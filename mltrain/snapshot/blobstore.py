@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 BLOB_MODE: Final = 0o444
 GC_GRACE_SECONDS: Final = 3600.0
 _HEX: Final = frozenset("0123456789abcdef")
+_ALL_FANS: Final = frozenset(f"{n:02x}" for n in range(256))
 _counter = itertools.count()
 EDITS_MAGIC: Final = b"mltrain-manifest-edits-1\n"
 MAX_STORED_EDITS: Final = 256
@@ -169,6 +170,15 @@ class BlobStore:
 
     def has(self, digest: str) -> bool:
         return os.path.exists(self._blob(digest))
+
+    @staticmethod
+    def fan(digest: str) -> str:
+        """The fan-out folder a blob lives in: its digest's first two hex digits."""
+        return digest[:2]
+
+    def missing_fans(self) -> frozenset[str]:
+        """The fan-out folders not (yet) in the store: no blob can be found in them."""
+        return _ALL_FANS.difference(_list(self.root_str))
 
     def has_manifest(self, manifest_id: str) -> bool:
         """True when the manifest and every blob it references are stored."""
@@ -354,7 +364,7 @@ class BlobStore:
                             os.unlink(os.path.join(self._manifests, marker))
             removed = freed = 0
             for fan in _list(self.root_str):
-                if len(fan) != 2 or not _HEX.issuperset(fan):
+                if fan not in _ALL_FANS:
                     continue
                 folder = os.path.join(self.root_str, fan)
                 for rest in _list(folder):
@@ -384,7 +394,7 @@ class BlobStore:
     def _blob(self, digest: str) -> str:
         if len(digest) < 3 or not _HEX.issuperset(digest):
             raise SnapshotError(f"invalid blob digest {digest!r}: expected lowercase hex")
-        return f"{self.root_str}/{digest[:2]}/{digest[2:]}"
+        return f"{self.root_str}/{self.fan(digest)}/{digest[2:]}"
 
     def _ensure(self) -> None:
         if not self._ready:

@@ -161,7 +161,7 @@ class Inventory:
 
         ``workers``: threads that read and store (None: sized to the machine and the work).
         """
-        store, claims = self.store, Claims()
+        store, claims = self.store, Claims(self.store)
         remembered_complete = self.cache.manifest_id is not None and store.has_manifest(self.cache.manifest_id)
         rows: Iterable[int] = range(len(self.digests))
         if remembered_complete and self._touched is not None and 0 not in self.cache.columns.remembered:
@@ -177,7 +177,7 @@ class Inventory:
             if remembered_complete and self.remembered[index]:
                 continue
             link = self.links[index]
-            if not claims.first(digest) or store.has(digest):
+            if not claims.new(digest):
                 continue
             if self.dry_run:
                 bytes_new += self.sizes[index]

@@ -324,3 +324,44 @@ def test_a_damaged_edits_marker_reads_as_a_damaged_snapshot(tmp_path: Path) -> N
         store.load_manifest(second)
     take_snapshot(tree, store, cache_dir=tmp_path / "fresh-cache")  # storing it again repairs it
     assert store.load_manifest(second).id == second
+
+
+def test_a_snapshot_into_an_empty_store_asks_no_missing_blob_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fan-out folders missing when a snapshot begins hold nothing it could find: no stat per file there.
+    Into a filled store each file is looked up, and nothing is stored twice."""
+    from mltrain.snapshot.take import take_snapshot
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"f{i}.txt").write_text(f"content {i}\n")
+    looked_up: list[str] = []
+    real_has = BlobStore.has
+    monkeypatch.setattr(BlobStore, "has", lambda self, digest: looked_up.append(digest) or real_has(self, digest))
+    store = BlobStore(tmp_path / "store")
+    first = take_snapshot(src, store)
+    assert looked_up == [first.manifest.id]  # only put_manifest asks, for the manifest
+    assert first.bytes_new == first.bytes
+    looked_up.clear()
+    again = take_snapshot(src, store, cache_dir=tmp_path / "no-cache")  # every file hashed again
+    assert len(looked_up) > 300 and again.bytes_new == 0
+
+
+def test_a_blob_stored_meanwhile_in_a_fan_that_was_missing_is_stored_again_whole(tmp_path: Path) -> None:
+    """Another snapshot storing into a fan-out folder this one saw missing: this one writes the blob again,
+    the same bytes under the same name (atomically), and the store stays sound."""
+    from mltrain.snapshot.hashing import Claims
+
+    store = BlobStore(tmp_path / "store")
+    claims = Claims(store)
+    first = hash_bytes(b"first")
+    assert claims.new(first)  # the store was empty: every fan-out folder missing
+    data = next(d for d in (str(i).encode() for i in range(10_000)) if hash_bytes(d)[:2] == first[:2])
+    neighbour = hash_bytes(data)  # another blob in the same fan-out folder
+    BlobStore(tmp_path / "store").put_bytes(neighbour, data)  # another snapshot, meanwhile
+    assert claims.new(neighbour)  # not looked up: this snapshot stores it again
+    store.put_bytes(neighbour, data)
+    assert store.path(neighbour).read_bytes() == data
+    assert not Claims(store).new(neighbour)  # a snapshot beginning now sees it

@@ -2,13 +2,15 @@
 
 Same manifest id, same new-byte count, same warnings, same one-line error (the
 first failing file's, in path order), and a store whose every blob holds the
-bytes its name says.
+bytes its name says. The same holds for the two lanes a 2-core box takes by
+default (small files on one thread, large ones on another).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,16 @@ from mltrain.snapshot.blobstore import BlobStore
 from mltrain.snapshot.manifest import hash_bytes
 from mltrain.snapshot.take import SnapshotResult, take_snapshot
 
-WORKERS = (1, 2, 5)
-"""Off, the 2-core box's pool, and more threads than batches in some trees."""
+WORKERS = (1, 2, 5, None)
+"""Off, the 2-core box's pool, more threads than batches in some trees, and the default on two cores: the
+small files on the calling thread, the large ones on a lane of their own (see ``lanes``)."""
+
+
+@pytest.fixture(autouse=True)
+def lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (``workers=None``) as on a 2-core box with a few MiB of large files in ``_tree``: lanes."""
+    monkeypatch.setattr(snapshot_hash, "usable_cores", lambda: 2)
+    monkeypatch.setattr(snapshot_hash, "LANE_MIN_BYTES", snapshot_hash.SMALL)
 
 
 def _tree(root: Path) -> None:
@@ -59,7 +69,7 @@ def _store_is_sound(store: BlobStore) -> int:
 
 
 @pytest.mark.parametrize("workers", WORKERS)
-def test_the_pool_takes_the_same_snapshot(tmp_path: Path, workers: int) -> None:
+def test_the_pool_takes_the_same_snapshot(tmp_path: Path, workers: int | None) -> None:
     src = tmp_path / "src"
     _tree(src)
     serial_store, store = BlobStore(tmp_path / "one"), BlobStore(tmp_path / "many")
@@ -72,6 +82,52 @@ def test_the_pool_takes_the_same_snapshot(tmp_path: Path, workers: int) -> None:
     assert _store_is_sound(store) == _store_is_sound(serial_store)
     dry = take_snapshot(src, BlobStore(tmp_path / "dry"), workers=workers, dry_run=True)
     assert (dry.manifest.id, dry.bytes_new) == (serial.manifest.id, serial.bytes_new)
+
+
+def test_on_two_cores_the_large_files_take_a_lane_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    threads: dict[str, set[str]] = {"small": set(), "large": set()}
+    real_settled_read = snapshot_hash._settled_read
+
+    def settled_read(rel: str, fd: int, stamp: object, size: int, *args: object) -> object:
+        threads["large" if size >= snapshot_hash.SMALL else "small"].add(threading.current_thread().name)
+        return real_settled_read(rel, fd, stamp, size, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_hash, "_settled_read", settled_read)
+    result = take_snapshot(src, BlobStore(tmp_path / "store"))
+    assert threads == {"small": {threading.current_thread().name}, "large": {"mltrain-hash-large"}}
+    assert result.manifest.id == take_snapshot(src, BlobStore(tmp_path / "serial"), workers=1).manifest.id
+    monkeypatch.setattr(snapshot_hash, "LANE_MIN_BYTES", 1 << 40)  # too little in large files: one thread
+    threads["large"].clear()
+    take_snapshot(src, BlobStore(tmp_path / "little"))
+    assert threads["large"] == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_an_error_in_a_large_file_before_a_small_ones_is_the_one_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int | None
+) -> None:
+    """Both lanes (or batches) fail: the error raised is the one of the file first in path order, a large one
+    here (fault injection: an unreadable file as root, who reads every file, is made by refusing its open)."""
+    src = tmp_path / "src"
+    _tree(src)
+    failing = {"data/c.bin", "pkg2/m10.py"}
+    real_open = snapshot_hash._open
+
+    def refuse(rel: str, path: str) -> object:
+        if rel in failing:
+            raise snapshot_hash._read_error(rel, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+        return real_open(rel, path)
+
+    monkeypatch.setattr(snapshot_hash, "_open", refuse)
+    with pytest.raises(SnapshotError, match=r"^cannot read data/c\.bin: Permission denied"):
+        take_snapshot(src, BlobStore(tmp_path / "store"), workers=workers)
+    failing.discard("data/c.bin")
+    with pytest.raises(SnapshotError, match=r"^cannot read pkg2/m10\.py: Permission denied"):
+        take_snapshot(src, BlobStore(tmp_path / "store"), workers=workers)
 
 
 @pytest.mark.parametrize("cores", [1, 2, snapshot_hash.POOL_MIN_CORES, 16])
@@ -106,7 +162,7 @@ def _delete_after_walk(monkeypatch: pytest.MonkeyPatch, doomed: list[Path]) -> N
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_files_vanishing_on_any_thread_are_skipped_and_said(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int | None
 ) -> None:
     src = tmp_path / "src"
     _tree(src)
@@ -122,7 +178,7 @@ def test_files_vanishing_on_any_thread_are_skipped_and_said(
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_a_read_error_on_any_thread_is_the_first_files_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int | None
 ) -> None:
     """An I/O error (which no real disk here produces on demand: fault injection) in two files of different
     batches: the error is the one a serial snapshot meets first, and the store holds no blob under a wrong name."""
