@@ -410,7 +410,7 @@ def _small(
     if not claims.new(digest):
         return Hashed(digest, len(data), 0)
     if not dry_run:
-        store.put_bytes(digest, data)
+        store.put_new(digest, data)
     return Hashed(digest, len(data), len(data))
 
 

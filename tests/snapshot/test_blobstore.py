@@ -365,3 +365,58 @@ def test_a_blob_stored_meanwhile_in_a_fan_that_was_missing_is_stored_again_whole
     store.put_bytes(neighbour, data)
     assert store.path(neighbour).read_bytes() == data
     assert not Claims(store).new(neighbour)  # a snapshot beginning now sees it
+
+
+def test_a_new_blob_written_in_place_is_unreadable_until_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    data = b"written in place\n"
+    digest = hash_bytes(data)
+    seen_while_written: list[tuple[bool, int]] = []
+    real_write_all = blobstore._write_all
+
+    def watch(fd: int, chunk: bytes) -> None:
+        seen_while_written.append((store.has(digest), stat.S_IMODE(os.stat(store.path(digest)).st_mode)))
+        real_write_all(fd, chunk)
+
+    monkeypatch.setattr(blobstore, "_write_all", watch)
+    store.put_new(digest, data)
+    assert seen_while_written == [(False, blobstore.PARTIAL_MODE)]
+    assert store.has(digest) and store.path(digest).read_bytes() == data
+    assert stat.S_IMODE(store.path(digest).stat().st_mode) == blobstore.BLOB_MODE
+    assert os.listdir(store.root / "tmp") == []  # no temp file, no rename
+
+
+def test_a_partial_blob_left_by_a_crash_is_absent_and_replaced_whole(tmp_path: Path) -> None:
+    """What a writer killed mid-blob leaves: its name, unreadable, holding part of the bytes."""
+    store = BlobStore(tmp_path / "blobs")
+    data = b"the whole content\n" * 100
+    digest = hash_bytes(data)
+    partial = store.path(digest)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:50])
+    partial.chmod(blobstore.PARTIAL_MODE)
+    assert not store.has(digest)
+    store.put_new(digest, data)
+    assert store.has(digest) and partial.read_bytes() == data
+
+
+def test_a_file_system_that_does_not_keep_modes_gets_temp_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FAT or SMB mount shows every file 0o755 whatever it was made with (none can be mounted here: the
+    probe's fstat is faked to answer so). There no blob is written in place, where a crash would leave a
+    partial blob that looks whole."""
+    store = BlobStore(tmp_path / "blobs")
+    real_fstat = os.fstat
+
+    def fat_fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode | 0o755, *tuple(st)[1:]))
+
+    monkeypatch.setattr(blobstore.os, "fstat", fat_fstat)
+    renamed: list[str] = []
+    real_install = store._install
+    monkeypatch.setattr(store, "_install", lambda tmp, digest: renamed.append(digest) or real_install(tmp, digest))
+    data = b"on a FAT mount\n"
+    store.put_new(hash_bytes(data), data)
+    assert renamed == [hash_bytes(data)] and store.path(hash_bytes(data)).read_bytes() == data

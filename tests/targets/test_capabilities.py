@@ -47,7 +47,7 @@ def test_how_many_nodes_a_job_may_span_is_the_targets_answer() -> None:
 def test_default_concurrency_is_the_targets_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")  # no cluster there: Ray's answer is the fallback
     answers = {kind: executor_class(kind).default_concurrency() for kind in TARGETS}
-    assert answers == {"local": os.cpu_count() or 1, "docker": 4, "ssh": 4, "spark": 4, "ray": 4}
+    assert answers == {"local": len(os.sched_getaffinity(0)), "docker": 4, "ssh": 4, "spark": 4, "ray": 4}
 
 
 def test_local_has_no_engine_and_limits_nothing(tmp_path: Path, workspace: Workspace) -> None:

@@ -18,7 +18,6 @@ cancels the whole group on purpose; and the run goes on if mltrain exits.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from mltrain.hosts.local import LocalHost
 from mltrain.store.workspace import RunPaths, Workspace
 from mltrain.targets.base import Executor, Handle, HostHandle, LaunchRequest, Resources, process_resources, read_from
 from mltrain.targets.local.config import LocalCompute
+from mltrain.util.cores import usable_cores
 
 if TYPE_CHECKING:
     from mltrain.config.spec import RunSpec
@@ -71,8 +71,8 @@ class LocalExecutor(Executor):
 
     @classmethod
     def default_concurrency(cls) -> int:
-        """One trial per CPU: the trials share this machine."""
-        return os.cpu_count() or 1
+        """One trial per core this process may use (a container's or taskset's share): the trials share them."""
+        return usable_cores()
 
     def gpu_inventory(self) -> Inventory:
         return self._host_inventory()

@@ -66,6 +66,7 @@ from mltrain.snapshot.manifest import name_in
 from mltrain.targets.ssh.codec import Codecs, choose, compress, pack, shrinks
 from mltrain.targets.ssh.link import Link, RemoteError, Reply
 from mltrain.util import progress
+from mltrain.util.cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ SMALL = 256 << 10  # blobs below this travel in batches (a cut resends at most o
 BATCH = 1 << 20
 SPECULATE = 256 << 10  # new blobs up to this much in all are sent without asking which the host lacks
 AHEAD_BYTES = 32 << 20  # read ahead of the link: room to compress the text behind 40 MB of weights (memory: ~2x)
-WORKERS = max(2, min(8, os.cpu_count() or 2))  # compressing threads
+WORKERS = max(2, min(8, usable_cores()))  # compressing threads
 READY_SECONDS = 0.5  # link time waiting in finished pieces that makes the next one worth the strong codec
 RATE_SAMPLE = 4 << 20  # bytes the link must have taken before its rate is trusted (its window fills at once)
 RECENT_BASES = 8
