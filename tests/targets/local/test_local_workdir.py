@@ -107,7 +107,8 @@ def test_writes_into_snapshot_folders_stay_in_the_run(project: Project, mode: st
     project.write("pkg/helper.py", "VALUE = 1\n")
     project.write("pkg/other.py", "OTHER = 1\n")
     root = os.geteuid() == 0
-    # root writes through a hardlink into the stored blob itself: the caveat the README states for links
+    # root writes through a hardlink into the stored blob itself (an owner could, after a chmod):
+    # the README's caveat for links
     change = {} if mode == "links" and root else {"CHANGE": "1"}
     first = project.run("script=writer.py", f"compute.workdir={mode}", env={"WRITE": "1", **change}, check=True)
     assert f"mount {mode == 'overlay'}" in first.stdout
