@@ -283,17 +283,13 @@ class BlobStore:
     def _keeps_modes(self) -> bool:
         """Whether a file created :data:`PARTIAL_MODE` here has no read bits (a FAT or SMB mount may show 0o755)."""
         if self._modes_kept is None:
-            self._ensure()
-            probe = f"{self._tmp_dir}/{os.getpid()}-{next(_counter)}-modes"
-            try:
-                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PARTIAL_MODE)
-            except OSError as exc:
-                raise _store_error(self.root_str, exc) from None
+            probe, fd = self._open_temp(PARTIAL_MODE)
             try:
                 self._modes_kept = os.fstat(fd).st_mode & 0o444 == 0
             finally:
                 os.close(fd)
-                os.unlink(probe)
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
         return self._modes_kept
 
     def writer(self) -> BlobWriter:
@@ -470,18 +466,18 @@ class BlobStore:
                 raise _store_error(self.root_str, exc) from None
             self._ready = True
 
-    def _open_temp(self) -> tuple[str, int]:
+    def _open_temp(self, mode: int = BLOB_MODE) -> tuple[str, int]:
         self._ensure()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         while True:
             tmp = f"{self._tmp_dir}/{os.getpid()}-{next(_counter)}"
             try:
-                fd = os.open(tmp, flags, BLOB_MODE)
+                fd = os.open(tmp, flags, mode)
             except FileExistsError:
                 continue
             except OSError as exc:
                 raise _store_error(self.root_str, exc) from None
-            if self._chmod is None:
+            if self._chmod is None and mode == BLOB_MODE:
                 self._chmod = os.fstat(fd).st_mode & 0o777 != BLOB_MODE
             return tmp, fd
 

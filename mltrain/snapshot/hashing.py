@@ -35,7 +35,6 @@ import errno
 import mmap
 import os
 import stat
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -214,15 +213,13 @@ def threads_used(jobs: Sequence[Job]) -> str:
 def _lanes(jobs: Sequence[Job]) -> tuple[list[int], list[int]] | None:
     """(small job indexes, large job indexes) where both lanes hold enough work to run side by side on
     :data:`LANE_MIN_CORES`, else None."""
-    if usable_cores() < LANE_MIN_CORES:
-        return None
-    small = [i for i, job in enumerate(jobs) if job[2] < SMALL]
-    if len(small) < POOL_MIN_FILES or len(small) == len(jobs):
+    if len(jobs) <= POOL_MIN_FILES or usable_cores() < LANE_MIN_CORES:  # a re-snapshot of a few edits, mostly
         return None
     large = [i for i, job in enumerate(jobs) if job[2] >= SMALL]
-    if sum(jobs[i][2] for i in large) < LANE_MIN_BYTES:
+    if len(jobs) - len(large) < POOL_MIN_FILES or sum(jobs[i][2] for i in large) < LANE_MIN_BYTES:
         return None
-    return small, large
+    taken = set(large)
+    return [i for i in range(len(jobs)) if i not in taken], large
 
 
 @dataclass
@@ -266,9 +263,10 @@ def _hash_lanes(
     thread.start()
     try:
         lanes[0].run(jobs, store, claims, dry_run, stop)
-    finally:  # an interrupt stops the other lane at its next file
-        if sys.exc_info()[0] is not None:
-            stop.set()
+    except BaseException:  # an interrupt: the other lane stops at its next file
+        stop.set()
+        raise
+    finally:
         thread.join()
     failed = [lane for lane in lanes if lane.error is not None]
     if failed:

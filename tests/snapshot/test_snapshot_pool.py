@@ -130,6 +130,29 @@ def test_an_error_in_a_large_file_before_a_small_ones_is_the_one_said(
         take_snapshot(src, BlobStore(tmp_path / "store"), workers=workers)
 
 
+def test_ctrl_c_in_the_small_file_lane_stops_the_large_file_lane_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt (injected: no real signal lands on a chosen file) reaches the caller once the large-file
+    thread has stopped, with no manifest recorded and no blob under a wrong name."""
+    src = tmp_path / "src"
+    _tree(src)
+    real_open = snapshot_hash._open
+
+    def interrupted(rel: str, path: str) -> object:
+        if rel == "pkg3/m00.py":
+            raise KeyboardInterrupt
+        return real_open(rel, path)
+
+    monkeypatch.setattr(snapshot_hash, "_open", interrupted)
+    store = BlobStore(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        take_snapshot(src, store)
+    assert not [t for t in threading.enumerate() if t.name == "mltrain-hash-large"]
+    assert not any((store.root / "manifests").glob("*"))
+    _store_is_sound(store)
+
+
 @pytest.mark.parametrize("cores", [1, 2, snapshot_hash.POOL_MIN_CORES, 16])
 def test_the_default_pool_is_sized_to_the_cores_and_the_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int

@@ -364,3 +364,29 @@ def test_a_probe_killed_before_its_cleanup_is_removed_by_the_next(tmp_path: Path
     workdir._probe(runs)
     assert sorted(p.name for p in runs.iterdir()) == [f"{workdir.PROBE_PREFIX}link", f"{workdir.PROBE_PREFIX}live"]
     assert outside.is_dir()
+
+
+MODE_FLIPPER = """
+import os
+os.chmod("pkg/helper.py", 0o200)   # a snapshot file, made to look like a blob still being written
+print("flipped")
+"""
+
+
+def test_a_job_that_makes_its_linked_file_look_partial_cannot_keep_it_from_the_store(project: Project) -> None:
+    """Hostile job, links mode: its snapshot files are hardlinks to the stored blobs, so a chmod to 0o200 reaches
+    the blob and makes the store count it as absent (an unfinished blob). The next snapshot that reads this content
+    stores it whole and readable again, by rename (the job's inode is no longer the blob), and the run goes through."""
+    project.write("flip.py", MODE_FLIPPER)
+    project.write("pkg/helper.py", "VALUE = 1\n")
+    assert "flipped" in project.run("script=flip.py", "compute.workdir=links", check=True).stdout
+    store = BlobStore(project.workspace / "blobs")
+    digest = next(e.digest for e in store.load_manifest(str(project.runs()[0]["snapshot_id"])).entries
+                  if e.path == "pkg/helper.py")
+    assert not store.has(digest)  # the job reached the blob: it looks unfinished
+    project.write("pkg/copy.py", "VALUE = 1\n")  # the same content, read anew by the next snapshot
+    project.write("reader.py", "print('read', open('pkg/copy.py').read().strip())\n")
+    second = project.run("script=reader.py", "compute.workdir=links", check=True)
+    assert "read VALUE = 1" in second.stdout
+    assert store.has(digest) and store.path(digest).read_bytes() == b"VALUE = 1\n"
+    assert stat.S_IMODE(store.path(digest).stat().st_mode) == 0o444
